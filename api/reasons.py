@@ -1,0 +1,28 @@
+"""Stable, machine-readable reasons that appear in status failures and conditions.
+
+They are part of the API: users alert and automate on them, so they never change meaning.
+"""
+
+from typing import Final
+
+COMPILE_ERROR: Final = "CompileError"  # the C source did not compile; message has the diagnostics
+VERIFIER_REJECTED: Final = "VerifierRejected"  # the kernel verifier refused the program; log excerpt
+FUNCTION_NOT_FOUND: Final = "FunctionNotFound"  # spec.function names no function in the source
+UNSUPPORTED_ON_NODE: Final = "UnsupportedOnNode"  # this node's kernel lacks a needed feature
+ATTACH_FAILED: Final = "AttachFailed"  # the kernel refused to attach to the pod's cgroup
+POD_CGROUP_NOT_FOUND: Final = "PodCgroupNotFound"  # no cgroup v2 directory for the pod (yet)
+SOURCE_NOT_FOUND: Final = "SourceNotFound"  # the ConfigMap or key named in spec.source is missing
+INVALID_SPEC: Final = "InvalidSpec"  # spec passed the schema but cannot be served (operator check)
+AGENT_ERROR: Final = "AgentError"  # unexpected failure in the agent; message says what
+
+ALL: Final = (
+    COMPILE_ERROR,
+    VERIFIER_REJECTED,
+    FUNCTION_NOT_FOUND,
+    UNSUPPORTED_ON_NODE,
+    ATTACH_FAILED,
+    POD_CGROUP_NOT_FOUND,
+    SOURCE_NOT_FOUND,
+    INVALID_SPEC,
+    AGENT_ERROR,
+)

@@ -1,0 +1,45 @@
+"""Typed errors of the node agent. Each carries the stable reason that ends up in status."""
+
+from __future__ import annotations
+
+from bpfleet_api import reasons
+
+
+class AgentError(Exception):
+    reason: str = reasons.AGENT_ERROR
+
+
+class KernelError(AgentError):
+    """A bpf(2) or cgroup operation failed; errno says how."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class ProgramBuildError(AgentError):
+    """Compiling or loading a program failed; the message is meant for the user."""
+
+
+class CompileError(ProgramBuildError):
+    reason = reasons.COMPILE_ERROR
+
+
+class VerifierRejected(ProgramBuildError):
+    reason = reasons.VERIFIER_REJECTED
+
+
+class FunctionNotFound(ProgramBuildError):
+    reason = reasons.FUNCTION_NOT_FOUND
+
+
+class UnsupportedOnNode(ProgramBuildError):
+    reason = reasons.UNSUPPORTED_ON_NODE
+
+
+class AttachFailed(AgentError):
+    reason = reasons.ATTACH_FAILED
+
+
+class PodCgroupNotFound(AgentError):
+    reason = reasons.POD_CGROUP_NOT_FOUND

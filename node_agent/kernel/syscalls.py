@@ -1,0 +1,191 @@
+"""The few bpf(2) commands the agent needs, called directly through libc.
+
+The long-lived agent never imports BCC (it brings LLVM into the process); compiling happens in a
+short-lived worker that pins what it loads. Everything after that — opening pins, creating and
+pinning cgroup links, querying attachments — is plain bpf(2), done here with ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import struct
+from dataclasses import dataclass
+
+from node_agent.errors import KernelError
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+
+# bpf_cmd values from include/uapi/linux/bpf.h.
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_QUERY = 16
+BPF_MAP_GET_FD_BY_ID = 14
+BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_LINK_CREATE = 28
+
+BPF_F_QUERY_EFFECTIVE = 1 << 0
+BPF_F_ALLOW_MULTI = 1 << 1
+
+_ATTR_SIZE = 128
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise KernelError(f"bpf(2) syscall number unknown for {platform.machine()}")
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"bpf cmd {cmd}: {os.strerror(err)}", errno=err)
+    return int(ret)
+
+
+def _attr() -> ctypes.Array[ctypes.c_char]:
+    return ctypes.create_string_buffer(_ATTR_SIZE)
+
+
+def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buf)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    attr = _attr()
+    path_buf = ctypes.create_string_buffer(path.encode())
+    struct.pack_into("=QI", attr, 0, _addr(path_buf), fd)
+    _bpf(BPF_OBJ_PIN, attr)
+
+
+def obj_get(path: str) -> int:
+    """Opens a pinned object and returns a new fd the caller must close."""
+    attr = _attr()
+    path_buf = ctypes.create_string_buffer(path.encode())
+    struct.pack_into("=QI", attr, 0, _addr(path_buf), 0)
+    return _bpf(BPF_OBJ_GET, attr)
+
+
+def map_fd_by_id(map_id: int) -> int:
+    attr = _attr()
+    struct.pack_into("=I", attr, 0, map_id)
+    return _bpf(BPF_MAP_GET_FD_BY_ID, attr)
+
+
+def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
+    """Creates a cgroup bpf_link. The kernel attaches links in multi mode (BPF_F_ALLOW_MULTI), so
+    they coexist with every other program on the cgroup and detach only through this link."""
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, prog_fd, cgroup_fd, attach_type, 0)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    id: int
+    type: int
+    name: str
+    map_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    id: int
+    type: int
+    prog_id: int
+    cgroup_id: int  # 0 once the cgroup is gone: the kernel auto-detached the link
+    attach_type: int
+
+
+def _info(fd: int, size: int) -> ctypes.Array[ctypes.c_char]:
+    info = ctypes.create_string_buffer(size)
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, fd, size, _addr(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    probe = _info(fd, 256)
+    prog_type, prog_id = struct.unpack_from("=II", probe, 0)
+    nr_map_ids = struct.unpack_from("=I", probe, 52)[0]
+    name = bytes(probe[64:80]).split(b"\0", 1)[0].decode(errors="replace")
+    map_ids: tuple[int, ...] = ()
+    if nr_map_ids:
+        ids = (ctypes.c_uint32 * nr_map_ids)()
+        info = ctypes.create_string_buffer(256)
+        struct.pack_into("=IQ", info, 52, nr_map_ids, ctypes.addressof(ids))
+        attr = _attr()
+        struct.pack_into("=IIQ", attr, 0, fd, 256, _addr(info))
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+        map_ids = tuple(ids)
+    return ProgInfo(id=prog_id, type=prog_type, name=name, map_ids=map_ids)
+
+
+def link_info(fd: int) -> LinkInfo:
+    info = _info(fd, 64)
+    link_type, link_id, prog_id = struct.unpack_from("=III", info, 0)
+    cgroup_id, attach_type = struct.unpack_from("=QI", info, 16)
+    return LinkInfo(link_id, link_type, prog_id, cgroup_id, attach_type)
+
+
+def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """Program ids attached directly to a cgroup for one attach type (BPF_PROG_QUERY)."""
+    ids = (ctypes.c_uint32 * max_progs)()
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, cgroup_fd, attach_type, 0, 0)
+    struct.pack_into("=QI", attr, 16, ctypes.addressof(ids), max_progs)
+    _bpf(BPF_PROG_QUERY, attr)
+    count = struct.unpack_from("=I", attr, 24)[0]
+    return list(ids[: min(count, max_progs)])
+
+
+def map_items(map_fd: int, key_size: int, value_size: int, limit: int = 65536) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash or array map, as raw bytes."""
+    items: list[tuple[bytes, bytes]] = []
+    key = ctypes.create_string_buffer(key_size)
+    next_key = ctypes.create_string_buffer(key_size)
+    value = ctypes.create_string_buffer(value_size)
+    have_key = False
+    while len(items) < limit:
+        attr = _attr()
+        struct.pack_into("=IxxxxQQ", attr, 0, map_fd, _addr(key) if have_key else 0, _addr(next_key))
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except KernelError as e:
+            if e.errno == 2:  # ENOENT: past the last key
+                break
+            raise
+        ctypes.memmove(key, next_key, key_size)
+        have_key = True
+        attr = _attr()
+        struct.pack_into("=IxxxxQQ", attr, 0, map_fd, _addr(key), _addr(value))
+        try:
+            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        except KernelError as e:
+            if e.errno == 2:  # deleted between the two calls
+                continue
+            raise
+        items.append((key.raw, value.raw))
+    return items
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _info(fd, 96)
+    map_type, map_id, key_size, value_size, max_entries = struct.unpack_from("=IIIII", info, 0)
+    name = bytes(info[24:40]).split(b"\0", 1)[0].decode(errors="replace")
+    return MapInfo(map_id, map_type, key_size, value_size, max_entries, name)
