@@ -1,0 +1,25 @@
+"""Names shared by the operator and the node agent: their contract is the Kubernetes API."""
+
+from typing import Final
+
+GROUP: Final = "bpfleet.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+PROGRAM_KIND: Final = "EbpfProgram"
+PROGRAM_PLURAL: Final = "ebpfprograms"
+NODE_PROGRAM_KIND: Final = "EbpfNodeProgram"
+NODE_PROGRAM_PLURAL: Final = "ebpfnodeprograms"
+
+# Labels on every EbpfNodeProgram: agents watch their own with a server-side selector on NODE_LABEL.
+NODE_LABEL: Final = f"{GROUP}/node"
+PROGRAM_LABEL: Final = f"{GROUP}/program"
+
+# The agent holds this on an EbpfNodeProgram until it has detached and unpinned it on its node.
+AGENT_FINALIZER: Final = f"{GROUP}/agent"
+# The operator holds this on an EbpfProgram until every live node has detached it.
+OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
+
+# The agent records the version it compiled here so the operator can tell rollouts apart.
+MAX_FAILURES_IN_STATUS: Final = 10
+MAX_MESSAGE_CHARS: Final = 2048

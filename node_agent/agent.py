@@ -1,0 +1,144 @@
+"""The node agent: follows this node's EbpfNodePrograms and pods, reconciles, reports status."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from bpfleet_api import conditions, names, reasons
+from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from node_agent.kernel.attach_types import UnknownAttach
+from node_agent.model import NodeProgram, Pod
+from node_agent.reconcile import PassResult, Reconciler
+from node_agent.status import node_program_status
+from node_agent.watch import Informer, wait_synced
+
+log = logging.getLogger(__name__)
+
+# While a selected pod has no cgroup yet, look again this often: kubelet is about to create it.
+_WAITING_RECHECK = 0.2
+_DEBOUNCE = 0.02
+
+
+class Agent:
+    def __init__(self, api: ApiClient, node: str, reconciler: Reconciler, resync: float = 30.0) -> None:
+        self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.custom = CustomObjectsApi(api)
+        self._wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.programs = Informer(
+            api,
+            f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_PROGRAM_PLURAL}",
+            self._wake.set,
+            label_selector=f"{names.NODE_LABEL}={node}",
+        )
+        self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
+
+    def run(self) -> None:
+        log.info("agent starting", extra={"node": self.node})
+        for informer in (self.programs, self.pods):
+            informer.start()
+        # Reconciling before both caches are full would detach what runs: an empty cache is not
+        # "no programs", it is "not known yet".
+        while not wait_synced([self.programs, self.pods], self.stop_event):
+            if self.stop_event.is_set():
+                return
+            log.warning("waiting for the API server to list programs and pods", extra={"node": self.node})
+        log.info("caches synced, reconciling", extra={"node": self.node})
+        timeout = 0.0
+        while not self.stop_event.is_set():
+            self._wake.wait(timeout)
+            if self.stop_event.is_set():
+                break
+            time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
+            self._wake.clear()
+            try:
+                result = self.reconcile_once()
+                timeout = _WAITING_RECHECK if result.waiting else self.resync
+            except Exception:
+                log.exception("reconcile pass failed", extra={"node": self.node})
+                timeout = 2.0
+        for informer in (self.programs, self.pods):
+            informer.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    def reconcile_once(self) -> PassResult:
+        objects = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in self.programs.objects()}
+        programs = []
+        for obj in objects.values():
+            try:
+                programs.append(NodeProgram.from_object(obj))
+            except (KeyError, TypeError, UnknownAttach) as e:
+                self._write_status(obj, self._invalid_status(obj, e))
+        pods = [Pod.from_object(o) for o in self.pods.objects()]
+        for program in programs:
+            if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
+                self._add_finalizer(objects[(program.namespace, program.name)])
+        result = self.reconciler.run(programs, pods)
+        for report in result.reports:
+            obj = objects[(report.namespace, report.name)]
+            if report.detached:
+                self._remove_finalizer(obj)
+            else:
+                self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
+        return result
+
+    def _invalid_status(self, obj: dict[str, Any], error: Exception) -> dict[str, Any]:
+        generation = obj["metadata"].get("generation")
+        message = f"this agent cannot serve the spec: {error}"
+        ready = conditions.condition(conditions.READY, False, reasons.INVALID_SPEC, message, generation)
+        return {
+            "observedGeneration": generation,
+            "node": self.node,
+            "failures": [{"reason": reasons.INVALID_SPEC, "message": message}],
+            "conditions": conditions.merge((obj.get("status") or {}).get("conditions"), [ready]),
+        }
+
+    def _write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
+        # A merge patch deletes the fields it sets to None: what the status becomes is the rest.
+        if (obj.get("status") or {}) == {k: v for k, v in status.items() if v is not None}:
+            return  # nothing changed: no write
+        meta = obj["metadata"]
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                names.GROUP,
+                names.VERSION,
+                meta["namespace"],
+                names.NODE_PROGRAM_PLURAL,
+                meta["name"],
+                {"status": status},
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
+        meta = obj["metadata"]
+        # resourceVersion makes this a compare-and-swap: never drop someone else's finalizer.
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            self.custom.patch_namespaced_custom_object(
+                names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, meta["name"], body
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+            self._wake.set()  # changed under us: the next pass sees the new object
+
+    def _add_finalizer(self, obj: dict[str, Any]) -> None:
+        self._patch_finalizers(obj, [*(obj["metadata"].get("finalizers") or []), names.AGENT_FINALIZER])
+
+    def _remove_finalizer(self, obj: dict[str, Any]) -> None:
+        finalizers = obj["metadata"].get("finalizers") or []
+        if names.AGENT_FINALIZER in finalizers:
+            log.info(
+                "detached everywhere on this node, releasing", extra={"program": obj["metadata"]["name"]}
+            )
+            self._patch_finalizers(obj, [f for f in finalizers if f != names.AGENT_FINALIZER])

@@ -1,0 +1,80 @@
+"""The one interface through which the agent changes the kernel.
+
+The reconcile logic talks to a KernelBackend only; BpffsBackend is the real one (bpffs pins, cgroup
+bpf_links), and tests of the pure logic use an in-memory fake with the same behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from node_agent.kernel.attach_types import KernelAttach
+
+
+@dataclass(frozen=True, order=True)
+class ProgramRef:
+    """One version of one EbpfProgram on this node."""
+
+    namespace: str
+    name: str
+    version: str
+
+    @property
+    def program(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class ProgramBuild:
+    """Everything the compiler needs; its hash is the version."""
+
+    source: str
+    function: str
+    attach: KernelAttach
+    defines: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    ref: ProgramRef
+    prog_id: int
+    pin_dir: str
+    maps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attachment:
+    ref: ProgramRef
+    pod_uid: str
+    link_id: int
+    cgroup_id: int  # 0 when the cgroup is gone and the kernel dropped the attachment
+
+    @property
+    def live(self) -> bool:
+        return self.cgroup_id != 0
+
+
+class KernelBackend(Protocol):
+    def loaded(self) -> dict[ProgramRef, LoadedProgram]:
+        """Every program version bpfleet has loaded on this node, read from the kernel."""
+        ...
+
+    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+        """Compiles, verifies and pins a version; raises a ProgramBuildError for the user."""
+        ...
+
+    def unload(self, ref: ProgramRef) -> None:
+        """Removes a version and everything pinned for it, its attachments included."""
+        ...
+
+    def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        """The version's attachments, by pod UID."""
+        ...
+
+    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+        """Attaches the version to a pod's cgroup, alongside any other program; raises AttachFailed."""
+        ...
+
+    def detach(self, ref: ProgramRef, pod_uid: str) -> None: ...

@@ -1,0 +1,189 @@
+"""The real kernel backend: programs and their maps pinned in bpffs, attached through cgroup links.
+
+Layout under the root (default /sys/fs/bpf/bpfleet):
+
+    <namespace>/<program>/<version>/prog            the loaded program
+    <namespace>/<program>/<version>/maps/<map>      its maps, for bpftool and for readers
+    <namespace>/<program>/<version>/links/<pod-uid> one cgroup bpf_link per attached pod
+
+A pinned link keeps its attachment alive without any process holding it, so the data plane runs
+on through agent restarts, and the pins are the record the agent adopts when it starts again.
+Unpinning a link is the only way bpfleet detaches, so it never touches programs it did not attach.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from node_agent import errors
+from node_agent.kernel import syscalls
+from node_agent.kernel.attach_types import KernelAttach
+from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
+_STAGING_PREFIX = "staging-"
+_BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
+    "CompileError": errors.CompileError,
+    "VerifierRejected": errors.VerifierRejected,
+    "FunctionNotFound": errors.FunctionNotFound,
+}
+
+
+def _encode(name: str) -> str:
+    # bpffs refuses dots in names; Kubernetes names never contain '_', so this is reversible.
+    return name.replace(".", "_")
+
+
+def _decode(name: str) -> str:
+    return name.replace("_", ".")
+
+
+@contextmanager
+def _opened(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class BpffsBackend:
+    def __init__(
+        self,
+        root: Path = DEFAULT_ROOT,
+        include_dirs: tuple[Path, ...] = (),
+        compile_timeout: float = 120.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.root = root
+        self.include_dirs = include_dirs
+        self.compile_timeout = compile_timeout
+        self.python = python
+
+    def _dir(self, ref: ProgramRef) -> Path:
+        return self.root / ref.namespace / _encode(ref.name) / ref.version
+
+    # -- programs -------------------------------------------------------------------------------
+
+    def loaded(self) -> dict[ProgramRef, LoadedProgram]:
+        found: dict[ProgramRef, LoadedProgram] = {}
+        if not self.root.is_dir():
+            return found
+        for version_dir in sorted(self.root.glob("*/*/*")):
+            if version_dir.name.startswith(_STAGING_PREFIX):
+                # A compile worker died between pinning and publishing: nothing uses it.
+                log.info("removing unfinished pins", extra={"path": str(version_dir)})
+                shutil.rmtree(version_dir, ignore_errors=True)
+                continue
+            ref = ProgramRef(
+                version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
+            )
+            try:
+                with _opened(syscalls.obj_get(str(version_dir / "prog"))) as fd:
+                    prog_id = syscalls.prog_info(fd).id
+            except errors.KernelError:
+                log.warning("pinned version without a program", extra={"path": str(version_dir)})
+                continue
+            maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
+            found[ref] = LoadedProgram(ref, prog_id, str(version_dir), maps)
+        return found
+
+    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+        pin_dir = self._dir(ref)
+        existing = self.loaded().get(ref)
+        if existing is not None:
+            return existing
+        pin_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(pin_dir.with_name(_STAGING_PREFIX + pin_dir.name), ignore_errors=True)
+        request = {
+            "source": build.source,
+            "function": build.function,
+            "progType": build.attach.prog_type,
+            "attachType": build.attach.load_attach_type,
+            "includeDirs": [str(d) for d in self.include_dirs],
+            "cflags": [f"-D{name}={value}" for name, value in build.defines],
+            "pinDir": str(pin_dir),
+        }
+        result = self._run_worker(request)
+        if not result.get("ok"):
+            raise _BUILD_ERRORS.get(result.get("reason", ""), errors.CompileError)(result.get("message", ""))
+        return LoadedProgram(ref, int(result["progId"]), str(pin_dir), tuple(result["maps"]))
+
+    def _run_worker(self, request: dict[str, object]) -> dict[str, object]:
+        try:
+            proc = subprocess.run(
+                [self.python, "-m", "node_agent.kernel.compile_worker"],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=self.compile_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise errors.CompileError(f"the compiler took longer than {self.compile_timeout:.0f}s") from None
+        try:
+            result: dict[str, object] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            # The worker crashed (a compiler fault on a hostile source, say): the agent lives on.
+            tail = proc.stderr.strip().splitlines()[-20:]
+            raise errors.CompileError(
+                f"the compile worker exited with code {proc.returncode}:\n" + "\n".join(tail)
+            ) from None
+        return result
+
+    def unload(self, ref: ProgramRef) -> None:
+        version_dir = self._dir(ref)
+        # Unpinning the links detaches; removing the program and map pins then frees them.
+        shutil.rmtree(version_dir, ignore_errors=True)
+        for parent in (version_dir.parent, version_dir.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty: other versions or programs live there
+
+    # -- attachments ----------------------------------------------------------------------------
+
+    def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        found: dict[str, Attachment] = {}
+        for pin in sorted((self._dir(ref) / "links").glob("*")):
+            try:
+                with _opened(syscalls.obj_get(str(pin))) as fd:
+                    info = syscalls.link_info(fd)
+            except errors.KernelError:
+                continue
+            found[pin.name] = Attachment(ref, pin.name, info.id, info.cgroup_id)
+        return found
+
+    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+        links = self._dir(ref) / "links"
+        pin = links / pod_uid
+        current = self.attachments(ref).get(pod_uid)
+        if current is not None and current.live:
+            return current
+        if pin.exists():
+            pin.unlink()  # a link whose cgroup went away: replace it
+        links.mkdir(exist_ok=True)
+        try:
+            with (
+                _opened(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd,
+                _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+                _opened(syscalls.link_create_cgroup(prog_fd, cgroup_fd, attach.attach_type)) as link_fd,
+            ):
+                syscalls.obj_pin(link_fd, str(pin))
+                info = syscalls.link_info(link_fd)
+        except (OSError, errors.KernelError) as e:
+            raise errors.AttachFailed(f"attaching to {cgroup_dir}: {e}") from e
+        return Attachment(ref, pod_uid, info.id, info.cgroup_id)
+
+    def detach(self, ref: ProgramRef, pod_uid: str) -> None:
+        # The link was only held by its pin (and fds closed above): unpinning detaches it.
+        (self._dir(ref) / "links" / pod_uid).unlink(missing_ok=True)

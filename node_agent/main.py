@@ -1,0 +1,79 @@
+"""`bpfleet-agent`: the node agent's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+
+from bpfleet_api import logs
+from kubernetes import client, config
+
+from node_agent.agent import Agent
+from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
+from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
+from node_agent.reconcile import Reconciler
+
+log = logging.getLogger("node_agent")
+
+
+def _api_client(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    return client.ApiClient()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bpfleet-agent", description=__doc__)
+    parser.add_argument(
+        "--node", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)"
+    )
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    parser.add_argument(
+        "--kubelet-cgroup-root",
+        type=Path,
+        default=os.environ.get("BPFLEET_KUBELET_CGROUP_ROOT"),
+        help="where kubelet's kubepods tree lives (default: the cgroup v2 mount)",
+    )
+    parser.add_argument(
+        "--bpffs-root", type=Path, default=Path(os.environ.get("BPFLEET_BPFFS_ROOT", str(DEFAULT_ROOT)))
+    )
+    parser.add_argument("--resync", type=float, default=30.0, help="seconds between full passes")
+    parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    if not args.node:
+        parser.error("the node name is required: --node or NODE_NAME")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.setup(args.log_level)
+    include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
+    backend = BpffsBackend(root=args.bpffs_root, include_dirs=(include_dir,))
+    resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
+    agent = Agent(_api_client(args.kubeconfig), args.node, Reconciler(backend, resolver), resync=args.resync)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        # Programs stay attached: stopping the agent never stops the data plane.
+        log.info("stopping; attached programs keep running", extra={"signal": signum})
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    agent.run()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
