@@ -404,6 +404,7 @@ class ControlPlane:
         return found
 
     def process_alive(self, name: str, pid: int) -> bool:
+        """Whether pid is still the named component of this state dir (not a zombie, not a reused pid)."""
         proc = self._procs.get(name)
         if proc is not None and proc.pid == pid:
             return proc.poll() is None  # also reaps our own exited children

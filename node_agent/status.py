@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bpfleet_api import conditions, names, reasons
+from bpfleet_api import conditions, diagnostics, names, reasons
 
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, ProgramReport
 
@@ -85,23 +85,10 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
     return status
 
 
-def headline(reason: str, message: str) -> str:
-    """The one line of a compiler or verifier log that says what is wrong."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if reason == reasons.VERIFIER_REJECTED:
-        # The verifier ends with statistics; the line before them is the rejection.
-        explaining = [
-            ln for ln in lines if not ln.startswith(("processed ", "verification time", "stack depth"))
-        ]
-        return explaining[-1] if explaining else "rejected by the verifier"
-    errors = [ln for ln in lines if "error:" in ln]
-    return (errors or lines or ["no details"])[0]
-
-
 def _build_failure_summary(report: ProgramReport) -> str:
     assert report.build_error is not None
     error = report.build_error
-    summary = f"{error.reason}: {headline(error.reason, str(error))}"
+    summary = f"{error.reason}: {diagnostics.headline(error.reason, str(error))}"
     if report.serving_version and report.serving_version != report.version:
         summary += f" (version {report.serving_version} keeps running)"
     return summary

@@ -1,0 +1,128 @@
+"""The EbpfProgram status, summed up from its node objects. Pure: no API calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bpfleet_api import conditions, diagnostics, names, reasons
+
+# Failures that will not go away by waiting: the spec has to change (kstatus Stalled).
+_STALLING = {
+    reasons.COMPILE_ERROR,
+    reasons.VERIFIER_REJECTED,
+    reasons.FUNCTION_NOT_FOUND,
+    reasons.UNSUPPORTED_ON_NODE,
+    reasons.INVALID_SPEC,
+    reasons.SOURCE_NOT_FOUND,
+}
+MAX_FAILURES = 20
+
+
+def _ready(node_program: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(reported for the current spec, ready) for one node object."""
+    status = node_program.get("status") or {}
+    current = status.get("observedGeneration") == node_program["metadata"].get("generation")
+    ready = any(
+        c.get("type") == conditions.READY and c.get("status") == "True" for c in status.get("conditions", [])
+    )
+    return current, current and ready
+
+
+def program_status(
+    generation: int,
+    targeted: Sequence[str],
+    node_programs: Sequence[Mapping[str, Any]],
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    by_node = {np["spec"]["nodeName"]: np for np in node_programs if np["spec"]["nodeName"] in targeted}
+    ready_nodes = failed_nodes = pending_nodes = 0
+    selected = attached = failed_pods = 0
+    failures: list[dict[str, str]] = []
+    for node in targeted:
+        np = by_node.get(node)
+        if np is None:
+            pending_nodes += 1
+            continue
+        current, ready = _ready(np)
+        status = np.get("status") or {}
+        if not current:
+            pending_nodes += 1
+            continue
+        ready_nodes += ready
+        node_failures = status.get("failures") or []
+        failed_nodes += bool(node_failures)
+        pods = status.get("pods") or {}
+        selected += pods.get("selected", 0)
+        attached += pods.get("attached", 0)
+        failed_pods += pods.get("failed", 0)
+        failures += [{"node": node, **f} for f in node_failures]
+        if not ready and not node_failures:
+            pending_nodes += 1  # reported, but pods still waiting for their cgroups
+
+    failures = failures[:MAX_FAILURES]
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "nodes": {"targeted": len(targeted), "ready": ready_nodes, "failed": failed_nodes},
+        "pods": {"selected": selected, "attached": attached, "failed": failed_pods},
+        "summary": {"nodes": f"{ready_nodes}/{len(targeted)}", "pods": f"{attached}/{selected}"},
+        "failures": failures,
+    }
+    status["conditions"] = conditions.merge(
+        (previous or {}).get("conditions"),
+        _conditions(generation, len(targeted), ready_nodes, pending_nodes, failures),
+    )
+    return status
+
+
+def _conditions(
+    generation: int, targeted: int, ready: int, pending: int, failures: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    def cond(kind: str, value: bool, reason: str, message: str) -> dict[str, Any]:
+        return conditions.condition(kind, value, reason, message, generation)
+
+    if failures:
+        first = failures[0]
+        where = f"node {first['node']}" + (f", pod {first['pod']}" if first.get("pod") else "")
+        message = f"{first['reason']} on {where}: {diagnostics.headline(first['reason'], first['message'])}"
+        stalled = first["reason"] in _STALLING
+        return [
+            cond(conditions.READY, False, first["reason"], message),
+            cond(
+                conditions.STALLED,
+                stalled,
+                first["reason"] if stalled else "Progressing",
+                message if stalled else "",
+            ),
+            cond(conditions.RECONCILING, not stalled, "Retrying" if not stalled else "Failed", ""),
+        ]
+    if pending:
+        message = f"waiting for {pending} of {targeted} nodes"
+        return [
+            cond(conditions.READY, False, "Progressing", message),
+            cond(conditions.STALLED, False, "Progressing", ""),
+            cond(conditions.RECONCILING, True, "Progressing", message),
+        ]
+    message = f"running on {ready} of {targeted} nodes" if targeted else "no node matches nodeSelector"
+    return [
+        cond(conditions.READY, True, "Ready", message),
+        cond(conditions.STALLED, False, "Ready", ""),
+        cond(conditions.RECONCILING, False, "Ready", ""),
+    ]
+
+
+def stalled_status(
+    generation: int, reason: str, message: str, previous: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Status for a spec the operator refuses before any node sees it."""
+    failures = [{"reason": reason, "message": conditions.truncate(message, names.MAX_MESSAGE_CHARS)}]
+    wanted = [
+        conditions.condition(conditions.READY, False, reason, message, generation),
+        conditions.condition(conditions.STALLED, True, reason, message, generation),
+        conditions.condition(conditions.RECONCILING, False, reason, "", generation),
+    ]
+    return {
+        "observedGeneration": generation,
+        "failures": failures,
+        "conditions": conditions.merge((previous or {}).get("conditions"), wanted),
+    }
