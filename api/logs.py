@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# kopf attaches its whole settings object and internal flags to every record: not for humans.
+_HIDDEN = _STANDARD | {"settings", "k8s_skip"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,7 +20,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        entry.update({k: v for k, v in vars(record).items() if k not in _HIDDEN})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

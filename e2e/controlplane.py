@@ -201,9 +201,15 @@ def _leaf_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=True, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -224,9 +230,15 @@ def _ca_cert(key: rsa.RSAPrivateKey) -> x509.Certificate:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -236,8 +248,13 @@ def _ca_cert(key: rsa.RSAPrivateKey) -> x509.Certificate:
 
 
 def _serving_sans() -> list[x509.GeneralName]:
-    dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-           "kubernetes.default.svc.cluster.local"]
+    dns = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
     ips = [LOOPBACK, KUBERNETES_SERVICE_IP]
     return [x509.DNSName(name) for name in dns] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
 
@@ -253,17 +270,20 @@ def generate_pki(directory: Path) -> Pki:
 
     serving_key = _new_key()
     serving_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    serving = _leaf_cert(ca, ca_key, serving_key, serving_subject, ExtendedKeyUsageOID.SERVER_AUTH,
-                         _serving_sans())
+    serving = _leaf_cert(
+        ca, ca_key, serving_key, serving_subject, ExtendedKeyUsageOID.SERVER_AUTH, _serving_sans()
+    )
     _write_key(pki.serving_key, serving_key)
     _write_cert(pki.serving_crt, serving)
 
     # O=system:masters is bound to cluster-admin by the apiserver itself, no RBAC objects needed.
     admin_key = _new_key()
-    admin_subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-        x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
-    ])
+    admin_subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
+        ]
+    )
     admin = _leaf_cert(ca, ca_key, admin_key, admin_subject, ExtendedKeyUsageOID.CLIENT_AUTH)
     _write_key(pki.admin_key, admin_key)
     _write_cert(pki.admin_crt, admin)
@@ -287,11 +307,21 @@ def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": CONTEXT_NAME,
-                      "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_crt)}}],
-        "users": [{"name": ADMIN_USER,
-                   "user": {"client-certificate-data": b64(pki.admin_crt),
-                            "client-key-data": b64(pki.admin_key)}}],
+        "clusters": [
+            {
+                "name": CONTEXT_NAME,
+                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_crt)},
+            }
+        ],
+        "users": [
+            {
+                "name": ADMIN_USER,
+                "user": {
+                    "client-certificate-data": b64(pki.admin_crt),
+                    "client-key-data": b64(pki.admin_key),
+                },
+            }
+        ],
         "contexts": [{"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": ADMIN_USER}}],
         "current-context": CONTEXT_NAME,
         "preferences": {},
@@ -412,8 +442,10 @@ class ControlPlane:
             return False
         # Guard against pid reuse: the process must be this binary working on this state dir.
         cmdline = _proc_cmdline(pid)
-        return bool(cmdline) and Path(cmdline[0]).name == name and any(
-            str(self.state_dir) in arg for arg in cmdline[1:]
+        return (
+            bool(cmdline)
+            and Path(cmdline[0]).name == name
+            and any(str(self.state_dir) in arg for arg in cmdline[1:])
         )
 
     def is_running(self) -> bool:
@@ -503,8 +535,12 @@ class ControlPlane:
         """Reuses a healthy control plane from this state dir, else cleans up and starts a fresh one."""
         with self._locked():
             if self.healthy():
-                log("reusing running control plane", state=self.state_dir, server=self.server_url,
-                    pids=",".join(str(p) for p in self.pids().values()))
+                log(
+                    "reusing running control plane",
+                    state=self.state_dir,
+                    server=self.server_url,
+                    pids=",".join(str(p) for p in self.pids().values()),
+                )
                 return
             self._stop_unlocked()
             try:
@@ -541,11 +577,18 @@ class ControlPlane:
         self._poll("kube-apiserver /readyz", self._apiserver_ready, deadline)
 
         log(f"starting kube-controller-manager on {LOOPBACK}:{ports.controller_manager}")
-        self._spawn("kube-controller-manager", bin_dir,
-                    self._controller_manager_args(ports, pki, controller_kubeconfig))
+        self._spawn(
+            "kube-controller-manager",
+            bin_dir,
+            self._controller_manager_args(ports, pki, controller_kubeconfig),
+        )
         self.wait_ready(max(deadline - time.monotonic(), 1.0))
-        log("control plane ready", server=self.server_url, kubeconfig=self.kubeconfig,
-            seconds=f"{time.monotonic() - started:.1f}")
+        log(
+            "control plane ready",
+            server=self.server_url,
+            kubeconfig=self.kubeconfig,
+            seconds=f"{time.monotonic() - started:.1f}",
+        )
 
     def _spawn(self, name: str, bin_dir: Path, args: list[str]) -> None:
         log_path = self.log_path(name)
@@ -555,8 +598,11 @@ class ControlPlane:
             # Own session: survives the CLI that started it, and stop() can signal the whole group.
             proc = subprocess.Popen(
                 [str(bin_dir / name), *args],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.state_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.state_dir,
             )
         self._procs[name] = proc
         self._owns_processes = True
@@ -722,11 +768,16 @@ def main(argv: list[str] | None = None) -> int:
     state_option = argparse.ArgumentParser(add_help=False)
     # SUPPRESS lets --state-dir sit before or after the subcommand without one erasing the other.
     state_option.add_argument(
-        "--state-dir", type=Path, default=argparse.SUPPRESS,
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
         help="state directory (default $BPFLEET_STATE_DIR, else ~/.cache/bpfleet/run/default)",
     )
-    parser = argparse.ArgumentParser(prog="python -m e2e.controlplane", parents=[state_option],
-                                     description="Local Kubernetes control plane on 127.0.0.1.")
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.controlplane",
+        parents=[state_option],
+        description="Local Kubernetes control plane on 127.0.0.1.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", parents=[state_option], help="start (or reuse) and wait until ready")
     sub.add_parser("down", parents=[state_option], help="stop the processes")

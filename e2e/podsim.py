@@ -212,8 +212,13 @@ def _rmdir_cgroup(path: Path, timeout: float = 5.0) -> bool:
             return True
         except OSError as exc:
             if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
-                _event("cgroup.rmdir_failed", logging.WARNING, path=path, error=exc.strerror,
-                       procs=",".join(map(str, cgroup_pids(path))) or "-")
+                _event(
+                    "cgroup.rmdir_failed",
+                    logging.WARNING,
+                    path=path,
+                    error=exc.strerror,
+                    procs=",".join(map(str, cgroup_pids(path))) or "-",
+                )
                 return False
             time.sleep(0.02)
 
@@ -285,8 +290,13 @@ def run_in_cgroup(
     """subprocess.run in `cgroup`: output captured as text, never raises on a non-zero exit."""
     with _procs_fd(cgroup) as fd:
         return subprocess.run(
-            list(argv), preexec_fn=_join_cgroup(fd), input=input, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            list(argv),
+            preexec_fn=_join_cgroup(fd),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
 
@@ -362,13 +372,20 @@ class SimPod:
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary (for logs and the CLI)."""
         return {
-            "name": self.name, "namespace": self.namespace, "uid": self.uid, "qos": self.qos,
-            "container_id": self.container_id, "pod_cgroup": str(self.pod_cgroup),
-            "container_cgroup": str(self.container_cgroup), "pid": self.pid, "labels": dict(self.labels),
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "qos": self.qos,
+            "container_id": self.container_id,
+            "pod_cgroup": str(self.pod_cgroup),
+            "container_cgroup": str(self.container_cgroup),
+            "pid": self.pid,
+            "labels": dict(self.labels),
         }
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0, input: str | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Runs a command inside the pod's container cgroup, so its traffic is the pod's traffic."""
         return run_in_cgroup(argv, self.container_cgroup, timeout, input)
 
@@ -419,14 +436,17 @@ def _container_resources(qos: QosClass) -> kubernetes.client.V1ResourceRequireme
         return None
     if qos == "Burstable":
         return kubernetes.client.V1ResourceRequirements(requests=dict(_SIM_RESOURCES))
-    return kubernetes.client.V1ResourceRequirements(requests=dict(_SIM_RESOURCES),
-                                                    limits=dict(_SIM_RESOURCES))
+    return kubernetes.client.V1ResourceRequirements(
+        requests=dict(_SIM_RESOURCES), limits=dict(_SIM_RESOURCES)
+    )
 
 
-def _pod_manifest(namespace: str, name: str, labels: Mapping[str, str], node_name: str,
-                  qos: QosClass) -> kubernetes.client.V1Pod:
-    container = kubernetes.client.V1Container(name=CONTAINER_NAME, image=CONTAINER_IMAGE,
-                                              resources=_container_resources(qos))
+def _pod_manifest(
+    namespace: str, name: str, labels: Mapping[str, str], node_name: str, qos: QosClass
+) -> kubernetes.client.V1Pod:
+    container = kubernetes.client.V1Container(
+        name=CONTAINER_NAME, image=CONTAINER_IMAGE, resources=_container_resources(qos)
+    )
     # Without a node lifecycle heartbeat the node may turn NotReady; never let that evict the pod.
     tolerations = [
         kubernetes.client.V1Toleration(key=key, operator="Exists", effect="NoExecute")
@@ -437,8 +457,11 @@ def _pod_manifest(namespace: str, name: str, labels: Mapping[str, str], node_nam
         kind="Pod",
         metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels)),
         spec=kubernetes.client.V1PodSpec(
-            node_name=node_name, containers=[container], tolerations=tolerations,
-            automount_service_account_token=False, termination_grace_period_seconds=0,
+            node_name=node_name,
+            containers=[container],
+            tolerations=tolerations,
+            automount_service_account_token=False,
+            termination_grace_period_seconds=0,
         ),
     )
 
@@ -481,21 +504,33 @@ def _node_status(node_name: str) -> dict[str, Any]:
     uname = os.uname()
     return {
         "status": {
-            "conditions": [{
-                "type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "bpfleet pod simulator is posting ready status",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
-            }],
-            "addresses": [{"type": "InternalIP", "address": POD_IP},
-                          {"type": "Hostname", "address": node_name}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "bpfleet pod simulator is posting ready status",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": POD_IP},
+                {"type": "Hostname", "address": node_name},
+            ],
             "capacity": resources,
             "allocatable": resources,
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "",
-                "kernelVersion": uname.release, "osImage": _os_image(),
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+                "kernelVersion": uname.release,
+                "osImage": _os_image(),
                 "containerRuntimeVersion": f"{CONTAINER_ID_SCHEME}://podsim",
                 "kubeletVersion": "v0.0.0-podsim",
-                "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": _kube_arch(),
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": _kube_arch(),
             },
         }
     }
@@ -570,7 +605,8 @@ class PodSimulator:
             **(labels or {}),
         }
         body = kubernetes.client.V1Node(
-            api_version="v1", kind="Node",
+            api_version="v1",
+            kind="Node",
             metadata=kubernetes.client.V1ObjectMeta(name=self.node_name, labels=desired),
         )
         try:
@@ -580,12 +616,15 @@ class PodSimulator:
             if not _is_status(exc, 409):
                 raise
             if labels is not None:
-                self._replace_labels(lambda patch: self.core.patch_node(
-                    self.node_name, patch, _content_type=JSON_PATCH), desired)
+                self._replace_labels(
+                    lambda patch: self.core.patch_node(self.node_name, patch, _content_type=JSON_PATCH),
+                    desired,
+                )
                 _event("node.labels_set", node=self.node_name, labels=_fmt_labels(desired))
         self._node_ensured = True
-        node = self.core.patch_node_status(self.node_name, _node_status(self.node_name),
-                                           _content_type=STRATEGIC_MERGE_PATCH)
+        node = self.core.patch_node_status(
+            self.node_name, _node_status(self.node_name), _content_type=STRATEGIC_MERGE_PATCH
+        )
         self._renew_lease(node.metadata.uid)
         _event("node.ready", node=self.node_name)
         return node
@@ -611,8 +650,9 @@ class PodSimulator:
                     _event("node.heartbeat_failed", logging.WARNING, node=self.node_name, error=exc)
 
         self._heartbeat_stop = stop
-        self._heartbeat_thread = threading.Thread(target=loop, name=f"podsim-heartbeat-{self.node_name}",
-                                                  daemon=True)
+        self._heartbeat_thread = threading.Thread(
+            target=loop, name=f"podsim-heartbeat-{self.node_name}", daemon=True
+        )
         self._heartbeat_thread.start()
 
     def stop_heartbeat(self) -> None:
@@ -628,8 +668,9 @@ class PodSimulator:
 
     def _delete_node(self, request_timeout: float | None) -> None:
         with contextlib.suppress(ApiException):
-            self.coordination.delete_namespaced_lease(self.node_name, NODE_LEASE_NAMESPACE,
-                                                      _request_timeout=request_timeout)
+            self.coordination.delete_namespaced_lease(
+                self.node_name, NODE_LEASE_NAMESPACE, _request_timeout=request_timeout
+            )
         try:
             self.core.delete_node(self.node_name, _request_timeout=request_timeout)
             _event("node.deleted", node=self.node_name)
@@ -639,70 +680,100 @@ class PodSimulator:
         self._node_ensured = False
 
     def _renew_lease(self, node_uid: str) -> None:
-        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": NODE_LEASE_SECONDS,
-                "renewTime": _now_micro()}
+        spec = {
+            "holderIdentity": self.node_name,
+            "leaseDurationSeconds": NODE_LEASE_SECONDS,
+            "renewTime": _now_micro(),
+        }
         try:
-            self.coordination.patch_namespaced_lease(self.node_name, NODE_LEASE_NAMESPACE, {"spec": spec},
-                                                     _content_type=MERGE_PATCH)
+            self.coordination.patch_namespaced_lease(
+                self.node_name, NODE_LEASE_NAMESPACE, {"spec": spec}, _content_type=MERGE_PATCH
+            )
             return
         except ApiException as exc:
             if not _is_status(exc, 404):
                 raise
         self._ensure_namespace(NODE_LEASE_NAMESPACE)
         # Owned by the Node, as kubelet does it, so the garbage collector removes it with the node.
-        owner = kubernetes.client.V1OwnerReference(api_version="v1", kind="Node", name=self.node_name,
-                                                   uid=node_uid)
+        owner = kubernetes.client.V1OwnerReference(
+            api_version="v1", kind="Node", name=self.node_name, uid=node_uid
+        )
         lease = kubernetes.client.V1Lease(
-            api_version="coordination.k8s.io/v1", kind="Lease",
-            metadata=kubernetes.client.V1ObjectMeta(name=self.node_name, namespace=NODE_LEASE_NAMESPACE,
-                                                    owner_references=[owner]),
-            spec=kubernetes.client.V1LeaseSpec(holder_identity=self.node_name,
-                                               lease_duration_seconds=NODE_LEASE_SECONDS),
+            api_version="coordination.k8s.io/v1",
+            kind="Lease",
+            metadata=kubernetes.client.V1ObjectMeta(
+                name=self.node_name, namespace=NODE_LEASE_NAMESPACE, owner_references=[owner]
+            ),
+            spec=kubernetes.client.V1LeaseSpec(
+                holder_identity=self.node_name, lease_duration_seconds=NODE_LEASE_SECONDS
+            ),
         )
         with contextlib.suppress(ApiException):  # lost a race with a concurrent heartbeat: fine
             self.coordination.create_namespaced_lease(NODE_LEASE_NAMESPACE, lease)
-        self.coordination.patch_namespaced_lease(self.node_name, NODE_LEASE_NAMESPACE, {"spec": spec},
-                                                 _content_type=MERGE_PATCH)
+        self.coordination.patch_namespaced_lease(
+            self.node_name, NODE_LEASE_NAMESPACE, {"spec": spec}, _content_type=MERGE_PATCH
+        )
 
     # -- pods
 
-    def create_pod(self, namespace: str, name: str, labels: Mapping[str, str] | None = None,
-                   qos: str = "BestEffort") -> SimPod:
+    def create_pod(
+        self, namespace: str, name: str, labels: Mapping[str, str] | None = None, qos: str = "BestEffort"
+    ) -> SimPod:
         """Creates a Running pod on this node: the API object, its cgroups, and a live process."""
         qos_class = normalize_qos(qos)
         labels = dict(labels or {})
         self._ensure_namespace(namespace)
         created = self.core.create_namespaced_pod(
-            namespace, _pod_manifest(namespace, name, labels, self.node_name, qos_class))
+            namespace, _pod_manifest(namespace, name, labels, self.node_name, qos_class)
+        )
         uid = created.metadata.uid
         container_id = new_container_id()
         pod_cgroup = self.cgroup_root / pod_cgroup_relpath(uid, qos_class, self.driver)
         pod = SimPod(
-            name=name, namespace=namespace, uid=uid, qos=qos_class, container_id=container_id,
+            name=name,
+            namespace=namespace,
+            uid=uid,
+            qos=qos_class,
+            container_id=container_id,
             pod_cgroup=pod_cgroup,
             container_cgroup=pod_cgroup / container_cgroup_name(container_id, self.driver),
-            pid=0, labels=labels,
+            pid=0,
+            labels=labels,
         )
         with self._lock:
             self._pods[pod.key] = pod
         try:
             self._start_container(pod)
-            self.core.patch_namespaced_pod_status(name, namespace, _pod_status(qos_class, container_id),
-                                                  _content_type=STRATEGIC_MERGE_PATCH)
+            self.core.patch_namespaced_pod_status(
+                name, namespace, _pod_status(qos_class, container_id), _content_type=STRATEGIC_MERGE_PATCH
+            )
         except BaseException:
             _event("pod.create_failed", logging.WARNING, pod=pod.key, uid=uid)
             with contextlib.suppress(Exception):  # keep the original error, not the rollback's
                 self._remove_pod(pod, request_timeout=CLEANUP_REQUEST_TIMEOUT)
             raise
-        _event("pod.created", pod=pod.key, uid=uid, qos=qos_class, pid=pod.pid, cgroup=pod.pod_cgroup,
-               labels=_fmt_labels(labels))
+        _event(
+            "pod.created",
+            pod=pod.key,
+            uid=uid,
+            qos=qos_class,
+            pid=pod.pid,
+            cgroup=pod.pod_cgroup,
+            labels=_fmt_labels(labels),
+        )
         return pod
 
     def _start_container(self, pod: SimPod) -> None:
         self._mkdirs(pod.container_cgroup)
         # Own session: a Ctrl-C aimed at the test run must not kill "containers" behind cleanup's back.
-        proc = spawn_in_cgroup(["sleep", "infinity"], pod.container_cgroup, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = spawn_in_cgroup(
+            ["sleep", "infinity"],
+            pod.container_cgroup,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         pod._proc, pod.pid = proc, proc.pid
         expected = "/" + str(pod.container_cgroup.relative_to(find_cgroup2_mount()))
         actual = process_cgroup(proc.pid)
@@ -711,8 +782,12 @@ class PodSimulator:
 
     def set_labels(self, pod: SimPod, labels: Mapping[str, str]) -> None:
         """Makes the pod's labels exactly `labels` (keys not given are removed)."""
-        self._replace_labels(lambda patch: self.core.patch_namespaced_pod(
-            pod.name, pod.namespace, patch, _content_type=JSON_PATCH), labels)
+        self._replace_labels(
+            lambda patch: self.core.patch_namespaced_pod(
+                pod.name, pod.namespace, patch, _content_type=JSON_PATCH
+            ),
+            labels,
+        )
         pod.labels = dict(labels)
         _event("pod.labels_set", pod=pod.key, labels=_fmt_labels(labels))
 
@@ -736,8 +811,9 @@ class PodSimulator:
 
     def _delete_pod_object(self, pod: SimPod, request_timeout: float | None) -> None:
         try:
-            self.core.delete_namespaced_pod(pod.name, pod.namespace, grace_period_seconds=0,
-                                            _request_timeout=request_timeout)
+            self.core.delete_namespaced_pod(
+                pod.name, pod.namespace, grace_period_seconds=0, _request_timeout=request_timeout
+            )
         except ApiException as exc:
             if not _is_status(exc, 404):
                 raise
@@ -775,8 +851,12 @@ class PodSimulator:
             try:
                 self._delete_node(CLEANUP_REQUEST_TIMEOUT)
             except Exception as exc:
-                _event("cleanup.node_delete_failed", logging.WARNING, node=self.node_name,
-                       error=type(exc).__name__)
+                _event(
+                    "cleanup.node_delete_failed",
+                    logging.WARNING,
+                    node=self.node_name,
+                    error=type(exc).__name__,
+                )
         self._remove_created_dirs()
 
     def _remove_created_dirs(self) -> None:
@@ -807,7 +887,8 @@ class PodSimulator:
 
     def _ensure_namespace(self, namespace: str) -> None:
         body = kubernetes.client.V1Namespace(
-            api_version="v1", kind="Namespace", metadata=kubernetes.client.V1ObjectMeta(name=namespace))
+            api_version="v1", kind="Namespace", metadata=kubernetes.client.V1ObjectMeta(name=namespace)
+        )
         try:
             self.core.create_namespace(body)
             _event("namespace.created", namespace=namespace)
@@ -821,8 +902,10 @@ class PodSimulator:
         # ServiceAccount admission rejects pods until "default" exists; the controller manager
         # creates it asynchronously, so creating it here removes a race (409 when it won).
         body = kubernetes.client.V1ServiceAccount(
-            api_version="v1", kind="ServiceAccount",
-            metadata=kubernetes.client.V1ObjectMeta(name="default", namespace=namespace))
+            api_version="v1",
+            kind="ServiceAccount",
+            metadata=kubernetes.client.V1ObjectMeta(name="default", namespace=namespace),
+        )
         try:
             self.core.create_namespaced_service_account(namespace, body)
         except ApiException as exc:

@@ -26,7 +26,5 @@ def tool_path(name: str) -> Path:
         raise ValueError(f"unknown tool {name!r}; expected one of {', '.join(KNOWN_TOOLS)}")
     path = cache_dir() / "bin" / name
     if not (path.is_file() and os.access(path, os.X_OK)):
-        raise ToolNotInstalledError(
-            f"{name} is not installed at {path}; run: bash {INSTALL_SCRIPT}"
-        )
+        raise ToolNotInstalledError(f"{name} is not installed at {path}; run: bash {INSTALL_SCRIPT}")
     return path

@@ -61,16 +61,18 @@ class Informer(threading.Thread):
                 self._stop.wait(1.0)
 
     def _request(self, params: dict[str, Any], timeout: float | tuple[float, float]) -> Any:
-        response = self.api.call_api(
-            self.path,
+        """A GET whose body is read raw: lists and watch streams alike, as plain dicts."""
+        method, url, headers, body, _ = self.api.param_serialize(
             "GET",
+            self.path,
             query_params=list({**self.selectors, **params}.items()),
             header_params={"Accept": "application/json"},
             auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=timeout,
         )
-        return response[0]
+        response = self.api.call_api(method, url, headers, body, _request_timeout=timeout).response
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.data.decode(errors="replace")[:500])
+        return response
 
     def _list(self) -> str:
         body = json.loads(self._request({}, 30).data)

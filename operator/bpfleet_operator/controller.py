@@ -116,7 +116,7 @@ class ProgramController:
 
     def _create(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        log.info("creating node program", extra={"namespace": meta["namespace"], "name": meta["name"]})
+        log.info("creating node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
         try:
             self.custom.create_namespaced_custom_object(
                 names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, body
@@ -127,22 +127,23 @@ class ProgramController:
 
     def _replace_spec(self, current: dict[str, Any], spec: dict[str, Any]) -> None:
         meta = current["metadata"]
-        log.info("updating node program", extra={"namespace": meta["namespace"], "name": meta["name"]})
+        log.info("updating node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
         # A JSON merge patch would merge selector maps; replace spec whole with a JSON patch.
-        self.custom.api_client.call_api(
-            f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{meta['namespace']}/{names.NODE_PROGRAM_PLURAL}/{meta['name']}",
-            "PATCH",
-            header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-            body=[{"op": "replace", "path": "/spec", "value": spec}],
-            auth_settings=["BearerToken"],
-            response_type="object",
+        self.custom.patch_namespaced_custom_object(
+            names.GROUP,
+            names.VERSION,
+            meta["namespace"],
+            names.NODE_PROGRAM_PLURAL,
+            meta["name"],
+            [{"op": "replace", "path": "/spec", "value": spec}],
+            _content_type="application/json-patch+json",
         )
 
     def release_node_program(self, node_program: dict[str, Any], node_exists: bool) -> None:
         """Deletes a node object; when its node is gone no agent will detach, so drop its finalizer."""
         meta = node_program["metadata"]
         if not meta.get("deletionTimestamp"):
-            log.info("deleting node program", extra={"namespace": meta["namespace"], "name": meta["name"]})
+            log.info("deleting node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
             try:
                 self.custom.delete_namespaced_custom_object(
                     names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, meta["name"]
@@ -151,7 +152,7 @@ class ProgramController:
                 if e.status != 404:
                     raise
         if not node_exists and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
-            log.info("node is gone, releasing its node program", extra={"name": meta["name"]})
+            log.info("node is gone, releasing its node program", extra={"object": meta["name"]})
             finalizers = [f for f in meta["finalizers"] if f != names.AGENT_FINALIZER]
             try:
                 self.custom.patch_namespaced_custom_object(
@@ -221,5 +222,7 @@ class WorkQueue:
                 try:
                     await self.handle(key)
                 except Exception:
-                    log.exception("reconcile failed; retrying", extra={"namespace": key[0], "name": key[1]})
+                    log.exception(
+                        "reconcile failed; retrying", extra={"namespace": key[0], "program": key[1]}
+                    )
                     asyncio.get_running_loop().call_later(self.retry, self.add, key)

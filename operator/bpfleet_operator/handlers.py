@@ -22,6 +22,7 @@ class _State:
     controller: ProgramController
     queue: WorkQueue
     stopped: asyncio.Event
+    worker: asyncio.Task[None]
 
     def __init__(self) -> None:
         self.programs: set[Key] = set()
@@ -51,7 +52,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.controller = ProgramController(_api_client())
     STATE.queue = WorkQueue(reconcile)
     STATE.stopped = asyncio.Event()
-    asyncio.create_task(STATE.queue.run(STATE.stopped))
+    STATE.worker = asyncio.create_task(STATE.queue.run(STATE.stopped))
 
 
 @kopf.on.cleanup()

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 
 import kopf
 from bpfleet_api import logs
+
+
+class _QuietWatchers(logging.Filter):
+    """Drops kopf's line per handled watch event: one per Node and ConfigMap change is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Handler '") and message.endswith(("_event' succeeded.", "resync' succeeded."))
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     logs.setup(args.log_level)
+    logging.getLogger("kopf.objects").addFilter(_QuietWatchers())
     from bpfleet_operator import handlers  # noqa: F401  (registers the handlers)
 
     asyncio.run(kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=args.liveness))

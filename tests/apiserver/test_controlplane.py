@@ -80,7 +80,10 @@ def test_version_is_pinned_release(api: client.ApiClient) -> None:
 def test_kubectl_lists_namespaces(control_plane: ControlPlane) -> None:
     result = subprocess.run(
         [str(tool_path("kubectl")), "--kubeconfig", str(control_plane.kubeconfig), "get", "ns", "-o", "name"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "namespace/default" in result.stdout.split()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,13 +68,16 @@ def test_ensure_node_creates_a_ready_node_with_labels(sim):
     assert node.metadata.labels["pool"] == "a"
     assert node.metadata.labels["kubernetes.io/hostname"] == sim.node_name
     assert _condition(node.status.conditions, "Ready").status == "True"
-    lease = kubernetes.client.CoordinationV1Api(sim.api).read_namespaced_lease(sim.node_name, "kube-node-lease")
+    coordination = kubernetes.client.CoordinationV1Api(sim.api)
+    lease = coordination.read_namespaced_lease(sim.node_name, "kube-node-lease")
     assert lease.spec.holder_identity == sim.node_name
     assert (datetime.now(UTC) - lease.spec.renew_time).total_seconds() < 60
 
-    sim.ensure_node({"pool": "b"})  # existing node: labels become exactly the new set
+    sim.ensure_node({"zone": "z1"})  # existing node: labels become exactly defaults + the new set
     node = core.read_node(sim.node_name)
-    assert node.metadata.labels["pool"] == "b"
+    assert node.metadata.labels["zone"] == "z1"
+    assert "pool" not in node.metadata.labels
+    assert node.metadata.labels["kubernetes.io/hostname"] == sim.node_name
     assert _condition(node.status.conditions, "Ready").status == "True"
 
     sim.heartbeat()
@@ -82,8 +87,9 @@ def test_ensure_node_creates_a_ready_node_with_labels(sim):
     assert gone.value.status == 404
 
 
-@pytest.mark.parametrize(("qos", "driver"), [("BestEffort", "systemd"), ("Burstable", "cgroupfs"),
-                                             ("Guaranteed", "systemd")])
+@pytest.mark.parametrize(
+    ("qos", "driver"), [("BestEffort", "systemd"), ("Burstable", "cgroupfs"), ("Guaranteed", "systemd")]
+)
 def test_pod_lifecycle(api, qos, driver):
     base = find_cgroup2_mount() / f"bpfleet-test-{secrets.token_hex(4)}"
     sim = PodSimulator(api, f"node-{secrets.token_hex(3)}", base / "node", driver)
@@ -140,15 +146,29 @@ def test_cleanup_deletes_pods_and_node_and_cgroups(sim):
     core = kubernetes.client.CoreV1Api(sim.api)
     sim.ensure_node()
     pods = [sim.create_pod("podsim-cleanup", f"p{i}", {"i": str(i)}) for i in range(3)]
-    assert {p.metadata.name for p in core.list_namespaced_pod(
-        "podsim-cleanup", field_selector=f"spec.nodeName={sim.node_name}").items} == {"p0", "p1", "p2"}
+    listed = core.list_namespaced_pod("podsim-cleanup", field_selector=f"spec.nodeName={sim.node_name}")
+    assert {p.metadata.name for p in listed.items} == {"p0", "p1", "p2"}
 
     sim.cleanup()
 
-    assert core.list_namespaced_pod("podsim-cleanup", field_selector=f"spec.nodeName={sim.node_name}").items == []
+    on_node = f"spec.nodeName={sim.node_name}"
+    assert core.list_namespaced_pod("podsim-cleanup", field_selector=on_node).items == []
     with pytest.raises(ApiException):
         core.read_node(sim.node_name)
     assert not any(_alive(p.pid) for p in pods)
     assert not sim.cgroup_root.exists()
     assert not sim.cgroup_root.parent.exists()
     sim.cleanup()  # second call is a no-op
+
+
+def test_heartbeat_thread_renews_the_lease_until_cleanup(sim):
+    coordination = kubernetes.client.CoordinationV1Api(sim.api)
+    sim.ensure_node()
+    first = coordination.read_namespaced_lease(sim.node_name, "kube-node-lease").spec.renew_time
+    sim.start_heartbeat(interval=0.1)
+    deadline = time.monotonic() + 10
+    while coordination.read_namespaced_lease(sim.node_name, "kube-node-lease").spec.renew_time == first:
+        assert time.monotonic() < deadline, "lease was not renewed"
+        time.sleep(0.05)
+    sim.cleanup()
+    assert not any(t.name.startswith("podsim-heartbeat") for t in threading.enumerate())

@@ -121,7 +121,8 @@ def test_create_pod_builds_kubelet_layout_with_a_live_process(make_sim, driver, 
 
     assert pod.pod_cgroup == sim.cgroup_root / pod_cgroup_relpath(pod.uid, qos, driver)
     assert pod.container_cgroup == sim.cgroup_root / container_cgroup_relpath(
-        pod.uid, qos, driver, pod.container_id)
+        pod.uid, qos, driver, pod.container_id
+    )
     assert pod.container_cgroup.is_dir()
     assert _alive(pod.pid)
     assert process_cgroup(pod.pid) == _relative_to_mount(pod.container_cgroup)
@@ -240,8 +241,13 @@ def test_cleanup_cgroup_tree_refuses_the_callers_own_tree(scratch_cgroup):
             print("refused:", exc)
     """)
     result = subprocess.run(
-        [sys.executable, "-c", script], preexec_fn=lambda: Path(leaf, "cgroup.procs").write_text("0"),
-        capture_output=True, text=True, timeout=60, check=False, cwd=Path(__file__).parents[2],
+        [sys.executable, "-c", script],
+        preexec_fn=lambda: Path(leaf, "cgroup.procs").write_text("0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parents[2],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert result.returncode == 0, result.stderr

@@ -24,10 +24,16 @@ CID = "ab" * 32
 @pytest.mark.parametrize(
     ("qos", "driver", "expected"),
     [
-        ("BestEffort", "systemd",
-         f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice"),
-        ("Burstable", "systemd",
-         f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"),
+        (
+            "BestEffort",
+            "systemd",
+            f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice",
+        ),
+        (
+            "Burstable",
+            "systemd",
+            f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice",
+        ),
         ("Guaranteed", "systemd", f"kubepods.slice/kubepods-pod{UID_}.slice"),
         ("BestEffort", "cgroupfs", f"kubepods/besteffort/pod{UID}"),
         ("Burstable", "cgroupfs", f"kubepods/burstable/pod{UID}"),
@@ -54,8 +60,11 @@ def test_relpath_is_relative_and_not_escaping():
 @pytest.mark.parametrize(
     ("driver", "expected"),
     [
-        ("systemd", f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
-                    f"cri-containerd-{CID}.scope"),
+        (
+            "systemd",
+            f"kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/"
+            f"cri-containerd-{CID}.scope",
+        ),
         ("cgroupfs", f"kubepods/besteffort/pod{UID}/{CID}"),
     ],
 )
@@ -102,18 +111,24 @@ def _mountinfo(tmp_path: Path, lines: list[str]) -> Path:
 
 
 def test_find_cgroup2_mount_hybrid(tmp_path):
-    mountinfo = _mountinfo(tmp_path, [
-        "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755",
-        "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate",
-        "32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd",
-    ])
+    mountinfo = _mountinfo(
+        tmp_path,
+        [
+            "30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755",
+            "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw,nsdelegate",
+            "32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd",
+        ],
+    )
     assert find_cgroup2_mount(mountinfo) == Path("/sys/fs/cgroup/unified")
 
 
 def test_find_cgroup2_mount_pure_v2(tmp_path):
-    mountinfo = _mountinfo(tmp_path, [
-        "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw",
-    ])
+    mountinfo = _mountinfo(
+        tmp_path,
+        [
+            "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw",
+        ],
+    )
     assert find_cgroup2_mount(mountinfo) == Path("/sys/fs/cgroup")
 
 
