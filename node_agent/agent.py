@@ -7,10 +7,9 @@ import threading
 import time
 from typing import Any
 
-from bpfleet_api import conditions, names, reasons
 from kubernetes.client import ApiClient, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
+from bpfleet_api import conditions, names, patching, reasons
 from node_agent.kernel.attach_types import UnknownAttach
 from node_agent.model import NodeProgram, Pod
 from node_agent.reconcile import PassResult, Reconciler
@@ -106,30 +105,23 @@ class Agent:
         if (obj.get("status") or {}) == {k: v for k, v in status.items() if v is not None}:
             return  # nothing changed: no write
         meta = obj["metadata"]
-        try:
-            self.custom.patch_namespaced_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                meta["namespace"],
-                names.NODE_PROGRAM_PLURAL,
-                meta["name"],
-                {"status": status},
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        patching.merge_patch(
+            self.custom,
+            names.NODE_PROGRAM_PLURAL,
+            meta["namespace"],
+            meta["name"],
+            {"status": status},
+            status=True,
+        )
 
     def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
         meta = obj["metadata"]
         # resourceVersion makes this a compare-and-swap: never drop someone else's finalizer.
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-        try:
-            self.custom.patch_namespaced_custom_object(
-                names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, meta["name"], body
-            )
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise
+        applied = patching.merge_patch(
+            self.custom, names.NODE_PROGRAM_PLURAL, meta["namespace"], meta["name"], body, ignore=(404, 409)
+        )
+        if not applied:
             self._wake.set()  # changed under us: the next pass sees the new object
 
     def _add_finalizer(self, obj: dict[str, Any]) -> None:

@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
-from bpfleet_api import logs
 from kubernetes import client, config
 
+from bpfleet_api import logs
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names
-
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Protocol
 
 from bpfleet_api import reasons, selectors
-
 from node_agent.errors import AgentError, ProgramBuildError
 from node_agent.kernel.backend import KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from bpfleet_api import conditions, diagnostics, names, reasons
-
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, ProgramReport
 
 MAX_POD_STATES = 100

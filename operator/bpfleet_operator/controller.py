@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bpfleet_api import names
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from bpfleet_api import names, patching
 from bpfleet_operator import aggregate, fanout
 from bpfleet_operator.sources import SourceError, resolve
 
@@ -154,18 +154,13 @@ class ProgramController:
         if not node_exists and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
             log.info("node is gone, releasing its node program", extra={"object": meta["name"]})
             finalizers = [f for f in meta["finalizers"] if f != names.AGENT_FINALIZER]
-            try:
-                self.custom.patch_namespaced_custom_object(
-                    names.GROUP,
-                    names.VERSION,
-                    meta["namespace"],
-                    names.NODE_PROGRAM_PLURAL,
-                    meta["name"],
-                    {"metadata": {"finalizers": finalizers}},
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+            patching.merge_patch(
+                self.custom,
+                names.NODE_PROGRAM_PLURAL,
+                meta["namespace"],
+                meta["name"],
+                {"metadata": {"finalizers": finalizers}},
+            )
 
     def _write_status(self, program: dict[str, Any], status: dict[str, Any]) -> Outcome:
         previous = program.get("status") or {}
@@ -175,13 +170,13 @@ class ProgramController:
         if all(previous.get(k) == v for k, v in status.items()):
             return outcome
         meta = program["metadata"]
-        self.custom.patch_namespaced_custom_object_status(
-            names.GROUP,
-            names.VERSION,
-            meta["namespace"],
+        patching.merge_patch(
+            self.custom,
             names.PROGRAM_PLURAL,
+            meta["namespace"],
             meta["name"],
             {"status": status},
+            status=True,
         )
         outcome.status_written = True
         return outcome

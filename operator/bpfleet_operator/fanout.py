@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from bpfleet_api import names, selectors
-
 from bpfleet_operator.sources import ResolvedSource
 
 _MAX_NAME = 253

@@ -8,9 +8,9 @@ from collections import defaultdict
 from typing import Any
 
 import kopf
-from bpfleet_api import names
 from kubernetes import client, config
 
+from bpfleet_api import names
 from bpfleet_operator.controller import Key, ProgramController, WorkQueue
 
 log = logging.getLogger(__name__)

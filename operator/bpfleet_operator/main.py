@@ -8,6 +8,7 @@ import logging
 import os
 
 import kopf
+
 from bpfleet_api import logs
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bpfleet_api import reasons
-
 from bpfleet_operator.builtins import catalog
 
 

@@ -1,0 +1,37 @@
+"""JSON merge patches of bpfleet objects, spelled out once.
+
+The kubernetes client guesses a patch content type from the body; saying it keeps the meaning of a
+patch (merge vs JSON patch) from depending on the client version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from bpfleet_api import names
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def merge_patch(
+    custom: CustomObjectsApi,
+    plural: str,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    *,
+    status: bool = False,
+    ignore: tuple[int, ...] = (404,),
+) -> bool:
+    """Applies the patch; returns False when the API answered with one of the `ignore` codes."""
+    patch = custom.patch_namespaced_custom_object_status if status else custom.patch_namespaced_custom_object
+    try:
+        patch(names.GROUP, names.VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH)
+    except ApiException as e:
+        if e.status in ignore:
+            return False
+        raise
+    return True
