@@ -1,0 +1,129 @@
+"""The agent's pure parts: selectors, parsing, cgroup layouts, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bpfleet_api import diagnostics, reasons, selectors
+from node_agent import errors
+from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount, pod_cgroup_candidates
+from node_agent.kernel.backend import LoadedProgram
+from node_agent.model import NodeProgram
+from node_agent.reconcile import ATTACHED, FAILED, PodReport, ProgramReport
+from node_agent.status import node_program_status
+from tests.unit.builders import node_program
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ({}, {"a": "1"}, True),
+        (None, {}, True),
+        ({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"}, True),
+        ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
+        ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "2"}, True),
+        ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {}, False),
+        ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {}, True),
+    ],
+)
+def test_label_selectors(selector, labels, expected):
+    assert selectors.matches(selector, labels) is expected
+
+
+def test_parameters_become_defines_never_source_text():
+    parsed = NodeProgram.from_object(node_program(parameters={"PORT": 80, "NAME": 'a"b'}))
+    assert dict(parsed.build.defines) == {"PORT": "80", "NAME": '"a\\"b"'}
+    assert "PORT" not in parsed.build.source
+
+
+def test_version_changes_with_anything_compiled_and_only_then():
+    base = NodeProgram.from_object(node_program()).ref.version
+    assert NodeProgram.from_object(node_program(selector={})).ref.version == base
+    assert NodeProgram.from_object(node_program(source="other")).ref.version != base
+    assert NodeProgram.from_object(node_program(parameters={"X": 1})).ref.version != base
+    ingress = {"type": "CgroupSkb", "direction": "Ingress"}
+    assert NodeProgram.from_object(node_program(attach=ingress)).ref.version != base
+
+
+def test_pod_cgroup_layouts_for_both_drivers():
+    uid = "1234-ab"
+    paths = {str(p) for p in pod_cgroup_candidates(uid, "Burstable")}
+    assert paths == {
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_ab.slice",
+        "kubepods/burstable/pod1234-ab",
+    }
+    guaranteed = {str(p) for p in pod_cgroup_candidates(uid, "Guaranteed")}
+    assert guaranteed == {"kubepods.slice/kubepods-pod1234_ab.slice", "kubepods/pod1234-ab"}
+    assert len(pod_cgroup_candidates(uid, None)) == 6
+
+
+def test_resolver_finds_the_directory_kubelet_made(tmp_path: Path):
+    made = tmp_path / "kubepods" / "besteffort" / "poduid-1"
+    made.mkdir(parents=True)
+    resolver = PodCgroupResolver(tmp_path)
+    assert resolver.find("uid-1", "BestEffort") == made
+    assert resolver.find("uid-1", None) == made
+    assert resolver.find("uid-2", "BestEffort") is None
+
+
+def test_cgroup_v2_mount_on_pure_and_hybrid_hosts(tmp_path: Path):
+    (tmp_path / "pure").mkdir()
+    (tmp_path / "pure" / "cgroup.controllers").touch()
+    assert cgroup_v2_mount(tmp_path / "pure") == tmp_path / "pure"
+    (tmp_path / "hybrid" / "unified").mkdir(parents=True)
+    (tmp_path / "hybrid" / "unified" / "cgroup.procs").touch()
+    assert cgroup_v2_mount(tmp_path / "hybrid") == tmp_path / "hybrid" / "unified"
+    with pytest.raises(FileNotFoundError):
+        cgroup_v2_mount(tmp_path / "none")
+
+
+VERIFIER_LOG = """bpf: Failed to load program: Permission denied
+0: R1=ctx() R10=fp0
+1: (61) r0 = *(u32 *)(r1 +0)
+R1 invalid mem access 'scalar'
+processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0
+"""
+
+
+def test_headlines_pick_the_line_that_explains():
+    assert diagnostics.headline(reasons.VERIFIER_REJECTED, VERIFIER_LOG) == "R1 invalid mem access 'scalar'"
+    compile_log = (
+        "In file included from x.h:1:\nprogram.c:4:3: error: use of undeclared identifier 'y'\n1 error."
+    )
+    assert diagnostics.headline(reasons.COMPILE_ERROR, compile_log).startswith("program.c:4:3: error:")
+
+
+def report(**kwargs) -> ProgramReport:
+    return ProgramReport(namespace="shop", name="p-node-a", generation=4, version="v2", **kwargs)
+
+
+def test_status_of_a_healthy_program():
+    loaded = LoadedProgram(ref=None, prog_id=42, pin_dir="/sys/fs/bpf/bpfleet/shop/p/v2", maps=("traffic",))  # type: ignore[arg-type]
+    status = node_program_status(
+        report(loaded=loaded, serving_version="v2", pods=[PodReport("a", "u1", ATTACHED)]), "node-a", None
+    )
+    assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
+    assert status["programId"] == 42 and status["maps"] == ["traffic"]
+    assert status["observedGeneration"] == 4
+    [ready] = status["conditions"]
+    assert (ready["type"], ready["status"]) == ("Ready", "True")
+
+
+def test_status_of_a_verifier_rejection_keeps_the_end_of_a_long_log():
+    long_log = "noise line\n" * 1000 + VERIFIER_LOG
+    status = node_program_status(report(build_error=errors.VerifierRejected(long_log)), "node-a", None)
+    [failure] = status["failures"]
+    assert failure["reason"] == reasons.VERIFIER_REJECTED
+    assert len(failure["message"]) <= 2048 and "invalid mem access" in failure["message"]
+    [ready] = status["conditions"]
+    assert ready["status"] == "False" and "invalid mem access" in ready["message"]
+
+
+def test_status_lists_failed_pods():
+    pods = [PodReport("a", "u1", ATTACHED), PodReport("b", "u2", FAILED, reasons.ATTACH_FAILED, "EPERM")]
+    status = node_program_status(report(pods=pods, serving_version="v2"), "node-a", None)
+    assert status["failures"] == [{"pod": "b", "reason": reasons.ATTACH_FAILED, "message": "EPERM"}]
+    assert status["pods"]["failed"] == 1

@@ -1,0 +1,171 @@
+"""The operator's pure parts: builtin contracts, fan-out, status aggregation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bpfleet_api import names, reasons
+from bpfleet_operator import aggregate, fanout
+from bpfleet_operator.builtins import catalog
+from bpfleet_operator.sources import ResolvedSource, SourceError, resolve
+
+
+def deny_spec(**overrides: Any) -> dict[str, Any]:
+    spec = {
+        "source": {"builtin": "egress-port-deny"},
+        "function": "deny_connect4",
+        "attach": {"type": "CgroupSockAddr", "hook": "Connect4"},
+        "podSelector": {},
+        "parameters": {"PORT": 6379},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def no_config_maps(namespace: str, name: str) -> None:
+    return None
+
+
+def test_catalog_has_the_vetted_programs_with_their_sources():
+    assert {"pod-traffic-counter", "egress-port-deny"} <= set(catalog())
+    assert "count_packets" in catalog()["pod-traffic-counter"].source
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"parameters": {}}, "parameter PORT is required"),
+        ({"parameters": {"PORT": 70000}}, "parameter PORT must be between 1 and 65535"),
+        ({"parameters": {"PORT": "http"}}, "parameter PORT must be an integer"),
+        ({"parameters": {"PORT": 80, "EXTRA": 1}}, "has no parameter EXTRA"),
+        ({"function": "nope"}, "has no function 'nope'"),
+        ({"function": "deny_connect6"}, "needs attach.hook Connect6"),
+    ],
+)
+def test_builtin_specs_are_checked_before_reaching_nodes(overrides, problem):
+    with pytest.raises(SourceError) as caught:
+        resolve("shop", deny_spec(**overrides), no_config_maps)
+    assert caught.value.reason == reasons.INVALID_SPEC
+    assert problem in str(caught.value)
+
+
+def test_config_map_source_and_its_absence():
+    spec = deny_spec(source={"configMapRef": {"name": "prog", "key": "main.c"}})
+    resolved = resolve(
+        "shop", spec, lambda ns, name: {"main.c": "int x;"} if (ns, name) == ("shop", "prog") else None
+    )
+    assert resolved.text == "int x;" and resolved.origin == "configMap:prog/main.c"
+    with pytest.raises(SourceError) as caught:
+        resolve("shop", spec, no_config_maps)
+    assert caught.value.reason == reasons.SOURCE_NOT_FOUND
+    with pytest.raises(SourceError, match="has no key 'main.c'"):
+        resolve("shop", spec, lambda ns, name: {"other.c": ""})
+
+
+def program(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "p", "namespace": "shop", "uid": "u1", "generation": 1}, "spec": spec}
+
+
+def test_fan_out_follows_node_selector():
+    nodes = {"a": {"zone": "x"}, "b": {"zone": "y"}}
+    assert fanout.targeted_nodes({}, nodes) == ["a", "b"]
+    assert fanout.targeted_nodes({"nodeSelector": {"matchLabels": {"zone": "y"}}}, nodes) == ["b"]
+
+
+def test_node_object_is_labelled_owned_and_finalized():
+    body = fanout.node_program_object(
+        program(function="f", attach={"type": "CgroupSkb", "direction": "Egress"}, podSelector={}),
+        "node-a",
+        ResolvedSource("int x;", "inline"),
+    )
+    meta = body["metadata"]
+    assert meta["labels"] == {names.NODE_LABEL: "node-a", names.PROGRAM_LABEL: "p"}
+    assert meta["finalizers"] == [names.AGENT_FINALIZER]
+    assert meta["ownerReferences"][0]["uid"] == "u1"
+    assert body["spec"]["source"]["sha256"] == ResolvedSource("int x;", "inline").sha256
+
+
+def test_long_node_program_names_stay_valid_and_distinct():
+    a, b = (
+        fanout.node_program_name("p" * 200, "n" * 60 + "a"),
+        fanout.node_program_name("p" * 200, "n" * 60 + "b"),
+    )
+    assert len(a) <= 253 and len(b) <= 253 and a != b
+
+
+def node_object(
+    node: str, ready: bool, generation: int = 1, observed: int = 1, **status: Any
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"nodeName": node},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            **status,
+        },
+    }
+
+
+def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_all_nodes_ready_is_ready():
+    objs = [node_object(n, True, pods={"selected": 2, "attached": 2, "failed": 0}) for n in ("a", "b")]
+    status = aggregate.program_status(3, ["a", "b"], objs, None)
+    assert status["nodes"] == {"targeted": 2, "ready": 2, "failed": 0}
+    assert status["pods"] == {"selected": 4, "attached": 4, "failed": 0}
+    assert status["summary"] == {"nodes": "2/2", "pods": "4/4"}
+    assert conds(status)["Ready"] == ("True", "Ready")
+    assert conds(status)["Reconciling"][0] == conds(status)["Stalled"][0] == "False"
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def test_a_node_that_has_not_seen_the_new_spec_is_not_ready():
+    status = aggregate.program_status(2, ["a"], [node_object("a", True, generation=2, observed=1)], None)
+    assert status["nodes"]["ready"] == 0
+    assert conds(status)["Reconciling"] == ("True", "Progressing")
+    assert conds(status)["Ready"][0] == "False"
+
+
+def test_compile_error_stalls_with_the_node_and_diagnostics():
+    failure = {
+        "reason": reasons.COMPILE_ERROR,
+        "message": "program.c:3:5: error: use of undeclared identifier 'x'",
+    }
+    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=[failure])], None)
+    assert status["failures"] == [{"node": "a", **failure}]
+    assert conds(status)["Ready"] == ("False", reasons.COMPILE_ERROR)
+    assert conds(status)["Stalled"] == ("True", reasons.COMPILE_ERROR)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "node a" in ready["message"] and "undeclared identifier" in ready["message"]
+
+
+def test_attach_failure_keeps_reconciling():
+    failure = {"pod": "web-1", "reason": reasons.ATTACH_FAILED, "message": "EPERM"}
+    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=[failure])], None)
+    assert conds(status)["Reconciling"][0] == "True" and conds(status)["Stalled"][0] == "False"
+
+
+def test_node_objects_of_untargeted_nodes_do_not_count():
+    objs = [node_object("a", True), node_object("gone", False, failures=[{"reason": "X", "message": "m"}])]
+    status = aggregate.program_status(1, ["a"], objs, None)
+    assert status["nodes"] == {"targeted": 1, "ready": 1, "failed": 0}
+
+
+def test_repeating_aggregation_keeps_transition_times():
+    objs = [node_object("a", True)]
+    first = aggregate.program_status(1, ["a"], objs, None)
+    for cond in first["conditions"]:
+        cond["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    second = aggregate.program_status(1, ["a"], objs, first)
+    assert second == first
+
+
+def test_failures_are_bounded():
+    many = [{"pod": f"p{i}", "reason": reasons.ATTACH_FAILED, "message": "m"} for i in range(50)]
+    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=many)], None)
+    assert len(status["failures"]) == aggregate.MAX_FAILURES
