@@ -60,7 +60,7 @@ def test_config_map_source_and_its_absence():
     with pytest.raises(SourceError) as caught:
         resolve("shop", spec, no_config_maps)
     assert caught.value.reason == reasons.SOURCE_NOT_FOUND
-    with pytest.raises(SourceError, match="has no key 'main.c'"):
+    with pytest.raises(SourceError, match=r"has no key 'main\.c'"):
         resolve("shop", spec, lambda ns, name: {"other.c": ""})
 
 

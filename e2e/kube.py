@@ -1,0 +1,107 @@
+"""What the end-to-end suites, the demo and the benchmark read from the API server and the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from bpfleet_api import names
+from e2e.harness import kubectl
+
+
+class Kube:
+    """A kubeconfig and the calls made with it. Writes go through kubectl, as a user's would."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return kubectl(self.kubeconfig, *args, input=input, check=check)
+
+    def apply(self, namespace: str, manifest: str | dict[str, Any] | Path) -> str:
+        if isinstance(manifest, Path):
+            manifest = manifest.read_text()
+        if isinstance(manifest, dict):
+            manifest = yaml.safe_dump(manifest)
+        return self.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def program(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def programs(self, namespace: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL
+        )
+        return list(listed["items"])
+
+    def node_programs(self, namespace: str, program: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.NODE_PROGRAM_PLURAL,
+            label_selector=f"{names.PROGRAM_LABEL}={program}",
+        )
+        return list(listed["items"])
+
+    def node_program(self, namespace: str, program: str, node: str) -> dict[str, Any]:
+        [found] = [np for np in self.node_programs(namespace, program) if np["spec"]["nodeName"] == node]
+        return found
+
+    def condition(self, namespace: str, name: str, kind: str = "Ready") -> dict[str, Any] | None:
+        """The condition, if the status speaks of the current generation."""
+        program = self.program(namespace, name)
+        if program is None:
+            return None
+        status = program.get("status") or {}
+        if status.get("observedGeneration") != program["metadata"]["generation"]:
+            return None
+        return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+
+    def is_ready(self, namespace: str, name: str) -> bool:
+        cond = self.condition(namespace, name)
+        return cond is not None and cond["status"] == "True"
+
+    def events(self, namespace: str, name: str) -> list[Any]:
+        return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+
+def bpftool(*args: str) -> Any:
+    result = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout) if result.stdout.strip() else None
+
+
+def cgroup_programs(cgroup: Path) -> list[dict[str, Any]]:
+    """What `bpftool cgroup show` lists as attached directly to the cgroup."""
+    return bpftool("cgroup", "show", str(cgroup)) or []
+
+
+def cgroup_id(cgroup: Path) -> int:
+    """A cgroup v2 directory's id is its inode number."""
+    return os.stat(cgroup).st_ino
+
+
+def traffic_counts(map_pin: Path) -> dict[int, dict[str, int]]:
+    """The pod-traffic-counter map: pod cgroup id -> {packets, bytes}."""
+    counts = {}
+    for entry in bpftool("map", "dump", "pinned", str(map_pin)) or []:
+        formatted = entry["formatted"]  # decoded through the map's BTF
+        counts[int(formatted["key"])] = formatted["value"]
+    return counts

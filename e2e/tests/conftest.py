@@ -1,0 +1,149 @@
+"""The full path, for real: a control plane, the CRDs, the operator, an agent per simulated node,
+pods whose cgroups and processes exist on this host's kernel."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from e2e.controlplane import ControlPlane
+from e2e.harness import ManagedProcess, agent_process, install_crds, operator_process, wait_for
+from e2e.kube import Kube
+from e2e.podsim import PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
+
+RUN_ID = uuid.uuid4().hex[:6]
+BPFFS_BASE = Path(f"/sys/fs/bpf/bpfleet-e2e-{RUN_ID}")
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Node:
+    """A simulated node: its pods (through the simulator) and its agent process."""
+
+    name: str
+    sim: PodSimulator
+    agent: ManagedProcess
+    bpffs_root: Path
+    pods: list[SimPod] = field(default_factory=list)
+
+    def create_pod(
+        self, namespace: str, name: str, labels: dict[str, str], qos: str = "BestEffort"
+    ) -> SimPod:
+        pod = self.sim.create_pod(namespace, name, labels, qos=qos)
+        self.pods.append(pod)
+        return pod
+
+    def delete_pod(self, pod: SimPod) -> None:
+        self.sim.delete_pod(pod)
+        self.pods.remove(pod)
+
+    def pins(self) -> list[Path]:
+        return sorted(self.bpffs_root.rglob("*")) if self.bpffs_root.exists() else []
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    return Kube(control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, logs_dir: Path) -> Iterator[ManagedProcess]:
+    install_crds(control_plane.kubeconfig)
+    process = operator_process(control_plane.kubeconfig, logs_dir).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _start_node(name: str, control_plane: ControlPlane, kube: Kube, logs_dir: Path) -> Node:
+    cgroup_root = find_cgroup2_mount() / f"bpfleet-e2e-{RUN_ID}" / name
+    sim = PodSimulator(kube.api, name, cgroup_root)
+    sim.ensure_node(labels={"bpfleet.test/node": name})
+    bpffs_root = BPFFS_BASE / name
+    agent = agent_process(control_plane.kubeconfig, name, cgroup_root, bpffs_root, logs_dir).start()
+    return Node(name, sim, agent, bpffs_root)
+
+
+def _stop_node(node: Node) -> None:
+    node.agent.stop()
+    node.sim.cleanup()
+    cleanup_cgroup_tree(node.sim.cgroup_root)
+    shutil.rmtree(node.bpffs_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def node_a(
+    control_plane: ControlPlane, kube: Kube, operator: ManagedProcess, logs_dir: Path
+) -> Iterator[Node]:
+    node = _start_node("node-a", control_plane, kube, logs_dir)
+    try:
+        yield node
+    finally:
+        _stop_node(node)
+
+
+@pytest.fixture(scope="session")
+def node_b(
+    control_plane: ControlPlane, kube: Kube, operator: ManagedProcess, logs_dir: Path
+) -> Iterator[Node]:
+    node = _start_node("node-b", control_plane, kube, logs_dir)
+    try:
+        yield node
+    finally:
+        _stop_node(node)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bpffs_base() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(BPFFS_BASE, ignore_errors=True)
+        cgroup_base = find_cgroup2_mount() / f"bpfleet-e2e-{RUN_ID}"
+        if cgroup_base.exists():
+            cleanup_cgroup_tree(cgroup_base)
+
+
+@pytest.fixture
+def namespace(kube: Kube, node_a: Node, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of its own per test; its programs and pods are removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        for program in kube.programs(name):
+            kube.kubectl("delete", "ebpfprogram", "-n", name, program["metadata"]["name"], "--wait=false")
+        try:
+            wait_for("programs deleted", lambda: not kube.programs(name), timeout=30)
+        finally:
+            for node in _nodes_started(request):
+                for pod in [p for p in node.pods if p.namespace == name]:
+                    node.delete_pod(pod)
+            kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def _nodes_started(request: pytest.FixtureRequest) -> list[Node]:
+    return [request.getfixturevalue(f) for f in ("node_a", "node_b") if f in request.fixturenames]
