@@ -12,7 +12,7 @@ from kubernetes.client import ApiClient, CustomObjectsApi
 from bpfleet_api import conditions, names, patching, reasons
 from node_agent.kernel.attach_types import UnknownAttach
 from node_agent.model import NodeProgram, Pod
-from node_agent.reconcile import PassResult, Reconciler
+from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.status import node_program_status
 from node_agent.watch import Informer, wait_synced
 
@@ -49,6 +49,7 @@ class Agent:
             log.warning("waiting for the API server to list programs and pods", extra={"node": self.node})
         log.info("caches synced, reconciling", extra={"node": self.node})
         timeout = 0.0
+        first_pass = True
         while not self.stop_event.is_set():
             self._wake.wait(timeout)
             if self.stop_event.is_set():
@@ -58,11 +59,22 @@ class Agent:
             try:
                 result = self.reconcile_once()
                 timeout = _WAITING_RECHECK if result.waiting else self.resync
+                if first_pass:
+                    first_pass = False
+                    self._log_first_pass(result)
             except Exception:
                 log.exception("reconcile pass failed", extra={"node": self.node})
                 timeout = 2.0
         for informer in (self.programs, self.pods):
             informer.stop()
+
+    def _log_first_pass(self, result: PassResult) -> None:
+        # After a restart this is the line that says the data plane was adopted, not rebuilt.
+        attached = sum(p.state == ATTACHED for r in result.reports for p in r.pods)
+        log.info(
+            "initial reconcile done",
+            extra={"node": self.node, "programs": len(result.reports), "podsAttached": attached},
+        )
 
     def stop(self) -> None:
         self.stop_event.set()

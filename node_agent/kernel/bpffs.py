@@ -167,7 +167,7 @@ class BpffsBackend:
         links = self._dir(ref) / "links"
         pin = links / pod_uid
         current = self.attachments(ref).get(pod_uid)
-        if current is not None and current.live:
+        if current is not None:
             return current
         if pin.exists():
             pin.unlink()  # a link whose cgroup went away: replace it
