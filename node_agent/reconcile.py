@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bpfleet_api import reasons, selectors
+from bpfleet_api import diagnostics, reasons, selectors
 from node_agent.errors import AgentError, ProgramBuildError
 from node_agent.kernel.backend import KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod
@@ -127,7 +127,11 @@ class Reconciler:
                 except ProgramBuildError as e:
                     log.warning(
                         "program failed to build",
-                        extra={"program": f"{ref.namespace}/{ref.name}", "reason": e.reason},
+                        extra={
+                            "program": f"{ref.namespace}/{ref.name}",
+                            "reason": e.reason,
+                            "error": diagnostics.headline(e.reason, str(e)),
+                        },
                     )
                     self._build_failures[ref] = e
                     failure = e

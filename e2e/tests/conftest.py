@@ -104,7 +104,7 @@ def node_a(
         _stop_node(node)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def node_b(
     control_plane: ControlPlane, kube: Kube, operator: ManagedProcess, logs_dir: Path
 ) -> Iterator[Node]:

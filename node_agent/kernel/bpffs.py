@@ -13,6 +13,7 @@ Unpinning a link is the only way bpfleet detaches, so it never touches programs 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -113,9 +114,14 @@ class BpffsBackend:
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
             "pinDir": str(pin_dir),
         }
-        result = self._run_worker(request)
-        if not result.get("ok"):
-            raise _BUILD_ERRORS.get(result.get("reason", ""), errors.CompileError)(result.get("message", ""))
+        try:
+            result = self._run_worker(request)
+            if not result.get("ok"):
+                error = _BUILD_ERRORS.get(str(result.get("reason")), errors.CompileError)
+                raise error(str(result.get("message", "")))
+        except errors.ProgramBuildError:
+            self._remove_empty_parents(pin_dir)
+            raise
         return LoadedProgram(ref, int(result["progId"]), str(pin_dir), tuple(result["maps"]))
 
     def _run_worker(self, request: dict[str, object]) -> dict[str, object]:
@@ -142,8 +148,13 @@ class BpffsBackend:
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)
-        # Unpinning the links detaches; removing the program and map pins then frees them.
+        for pod_uid in self.attachments(ref):
+            self.detach(ref, pod_uid)
+        # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
+        self._remove_empty_parents(version_dir)
+
+    def _remove_empty_parents(self, version_dir: Path) -> None:
         for parent in (version_dir.parent, version_dir.parent.parent):
             try:
                 parent.rmdir()
@@ -167,7 +178,7 @@ class BpffsBackend:
         links = self._dir(ref) / "links"
         pin = links / pod_uid
         current = self.attachments(ref).get(pod_uid)
-        if current is not None:
+        if current is not None and current.live:
             return current
         if pin.exists():
             pin.unlink()  # a link whose cgroup went away: replace it
@@ -185,5 +196,12 @@ class BpffsBackend:
         return Attachment(ref, pod_uid, info.id, info.cgroup_id)
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
-        # The link was only held by its pin (and fds closed above): unpinning detaches it.
-        (self._dir(ref) / "links" / pod_uid).unlink(missing_ok=True)
+        pin = self._dir(ref) / "links" / pod_uid
+        # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
+        try:
+            with _opened(syscalls.obj_get(str(pin))) as fd:
+                syscalls.link_detach(fd)
+        except errors.KernelError as e:
+            if e.errno != errno.ENOENT:
+                log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})
+        pin.unlink(missing_ok=True)

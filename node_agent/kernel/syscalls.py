@@ -27,6 +27,7 @@ BPF_PROG_QUERY = 16
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
+BPF_LINK_DETACH = 34
 
 BPF_F_QUERY_EFFECTIVE = 1 << 0
 BPF_F_ALLOW_MULTI = 1 << 1
@@ -82,6 +83,13 @@ def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
     attr = _attr()
     struct.pack_into("=IIII", attr, 0, prog_fd, cgroup_fd, attach_type, 0)
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def link_detach(link_fd: int) -> None:
+    """Detaches a link at once, even while pins or fds still hold the link object itself."""
+    attr = _attr()
+    struct.pack_into("=I", attr, 0, link_fd)
+    _bpf(BPF_LINK_DETACH, attr)
 
 
 @dataclass(frozen=True)

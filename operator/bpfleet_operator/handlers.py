@@ -11,6 +11,7 @@ import kopf
 from kubernetes import client, config
 
 from bpfleet_api import names
+from bpfleet_operator import events
 from bpfleet_operator.controller import Key, ProgramController, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ async def reconcile(key: Key) -> None:
         (c.get("message", "") for c in outcome.status.get("conditions", []) if c.get("type") == "Ready"), ""
     )
     if ready == "True":
-        kopf.info(program, reason="RolledOut", message=message)
+        await asyncio.to_thread(events.post, STATE.controller.core, program, "Normal", "RolledOut", message)
     elif reason not in (None, "Progressing"):
-        kopf.warn(program, reason=reason or "Failed", message=message)
+        await asyncio.to_thread(
+            events.post, STATE.controller.core, program, "Warning", reason or "Failed", message
+        )
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
@@ -94,7 +97,8 @@ def program_event(namespace: str, name: str, spec: dict[str, Any], type: str | N
 
 @kopf.on.create(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
 def program_created(body: kopf.Body, **_: Any) -> None:
-    kopf.info(body, reason="Accepted", message="program accepted; rolling out to the selected nodes")
+    message = "program accepted; rolling out to the selected nodes"
+    events.post(STATE.controller.core, dict(body), "Normal", "Accepted", message)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.NODE_PROGRAM_PLURAL)
@@ -127,4 +131,5 @@ async def program_deleted(namespace: str, name: str, body: kopf.Body, **_: Any) 
     remaining = await asyncio.to_thread(STATE.controller.teardown, (namespace, name))
     if remaining:
         raise kopf.TemporaryError(f"waiting for the agents on {', '.join(remaining)} to detach", delay=1)
-    kopf.info(body, reason="Deleted", message="detached from every node")
+    message = "detached from every node"
+    await asyncio.to_thread(events.post, STATE.controller.core, dict(body), "Normal", "Deleted", message)

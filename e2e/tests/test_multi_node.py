@@ -1,0 +1,57 @@
+"""Acceptance: fan-out over two nodes, nodeSelector, and deleting a program whose node died."""
+
+from __future__ import annotations
+
+from e2e.harness import wait_for
+from e2e.kube import Kube, cgroup_programs
+from e2e.tools import REPO_ROOT
+
+EXAMPLE = REPO_ROOT / "examples" / "pod-traffic-counter.yaml"
+PROGRAM = "web-egress-traffic"
+
+
+def nodes_status(kube: Kube, namespace: str) -> dict:
+    return (kube.program(namespace, PROGRAM).get("status") or {}).get("nodes", {})
+
+
+def test_two_nodes_then_one_then_a_dead_node(kube: Kube, node_a, node_b, namespace: str):
+    pod_a = node_a.create_pod(namespace, "web-a", {"app": "web"})
+    pod_b = node_b.create_pod(namespace, "web-b", {"app": "web"})
+
+    kube.apply(namespace, EXAMPLE)
+    wait_for("ready on both nodes", lambda: kube.is_ready(namespace, PROGRAM), timeout=10)
+    assert nodes_status(kube, namespace) == {"targeted": 2, "ready": 2, "failed": 0}
+    assert kube.program(namespace, PROGRAM)["status"]["summary"] == {"nodes": "2/2", "pods": "2/2"}
+    assert cgroup_programs(pod_a.pod_cgroup) and cgroup_programs(pod_b.pod_cgroup)
+
+    # A nodeSelector that matches node-b only: node-a's copy is detached and removed.
+    program = kube.program(namespace, PROGRAM)
+    program["spec"]["nodeSelector"] = {"matchLabels": {"bpfleet.test/node": node_b.name}}
+    kube.apply(
+        namespace, {k: program[k] for k in ("apiVersion", "kind", "spec")} | {"metadata": {"name": PROGRAM}}
+    )
+    wait_for(
+        "one node targeted",
+        lambda: kube.is_ready(namespace, PROGRAM) and nodes_status(kube, namespace)["targeted"] == 1,
+        timeout=10,
+    )
+    assert nodes_status(kube, namespace) == {"targeted": 1, "ready": 1, "failed": 0}
+    wait_for("node-a detached", lambda: not cgroup_programs(pod_a.pod_cgroup), timeout=10)
+    assert [np["spec"]["nodeName"] for np in kube.node_programs(namespace, PROGRAM)] == [node_b.name]
+
+    # Back to both nodes; then node-b's agent dies and its Node object is deleted.
+    program["spec"].pop("nodeSelector")
+    kube.apply(
+        namespace, {k: program[k] for k in ("apiVersion", "kind", "spec")} | {"metadata": {"name": PROGRAM}}
+    )
+    wait_for("both nodes again", lambda: nodes_status(kube, namespace).get("ready") == 2, timeout=10)
+    node_b.agent.stop()
+    try:
+        kube.kubectl("delete", "node", node_b.name)
+        kube.kubectl("delete", "ebpfprogram", "-n", namespace, PROGRAM, "--wait=true", "--timeout=20s")
+        assert kube.program(namespace, PROGRAM) is None
+        assert kube.node_programs(namespace, PROGRAM) == []
+        assert not cgroup_programs(pod_a.pod_cgroup)
+    finally:
+        node_b.sim.ensure_node(labels={"bpfleet.test/node": node_b.name})
+        node_b.agent.start()

@@ -1,0 +1,43 @@
+"""Kubernetes Events on an EbpfProgram, for the transitions a user cares about."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from typing import Any
+
+from kubernetes.client import CoreV1Api, CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "bpfleet-operator"
+
+
+def post(core: CoreV1Api, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    """Posts a Normal or Warning event about `obj`; a failure to post is logged, never raised."""
+    meta = obj["metadata"]
+    now = datetime.datetime.now(datetime.UTC)
+    event = CoreV1Event(
+        metadata=V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+        involved_object=V1ObjectReference(
+            api_version=obj.get("apiVersion"),
+            kind=obj.get("kind"),
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta.get("uid"),
+            resource_version=meta.get("resourceVersion"),
+        ),
+        type=kind,
+        reason=reason,
+        message=message[:1024],
+        source=V1EventSource(component=COMPONENT),
+        first_timestamp=now,
+        last_timestamp=now,
+        count=1,
+    )
+    try:
+        core.create_namespaced_event(meta["namespace"], event)
+    except ApiException as e:
+        log.warning("could not post event", extra={"reason": reason, "error": str(e.reason)})
