@@ -23,14 +23,18 @@ def log(message: str, **fields: object) -> None:
     print(f"[bpfleet] {message}" + (f" {extra}" if extra else ""), file=sys.stderr, flush=True)
 
 
-def kubectl(kubeconfig: Path, *args: str, input: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
+def kubectl_run(kubeconfig: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(tool_path("kubectl")), "--kubeconfig", str(kubeconfig), *args],
         input=input,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None, check: bool = True) -> str:
+    result = kubectl_run(kubeconfig, *args, input=input)
     if check and result.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout

@@ -48,21 +48,6 @@ class Node:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
-
-
-@pytest.fixture(scope="session")
-def kube(control_plane: ControlPlane) -> Kube:
-    return Kube(control_plane.kubeconfig)
-
-
-@pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 

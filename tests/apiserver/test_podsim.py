@@ -13,7 +13,6 @@ import kubernetes.config
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from e2e.controlplane import ControlPlane
 from e2e.podsim import (
     PodSimulator,
     cgroup_pids,
@@ -27,15 +26,8 @@ pytestmark = pytest.mark.apiserver
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
-    plane.start()
-    try:
-        client = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
-        yield client
-        client.close()
-    finally:
-        plane.stop()
+def api(kube):
+    return kube.api
 
 
 @pytest.fixture

@@ -1,0 +1,25 @@
+"""Fixtures shared by the API-server and end-to-end tiers: one real control plane per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from e2e.controlplane import ControlPlane
+from e2e.kube import Kube
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    return Kube(control_plane.kubeconfig)
