@@ -1,0 +1,107 @@
+"""Latency benchmark of the full path on this host; prints figures, asserts nothing.
+
+  python -m e2e.bench [--programs 5] [--pods 20]
+
+apply -> Ready        from `kubectl apply` of a new EbpfProgram to READY True (includes the compile)
+pod -> attached       from the Pod's creation to its cgroup showing the program (bpftool)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from e2e.controlplane import ControlPlane
+from e2e.harness import agent_process, install_crds, log, operator_process, wait_for
+from e2e.kube import Kube, cgroup_programs
+from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
+from e2e.tools import REPO_ROOT
+
+EXAMPLE = yaml.safe_load((REPO_ROOT / "examples" / "pod-traffic-counter.yaml").read_text())
+NODE = "bench-node"
+
+
+def summary(name: str, samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
+    return (
+        f"{name:20} n={len(ms):3}  min {ms[0]:7.1f} ms  median {statistics.median(ms):7.1f} ms  "
+        f"p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms"
+    )
+
+
+def measure_apply_to_ready(kube: Kube, namespace: str, count: int) -> list[float]:
+    samples = []
+    for i in range(count):
+        manifest = {**EXAMPLE, "metadata": {"name": f"bench-{i}"}}
+        start = time.monotonic()
+        kube.apply(namespace, manifest)
+        wait_for("Ready", lambda n=f"bench-{i}": kube.is_ready(namespace, n), timeout=60, interval=0.01)
+        samples.append(time.monotonic() - start)
+    return samples
+
+
+def measure_pod_to_attached(sim: PodSimulator, namespace: str, count: int) -> list[float]:
+    samples = []
+    for i in range(count):
+        start = time.monotonic()
+        pod = sim.create_pod(namespace, f"web-{i}", {"app": "web"})
+        wait_for("attached", lambda p=pod: cgroup_programs(p.pod_cgroup), timeout=30, interval=0.005)
+        samples.append(time.monotonic() - start)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m e2e.bench", description=__doc__)
+    parser.add_argument("--programs", type=int, default=5)
+    parser.add_argument("--pods", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bpfleet-bench-"))
+    run = uuid.uuid4().hex[:6]
+    cgroup_root = find_cgroup2_mount() / f"bpfleet-bench-{run}" / NODE
+    bpffs_root = Path(f"/sys/fs/bpf/bpfleet-bench-{run}")
+    plane = ControlPlane(state_dir=work / "controlplane")
+    plane.start()
+    operator = agent = None
+    sim = None
+    try:
+        kube = Kube(plane.kubeconfig)
+        install_crds(plane.kubeconfig)
+        operator = operator_process(plane.kubeconfig, work / "logs").start()
+        agent = agent_process(plane.kubeconfig, NODE, cgroup_root, bpffs_root, work / "logs").start()
+        sim = PodSimulator(kube.api, NODE, cgroup_root)
+        sim.ensure_node()
+        namespace = "bench"
+        kube.kubectl("create", "namespace", namespace)
+        sim.create_pod(namespace, "web-seed", {"app": "web"})
+
+        log("measuring apply -> Ready", programs=args.programs)
+        ready = measure_apply_to_ready(kube, namespace, args.programs)
+        log("measuring pod -> attached", pods=args.pods, programs_attaching=args.programs)
+        attached = measure_pod_to_attached(sim, namespace, args.pods)
+        print()
+        print(summary("apply -> Ready", ready))
+        print(summary("pod -> attached", attached))
+        kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
+    finally:
+        if sim is not None:
+            sim.cleanup()
+        for process in (agent, operator):
+            if process is not None:
+                process.stop()
+        plane.stop()
+        cleanup_cgroup_tree(cgroup_root.parent)
+        shutil.rmtree(bpffs_root, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
