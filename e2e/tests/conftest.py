@@ -14,7 +14,7 @@ import pytest
 from e2e.controlplane import ControlPlane
 from e2e.harness import ManagedProcess, agent_process, install_crds, operator_process, wait_for
 from e2e.kube import Kube
-from e2e.podsim import PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
+from e2e.podsim import CgroupDriver, PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
 
 RUN_ID = uuid.uuid4().hex[:6]
 BPFFS_BASE = Path(f"/sys/fs/bpf/bpfleet-e2e-{RUN_ID}")
@@ -62,9 +62,11 @@ def operator(control_plane: ControlPlane, logs_dir: Path) -> Iterator[ManagedPro
         process.stop()
 
 
-def _start_node(name: str, control_plane: ControlPlane, kube: Kube, logs_dir: Path) -> Node:
+def _start_node(
+    name: str, control_plane: ControlPlane, kube: Kube, logs_dir: Path, driver: CgroupDriver = "systemd"
+) -> Node:
     cgroup_root = find_cgroup2_mount() / f"bpfleet-e2e-{RUN_ID}" / name
-    sim = PodSimulator(kube.api, name, cgroup_root)
+    sim = PodSimulator(kube.api, name, cgroup_root, driver=driver)
     sim.ensure_node(labels={"bpfleet.test/node": name})
     bpffs_root = BPFFS_BASE / name
     agent = agent_process(control_plane.kubeconfig, name, cgroup_root, bpffs_root, logs_dir).start()
@@ -93,7 +95,9 @@ def node_a(
 def node_b(
     control_plane: ControlPlane, kube: Kube, operator: ManagedProcess, logs_dir: Path
 ) -> Iterator[Node]:
-    node = _start_node("node-b", control_plane, kube, logs_dir)
+    """A second node, for the tests that need two; gone again afterwards so that others see one.
+    Its kubelet uses the cgroupfs driver, node-a's the systemd one: both layouts are exercised."""
+    node = _start_node("node-b", control_plane, kube, logs_dir, driver="cgroupfs")
     try:
         yield node
     finally:

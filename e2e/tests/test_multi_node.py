@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
 from e2e.tools import REPO_ROOT
@@ -55,3 +57,28 @@ def test_two_nodes_then_one_then_a_dead_node(kube: Kube, node_a, node_b, namespa
     finally:
         node_b.sim.ensure_node(labels={"bpfleet.test/node": node_b.name})
         node_b.agent.start()
+
+
+def test_relabelling_a_node_changes_the_fan_out(kube: Kube, node_a, node_b, namespace: str):
+    pod_b = node_b.create_pod(namespace, "web-b", {"app": "web"})
+    assert "kubepods/besteffort/pod" in str(pod_b.pod_cgroup)  # the cgroupfs layout
+    program = {
+        "apiVersion": "bpfleet.io/v1alpha1",
+        "kind": "EbpfProgram",
+        "metadata": {"name": PROGRAM},
+        "spec": {
+            **yaml.safe_load(EXAMPLE.read_text())["spec"],
+            "nodeSelector": {"matchLabels": {"bpfleet.test/tier": "edge"}},
+        },
+    }
+    kube.apply(namespace, program)
+    wait_for("ready on no node", lambda: kube.is_ready(namespace, PROGRAM), timeout=10)
+    assert nodes_status(kube, namespace)["targeted"] == 0
+
+    kube.kubectl("label", "node", node_b.name, "bpfleet.test/tier=edge")
+    wait_for("node-b targeted and attached", lambda: cgroup_programs(pod_b.pod_cgroup), timeout=10)
+    wait_for("status 1/1", lambda: nodes_status(kube, namespace).get("ready") == 1, timeout=10)
+
+    kube.kubectl("label", "node", node_b.name, "bpfleet.test/tier-")
+    wait_for("node-b detached", lambda: not cgroup_programs(pod_b.pod_cgroup), timeout=10)
+    assert kube.node_programs(namespace, PROGRAM) == []
