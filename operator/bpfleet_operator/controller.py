@@ -202,14 +202,21 @@ class WorkQueue:
         self.handle, self.delay, self.retry = handle, delay, retry
         self._pending: set[Key] = set()
         self._wake = asyncio.Event()
+        self._stopped = False
 
     def add(self, key: Key) -> None:
         self._pending.add(key)
         self._wake.set()
 
-    async def run(self, stopped: asyncio.Event) -> None:
-        while not stopped.is_set():
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopped:
             await self._wake.wait()
+            if self._stopped:
+                break
             await asyncio.sleep(self.delay)
             self._wake.clear()
             keys, self._pending = self._pending, set()

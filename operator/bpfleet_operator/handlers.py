@@ -22,7 +22,6 @@ class _State:
 
     controller: ProgramController
     queue: WorkQueue
-    stopped: asyncio.Event
     worker: asyncio.Task[None]
 
     def __init__(self) -> None:
@@ -52,13 +51,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     STATE.controller = ProgramController(_api_client())
     STATE.queue = WorkQueue(reconcile)
-    STATE.stopped = asyncio.Event()
-    STATE.worker = asyncio.create_task(STATE.queue.run(STATE.stopped))
+    STATE.worker = asyncio.create_task(STATE.queue.run())
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    STATE.stopped.set()
+    STATE.queue.stop()
+    await STATE.worker
 
 
 async def reconcile(key: Key) -> None:

@@ -1,0 +1,32 @@
+"""The operator's work queue: bursts coalesce, failures retry, stop ends it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bpfleet_operator.controller import Key, WorkQueue
+
+
+def test_a_burst_of_events_is_one_reconcile_per_key_and_failures_retry():
+    handled: list[Key] = []
+    failures = {("ns", "flaky"): 1}
+
+    async def handle(key: Key) -> None:
+        handled.append(key)
+        if failures.get(key):
+            failures[key] -= 1
+            raise RuntimeError("API server hiccup")
+
+    async def scenario() -> None:
+        queue = WorkQueue(handle, delay=0.05, retry=0.05)
+        worker = asyncio.create_task(queue.run())
+        for _ in range(50):
+            queue.add(("ns", "busy"))
+        queue.add(("ns", "flaky"))
+        await asyncio.sleep(0.4)
+        queue.stop()
+        await asyncio.wait_for(worker, timeout=1)
+
+    asyncio.run(scenario())
+    assert handled.count(("ns", "busy")) == 1
+    assert handled.count(("ns", "flaky")) == 2  # failed once, retried once
