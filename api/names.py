@@ -10,6 +10,8 @@ PROGRAM_KIND: Final = "EbpfProgram"
 PROGRAM_PLURAL: Final = "ebpfprograms"
 NODE_PROGRAM_KIND: Final = "EbpfNodeProgram"
 NODE_PROGRAM_PLURAL: Final = "ebpfnodeprograms"
+NODE_STATE_KIND: Final = "BpfleetNode"
+NODE_STATE_PLURAL: Final = "bpfleetnodes"
 
 # Labels on every EbpfNodeProgram: agents watch their own with a server-side selector on NODE_LABEL.
 NODE_LABEL: Final = f"{GROUP}/node"
@@ -20,6 +22,5 @@ AGENT_FINALIZER: Final = f"{GROUP}/agent"
 # The operator holds this on an EbpfProgram until every live node has detached it.
 OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
 
-# The agent records the version it compiled here so the operator can tell rollouts apart.
 MAX_FAILURES_IN_STATUS: Final = 10
 MAX_MESSAGE_CHARS: Final = 2048

@@ -8,8 +8,10 @@ import time
 from typing import Any
 
 from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
+from node_agent.features import NodeFeatures
 from node_agent.kernel.attach_types import UnknownAttach
 from node_agent.model import NodeProgram, Pod
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
@@ -24,8 +26,16 @@ _DEBOUNCE = 0.02
 
 
 class Agent:
-    def __init__(self, api: ApiClient, node: str, reconciler: Reconciler, resync: float = 30.0) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        node: str,
+        reconciler: Reconciler,
+        features: NodeFeatures | None = None,
+        resync: float = 30.0,
+    ) -> None:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.features = features
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
@@ -39,6 +49,8 @@ class Agent:
 
     def run(self) -> None:
         log.info("agent starting", extra={"node": self.node})
+        if self.features is not None:
+            self._publish_features(self.features)
         for informer in (self.programs, self.pods):
             informer.start()
         # Reconciling before both caches are full would detach what runs: an empty cache is not
@@ -67,6 +79,35 @@ class Agent:
                 timeout = 2.0
         for informer in (self.programs, self.pods):
             informer.stop()
+
+    def _publish_features(self, features: NodeFeatures) -> None:
+        """Creates or updates this node's BpfleetNode with what its kernel can run."""
+        log.info("kernel features", extra={"node": self.node, **features.as_status()})
+        status = {**features.as_status(), "agentStartedAt": conditions.now()}
+        body = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.NODE_STATE_KIND,
+            "metadata": {"name": self.node},
+        }
+        try:
+            self.custom.create_cluster_custom_object(
+                names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, body
+            )
+        except ApiException as e:
+            if e.status != 409:
+                log.warning("could not publish kernel features", extra={"error": str(e.reason)})
+                return
+        try:
+            self.custom.patch_cluster_custom_object_status(
+                names.GROUP,
+                names.VERSION,
+                names.NODE_STATE_PLURAL,
+                self.node,
+                {"status": status},
+                _content_type=patching.MERGE_PATCH,
+            )
+        except ApiException as e:
+            log.warning("could not publish kernel features", extra={"error": str(e.reason)})
 
     def _log_first_pass(self, result: PassResult) -> None:
         # After a restart this is the line that says the data plane was adopted, not rebuilt.

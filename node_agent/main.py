@@ -14,6 +14,7 @@ from types import FrameType
 from kubernetes import client, config
 
 from bpfleet_api import logs
+from node_agent import features
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
     backend = BpffsBackend(root=args.bpffs_root, include_dirs=(include_dir,))
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
-    agent = Agent(_api_client(args.kubeconfig), args.node, Reconciler(backend, resolver), resync=args.resync)
+    node_features = features.probe()
+    reconciler = Reconciler(backend, resolver, node_features)
+    agent = Agent(_api_client(args.kubeconfig), args.node, reconciler, node_features, resync=args.resync)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         # Programs stay attached: stopping the agent never stops the data plane.

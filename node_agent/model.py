@@ -26,7 +26,14 @@ def _define_value(value: Any) -> str:
 def program_version(build: ProgramBuild) -> str:
     """A short hash of everything that goes into the compile: a new version means a new program."""
     canonical = json.dumps(
-        [build.source, build.function, build.attach.prog_type, build.attach.attach_type, build.defines]
+        [
+            build.source,
+            build.function,
+            build.attach.prog_type,
+            build.attach.attach_type,
+            build.attach.target,
+            build.defines,
+        ]
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bpfleet_api import diagnostics, reasons, selectors
-from node_agent.errors import AgentError, ProgramBuildError
+from node_agent.errors import AgentError, ProgramBuildError, UnsupportedOnNode
 from node_agent.kernel.backend import KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod
 
@@ -26,6 +26,10 @@ FAILED = "Failed"
 
 class CgroupResolver(Protocol):
     def find(self, uid: str, qos_class: str | None) -> Path | None: ...
+
+
+class FeatureCheck(Protocol):
+    def unsupported(self, api_type: str) -> str | None: ...
 
 
 @dataclass
@@ -60,9 +64,12 @@ class PassResult:
 
 
 class Reconciler:
-    def __init__(self, backend: KernelBackend, cgroups: CgroupResolver) -> None:
+    def __init__(
+        self, backend: KernelBackend, cgroups: CgroupResolver, features: FeatureCheck | None = None
+    ) -> None:
         self.backend = backend
         self.cgroups = cgroups
+        self.features = features
         # A version that failed to build fails again; remember it instead of compiling in a loop.
         self._build_failures: dict[ProgramRef, ProgramBuildError] = {}
 
@@ -119,11 +126,7 @@ class Reconciler:
             failure = self._build_failures.get(ref)
             if failure is None:
                 try:
-                    log.info(
-                        "compiling program",
-                        extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version},
-                    )
-                    loaded[ref] = self.backend.load(ref, program.build)
+                    loaded[ref] = self._build(program)
                 except ProgramBuildError as e:
                     log.warning(
                         "program failed to build",
@@ -140,6 +143,16 @@ class Reconciler:
                 previous = [r for r in loaded if r.program == ref.program]
                 return max(previous, key=lambda r: loaded[r].prog_id) if previous else None
         return ref
+
+    def _build(self, program: NodeProgram) -> LoadedProgram:
+        why_not = self.features.unsupported(program.attach_type) if self.features else None
+        if why_not:
+            raise UnsupportedOnNode(why_not)  # never compiled: the node could not run it anyway
+        ref = program.ref
+        log.info(
+            "compiling program", extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version}
+        )
+        return self.backend.load(ref, program.build)
 
     def _attach_selected(self, program: NodeProgram, ref: ProgramRef, pods: list[Pod]) -> list[PodReport]:
         selected = [

@@ -8,6 +8,8 @@ from bpfleet_api import conditions, diagnostics, names, reasons
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, ProgramReport
 
 MAX_POD_STATES = 100
+# The kernel's verifier log buffer as BCC sizes it; a log is never longer than this.
+MAX_BUILD_LOG = 64 * 1024
 
 
 def _bounded(reason: str, message: str) -> str:
@@ -79,6 +81,8 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         "pods": {"selected": len(report.pods), "attached": attached, "failed": failed},
         "podStates": [{k: v for k, v in vars(p).items() if v} for p in report.pods[:MAX_POD_STATES]],
         "failures": failures,
+        # The whole compiler or verifier output (failures[] keeps an excerpt); None removes it.
+        "buildLog": conditions.truncate(str(report.build_error), MAX_BUILD_LOG) if report.build_error else None,
         "conditions": conditions.merge(previous.get("conditions"), [ready]),
     }
     return status

@@ -35,4 +35,22 @@ static __always_inline __u64 bpfleet_skb_pod_cgroup_id(struct __sk_buff *skb)
     return 0;
 }
 
+/* The cgroup v2 id of the pod the current task belongs to, for programs that run in task context
+ * (CgroupSockAddr, CgroupSock, CgroupSysctl, CgroupDevice, tracing). Same rule as above: the pod is
+ * the parent of the task's own (container) cgroup. Returns 0 when the task's cgroup is the root. */
+static __always_inline __u64 bpfleet_current_pod_cgroup_id(void)
+{
+    __u64 own = bpf_get_current_cgroup_id();
+    __u64 parent = 0;
+
+#pragma unroll
+    for (int level = 0; level < BPFLEET_MAX_CGROUP_LEVEL; level++) {
+        __u64 id = bpf_get_current_ancestor_cgroup_id(level);
+        if (id == own)
+            return parent;
+        parent = id;
+    }
+    return 0;
+}
+
 #endif /* BPFLEET_H */

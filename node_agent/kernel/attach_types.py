@@ -6,14 +6,38 @@ from dataclasses import dataclass
 from typing import Any
 
 # enum bpf_prog_type
+PROG_TYPE_KPROBE = 2
+PROG_TYPE_TRACEPOINT = 5
 PROG_TYPE_CGROUP_SKB = 8
+PROG_TYPE_CGROUP_SOCK = 9
+PROG_TYPE_CGROUP_DEVICE = 15
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
+PROG_TYPE_CGROUP_SYSCTL = 23
 
 # enum bpf_attach_type
 CGROUP_INET_INGRESS = 0
 CGROUP_INET_EGRESS = 1
+CGROUP_INET_SOCK_CREATE = 2
+CGROUP_DEVICE = 6
+CGROUP_INET4_BIND = 8
+CGROUP_INET6_BIND = 9
 CGROUP_INET4_CONNECT = 10
 CGROUP_INET6_CONNECT = 11
+CGROUP_INET4_POST_BIND = 12
+CGROUP_INET6_POST_BIND = 13
+CGROUP_UDP4_SENDMSG = 14
+CGROUP_UDP6_SENDMSG = 15
+CGROUP_SYSCTL = 18
+CGROUP_UDP4_RECVMSG = 19
+CGROUP_UDP6_RECVMSG = 20
+CGROUP_INET4_GETPEERNAME = 29
+CGROUP_INET6_GETPEERNAME = 30
+CGROUP_INET_SOCK_RELEASE = 34
+PERF_EVENT = 41
+
+# Where the program runs for the selected pods.
+PER_POD_CGROUP = "cgroup"  # one cgroup link per pod: the kernel scopes it to the pod
+NODE_WIDE_FILTERED = "filtered"  # one attachment per node; the program filters on the pods' cgroup ids
 
 
 @dataclass(frozen=True)
@@ -22,19 +46,52 @@ class KernelAttach:
     attach_type: int
     # Whether the kernel wants the attach type at load time (expected_attach_type).
     expected_at_load: bool
+    scope: str = PER_POD_CGROUP
+    # What a node-wide attachment hooks: "category:name" for tracepoints, a kernel function for kprobes.
+    target: str = ""
 
     @property
     def load_attach_type(self) -> int:
         return self.attach_type if self.expected_at_load else -1
 
 
-_CGROUP_SKB = {
-    "Ingress": KernelAttach(PROG_TYPE_CGROUP_SKB, CGROUP_INET_INGRESS, False),
-    "Egress": KernelAttach(PROG_TYPE_CGROUP_SKB, CGROUP_INET_EGRESS, False),
+def _cgroup(prog_type: int, attach_type: int, expected_at_load: bool = True) -> KernelAttach:
+    return KernelAttach(prog_type, attach_type, expected_at_load)
+
+
+_SKB = {
+    "Ingress": _cgroup(PROG_TYPE_CGROUP_SKB, CGROUP_INET_INGRESS, expected_at_load=False),
+    "Egress": _cgroup(PROG_TYPE_CGROUP_SKB, CGROUP_INET_EGRESS, expected_at_load=False),
 }
-_CGROUP_SOCK_ADDR = {
-    "Connect4": KernelAttach(PROG_TYPE_CGROUP_SOCK_ADDR, CGROUP_INET4_CONNECT, True),
-    "Connect6": KernelAttach(PROG_TYPE_CGROUP_SOCK_ADDR, CGROUP_INET6_CONNECT, True),
+_SOCK_ADDR_HOOKS = {
+    "Connect4": CGROUP_INET4_CONNECT,
+    "Connect6": CGROUP_INET6_CONNECT,
+    "Sendmsg4": CGROUP_UDP4_SENDMSG,
+    "Sendmsg6": CGROUP_UDP6_SENDMSG,
+    "Recvmsg4": CGROUP_UDP4_RECVMSG,
+    "Recvmsg6": CGROUP_UDP6_RECVMSG,
+    "Bind4": CGROUP_INET4_BIND,
+    "Bind6": CGROUP_INET6_BIND,
+    "GetPeerName4": CGROUP_INET4_GETPEERNAME,
+    "GetPeerName6": CGROUP_INET6_GETPEERNAME,
+}
+_SOCK_HOOKS = {
+    "SockCreate": CGROUP_INET_SOCK_CREATE,
+    "PostBind4": CGROUP_INET4_POST_BIND,
+    "PostBind6": CGROUP_INET6_POST_BIND,
+    "SockRelease": CGROUP_INET_SOCK_RELEASE,
+}
+_BY_HOOK = {
+    "CgroupSkb": ("direction", _SKB),
+    "CgroupSockAddr": (
+        "hook",
+        {k: _cgroup(PROG_TYPE_CGROUP_SOCK_ADDR, v) for k, v in _SOCK_ADDR_HOOKS.items()},
+    ),
+    "CgroupSock": ("hook", {k: _cgroup(PROG_TYPE_CGROUP_SOCK, v) for k, v in _SOCK_HOOKS.items()}),
+}
+_PLAIN = {
+    "CgroupSysctl": _cgroup(PROG_TYPE_CGROUP_SYSCTL, CGROUP_SYSCTL),
+    "CgroupDevice": _cgroup(PROG_TYPE_CGROUP_DEVICE, CGROUP_DEVICE),
 }
 
 
@@ -44,14 +101,22 @@ class UnknownAttach(ValueError):
 
 def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
     """The kernel types for a spec.attach; the CRD schema has already validated its shape."""
-    kind = attach.get("type")
-    if kind == "CgroupSkb":
-        table, key = _CGROUP_SKB, attach.get("direction", "")
-    elif kind == "CgroupSockAddr":
-        table, key = _CGROUP_SOCK_ADDR, attach.get("hook", "")
-    else:
-        raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")
-    try:
-        return table[key]
-    except KeyError:
-        raise UnknownAttach(f"{kind} has no {key!r}") from None
+    kind = attach.get("type", "")
+    if kind in _PLAIN:
+        return _PLAIN[kind]
+    if kind in _BY_HOOK:
+        field, table = _BY_HOOK[kind]
+        try:
+            return table[attach.get(field, "")]
+        except KeyError:
+            raise UnknownAttach(f"{kind} has no {field} {attach.get(field)!r}") from None
+    if kind == "Tracepoint":
+        return KernelAttach(PROG_TYPE_TRACEPOINT, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["name"])
+    if kind in ("Kprobe", "Kretprobe"):
+        return KernelAttach(PROG_TYPE_KPROBE, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["function"])
+    raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")
+
+
+def hooks(kind: str) -> list[str]:
+    """The values of `hook` (or `direction`) a type takes; for docs and tests."""
+    return sorted(_BY_HOOK[kind][1]) if kind in _BY_HOOK else []

@@ -20,7 +20,10 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64
 
 # bpf_cmd values from include/uapi/linux/bpf.h.
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_QUERY = 16
@@ -54,6 +57,42 @@ def _attr() -> ctypes.Array[ctypes.c_char]:
 
 def _addr(buf: ctypes.Array[ctypes.c_char]) -> int:
     return ctypes.addressof(buf)
+
+
+# r0 = 0; exit: the smallest program every type accepts, to ask whether the kernel knows the type.
+_RETURN_ZERO = bytes.fromhex("b7000000000000009500000000000000")
+
+
+def prog_load_probe(prog_type: int, expected_attach_type: int = 0) -> bool:
+    """Whether this kernel loads a trivial program of the type; nothing stays loaded."""
+    insns = ctypes.create_string_buffer(_RETURN_ZERO, len(_RETURN_ZERO))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _attr()
+    struct.pack_into("=IIQQ", attr, 0, prog_type, len(_RETURN_ZERO) // 8, _addr(insns), _addr(license_))
+    struct.pack_into("=I", attr, 68, expected_attach_type)
+    try:
+        fd = _bpf(BPF_PROG_LOAD, attr)
+    except KernelError:
+        return False
+    os.close(fd)
+    return True
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    key_buf, value_buf = (
+        ctypes.create_string_buffer(key, len(key)),
+        ctypes.create_string_buffer(value, len(value)),
+    )
+    attr = _attr()
+    struct.pack_into("=IxxxxQQQ", attr, 0, map_fd, _addr(key_buf), _addr(value_buf), 0)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(map_fd: int, key: bytes) -> None:
+    key_buf = ctypes.create_string_buffer(key, len(key))
+    attr = _attr()
+    struct.pack_into("=IxxxxQ", attr, 0, map_fd, _addr(key_buf))
+    _bpf(BPF_MAP_DELETE_ELEM, attr)
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -73,8 +73,8 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             id="no source",
         ),
         pytest.param(
-            variant(attach={"type": "Kprobe"}),
-            'spec.attach.type: Unsupported value: "Kprobe": supported values: "CgroupSkb", "CgroupSockAddr"',
+            variant(attach={"type": "Uprobe2"}),
+            'spec.attach.type: Unsupported value: "Uprobe2": supported values: "CgroupSkb", "CgroupSockAddr"',
             id="unknown attach type",
         ),
         pytest.param(
@@ -90,8 +90,33 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
         ),
         pytest.param(
             variant(attach={"type": "CgroupSkb", "direction": "Egress", "hook": "Connect4"}),
-            "attach.hook (Connect4 or Connect6) is required for type CgroupSockAddr and not allowed",
+            "attach.hook is required for type CgroupSockAddr (Connect4, Connect6, Sendmsg4",
             id="hook on the wrong type",
+        ),
+        pytest.param(
+            variant(attach={"type": "CgroupSock", "hook": "Connect4"}),
+            "must be one of that type's hooks",
+            id="hook of another type",
+        ),
+        pytest.param(
+            variant(attach={"type": "Tracepoint"}),
+            "attach.name (category:event, e.g. syscalls:sys_enter_openat) is required for type Tracepoint",
+            id="tracepoint without a name",
+        ),
+        pytest.param(
+            variant(attach={"type": "Tracepoint", "name": "sys_enter_openat"}),
+            "spec.attach.name in body should match",
+            id="tracepoint name without its category",
+        ),
+        pytest.param(
+            variant(attach={"type": "Kprobe"}),
+            "attach.function (a kernel function) is required for types Kprobe and Kretprobe",
+            id="kprobe without a function",
+        ),
+        pytest.param(
+            variant(attach={"type": "CgroupSysctl", "function": "do_sys_open"}),
+            "attach.function (a kernel function) is required for types Kprobe and Kretprobe and not allowed",
+            id="kernel function on a cgroup type",
         ),
         pytest.param(
             variant(parameters={"1PORT": 80}),

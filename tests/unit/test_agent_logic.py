@@ -127,3 +127,12 @@ def test_status_lists_failed_pods():
     status = node_program_status(report(pods=pods, serving_version="v2"), "node-a", None)
     assert status["failures"] == [{"pod": "b", "reason": reasons.ATTACH_FAILED, "message": "EPERM"}]
     assert status["pods"]["failed"] == 1
+
+
+def test_status_carries_the_whole_build_log_bounded():
+    log = "line\n" * 30000 + "R1 invalid mem access 'scalar'\n"
+    status = node_program_status(report(build_error=errors.VerifierRejected(log)), "node-a", None)
+    assert len(status["buildLog"]) <= 64 * 1024
+    assert status["buildLog"].endswith("R1 invalid mem access 'scalar'\n")
+    healthy = node_program_status(report(pods=[], serving_version="v2"), "node-a", None)
+    assert healthy["buildLog"] is None  # a merge patch removes an old log

@@ -179,3 +179,22 @@ def test_program_versions_without_a_node_object_are_removed(kernel, cgroups):
     run(reconciler, [node_program()], [pod("web-1", WEB)])
     run(reconciler, [], [pod("web-1", WEB)])
     assert kernel.programs == {} and attached_uids(kernel) == set()
+
+
+class NoKprobes:
+    def unsupported(self, api_type: str) -> str | None:
+        return "kprobes are not available on this kernel" if api_type.startswith("K") else None
+
+
+def test_unsupported_attach_type_fails_on_this_node_without_compiling(kernel, cgroups):
+    cgroups.present |= {"uid-web-1"}
+    kprobe = node_program("probe", attach={"type": "Kprobe", "function": "do_sys_openat2"})
+    reconciler = Reconciler(kernel, cgroups, NoKprobes())
+    result = run(reconciler, [kprobe, node_program("counter")], [pod("web-1", WEB)])
+    reports = {r.name: r for r in result.reports}
+    error = reports["probe-node-a"].build_error
+    assert isinstance(error, errors.UnsupportedOnNode)
+    assert error.reason == reasons.UNSUPPORTED_ON_NODE
+    assert "kprobes are not available" in str(error)
+    assert [ref.name for ref in kernel.loads] == ["counter"]
+    assert reports["counter-node-a"].pods[0].state == ATTACHED

@@ -1,0 +1,75 @@
+"""What this node's kernel can run, probed once at start and published for users.
+
+A program whose attach type the node cannot serve fails on this node only, with reason
+UnsupportedOnNode and a message naming the missing feature; it is never compiled.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent.kernel import attach_types as at
+from node_agent.kernel import syscalls
+
+# API attach type -> (program type, expected attach type to load it with).
+_PROGRAM_TYPES = {
+    "CgroupSkb": (at.PROG_TYPE_CGROUP_SKB, 0),
+    "CgroupSockAddr": (at.PROG_TYPE_CGROUP_SOCK_ADDR, at.CGROUP_INET4_CONNECT),
+    "CgroupSock": (at.PROG_TYPE_CGROUP_SOCK, at.CGROUP_INET_SOCK_CREATE),
+    "CgroupSysctl": (at.PROG_TYPE_CGROUP_SYSCTL, at.CGROUP_SYSCTL),
+    "CgroupDevice": (at.PROG_TYPE_CGROUP_DEVICE, at.CGROUP_DEVICE),
+    "Tracepoint": (at.PROG_TYPE_TRACEPOINT, 0),
+    "Kprobe": (at.PROG_TYPE_KPROBE, 0),
+    "Kretprobe": (at.PROG_TYPE_KPROBE, 0),
+}
+_NEEDS_KPROBES = {"Kprobe", "Kretprobe"}
+_NEEDS_TRACEFS = {"Tracepoint", "Kprobe", "Kretprobe"}
+_EVENT_SOURCES = Path("/sys/bus/event_source/devices")
+
+
+@dataclass(frozen=True)
+class NodeFeatures:
+    kernel: str
+    btf: bool
+    tracefs: Path | None
+    kprobes: bool
+    program_types: dict[str, bool] = field(default_factory=dict)
+
+    def unsupported(self, api_type: str) -> str | None:
+        """Why this node cannot serve the attach type, in words for the user; None if it can."""
+        if api_type in _NEEDS_KPROBES and not self.kprobes:
+            return f"kprobes are not available on this kernel ({self.kernel}: no kprobe event source)"
+        if not self.program_types.get(api_type, False):
+            return f"the kernel ({self.kernel}) does not load {api_type} programs"
+        if api_type in _NEEDS_TRACEFS and self.tracefs is None:
+            return "tracefs is not mounted (at /sys/kernel/tracing or /sys/kernel/debug/tracing)"
+        return None
+
+    def as_status(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "btf": self.btf,
+            "kprobes": self.kprobes,
+            "tracefs": str(self.tracefs) if self.tracefs else None,
+            "attachTypes": {name: self.unsupported(name) is None for name in _PROGRAM_TYPES},
+        }
+
+
+def _tracefs() -> Path | None:
+    for candidate in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
+        if (candidate / "events").is_dir():
+            return candidate
+    return None
+
+
+def probe() -> NodeFeatures:
+    return NodeFeatures(
+        kernel=platform.release(),
+        btf=Path("/sys/kernel/btf/vmlinux").exists(),
+        tracefs=_tracefs(),
+        kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
+        program_types={name: syscalls.prog_load_probe(*args) for name, args in _PROGRAM_TYPES.items()},
+    )
