@@ -185,12 +185,30 @@ fi
 
 # --- the images -------------------------------------------------------------------------------------------
 mkdir -p "$IMAGES_CACHE"
+
+# pip in the build must trust what pip on this host trusts (a TLS-inspecting proxy's CA, say): when
+# the host's pip has a CA bundle configured, it is mounted into the RUN steps with a pip.conf naming
+# it. Build-time mounts are not committed, so neither ends up in an image.
+build_mounts=()
+host_ca=${PIP_CERT:-$(python3 - <<'PY'
+import configparser, os
+files = ["/etc/xdg/pip/pip.conf", "/etc/pip.conf", os.path.expanduser("~/.config/pip/pip.conf")]
+parser = configparser.ConfigParser()
+parser.read(files)
+print(parser.get("global", "cert", fallback=""))
+PY
+)}
+if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
+  printf '[global]\ncert = /etc/pip-build-ca.crt\n' >"$IMAGES_CACHE/pip-build.conf"
+  build_mounts=(-v "$IMAGES_CACHE/pip-build.conf:/etc/pip.conf:ro" -v "$host_ca:/etc/pip-build-ca.crt:ro")
+  log "pip in the build trusts the host's CA bundle $host_ca"
+fi
 build() {
   local tag=$1 dockerfile=$2 start build_log
   build_log="$IMAGES_CACHE/build-${tag//[\/:]/-}.log"
   log "building $tag from $dockerfile (log: $build_log)"
   start=$(now)
-  "${podman_cmd[@]}" build --network host --pull=never "${run_opts[@]}" \
+  "${podman_cmd[@]}" build --network host --pull=never "${run_opts[@]}" "${build_mounts[@]}" \
     -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$build_log" 2>&1 || {
     tail -n 30 "$build_log" >&2; log "building $tag failed; full log: $build_log"; return 1
   }

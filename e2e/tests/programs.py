@@ -1,0 +1,48 @@
+"""Steps the attach-type suites share: apply a program, wait for it, remove it and check no trace is left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2e.harness import wait_for
+from e2e.kube import Kube, cgroup_programs
+
+
+def ebpf_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "bpfleet.io/v1alpha1",
+        "kind": "EbpfProgram",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def builtin(name: str, function: str, attach: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return ebpf_program(
+        name,
+        {
+            "source": {"builtin": name},
+            "function": function,
+            "attach": attach,
+            "podSelector": {"matchLabels": {"app": "web"}},
+            **spec,
+        },
+    )
+
+
+def apply_ready(kube: Kube, node: Any, namespace: str, program: dict[str, Any]) -> dict[str, Any]:
+    """Applies, waits for READY True, and returns the node object's status on `node`."""
+    name = program["metadata"]["name"]
+    kube.apply(namespace, program)
+    wait_for(f"{name} Ready", lambda: kube.is_ready(namespace, name), timeout=15)
+    return kube.node_program(namespace, name, node.name)["status"]
+
+
+def delete_leaves_no_trace(kube: Kube, node: Any, namespace: str, name: str, pods: list[Any]) -> None:
+    """Deletes the program and checks that attachments, pins and API objects are all gone."""
+    kube.kubectl("delete", "ebpf", "-n", namespace, name, "--wait=true", "--timeout=20s")
+    assert kube.program(namespace, name) is None
+    assert kube.node_programs(namespace, name) == []
+    for pod in pods:
+        assert cgroup_programs(pod.pod_cgroup) == [], f"{name} still attached to {pod.name}"
+    assert not (node.bpffs_root / namespace / name.replace(".", "_")).exists()
