@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,12 +27,15 @@ from pathlib import Path
 
 from node_agent import errors
 from node_agent.kernel import syscalls
-from node_agent.kernel.attach_types import KernelAttach
+from node_agent.kernel.attach_types import NODE_WIDE_FILTERED, KernelAttach
 from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
+NODE_LINK = "node"  # never a pod UID
+POD_MAP = "bpfleet_pods"  # declared by bpfleet.h for node-wide programs
+POD_UID_SIZE = 48  # struct bpfleet_pod in bpfleet.h
 _STAGING_PREFIX = "staging-"
 _BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
     "CompileError": errors.CompileError,
@@ -64,8 +68,13 @@ class BpffsBackend:
         include_dirs: tuple[Path, ...] = (),
         compile_timeout: float = 120.0,
         python: str = sys.executable,
+        tracefs: Path = Path("/sys/kernel/tracing"),
+        node_wide_prelude: str = "",
     ) -> None:
         self.root = root
+        self.tracefs = tracefs
+        # Source text put before node-wide programs: the pod filter they call (bpf/include).
+        self.node_wide_prelude = node_wide_prelude
         self.include_dirs = include_dirs
         self.compile_timeout = compile_timeout
         self.python = python
@@ -112,6 +121,7 @@ class BpffsBackend:
             "attachType": build.attach.load_attach_type,
             "includeDirs": [str(d) for d in self.include_dirs],
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
+            "prelude": self.node_wide_prelude if build.attach.scope == NODE_WIDE_FILTERED else "",
             "pinDir": str(pin_dir),
         }
         try:
@@ -148,8 +158,8 @@ class BpffsBackend:
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)
-        for pod_uid in self.attachments(ref):
-            self.detach(ref, pod_uid)
+        for pin in (version_dir / "links").glob("*"):
+            self._detach_link(pin)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
         self._remove_empty_parents(version_dir)
@@ -162,19 +172,27 @@ class BpffsBackend:
                 break  # not empty: other versions or programs live there
 
     # -- attachments ----------------------------------------------------------------------------
+    #
+    # Per-pod programs (cgroup types) have one pinned cgroup link per pod: links/<pod-uid>.
+    # Node-wide programs (tracing types) have one pinned link, links/node, and one entry per pod in
+    # their bpfleet_pods map (pod cgroup id -> pod UID), which the program filters on.
+
+    def _pod_map(self, ref: ProgramRef) -> Path:
+        return self._dir(ref) / "maps" / POD_MAP
 
     def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        if self._pod_map(ref).exists():
+            return self._pod_map_entries(ref)
         found: dict[str, Attachment] = {}
         for pin in sorted((self._dir(ref) / "links").glob("*")):
-            try:
-                with _opened(syscalls.obj_get(str(pin))) as fd:
-                    info = syscalls.link_info(fd)
-            except errors.KernelError:
-                continue
-            found[pin.name] = Attachment(ref, pin.name, info.id, info.cgroup_id)
+            info = _link_info(pin)
+            if info is not None:
+                found[pin.name] = Attachment(ref, pin.name, info.id, info.cgroup_id)
         return found
 
     def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+        if attach.scope == NODE_WIDE_FILTERED:
+            return self._select_pod(ref, pod_uid, cgroup_dir, attach)
         links = self._dir(ref) / "links"
         pin = links / pod_uid
         current = self.attachments(ref).get(pod_uid)
@@ -196,7 +214,15 @@ class BpffsBackend:
         return Attachment(ref, pod_uid, info.id, info.cgroup_id)
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
-        pin = self._dir(ref) / "links" / pod_uid
+        if self._pod_map(ref).exists():
+            entries = self._pod_map_entries(ref)
+            if pod_uid in entries:
+                with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
+                    syscalls.map_delete(fd, struct.pack("=Q", entries[pod_uid].cgroup_id))
+            return
+        self._detach_link(self._dir(ref) / "links" / pod_uid)
+
+    def _detach_link(self, pin: Path) -> None:
         # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
         try:
             with _opened(syscalls.obj_get(str(pin))) as fd:
@@ -205,3 +231,57 @@ class BpffsBackend:
             if e.errno != errno.ENOENT:
                 log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})
         pin.unlink(missing_ok=True)
+
+    # -- node-wide programs ---------------------------------------------------------------------
+
+    def _pod_map_entries(self, ref: ProgramRef) -> dict[str, Attachment]:
+        node_link = _link_info(self._dir(ref) / "links" / NODE_LINK)
+        link_id = node_link.id if node_link else 0
+        found: dict[str, Attachment] = {}
+        with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
+            for key, value in syscalls.map_items(fd, 8, POD_UID_SIZE):
+                uid = value.split(b"\0", 1)[0].decode()
+                # Without the node link nothing runs: report the pod as not attached (cgroup id 0).
+                found[uid] = Attachment(ref, uid, link_id, struct.unpack("=Q", key)[0] if link_id else 0)
+        return found
+
+    def _select_pod(
+        self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
+    ) -> Attachment:
+        try:
+            link_id = self._ensure_node_link(ref, attach)
+            cgroup_id = os.stat(cgroup_dir).st_ino  # a cgroup v2 directory's inode is its id
+            value = pod_uid.encode()[: POD_UID_SIZE - 1].ljust(POD_UID_SIZE, b"\0")
+            with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
+                syscalls.map_update(fd, struct.pack("=Q", cgroup_id), value)
+        except (OSError, errors.KernelError) as e:
+            raise errors.AttachFailed(f"selecting {cgroup_dir} for {attach.target}: {e}") from e
+        return Attachment(ref, pod_uid, link_id, cgroup_id)
+
+    def _ensure_node_link(self, ref: ProgramRef, attach: KernelAttach) -> int:
+        pin = self._dir(ref) / "links" / NODE_LINK
+        info = _link_info(pin)
+        if info is not None:
+            return info.id
+        category, _, event = attach.target.partition(":")
+        id_file = self.tracefs / "events" / category / event / "id"
+        try:
+            tracepoint_id = int(id_file.read_text())
+        except OSError:
+            raise errors.AttachFailed(f"this kernel has no tracepoint {attach.target} ({id_file})") from None
+        pin.parent.mkdir(exist_ok=True)
+        with (
+            _opened(syscalls.perf_event_open_tracepoint(tracepoint_id)) as perf_fd,
+            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            _opened(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
+        ):
+            syscalls.obj_pin(link_fd, str(pin))
+            return syscalls.link_info(link_fd).id
+
+
+def _link_info(pin: Path) -> syscalls.LinkInfo | None:
+    try:
+        with _opened(syscalls.obj_get(str(pin))) as fd:
+            return syscalls.link_info(fd)
+    except errors.KernelError:
+        return None

@@ -52,9 +52,13 @@ def compile_and_pin(request: dict[str, Any]) -> dict[str, Any]:
     from node_agent.kernel.stderr_capture import captured_stderr
 
     cflags = [f"-I{d}" for d in request["includeDirs"]] + list(request["cflags"])
+    source = request["source"]
+    if request.get("prelude"):
+        # The line directive keeps diagnostics in the user's own line numbers.
+        source = f'{request["prelude"]}\n#line 1 "{USER_FILE_NAME}"\n{source}'
     with captured_stderr() as stderr:
         try:
-            bpf = BPF(text=request["source"].encode(), cflags=cflags)
+            bpf = BPF(text=source.encode(), cflags=cflags)
         except Exception:
             bpf = None
     if bpf is None:

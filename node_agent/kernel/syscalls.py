@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from node_agent.errors import KernelError
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331, "riscv64": 241}
 
 # bpf_cmd values from include/uapi/linux/bpf.h.
 BPF_MAP_LOOKUP_ELEM = 1
@@ -31,6 +32,7 @@ BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
+BPF_PERF_EVENT = 41  # enum bpf_attach_type
 
 BPF_F_QUERY_EFFECTIVE = 1 << 0
 BPF_F_ALLOW_MULTI = 1 << 1
@@ -121,6 +123,39 @@ def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
     they coexist with every other program on the cgroup and detach only through this link."""
     attr = _attr()
     struct.pack_into("=IIII", attr, 0, prog_fd, cgroup_fd, attach_type, 0)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+PERF_TYPE_TRACEPOINT = 2
+_PERF_ATTR_SIZE = 128
+_PERF_FLAG_FD_CLOEXEC = 1 << 3
+
+
+def perf_event_open_tracepoint(tracepoint_id: int) -> int:
+    """A perf event on a tracepoint, to attach a program to; fires for every task on every CPU."""
+    nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
+    if nr is None:
+        raise KernelError(f"perf_event_open syscall number unknown for {platform.machine()}")
+    attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+    struct.pack_into("=IIQQ", attr, 0, PERF_TYPE_TRACEPOINT, _PERF_ATTR_SIZE, tracepoint_id, 1)
+    struct.pack_into("=I", attr, 48, 1)  # wakeup_events
+    ret = _libc.syscall(
+        ctypes.c_long(nr),
+        attr,
+        ctypes.c_int(-1),
+        ctypes.c_int(0),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(_PERF_FLAG_FD_CLOEXEC),
+    )
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"perf_event_open: {os.strerror(err)}", errno=err)
+    return int(ret)
+
+
+def link_create_perf_event(prog_fd: int, perf_fd: int) -> int:
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, prog_fd, perf_fd, BPF_PERF_EVENT, 0)
     return _bpf(BPF_LINK_CREATE, attr)
 
 

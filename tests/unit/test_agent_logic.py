@@ -90,6 +90,8 @@ processed 2 insns (limit 1000000) max_states_per_insn 0 total_states 0
 
 def test_headlines_pick_the_line_that_explains():
     assert diagnostics.headline(reasons.VERIFIER_REJECTED, VERIFIER_LOG) == "R1 invalid mem access 'scalar'"
+    with_hint = VERIFIER_LOG + "\nHINT: The 'unknown opcode' can happen if you reference a global variable.\n"
+    assert diagnostics.headline(reasons.VERIFIER_REJECTED, with_hint) == "R1 invalid mem access 'scalar'"
     compile_log = (
         "In file included from x.h:1:\nprogram.c:4:3: error: use of undeclared identifier 'y'\n1 error."
     )
