@@ -48,3 +48,17 @@ def test_new_relabelled_and_deleted_pods_are_followed(kube: Kube, node_a, namesp
     wait_for("status 2/2", lambda: pods_attached(kube, namespace) == "2/2", timeout=FOLLOW_SECONDS)
     pod_states = kube.node_program(namespace, PROGRAM, node_a.name)["status"]["podStates"]
     assert web_2.uid not in {p["uid"] for p in pod_states}
+
+
+def test_twenty_pods_share_one_compiled_program(kube: Kube, node_a, namespace: str):
+    pods = [node_a.create_pod(namespace, f"web-{i}", {"app": "web"}) for i in range(20)]
+    kube.apply(namespace, EXAMPLE)
+    wait_for("20/20", lambda: pods_attached(kube, namespace) == "20/20", timeout=30)
+    program_id = kube.node_program(namespace, PROGRAM, node_a.name)["status"]["programId"]
+    assert {p["id"] for pod in pods for p in cgroup_programs(pod.pod_cgroup)} == {program_id}
+    compiles = [
+        line
+        for line in node_a.agent.log_path.read_text().splitlines()
+        if '"compiling program"' in line and f'"{namespace}/{PROGRAM}"' in line
+    ]
+    assert len(compiles) == 1
