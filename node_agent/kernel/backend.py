@@ -49,11 +49,13 @@ class Attachment:
     ref: ProgramRef
     pod_uid: str
     link_id: int
-    cgroup_id: int  # 0 when the cgroup is gone and the kernel dropped the attachment
+    # What it is attached to: the pod's cgroup id, or the ifindex of its interface; 0 when that is
+    # gone and the kernel dropped the attachment.
+    target_id: int
 
     @property
     def live(self) -> bool:
-        return self.cgroup_id != 0
+        return self.target_id != 0
 
 
 class KernelBackend(Protocol):

@@ -187,7 +187,7 @@ class BpffsBackend:
         for pin in sorted((self._dir(ref) / "links").glob("*")):
             info = _link_info(pin)
             if info is not None:
-                found[pin.name] = Attachment(ref, pin.name, info.id, info.cgroup_id)
+                found[pin.name] = Attachment(ref, pin.name, info.id, info.target_id)
         return found
 
     def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
@@ -211,14 +211,14 @@ class BpffsBackend:
                 info = syscalls.link_info(link_fd)
         except (OSError, errors.KernelError) as e:
             raise errors.AttachFailed(f"attaching to {cgroup_dir}: {e}") from e
-        return Attachment(ref, pod_uid, info.id, info.cgroup_id)
+        return Attachment(ref, pod_uid, info.id, info.target_id)
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         if self._pod_map(ref).exists():
             entries = self._pod_map_entries(ref)
             if pod_uid in entries:
                 with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-                    syscalls.map_delete(fd, struct.pack("=Q", entries[pod_uid].cgroup_id))
+                    syscalls.map_delete(fd, struct.pack("=Q", entries[pod_uid].target_id))
             return
         self._detach_link(self._dir(ref) / "links" / pod_uid)
 

@@ -33,6 +33,10 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 BPF_LINK_DETACH = 34
 BPF_PERF_EVENT = 41  # enum bpf_attach_type
+# enum bpf_link_type
+BPF_LINK_TYPE_CGROUP = 3
+BPF_LINK_TYPE_XDP = 6
+BPF_LINK_TYPE_TCX = 11
 
 BPF_F_QUERY_EFFECTIVE = 1 << 0
 BPF_F_ALLOW_MULTI = 1 << 1
@@ -179,7 +183,9 @@ class LinkInfo:
     id: int
     type: int
     prog_id: int
-    cgroup_id: int  # 0 once the cgroup is gone: the kernel auto-detached the link
+    # The cgroup id (cgroup links) or ifindex (netdev links); 0 once the target is gone and the
+    # kernel detached the link by itself.
+    target_id: int
     attach_type: int
 
 
@@ -211,8 +217,13 @@ def prog_info(fd: int) -> ProgInfo:
 def link_info(fd: int) -> LinkInfo:
     info = _info(fd, 64)
     link_type, link_id, prog_id = struct.unpack_from("=III", info, 0)
-    cgroup_id, attach_type = struct.unpack_from("=QI", info, 16)
-    return LinkInfo(link_id, link_type, prog_id, cgroup_id, attach_type)
+    if link_type in (BPF_LINK_TYPE_XDP, BPF_LINK_TYPE_TCX):
+        target_id, attach_type = struct.unpack_from("=II", info, 16)
+    elif link_type == BPF_LINK_TYPE_CGROUP:
+        target_id, attach_type = struct.unpack_from("=QI", info, 16)
+    else:
+        target_id, attach_type = 1, 0  # perf event links: their target lives as long as they do
+    return LinkInfo(link_id, link_type, prog_id, target_id, attach_type)
 
 
 def prog_query(cgroup_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:

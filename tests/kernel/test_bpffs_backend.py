@@ -189,7 +189,7 @@ def test_traffic_counter_counts_each_pods_egress_under_its_pod_cgroup_id(backend
     att_a = backend.attach(COUNTER_REF, a.uid, a.pod, EGRESS)
     att_b = backend.attach(COUNTER_REF, b.uid, b.pod, EGRESS)
 
-    assert (att_a.cgroup_id, att_b.cgroup_id) == (a.cgroup_id, b.cgroup_id)
+    assert (att_a.target_id, att_b.target_id) == (a.cgroup_id, b.cgroup_id)
     assert att_a.link_id != att_b.link_id
     for pod in (a, b):
         [ours] = [prog for prog in cgroup_progs(pod.pod) if prog["id"] == loaded.prog_id]
@@ -280,7 +280,7 @@ def test_a_restarted_agent_adopts_programs_and_links_and_attach_is_idempotent(
     expected = LoadedProgram(COUNTER_REF, prog_id, pin_dir, ("traffic",))
     assert adopted.loaded() == {COUNTER_REF: expected}
     attachments = adopted.attachments(COUNTER_REF)
-    assert {uid: (att.link_id, att.cgroup_id) for uid, att in attachments.items()} == {
+    assert {uid: (att.link_id, att.target_id) for uid, att in attachments.items()} == {
         a.uid: (links[a.uid], a.cgroup_id),
         b.uid: (links[b.uid], b.cgroup_id),
     }
@@ -410,7 +410,7 @@ def test_a_removed_pod_cgroup_leaves_a_dead_link_and_a_recreated_one_can_be_atta
 
     wait_until(lambda: not backend.attachments(COUNTER_REF)[pod.uid].live, "reported dead")
     dead = backend.attachments(COUNTER_REF)[pod.uid]
-    assert (dead.link_id, dead.cgroup_id, dead.live) == (first.link_id, 0, False)
+    assert (dead.link_id, dead.target_id, dead.live) == (first.link_id, 0, False)
     assert COUNTER_REF in backend.loaded()
 
     pod.recreate()
@@ -418,7 +418,7 @@ def test_a_removed_pod_cgroup_leaves_a_dead_link_and_a_recreated_one_can_be_atta
     again = backend.attach(COUNTER_REF, pod.uid, pod.pod, EGRESS)
 
     assert again.live
-    assert again.cgroup_id == pod.cgroup_id
+    assert again.target_id == pod.cgroup_id
     assert again.link_id != first.link_id
     assert backend.attachments(COUNTER_REF) == {pod.uid: again}
     assert attached_ids(pod.pod) == [loaded.prog_id]

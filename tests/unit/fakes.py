@@ -42,7 +42,7 @@ class FakeBackend:
     def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
         if pod_uid in self.refuse_attach:
             raise errors.AttachFailed(f"attaching to {cgroup_dir}: Operation not permitted")
-        link = Attachment(ref, pod_uid, next(self._ids), cgroup_id=hash(str(cgroup_dir)) & 0xFFFF or 1)
+        link = Attachment(ref, pod_uid, next(self._ids), target_id=hash(str(cgroup_dir)) & 0xFFFF or 1)
         self.links.setdefault(ref, {})[pod_uid] = link
         return link
 
