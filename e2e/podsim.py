@@ -46,6 +46,9 @@ from typing import Any, Literal
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
+from e2e import podnet
+from e2e.podnet import PodNetwork
+
 CgroupDriver = Literal["systemd", "cgroupfs"]
 QosClass = Literal["Guaranteed", "Burstable", "BestEffort"]
 
@@ -360,6 +363,8 @@ class SimPod:
     container_cgroup: Path
     pid: int
     labels: dict[str, str] = field(default_factory=dict)
+    # Its own network namespace and veth pair, when created with network=True; else the host's.
+    network: PodNetwork | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -386,7 +391,10 @@ class SimPod:
     def run(
         self, argv: Sequence[str], timeout: float = 30.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Runs a command inside the pod's container cgroup, so its traffic is the pod's traffic."""
+        """Runs a command inside the pod's container cgroup (and network namespace, if it has one),
+        so its traffic is the pod's traffic."""
+        if self.network is not None:
+            argv = self.network.exec_argv(argv)
         return run_in_cgroup(argv, self.container_cgroup, timeout, input)
 
     def connect_tcp(self, host: str, port: int, timeout: float = 2.0) -> int:
@@ -717,7 +725,12 @@ class PodSimulator:
     # -- pods
 
     def create_pod(
-        self, namespace: str, name: str, labels: Mapping[str, str] | None = None, qos: str = "BestEffort"
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        qos: str = "BestEffort",
+        network: bool = False,
     ) -> SimPod:
         """Creates a Running pod on this node: the API object, its cgroups, and a live process."""
         qos_class = normalize_qos(qos)
@@ -743,6 +756,8 @@ class PodSimulator:
         with self._lock:
             self._pods[pod.key] = pod
         try:
+            if network:
+                pod.network = podnet.create(uid)
             self._start_container(pod)
             self.core.patch_namespaced_pod_status(
                 name, namespace, _pod_status(qos_class, container_id), _content_type=STRATEGIC_MERGE_PATCH
@@ -766,8 +781,11 @@ class PodSimulator:
     def _start_container(self, pod: SimPod) -> None:
         self._mkdirs(pod.container_cgroup)
         # Own session: a Ctrl-C aimed at the test run must not kill "containers" behind cleanup's back.
+        argv = ["sleep", "infinity"]
+        if pod.network is not None:
+            argv = pod.network.exec_argv(argv)
         proc = spawn_in_cgroup(
-            ["sleep", "infinity"],
+            argv,
             pod.container_cgroup,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -821,6 +839,8 @@ class PodSimulator:
     def _stop_container(self, pod: SimPod) -> None:
         # Kill the whole pod cgroup: also catches leftovers of SimPod.run() that timed out.
         _kill_cgroup(pod.pod_cgroup)
+        if pod.network is not None:
+            podnet.delete(pod.network)
         if pod._proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 pod._proc.kill()

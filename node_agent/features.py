@@ -21,6 +21,8 @@ _PROGRAM_TYPES = {
     "CgroupSock": (at.PROG_TYPE_CGROUP_SOCK, at.CGROUP_INET_SOCK_CREATE),
     "CgroupSysctl": (at.PROG_TYPE_CGROUP_SYSCTL, at.CGROUP_SYSCTL),
     "CgroupDevice": (at.PROG_TYPE_CGROUP_DEVICE, at.CGROUP_DEVICE),
+    "Tc": (at.PROG_TYPE_SCHED_CLS, 0),
+    "Xdp": (at.PROG_TYPE_XDP, 0),
     "Tracepoint": (at.PROG_TYPE_TRACEPOINT, 0),
     "Kprobe": (at.PROG_TYPE_KPROBE, 0),
     "Kretprobe": (at.PROG_TYPE_KPROBE, 0),

@@ -32,6 +32,8 @@ def program_version(build: ProgramBuild) -> str:
             build.attach.prog_type,
             build.attach.attach_type,
             build.attach.target,
+            build.attach.side,
+            build.attach.flags,
             build.defines,
         ]
     )

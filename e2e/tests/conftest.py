@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from e2e.controlplane import ControlPlane
-from e2e.harness import ManagedProcess, agent_process, install_crds, operator_process, wait_for
+from e2e.harness import (
+    ManagedProcess,
+    agent_process,
+    free_address,
+    install_crds,
+    operator_process,
+    wait_for,
+)
 from e2e.kube import Kube
 from e2e.podsim import CgroupDriver, PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
 
@@ -33,9 +40,14 @@ class Node:
     pods: list[SimPod] = field(default_factory=list)
 
     def create_pod(
-        self, namespace: str, name: str, labels: dict[str, str], qos: str = "BestEffort"
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        qos: str = "BestEffort",
+        network: bool = False,
     ) -> SimPod:
-        pod = self.sim.create_pod(namespace, name, labels, qos=qos)
+        pod = self.sim.create_pod(namespace, name, labels, qos=qos, network=network)
         self.pods.append(pod)
         return pod
 
@@ -55,7 +67,7 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def operator(control_plane: ControlPlane, logs_dir: Path) -> Iterator[ManagedProcess]:
     install_crds(control_plane.kubeconfig)
-    process = operator_process(control_plane.kubeconfig, logs_dir).start()
+    process = operator_process(control_plane.kubeconfig, logs_dir, metrics_address=free_address()).start()
     try:
         yield process
     finally:
@@ -69,7 +81,9 @@ def _start_node(
     sim = PodSimulator(kube.api, name, cgroup_root, driver=driver)
     sim.ensure_node(labels={"bpfleet.test/node": name})
     bpffs_root = BPFFS_BASE / name
-    agent = agent_process(control_plane.kubeconfig, name, cgroup_root, bpffs_root, logs_dir).start()
+    agent = agent_process(
+        control_plane.kubeconfig, name, cgroup_root, bpffs_root, logs_dir, metrics_address=free_address()
+    ).start()
     return Node(name, sim, agent, bpffs_root)
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 # enum bpf_prog_type
 PROG_TYPE_KPROBE = 2
+PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_TRACEPOINT = 5
+PROG_TYPE_XDP = 6
 PROG_TYPE_CGROUP_SKB = 8
 PROG_TYPE_CGROUP_SOCK = 9
 PROG_TYPE_CGROUP_DEVICE = 15
@@ -33,11 +35,18 @@ CGROUP_UDP6_RECVMSG = 20
 CGROUP_INET4_GETPEERNAME = 29
 CGROUP_INET6_GETPEERNAME = 30
 CGROUP_INET_SOCK_RELEASE = 34
+XDP = 37
 PERF_EVENT = 41
+TCX_INGRESS = 46
+TCX_EGRESS = 47
+
+# XDP modes (link flags)
+_XDP_MODES = {"Auto": 0, "Generic": 1 << 1, "Native": 1 << 2}
 
 # Where the program runs for the selected pods.
 PER_POD_CGROUP = "cgroup"  # one cgroup link per pod: the kernel scopes it to the pod
 NODE_WIDE_FILTERED = "filtered"  # one attachment per node; the program filters on the pods' cgroup ids
+PER_POD_NETDEV = "netdev"  # one link per pod on an interface of the pod (or its host-side veth)
 
 
 @dataclass(frozen=True)
@@ -47,8 +56,11 @@ class KernelAttach:
     # Whether the kernel wants the attach type at load time (expected_attach_type).
     expected_at_load: bool
     scope: str = PER_POD_CGROUP
-    # What a node-wide attachment hooks: "category:name" for tracepoints, a kernel function for kprobes.
+    # What is hooked: "category:name" of a tracepoint, a kernel function, or an interface name.
     target: str = ""
+    # For interfaces: which end of the pod's veth ("Pod" or "Host") and the link flags (XDP mode).
+    side: str = ""
+    flags: int = 0
 
     @property
     def load_attach_type(self) -> int:
@@ -112,6 +124,14 @@ def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
             raise UnknownAttach(f"{kind} has no {field} {attach.get(field)!r}") from None
     if kind == "Tracepoint":
         return KernelAttach(PROG_TYPE_TRACEPOINT, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["name"])
+    if kind == "Tc":
+        attach_type = {"Ingress": TCX_INGRESS, "Egress": TCX_EGRESS}[attach["direction"]]
+        interface, side = attach.get("interface", "eth0"), attach.get("side", "Pod")
+        return KernelAttach(PROG_TYPE_SCHED_CLS, attach_type, False, PER_POD_NETDEV, interface, side)
+    if kind == "Xdp":
+        mode = _XDP_MODES[attach.get("mode", "Auto")]
+        interface = attach.get("interface", "eth0")
+        return KernelAttach(PROG_TYPE_XDP, XDP, False, PER_POD_NETDEV, interface, "Pod", mode)
     if kind in ("Kprobe", "Kretprobe"):
         return KernelAttach(PROG_TYPE_KPROBE, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["function"])
     raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")

@@ -21,13 +21,13 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from node_agent import errors
+from node_agent import errors, netns
 from node_agent.kernel import syscalls
-from node_agent.kernel.attach_types import NODE_WIDE_FILTERED, KernelAttach
+from node_agent.kernel.attach_types import NODE_WIDE_FILTERED, PER_POD_NETDEV, KernelAttach
 from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class BpffsBackend:
         python: str = sys.executable,
         tracefs: Path = Path("/sys/kernel/tracing"),
         node_wide_prelude: str = "",
+        proc: Path = Path("/proc"),
     ) -> None:
+        self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self.root = root
         self.tracefs = tracefs
         # Source text put before node-wide programs: the pod filter they call (bpf/include).
@@ -193,25 +195,56 @@ class BpffsBackend:
     def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
         if attach.scope == NODE_WIDE_FILTERED:
             return self._select_pod(ref, pod_uid, cgroup_dir, attach)
-        links = self._dir(ref) / "links"
-        pin = links / pod_uid
         current = self.attachments(ref).get(pod_uid)
         if current is not None and current.live:
             return current
-        if pin.exists():
-            pin.unlink()  # a link whose cgroup went away: replace it
-        links.mkdir(exist_ok=True)
+        pin = self._dir(ref) / "links" / pod_uid
+        pin.unlink(missing_ok=True)  # a link whose cgroup or interface went away: replace it
+        pin.parent.mkdir(exist_ok=True)
         try:
-            with (
-                _opened(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd,
-                _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-                _opened(syscalls.link_create_cgroup(prog_fd, cgroup_fd, attach.attach_type)) as link_fd,
-            ):
-                syscalls.obj_pin(link_fd, str(pin))
-                info = syscalls.link_info(link_fd)
+            if attach.scope == PER_POD_NETDEV:
+                info = self._link_netdev(ref, pin, cgroup_dir, attach)
+            else:
+                info = self._link_cgroup(ref, pin, cgroup_dir, attach)
         except (OSError, errors.KernelError) as e:
             raise errors.AttachFailed(f"attaching to {cgroup_dir}: {e}") from e
         return Attachment(ref, pod_uid, info.id, info.target_id)
+
+    def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
+        with (
+            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            _opened(create(prog_fd)) as link_fd,
+        ):
+            syscalls.obj_pin(link_fd, str(pin))
+            return syscalls.link_info(link_fd)
+
+    def _link_cgroup(
+        self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
+    ) -> syscalls.LinkInfo:
+        with _opened(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+            return self._pin_new_link(
+                ref, pin, lambda prog_fd: syscalls.link_create_cgroup(prog_fd, cgroup_fd, attach.attach_type)
+            )
+
+    def _link_netdev(
+        self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
+    ) -> syscalls.LinkInfo:
+        pod_netns = netns.pod_netns(cgroup_dir, self.proc)
+
+        def link_to(ifindex: int) -> syscalls.LinkInfo:
+            return self._pin_new_link(
+                ref,
+                pin,
+                lambda prog_fd: syscalls.link_create_netdev(
+                    prog_fd, ifindex, attach.attach_type, attach.flags
+                ),
+            )
+
+        if attach.side == "Host":
+            # The host end of the pod's veth lives in the agent's own namespace.
+            return link_to(netns.run_in_netns(pod_netns, lambda: netns.veth_peer_index(attach.target)))
+        # An ifindex means something only in its namespace: create the link from inside it.
+        return netns.run_in_netns(pod_netns, lambda: link_to(netns.interface_index(attach.target)))
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         if self._pod_map(ref).exists():

@@ -157,6 +157,13 @@ def perf_event_open_tracepoint(tracepoint_id: int) -> int:
     return int(ret)
 
 
+def link_create_netdev(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
+    """An XDP or tcx link on an interface of the calling thread's network namespace."""
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, prog_fd, ifindex, attach_type, flags)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
 def link_create_perf_event(prog_fd: int, perf_fd: int) -> int:
     attr = _attr()
     struct.pack_into("=IIII", attr, 0, prog_fd, perf_fd, BPF_PERF_EVENT, 0)

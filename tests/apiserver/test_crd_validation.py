@@ -79,13 +79,13 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
         ),
         pytest.param(
             variant(attach={"type": "CgroupSockAddr", "hook": "Connect4", "direction": "Egress"}),
-            "attach.direction (Ingress or Egress) is required for type CgroupSkb "
+            "attach.direction (Ingress or Egress) is required for types CgroupSkb and Tc "
             "and not allowed for any other type",
             id="direction on the wrong type",
         ),
         pytest.param(
             variant(attach={"type": "CgroupSkb"}),
-            "attach.direction (Ingress or Egress) is required for type CgroupSkb",
+            "attach.direction (Ingress or Egress) is required for types CgroupSkb and Tc",
             id="direction missing",
         ),
         pytest.param(
@@ -107,6 +107,21 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             variant(attach={"type": "Tracepoint", "name": "sys_enter_openat"}),
             "spec.attach.name in body should match",
             id="tracepoint name without its category",
+        ),
+        pytest.param(
+            variant(attach={"type": "CgroupSkb", "direction": "Egress", "interface": "eth0"}),
+            "attach.interface is only for types Tc and Xdp",
+            id="interface on a cgroup type",
+        ),
+        pytest.param(
+            variant(attach={"type": "Xdp", "side": "Host"}),
+            "attach.side (Pod or Host) is only for type Tc",
+            id="side on Xdp",
+        ),
+        pytest.param(
+            variant(attach={"type": "Tc", "direction": "Ingress", "mode": "Native"}),
+            "attach.mode (Generic, Native or Auto) is only for type Xdp",
+            id="mode on Tc",
         ),
         pytest.param(
             variant(attach={"type": "Kprobe"}),
