@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: deps control-plane demo demo-down test lint bench
+.PHONY: deps control-plane demo demo-down test lint bench chart-lint chart-crds
 
 deps:  ## host packages, kernel headers, bpffs, kubectl + helm, the virtualenv
 	bash e2e/scripts/install-host-deps.sh
@@ -26,3 +26,13 @@ test: control-plane lint  ## every tier: unit, kernel, API server, end to end
 
 bench: control-plane  ## prints apply-to-Ready and pod-to-attached latencies
 	$(PYTHON) -m e2e.bench
+
+.PHONY: images
+images:  ## bpfleet/operator:dev and bpfleet/agent:dev from their Dockerfiles, with podman (docs/images.md)
+	bash e2e/scripts/build-images.sh
+
+chart-lint: deps  ## helm lint of charts/bpfleet (its schema and templates); the tests also install it
+	"$${BPFLEET_CACHE:-$$HOME/.cache/bpfleet}/bin/helm" lint --strict charts/bpfleet
+
+chart-crds:  ## copies crds/ into the chart after an API change (a test fails while they differ)
+	cp crds/*.yaml charts/bpfleet/crds/

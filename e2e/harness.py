@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -110,17 +111,30 @@ class ManagedProcess:
             return ""
 
 
-def operator_process(kubeconfig: Path, log_dir: Path) -> ManagedProcess:
+def free_address() -> str:
+    """A loopback host:port free right now, for a component's metrics."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def operator_process(kubeconfig: Path, log_dir: Path, metrics_address: str = "") -> ManagedProcess:
     return ManagedProcess(
         "operator",
         [sys.executable, "-m", "bpfleet_operator.main"],
-        {"KUBECONFIG": str(kubeconfig)},
+        # Empty turns metrics off: processes on one host must not share the default port.
+        {"KUBECONFIG": str(kubeconfig), "BPFLEET_METRICS_ADDRESS": metrics_address},
         log_dir / "operator.log",
     )
 
 
 def agent_process(
-    kubeconfig: Path, node: str, kubelet_cgroup_root: Path, bpffs_root: Path, log_dir: Path
+    kubeconfig: Path,
+    node: str,
+    kubelet_cgroup_root: Path,
+    bpffs_root: Path,
+    log_dir: Path,
+    metrics_address: str = "",
 ) -> ManagedProcess:
     return ManagedProcess(
         f"agent {node}",
@@ -130,6 +144,7 @@ def agent_process(
             "NODE_NAME": node,
             "BPFLEET_KUBELET_CGROUP_ROOT": str(kubelet_cgroup_root),
             "BPFLEET_BPFFS_ROOT": str(bpffs_root),
+            "BPFLEET_METRICS_ADDRESS": metrics_address,
         },
         log_dir / f"agent-{node}.log",
     )

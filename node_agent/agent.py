@@ -13,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from bpfleet_api import conditions, names, patching, reasons
 from node_agent.features import NodeFeatures
 from node_agent.kernel.attach_types import UnknownAttach
+from node_agent.metrics import AgentMetrics
 from node_agent.model import NodeProgram, Pod
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.status import node_program_status
@@ -33,8 +34,10 @@ class Agent:
         reconciler: Reconciler,
         features: NodeFeatures | None = None,
         resync: float = 30.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
@@ -133,7 +136,9 @@ class Agent:
         for program in programs:
             if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
                 self._add_finalizer(objects[(program.namespace, program.name)])
+        started = time.monotonic()
         result = self.reconciler.run(programs, pods)
+        self.metrics.pass_done(result, objects, pods, time.monotonic() - started)
         for report in result.reports:
             obj = objects[(report.namespace, report.name)]
             if report.detached:

@@ -18,6 +18,7 @@ from node_agent import features
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
+from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.reconcile import Reconciler
 
 log = logging.getLogger("node_agent")
@@ -50,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bpffs-root", type=Path, default=Path(os.environ.get("BPFLEET_BPFFS_ROOT", str(DEFAULT_ROOT)))
     )
     parser.add_argument("--resync", type=float, default=30.0, help="seconds between full passes")
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("BPFLEET_METRICS_ADDRESS", DEFAULT_ADDRESS),
+        help="host:port of /metrics and /healthz; empty disables (env BPFLEET_METRICS_ADDRESS)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.node:
@@ -61,11 +67,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup(args.log_level)
     include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
-    backend = BpffsBackend(root=args.bpffs_root, include_dirs=(include_dir,))
-    resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     node_features = features.probe()
-    reconciler = Reconciler(backend, resolver, node_features)
-    agent = Agent(_api_client(args.kubeconfig), args.node, reconciler, node_features, resync=args.resync)
+    backend = BpffsBackend(
+        root=args.bpffs_root,
+        include_dirs=(include_dir,),
+        tracefs=node_features.tracefs or Path("/sys/kernel/tracing"),
+        node_wide_prelude=(include_dir / "node_wide_prelude.h").read_text(),
+    )
+    resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
+    metrics = AgentMetrics(resolver)
+    reconciler = Reconciler(metrics.timed(backend), resolver, node_features)
+    agent = Agent(
+        _api_client(args.kubeconfig),
+        args.node,
+        reconciler,
+        node_features,
+        resync=args.resync,
+        metrics=metrics,
+    )
+    serve(args.metrics_address, agent)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         # Programs stay attached: stopping the agent never stops the data plane.

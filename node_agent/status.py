@@ -82,7 +82,9 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         "podStates": [{k: v for k, v in vars(p).items() if v} for p in report.pods[:MAX_POD_STATES]],
         "failures": failures,
         # The whole compiler or verifier output (failures[] keeps an excerpt); None removes it.
-        "buildLog": conditions.truncate(str(report.build_error), MAX_BUILD_LOG) if report.build_error else None,
+        "buildLog": conditions.truncate(str(report.build_error), MAX_BUILD_LOG)
+        if report.build_error
+        else None,
         "conditions": conditions.merge(previous.get("conditions"), [ready]),
     }
     return status

@@ -96,6 +96,7 @@ cleanup() {
     rm -rf --one-file-system "$rootfs"
   fi
   rm -f "$BASE_TARBALL.partial"
+  [ -z "${build_home:-}" ] || rm -rf "$build_home"
 }
 trap cleanup EXIT
 
@@ -187,8 +188,9 @@ fi
 mkdir -p "$IMAGES_CACHE"
 
 # pip in the build must trust what pip on this host trusts (a TLS-inspecting proxy's CA, say): when
-# the host's pip has a CA bundle configured, it is mounted into the RUN steps with a pip.conf naming
-# it. Build-time mounts are not committed, so neither ends up in an image.
+# the host's pip has a CA bundle configured, the RUN steps get a home directory whose pip.conf names a
+# copy of it. /root exists in the base image, so mounting over it leaves nothing behind in a layer.
+build_home=""
 build_mounts=()
 host_ca=${PIP_CERT:-$(python3 - <<'PY'
 import configparser, os
@@ -199,19 +201,30 @@ print(parser.get("global", "cert", fallback=""))
 PY
 )}
 if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
-  printf '[global]\ncert = /etc/pip-build-ca.crt\n' >"$IMAGES_CACHE/pip-build.conf"
-  build_mounts=(-v "$IMAGES_CACHE/pip-build.conf:/etc/pip.conf:ro" -v "$host_ca:/etc/pip-build-ca.crt:ro")
+  build_home=$(mktemp -d "$IMAGES_CACHE/build-home.XXXXXX")
+  mkdir -p "$build_home/.config/pip"
+  cp "$host_ca" "$build_home/.config/pip/ca.crt"
+  printf '[global]\ncert = /root/.config/pip/ca.crt\n' >"$build_home/.config/pip/pip.conf"
+  build_mounts=(-v "$build_home:/root")
   log "pip in the build trusts the host's CA bundle $host_ca"
 fi
+
 build() {
-  local tag=$1 dockerfile=$2 start build_log
+  local tag=$1 dockerfile=$2 start build_log previous current
   build_log="$IMAGES_CACHE/build-${tag//[\/:]/-}.log"
+  previous=$("${podman_cmd[@]}" image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
   log "building $tag from $dockerfile (log: $build_log)"
   start=$(now)
   "${podman_cmd[@]}" build --network host --pull=never "${run_opts[@]}" "${build_mounts[@]}" \
     -f "$REPO/$dockerfile" -t "$tag" "$REPO" >"$build_log" 2>&1 || {
     tail -n 30 "$build_log" >&2; log "building $tag failed; full log: $build_log"; return 1
   }
+  current=$("${podman_cmd[@]}" image inspect --format '{{.Id}}' "$tag")
+  # The image this tag named before is unnamed now: remove it, or every rebuild keeps one more.
+  # (Refused, harmlessly, while a container still uses it.)
+  if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    "${podman_cmd[@]}" rmi "$previous" >/dev/null 2>&1 || true
+  fi
   log "built $tag in $(since "$start") ($("${podman_cmd[@]}" image inspect --format '{{.Size}}' "$tag" |
     python3 -c 'import sys; print(f"{int(sys.stdin.read()) / 1e6:.0f} MB")'))"
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -16,6 +17,7 @@ class Builtin:
     source: str
     functions: dict[str, dict[str, str]]
     parameters: dict[str, dict[str, Any]]
+    metrics: tuple[dict[str, Any], ...] = ()  # spec.metrics for programs that set none
 
     def problems(self, spec: dict[str, Any]) -> list[str]:
         """What in a spec this builtin cannot serve, in words for the user."""
@@ -62,5 +64,19 @@ def catalog() -> dict[str, Builtin]:
             continue
         meta = yaml.safe_load(meta_file.read_text())
         source = (programs / f"{meta['name']}.c").read_text()
-        found[meta["name"]] = Builtin(meta["name"], source, meta["functions"], meta.get("parameters") or {})
+        found[meta["name"]] = Builtin(
+            meta["name"],
+            source,
+            meta["functions"],
+            meta.get("parameters") or {},
+            tuple(meta.get("metrics") or ()),
+        )
     return found
+
+
+def metrics_for(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The program's spec.metrics; when absent, its builtin's (an empty list means none)."""
+    if "metrics" in spec:
+        return list(spec["metrics"] or [])
+    builtin = catalog().get((spec.get("source") or {}).get("builtin", ""))
+    return [dict(m) for m in builtin.metrics] if builtin else []

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bpfleet_api import names, selectors
+from bpfleet_operator.builtins import metrics_for
 from bpfleet_operator.sources import ResolvedSource
 
 _MAX_NAME = 253
@@ -39,6 +40,8 @@ def node_program_spec(program: Mapping[str, Any], node: str, source: ResolvedSou
     }
     if spec.get("parameters"):
         resolved["parameters"] = spec["parameters"]
+    if metrics := metrics_for(spec):
+        resolved["metrics"] = metrics
     return resolved
 
 

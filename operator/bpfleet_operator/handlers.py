@@ -13,6 +13,7 @@ from kubernetes import client, config
 from bpfleet_api import names
 from bpfleet_operator import events
 from bpfleet_operator.controller import Key, ProgramController, WorkQueue
+from bpfleet_operator.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ async def cleanup(**_: Any) -> None:
 
 
 async def reconcile(key: Key) -> None:
-    outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
+    with METRICS.reconcile_seconds.time():
+        outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
+    METRICS.observe(key, outcome)
     if outcome.status is None or outcome.ready_before == outcome.ready_after:
         return
     program = await asyncio.to_thread(STATE.controller.get_program, key)
@@ -86,6 +89,7 @@ def program_event(namespace: str, name: str, spec: dict[str, Any], type: str | N
         users.discard(key)
     if type == "DELETED":
         STATE.programs.discard(key)
+        METRICS.forget(key)
         return
     STATE.programs.add(key)
     ref = (spec.get("source") or {}).get("configMapRef")

@@ -10,6 +10,7 @@ import os
 import kopf
 
 from bpfleet_api import logs
+from bpfleet_operator import metrics
 
 
 class _QuietWatchers(logging.Filter):
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--liveness", default=os.environ.get("BPFLEET_LIVENESS"), help="e.g. http://0.0.0.0:8080/healthz"
     )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("BPFLEET_METRICS_ADDRESS", metrics.DEFAULT_ADDRESS),
+        help="host:port of /metrics; empty disables (env BPFLEET_METRICS_ADDRESS)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.kubeconfig:
@@ -35,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level)
     logging.getLogger("kopf.objects").addFilter(_QuietWatchers())
     from bpfleet_operator import handlers  # noqa: F401  (registers the handlers)
+
+    metrics.serve(args.metrics_address)
 
     asyncio.run(kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=args.liveness))
 
