@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
@@ -90,7 +90,7 @@ class Agent:
         body = {
             "apiVersion": names.API_VERSION,
             "kind": names.NODE_STATE_KIND,
-            "metadata": {"name": self.node},
+            "metadata": {"name": self.node, "ownerReferences": self._node_owner()},
         }
         try:
             self.custom.create_cluster_custom_object(
@@ -111,6 +111,17 @@ class Agent:
             )
         except ApiException as e:
             log.warning("could not publish kernel features", extra={"error": str(e.reason)})
+
+    def _node_owner(self) -> list[dict[str, str]]:
+        """The Node as owner, so that its BpfleetNode is garbage-collected with it."""
+        try:
+            node = CoreV1Api(self.api).read_node(self.node)
+        except ApiException as e:
+            log.warning(
+                "cannot read this node's Node object", extra={"node": self.node, "error": str(e.reason)}
+            )
+            return []
+        return [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node.metadata.uid}]
 
     def _log_first_pass(self, result: PassResult) -> None:
         # After a restart this is the line that says the data plane was adopted, not rebuilt.

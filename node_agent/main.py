@@ -31,7 +31,7 @@ def _api_client(kubeconfig: str | None) -> client.ApiClient:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kubelet-cgroup-root",
         type=Path,
-        default=os.environ.get("BPFLEET_KUBELET_CGROUP_ROOT"),
+        default=os.environ.get("BPFLEET_KUBELET_CGROUP_ROOT") or None,  # empty means autodetect
         help="where kubelet's kubepods tree lives (default: the cgroup v2 mount)",
     )
     parser.add_argument(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import running_control_plane
 from e2e.controlplane import ControlPlane
 from e2e.harness import (
     ManagedProcess,
@@ -57,6 +58,18 @@ class Node:
 
     def pins(self) -> list[Path]:
         return sorted(self.bpffs_root.rglob("*")) if self.bpffs_root.exists() else []
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The end-to-end tier's own control plane: its operator must be the only one watching, whatever
+    other tiers run in the same session."""
+    yield from running_control_plane(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Kube:
+    return Kube(control_plane.kubeconfig)
 
 
 @pytest.fixture(scope="session")

@@ -169,8 +169,9 @@ def agent_container(
         container.wait_synced()
         yield container
     finally:
+        podman("stop", "--time", "10", container.name, check=False)
         (logs_dir / f"agent-{node}.log").write_text(container.logs())
-        podman("rm", "--force", "--time", "10", container.name, check=False)
+        podman("rm", "--force", container.name, check=False)
         sim.cleanup()
         if cgroup_base.exists():
             cleanup_cgroup_tree(cgroup_base)

@@ -96,6 +96,8 @@ def test_kprobe_is_reported_unsupported_and_harms_nothing(kube: Kube, node_a, na
     assert node_state["status"]["kprobes"] is False
     assert node_state["status"]["attachTypes"]["Kprobe"] is False
     assert node_state["status"]["attachTypes"]["CgroupSkb"] is True
+    [owner] = node_state["metadata"]["ownerReferences"]  # garbage-collected with its Node
+    assert (owner["kind"], owner["name"]) == ("Node", node_a.name)
 
     # The agent and the other program are untouched.
     assert node_a.agent.alive

@@ -110,18 +110,19 @@ class Release:
 def release(crds: Kube, namespace: str, helm_home: Path) -> Iterator[Release]:
     """The chart installed into a fresh namespace; uninstalled afterwards, whatever the test did."""
     installed = Release(unique("rel"), namespace)
-    # The session's CRDs come from crds/ (install_crds); the chart's copies are the same files.
-    helm_ok(
-        helm_home,
-        "install",
-        installed.name,
-        str(CHART),
-        "-n",
-        namespace,
-        "--skip-crds",
-        kubeconfig=crds.kubeconfig,
-    )
     try:
+        # The session's CRDs were applied from crds/ by kubectl; Helm 4 would apply its copies again
+        # as a second field manager (docs/install.md), so it skips them as a user would.
+        helm_ok(
+            helm_home,
+            "install",
+            installed.name,
+            str(CHART),
+            "-n",
+            namespace,
+            "--skip-crds",
+            kubeconfig=crds.kubeconfig,
+        )
         yield installed
     finally:
         helm(helm_home, "uninstall", installed.name, "-n", namespace, kubeconfig=crds.kubeconfig)
@@ -244,6 +245,7 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     }
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
+    assert pod["hostNetwork"] is True
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     [agent] = pod["containers"]
@@ -400,9 +402,12 @@ def test_install_refuses_bad_values_and_creates_nothing(crds: Kube, namespace: s
         "operator.replicas=2",
         kubeconfig=crds.kubeconfig,
     )
-    assert result.returncode != 0
-    assert "at '/operator/replicas': maximum: got 2, want 1" in result.stderr
-    assert not release_objects(crds, Release(name, namespace))
+    try:
+        assert result.returncode != 0
+        assert "at '/operator/replicas': maximum: got 2, want 1" in result.stderr
+        assert not release_objects(crds, Release(name, namespace))
+    finally:
+        helm(helm_home, "uninstall", name, "-n", namespace, kubeconfig=crds.kubeconfig)
 
 
 def test_kustomization_lists_every_example(crds: Kube, namespace: str):
