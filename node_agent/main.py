@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bpffs-root", type=Path, default=Path(os.environ.get("BPFLEET_BPFFS_ROOT", str(DEFAULT_ROOT)))
     )
+    parser.add_argument(
+        "--proc-root",
+        type=Path,
+        default=Path(os.environ.get("BPFLEET_PROC_ROOT") or "/proc"),
+        help="the host's /proc, where pods' processes and namespaces are found (env BPFLEET_PROC_ROOT)",
+    )
     parser.add_argument("--resync", type=float, default=30.0, help="seconds between full passes")
     parser.add_argument(
         "--metrics-address",
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         include_dirs=(include_dir,),
         tracefs=node_features.tracefs or Path("/sys/kernel/tracing"),
         node_wide_prelude=(include_dir / "node_wide_prelude.h").read_text(),
+        proc=args.proc_root,
     )
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver)
