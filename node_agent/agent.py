@@ -66,7 +66,7 @@ class Agent:
         timeout = 0.0
         first_pass = True
         while not self.stop_event.is_set():
-            self._wake.wait(timeout)
+            self._sleep_until_woken(timeout)
             if self.stop_event.is_set():
                 break
             time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
@@ -100,6 +100,9 @@ class Agent:
             if e.status != 409:
                 log.warning("could not publish kernel features", extra={"error": str(e.reason)})
                 return
+        except Exception as e:  # the API server unreachable: carry on, the informers retry
+            log.warning("could not publish kernel features", extra={"error": str(e)})
+            return
         try:
             self.custom.patch_cluster_custom_object_status(
                 names.GROUP,
@@ -109,17 +112,15 @@ class Agent:
                 {"status": status},
                 _content_type=patching.MERGE_PATCH,
             )
-        except ApiException as e:
-            log.warning("could not publish kernel features", extra={"error": str(e.reason)})
+        except Exception as e:
+            log.warning("could not publish kernel features", extra={"error": str(e)})
 
     def _node_owner(self) -> list[dict[str, str]]:
         """The Node as owner, so that its BpfleetNode is garbage-collected with it."""
         try:
             node = CoreV1Api(self.api).read_node(self.node)
-        except ApiException as e:
-            log.warning(
-                "cannot read this node's Node object", extra={"node": self.node, "error": str(e.reason)}
-            )
+        except Exception as e:  # forbidden, missing, or the API server unreachable: no owner then
+            log.warning("cannot read this node's Node object", extra={"node": self.node, "error": str(e)})
             return []
         return [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node.metadata.uid}]
 
@@ -130,6 +131,13 @@ class Agent:
             "initial reconcile done",
             extra={"node": self.node, "programs": len(result.reports), "podsAttached": attached},
         )
+
+    def _sleep_until_woken(self, timeout: float) -> None:
+        # Waits in short slices: Python runs signal handlers in the main thread only between
+        # bytecodes, so a SIGTERM delivered to another thread would otherwise wait for the timeout.
+        deadline = time.monotonic() + timeout
+        while not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._wake.wait(min(left, 0.5))
 
     def stop(self) -> None:
         self.stop_event.set()

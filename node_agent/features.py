@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node_agent.headers import check_kernel_headers
 from node_agent.kernel import attach_types as at
 from node_agent.kernel import syscalls
 
@@ -39,9 +40,13 @@ class NodeFeatures:
     tracefs: Path | None
     kprobes: bool
     program_types: dict[str, bool] = field(default_factory=dict)
+    # Why nothing can be compiled here (no kernel headers for BCC), or None.
+    no_headers: str | None = None
 
     def unsupported(self, api_type: str) -> str | None:
         """Why this node cannot serve the attach type, in words for the user; None if it can."""
+        if self.no_headers:
+            return self.no_headers
         if api_type in _NEEDS_KPROBES and not self.kprobes:
             return f"kprobes are not available on this kernel ({self.kernel}: no kprobe event source)"
         if not self.program_types.get(api_type, False):
@@ -56,6 +61,7 @@ class NodeFeatures:
             "btf": self.btf,
             "kprobes": self.kprobes,
             "tracefs": str(self.tracefs) if self.tracefs else None,
+            "kernelHeaders": self.no_headers is None,
             "attachTypes": {name: self.unsupported(name) is None for name in _PROGRAM_TYPES},
         }
 
@@ -73,5 +79,6 @@ def probe() -> NodeFeatures:
         btf=Path("/sys/kernel/btf/vmlinux").exists(),
         tracefs=_tracefs(),
         kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
+        no_headers=check_kernel_headers(),
         program_types={name: syscalls.prog_load_probe(*args) for name, args in _PROGRAM_TYPES.items()},
     )

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.setup(args.log_level)
     include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
     node_features = features.probe()
+    if node_features.no_headers:
+        log.error(node_features.no_headers, extra={"node": args.node})
     backend = BpffsBackend(
         root=args.bpffs_root,
         include_dirs=(include_dir,),

@@ -9,12 +9,14 @@ host's kernel headers must say that it has none.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.controlplane import ControlPlane, free_ports
-from e2e.harness import ManagedProcess, wait_for
+from e2e.controlplane import ControlPlane
+from e2e.harness import ManagedProcess, free_address, wait_for
 from e2e.kube import Kube, cgroup_programs
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
 from e2e.tools import REPO_ROOT
@@ -113,6 +115,7 @@ class AgentContainer:
     node: str
     sim: PodSimulator
     bpffs_root: Path
+    metrics_address: str
 
     def logs(self) -> str:
         result = podman("logs", self.name, check=False)
@@ -140,16 +143,16 @@ def agent_container(
     cgroup_base = find_cgroup2_mount() / f"bpfleet-e2e-image-{run_id}"
     bpffs_base = Path(f"/sys/fs/bpf/bpfleet-e2e-image-{run_id}")
     sim = PodSimulator(kube.api, node, cgroup_base / node)
-    container = AgentContainer(f"bpfleet-agent-e2e-{run_id}", node, sim, bpffs_base / node)
+    # Host network: a metrics port of its own, not the default that other agents here may hold.
+    container = AgentContainer(f"bpfleet-agent-e2e-{run_id}", node, sim, bpffs_base / node, free_address())
     kubeconfig = f"{control_plane.kubeconfig}:{KUBECONFIG_IN_CONTAINER}:ro"
-    [metrics_port] = free_ports(1)
     env = {
         "KUBECONFIG": KUBECONFIG_IN_CONTAINER,
         "NODE_NAME": node,
         "BPFLEET_KUBELET_CGROUP_ROOT": str(sim.cgroup_root),
         "BPFLEET_BPFFS_ROOT": str(container.bpffs_root),
-        # Host network: a port of its own, not the default that other agents on this host may hold.
-        "BPFLEET_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        "BPFLEET_PROC_ROOT": "/host/proc",
+        "BPFLEET_METRICS_ADDRESS": container.metrics_address,
     }
     try:
         sim.ensure_node(labels={"bpfleet.test/node": node})
@@ -234,6 +237,9 @@ def test_agent_image_denies_port_then_detaches(
     assert web.connect_tcp("127.0.0.1", denied_port) == 0
     assert not (agent_container.bpffs_root / ns).exists()
     assert agent_container.running(), agent_container.logs()[-4000:]
+    # What the chart's liveness probe asks.
+    with urllib.request.urlopen(f"http://{agent_container.metrics_address}/healthz", timeout=5) as health:
+        assert health.status == 200
 
 
 # What the agent image says about kernel headers, given the mounts it runs with.
@@ -269,6 +275,23 @@ def test_agent_image_says_it_has_no_kernel_headers(images: None, mounts: list[st
     message = _headers_check(mounts)
     assert message.startswith(HEADERS_MISSING), message
     assert says in message, message
+    # The agent itself says it at start, before anything else can go wrong (here: no API server).
+    started = podman(
+        "run",
+        "--rm",
+        *_runtime_options(),
+        *_volumes(mounts),
+        "--env",
+        "NODE_NAME=headerless",
+        "--env",
+        "KUBECONFIG=/nonexistent",
+        AGENT_IMAGE,
+        check=False,
+    )
+    logged = [json.loads(line) for line in started.stderr.splitlines() if line.startswith("{")]
+    assert any(entry["level"] == "error" and entry["msg"].startswith(HEADERS_MISSING) for entry in logged), (
+        started.stderr
+    )
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)

@@ -138,3 +138,20 @@ def test_status_carries_the_whole_build_log_bounded():
     assert status["buildLog"].endswith("R1 invalid mem access 'scalar'\n")
     healthy = node_program_status(report(pods=[], serving_version="v2"), "node-a", None)
     assert healthy["buildLog"] is None  # a merge patch removes an old log
+
+
+def test_a_node_without_kernel_headers_serves_nothing_and_says_why():
+    from node_agent.features import NodeFeatures
+
+    features = NodeFeatures(
+        kernel="6.1.0",
+        btf=True,
+        tracefs=None,
+        kprobes=False,
+        program_types={"CgroupSkb": True},
+        no_headers="no kernel headers to compile with: /lib/modules/6.1.0/build does not exist.",
+    )
+    assert features.unsupported("CgroupSkb").startswith("no kernel headers to compile with")
+    assert features.as_status()["kernelHeaders"] is False
+    served = features.as_status()["attachTypes"]
+    assert served and not any(served.values())
