@@ -36,3 +36,14 @@ chart-lint: deps  ## helm lint of charts/bpfleet (its schema and templates); the
 
 chart-crds:  ## copies crds/ into the chart after an API change (a test fails while they differ)
 	cp crds/*.yaml charts/bpfleet/crds/
+
+.PHONY: kind-up kind-down kind-test
+kind-up:  ## a kind cluster `bpfleet` running bpfleet built from this tree; needs Docker (docs/install.md)
+	bash e2e/scripts/kind-up.sh
+
+kind-down:
+	bash e2e/scripts/kind-down.sh
+
+kind-test:  ## kind-up, then the cluster suite e2e/cluster_tests against it
+	kubeconfig=$$(bash e2e/scripts/kind-up.sh) && \
+	  BPFLEET_CLUSTER_KUBECONFIG="$$kubeconfig" $(PYTHON) -m pytest e2e/cluster_tests

@@ -337,6 +337,30 @@ print(json.dumps({"sent": sent, "errors": errors}))
 """
 
 
+PROBE_TARGET = "/bin/target"  # in a root made by build_probe_root
+PROBE_SYMBOL = "bpfleet_probe_target"  # the function `/bin/target call N` calls N times
+
+
+def build_probe_root(root: Path) -> Path:
+    """Makes `root` a container root holding one statically linked program, /bin/target
+    (e2e/probe_target.c), to probe with uprobes. Returns root."""
+    target = root / PROBE_TARGET.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).with_name("probe_target.c")
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(target), str(source)], check=True, timeout=120)
+    return root
+
+
+def wait_chrooted(pid: int, root: Path, timeout: float = 5.0) -> None:
+    """Waits until `chroot` has entered `root` in process pid: Popen returns once chroot(8) runs,
+    a moment before /proc/<pid>/root is the new root."""
+    deadline = time.monotonic() + timeout
+    while os.readlink(f"/proc/{pid}/root") != str(root.resolve()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not enter {root} within {timeout}s")
+        time.sleep(0.005)
+
+
 def _python_argv(script: str, *args: object) -> list[str]:
     # -I -S: isolated and without site-packages, so the helper starts fast and sees only the stdlib.
     return [sys.executable, "-I", "-S", "-c", script, *(str(arg) for arg in args)]
@@ -365,6 +389,8 @@ class SimPod:
     labels: dict[str, str] = field(default_factory=dict)
     # Its own network namespace and veth pair, when created with network=True; else the host's.
     network: PodNetwork | None = None
+    # The container's root directory (its processes run chrooted into it), or None for the host's.
+    root: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -392,7 +418,9 @@ class SimPod:
         self, argv: Sequence[str], timeout: float = 30.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Runs a command inside the pod's container cgroup (and network namespace, if it has one),
-        so its traffic is the pod's traffic."""
+        so its traffic is the pod's traffic; chrooted into the pod's root, if it has one."""
+        if self.root is not None:
+            argv = ["chroot", str(self.root), *argv]
         if self.network is not None:
             argv = self.network.exec_argv(argv)
         return run_in_cgroup(argv, self.container_cgroup, timeout, input)
@@ -731,8 +759,12 @@ class PodSimulator:
         labels: Mapping[str, str] | None = None,
         qos: str = "BestEffort",
         network: bool = False,
+        root: Path | None = None,
     ) -> SimPod:
-        """Creates a Running pod on this node: the API object, its cgroups, and a live process."""
+        """Creates a Running pod on this node: the API object, its cgroups, and a live process.
+
+        With a root (see build_probe_root), the process runs `/bin/target sleep` chrooted into it,
+        so the pod's /proc/<pid>/root is that directory, as a container's is its image."""
         qos_class = normalize_qos(qos)
         labels = dict(labels or {})
         self._ensure_namespace(namespace)
@@ -752,6 +784,7 @@ class PodSimulator:
             container_cgroup=pod_cgroup / container_cgroup_name(container_id, self.driver),
             pid=0,
             labels=labels,
+            root=root,
         )
         with self._lock:
             self._pods[pod.key] = pod
@@ -782,6 +815,8 @@ class PodSimulator:
         self._mkdirs(pod.container_cgroup)
         # Own session: a Ctrl-C aimed at the test run must not kill "containers" behind cleanup's back.
         argv = ["sleep", "infinity"]
+        if pod.root is not None:
+            argv = ["chroot", str(pod.root), PROBE_TARGET, "sleep"]
         if pod.network is not None:
             argv = pod.network.exec_argv(argv)
         proc = spawn_in_cgroup(
@@ -793,6 +828,8 @@ class PodSimulator:
             start_new_session=True,
         )
         pod._proc, pod.pid = proc, proc.pid
+        if pod.root is not None:
+            wait_chrooted(proc.pid, pod.root)
         expected = "/" + str(pod.container_cgroup.relative_to(find_cgroup2_mount()))
         actual = process_cgroup(proc.pid)
         if actual != expected:

@@ -54,3 +54,15 @@ class PodCgroupResolver:
             if path.is_dir():
                 return path
         return None
+
+
+def processes(cgroup: Path) -> list[int]:
+    """Pids of every process in a cgroup and below it (a pod's processes live in its containers'
+    cgroups); cgroups that vanish meanwhile are skipped."""
+    pids: list[int] = []
+    for procs in sorted(cgroup.rglob("cgroup.procs")):
+        try:
+            pids += [int(line) for line in procs.read_text().split()]
+        except OSError:
+            continue
+    return pids

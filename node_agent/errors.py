@@ -43,3 +43,7 @@ class AttachFailed(AgentError):
 
 class PodCgroupNotFound(AgentError):
     reason = reasons.POD_CGROUP_NOT_FOUND
+
+
+class ElfError(AttachFailed):
+    """A binary to probe is not an ELF file the agent can read, or lacks the symbol asked for."""

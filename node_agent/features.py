@@ -27,8 +27,12 @@ _PROGRAM_TYPES = {
     "Tracepoint": (at.PROG_TYPE_TRACEPOINT, 0),
     "Kprobe": (at.PROG_TYPE_KPROBE, 0),
     "Kretprobe": (at.PROG_TYPE_KPROBE, 0),
+    "Uprobe": (at.PROG_TYPE_KPROBE, 0),
+    "Uretprobe": (at.PROG_TYPE_KPROBE, 0),
 }
 _NEEDS_KPROBES = {"Kprobe", "Kretprobe"}
+# Uprobes are opened through the uprobe PMU (perf_event_open), which needs no tracefs.
+_NEEDS_UPROBES = {"Uprobe", "Uretprobe"}
 _NEEDS_TRACEFS = {"Tracepoint", "Kprobe", "Kretprobe"}
 _EVENT_SOURCES = Path("/sys/bus/event_source/devices")
 
@@ -39,6 +43,7 @@ class NodeFeatures:
     btf: bool
     tracefs: Path | None
     kprobes: bool
+    uprobes: bool = False
     program_types: dict[str, bool] = field(default_factory=dict)
     # Why nothing can be compiled here (no kernel headers for BCC), or None.
     no_headers: str | None = None
@@ -49,6 +54,8 @@ class NodeFeatures:
             return self.no_headers
         if api_type in _NEEDS_KPROBES and not self.kprobes:
             return f"kprobes are not available on this kernel ({self.kernel}: no kprobe event source)"
+        if api_type in _NEEDS_UPROBES and not self.uprobes:
+            return f"uprobes are not available on this kernel ({self.kernel}: no uprobe event source)"
         if not self.program_types.get(api_type, False):
             return f"the kernel ({self.kernel}) does not load {api_type} programs"
         if api_type in _NEEDS_TRACEFS and self.tracefs is None:
@@ -79,6 +86,7 @@ def probe() -> NodeFeatures:
         btf=Path("/sys/kernel/btf/vmlinux").exists(),
         tracefs=_tracefs(),
         kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
+        uprobes=(_EVENT_SOURCES / "uprobe").is_dir(),
         no_headers=check_kernel_headers(),
         program_types={name: syscalls.prog_load_probe(*args) for name, args in _PROGRAM_TYPES.items()},
     )

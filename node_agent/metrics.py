@@ -182,9 +182,17 @@ class TimedBackend:
     def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
         return self.backend.attachments(ref)
 
-    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+    def attach(
+        self,
+        ref: ProgramRef,
+        pod_uid: str,
+        cgroup_dir: Path,
+        attach: KernelAttach,
+        *,
+        container_id: str = "",
+    ) -> Attachment:
         with self.metrics.attach_seconds.time():
-            return self.backend.attach(ref, pod_uid, cgroup_dir, attach)
+            return self.backend.attach(ref, pod_uid, cgroup_dir, attach, container_id=container_id)
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         self.backend.detach(ref, pod_uid)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names
-from node_agent.kernel.attach_types import kernel_attach
+from node_agent.kernel.attach_types import PER_BINARY_FILTERED, kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 
 
@@ -24,20 +24,23 @@ def _define_value(value: Any) -> str:
 
 
 def program_version(build: ProgramBuild) -> str:
-    """A short hash of everything that goes into the compile: a new version means a new program."""
-    canonical = json.dumps(
-        [
-            build.source,
-            build.function,
-            build.attach.prog_type,
-            build.attach.attach_type,
-            build.attach.target,
-            build.attach.side,
-            build.attach.flags,
-            build.defines,
-        ]
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    """A short hash of everything that goes into the compile or the attachment: a new version means
+    a new program."""
+    fields: list[Any] = [
+        build.source,
+        build.function,
+        build.attach.prog_type,
+        build.attach.attach_type,
+        build.attach.target,
+        build.attach.side,
+        build.attach.flags,
+        build.defines,
+    ]
+    if build.attach.scope == PER_BINARY_FILTERED:
+        # Only for uprobes, so that the versions of every other program stay what they were.
+        attach = build.attach
+        fields.append([attach.symbol, attach.offset, attach.retprobe, attach.container])
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class Pod:
     qos_class: str | None
     phase: str
     deleting: bool
+    # Started containers: name -> container id without its runtime scheme ("containerd://").
+    containers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def schedulable_for_programs(self) -> bool:
@@ -109,4 +114,9 @@ class Pod:
             qos_class=status.get("qosClass"),
             phase=status.get("phase") or "Pending",
             deleting=bool(meta.get("deletionTimestamp")),
+            containers={
+                c["name"]: c["containerID"].rpartition("://")[2]
+                for c in status.get("containerStatuses") or []
+                if c.get("name") and c.get("containerID")
+            },
         )

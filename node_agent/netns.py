@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from node_agent.cgroups import processes
 from node_agent.errors import AttachFailed
 
 T = TypeVar("T")
@@ -23,19 +24,9 @@ _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _pids(cgroup: Path) -> list[int]:
-    pids: list[int] = []
-    for procs in sorted(cgroup.rglob("cgroup.procs")):
-        try:
-            pids += [int(line) for line in procs.read_text().split()]
-        except OSError:
-            continue
-    return pids
-
-
 def pod_netns(pod_cgroup: Path, proc: Path = Path("/proc")) -> Path:
     """The network namespace of the pod whose cgroup this is; AttachFailed when it has no process."""
-    for pid in _pids(pod_cgroup):
+    for pid in processes(pod_cgroup):
         path = proc / str(pid) / "ns" / "net"
         if path.exists():
             if os.stat(path).st_ino == os.stat(proc / "self" / "ns" / "net").st_ino:

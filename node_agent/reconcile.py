@@ -190,8 +190,19 @@ class Reconciler:
                 reasons.POD_CGROUP_NOT_FOUND,
                 f"no cgroup v2 directory for pod UID {pod.uid} under the kubelet cgroup root",
             )
+        container = program.build.attach.container
+        container_id = pod.containers.get(container, "") if container else ""
+        if container and not container_id:
+            state = WAITING if pod.phase == "Pending" else FAILED
+            return PodReport(
+                pod.name,
+                pod.uid,
+                state,
+                reasons.ATTACH_FAILED,
+                f"the pod has no started container {container}",
+            )
         try:
-            self.backend.attach(ref, pod.uid, cgroup, program.build.attach)
+            self.backend.attach(ref, pod.uid, cgroup, program.build.attach, container_id=container_id)
         except AgentError as e:
             return PodReport(pod.name, pod.uid, FAILED, e.reason, str(e))
         log.info(

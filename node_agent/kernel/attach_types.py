@@ -47,6 +47,10 @@ _XDP_MODES = {"Auto": 0, "Generic": 1 << 1, "Native": 1 << 2}
 PER_POD_CGROUP = "cgroup"  # one cgroup link per pod: the kernel scopes it to the pod
 NODE_WIDE_FILTERED = "filtered"  # one attachment per node; the program filters on the pods' cgroup ids
 PER_POD_NETDEV = "netdev"  # one link per pod on an interface of the pod (or its host-side veth)
+# One uprobe link per distinct binary file the selected pods run; the program filters as above.
+PER_BINARY_FILTERED = "binary"
+# The scopes whose programs filter on bpfleet_pods: compiled with the node-wide prelude.
+FILTERED_SCOPES = (NODE_WIDE_FILTERED, PER_BINARY_FILTERED)
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,18 @@ class KernelAttach:
     # Whether the kernel wants the attach type at load time (expected_attach_type).
     expected_at_load: bool
     scope: str = PER_POD_CGROUP
-    # What is hooked: "category:name" of a tracepoint, a kernel function, or an interface name.
+    # What is hooked: "category:name" of a tracepoint, a kernel function, an interface name, or
+    # the path of a binary inside the pod's container.
     target: str = ""
     # For interfaces: which end of the pod's veth ("Pod" or "Host") and the link flags (XDP mode).
     side: str = ""
     flags: int = 0
+    # For uprobes: where in the binary (a symbol, else a file offset), whether on return, and the
+    # container whose root the binary is looked up in ("" for the first process that has it).
+    symbol: str = ""
+    offset: int = 0
+    retprobe: bool = False
+    container: str = ""
 
     @property
     def load_attach_type(self) -> int:
@@ -134,6 +145,19 @@ def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
         return KernelAttach(PROG_TYPE_XDP, XDP, False, PER_POD_NETDEV, interface, "Pod", mode)
     if kind in ("Kprobe", "Kretprobe"):
         return KernelAttach(PROG_TYPE_KPROBE, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["function"])
+    if kind in ("Uprobe", "Uretprobe"):
+        # Uprobes run programs of the kprobe type.
+        return KernelAttach(
+            PROG_TYPE_KPROBE,
+            PERF_EVENT,
+            False,
+            PER_BINARY_FILTERED,
+            attach["binary"],
+            symbol=attach.get("symbol", ""),
+            offset=int(attach.get("offset", 0)),
+            retprobe=kind == "Uretprobe",
+            container=attach.get("container", ""),
+        )
     raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")
 
 

@@ -75,8 +75,17 @@ class KernelBackend(Protocol):
         """The version's attachments, by pod UID."""
         ...
 
-    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
-        """Attaches the version to a pod's cgroup, alongside any other program; raises AttachFailed."""
+    def attach(
+        self,
+        ref: ProgramRef,
+        pod_uid: str,
+        cgroup_dir: Path,
+        attach: KernelAttach,
+        *,
+        container_id: str = "",
+    ) -> Attachment:
+        """Attaches the version to a pod's cgroup, alongside any other program; raises AttachFailed.
+        `container_id` picks the container whose root a uprobe's binary is looked up in."""
         ...
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None: ...

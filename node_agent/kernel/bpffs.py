@@ -5,6 +5,8 @@ Layout under the root (default /sys/fs/bpf/bpfleet):
     <namespace>/<program>/<version>/prog            the loaded program
     <namespace>/<program>/<version>/maps/<map>      its maps, for bpftool and for readers
     <namespace>/<program>/<version>/links/<pod-uid> one cgroup bpf_link per attached pod
+    <namespace>/<program>/<version>/links/node      the perf-event link of a tracepoint
+    <namespace>/<program>/<version>/links/file-<dev>-<ino>  one uprobe link per binary file
 
 A pinned link keeps its attachment alive without any process holding it, so the data plane runs
 on through agent restarts, and the pins are the record the agent adopts when it starts again.
@@ -18,24 +20,36 @@ import json
 import logging
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from node_agent import errors, netns
+from node_agent import cgroups, elf, errors, netns
 from node_agent.kernel import syscalls
-from node_agent.kernel.attach_types import NODE_WIDE_FILTERED, PER_POD_NETDEV, KernelAttach
+from node_agent.kernel.attach_types import (
+    FILTERED_SCOPES,
+    NODE_WIDE_FILTERED,
+    PER_BINARY_FILTERED,
+    PER_POD_NETDEV,
+    KernelAttach,
+)
 from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
 NODE_LINK = "node"  # never a pod UID
-POD_MAP = "bpfleet_pods"  # declared by bpfleet.h for node-wide programs
-POD_UID_SIZE = 48  # struct bpfleet_pod in bpfleet.h
+POD_MAP = "bpfleet_pods"  # declared by node_wide_prelude.h for node-wide programs
+# struct bpfleet_pod in node_wide_prelude.h: char uid[48]; __u64 dev, ino (the probed file, or 0).
+# Programs pinned before dev and ino existed have 48-byte values; both sizes are read and written.
+POD_UID_SIZE = 48
+POD_VALUE_SIZE = POD_UID_SIZE + 16
+FILE_LINK_PREFIX = "file-"
 _STAGING_PREFIX = "staging-"
 _BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
     "CompileError": errors.CompileError,
@@ -123,7 +137,7 @@ class BpffsBackend:
             "attachType": build.attach.load_attach_type,
             "includeDirs": [str(d) for d in self.include_dirs],
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
-            "prelude": self.node_wide_prelude if build.attach.scope == NODE_WIDE_FILTERED else "",
+            "prelude": self.node_wide_prelude if build.attach.scope in FILTERED_SCOPES else "",
             "pinDir": str(pin_dir),
         }
         try:
@@ -178,6 +192,9 @@ class BpffsBackend:
     # Per-pod programs (cgroup types) have one pinned cgroup link per pod: links/<pod-uid>.
     # Node-wide programs (tracing types) have one pinned link, links/node, and one entry per pod in
     # their bpfleet_pods map (pod cgroup id -> pod UID), which the program filters on.
+    # Uprobes are node-wide per binary file: one link per distinct file the selected pods run,
+    # links/file-<dev>-<ino>, and the pod's entry names its file. Pods of one image share the file,
+    # hence one probe: a call is seen once, and the filter tells the pods apart.
 
     def _pod_map(self, ref: ProgramRef) -> Path:
         return self._dir(ref) / "maps" / POD_MAP
@@ -192,9 +209,19 @@ class BpffsBackend:
                 found[pin.name] = Attachment(ref, pin.name, info.id, info.target_id)
         return found
 
-    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+    def attach(
+        self,
+        ref: ProgramRef,
+        pod_uid: str,
+        cgroup_dir: Path,
+        attach: KernelAttach,
+        *,
+        container_id: str = "",
+    ) -> Attachment:
         if attach.scope == NODE_WIDE_FILTERED:
             return self._select_pod(ref, pod_uid, cgroup_dir, attach)
+        if attach.scope == PER_BINARY_FILTERED:
+            return self._select_pod_in_binary(ref, pod_uid, cgroup_dir, attach, container_id)
         current = self.attachments(ref).get(pod_uid)
         if current is not None and current.live:
             return current
@@ -248,45 +275,60 @@ class BpffsBackend:
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         if self._pod_map(ref).exists():
-            entries = self._pod_map_entries(ref)
-            if pod_uid in entries:
-                with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-                    syscalls.map_delete(fd, struct.pack("=Q", entries[pod_uid].target_id))
+            for entry in self._pod_entries(ref):
+                if entry.uid == pod_uid:
+                    with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
+                        syscalls.map_delete(fd, struct.pack("=Q", entry.cgroup_id))
+            self._drop_unused_file_links(ref)
             return
         self._detach_link(self._dir(ref) / "links" / pod_uid)
 
     def _detach_link(self, pin: Path) -> None:
         # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
+        # Perf-event links cannot be detached (EOPNOTSUPP): for them the unpin is the detach.
         try:
             with _opened(syscalls.obj_get(str(pin))) as fd:
                 syscalls.link_detach(fd)
         except errors.KernelError as e:
-            if e.errno != errno.ENOENT:
+            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
                 log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})
         pin.unlink(missing_ok=True)
 
     # -- node-wide programs ---------------------------------------------------------------------
 
-    def _pod_map_entries(self, ref: ProgramRef) -> dict[str, Attachment]:
-        node_link = _link_info(self._dir(ref) / "links" / NODE_LINK)
-        link_id = node_link.id if node_link else 0
-        found: dict[str, Attachment] = {}
+    def _pod_entries(self, ref: ProgramRef) -> list[_PodEntry]:
         with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-            for key, value in syscalls.map_items(fd, 8, POD_UID_SIZE):
-                uid = value.split(b"\0", 1)[0].decode()
-                # Without the node link nothing runs: report the pod as not attached (cgroup id 0).
-                found[uid] = Attachment(ref, uid, link_id, struct.unpack("=Q", key)[0] if link_id else 0)
+            size = syscalls.map_info(fd).value_size
+            items = syscalls.map_items(fd, 8, size)
+        return [_PodEntry.parse(key, value) for key, value in items]
+
+    def _pod_map_entries(self, ref: ProgramRef) -> dict[str, Attachment]:
+        links: dict[str, syscalls.LinkInfo | None] = {}
+        found: dict[str, Attachment] = {}
+        for entry in self._pod_entries(ref):
+            if entry.link not in links:
+                links[entry.link] = _link_info(self._dir(ref) / "links" / entry.link)
+            link = links[entry.link]
+            # Without its link nothing runs: report the pod as not attached (cgroup id 0).
+            found[entry.uid] = Attachment(
+                ref, entry.uid, link.id if link else 0, entry.cgroup_id if link else 0
+            )
         return found
+
+    def _put_pod(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, dev: int = 0, ino: int = 0) -> int:
+        """Adds the pod to bpfleet_pods and returns its cgroup id."""
+        cgroup_id = os.stat(cgroup_dir).st_ino  # a cgroup v2 directory's inode is its id
+        with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
+            size = syscalls.map_info(fd).value_size
+            syscalls.map_update(fd, struct.pack("=Q", cgroup_id), _pod_value(pod_uid, dev, ino, size))
+        return cgroup_id
 
     def _select_pod(
         self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
     ) -> Attachment:
         try:
             link_id = self._ensure_node_link(ref, attach)
-            cgroup_id = os.stat(cgroup_dir).st_ino  # a cgroup v2 directory's inode is its id
-            value = pod_uid.encode()[: POD_UID_SIZE - 1].ljust(POD_UID_SIZE, b"\0")
-            with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-                syscalls.map_update(fd, struct.pack("=Q", cgroup_id), value)
+            cgroup_id = self._put_pod(ref, pod_uid, cgroup_dir)
         except (OSError, errors.KernelError) as e:
             raise errors.AttachFailed(f"selecting {cgroup_dir} for {attach.target}: {e}") from e
         return Attachment(ref, pod_uid, link_id, cgroup_id)
@@ -310,6 +352,129 @@ class BpffsBackend:
         ):
             syscalls.obj_pin(link_fd, str(pin))
             return syscalls.link_info(link_fd).id
+
+    # -- uprobes --------------------------------------------------------------------------------
+
+    def _select_pod_in_binary(
+        self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach, container_id: str
+    ) -> Attachment:
+        try:
+            with _opened(self._open_binary(cgroup_dir, attach, container_id)) as file_fd:
+                st = os.fstat(file_fd)
+                link_id = self._ensure_file_link(ref, file_fd, st, attach)
+            try:
+                cgroup_id = self._put_pod(ref, pod_uid, cgroup_dir, st.st_dev, st.st_ino)
+            except (OSError, errors.KernelError):
+                self._drop_unused_file_links(ref)  # a link made just now for this pod alone
+                raise
+        except (OSError, errors.KernelError) as e:
+            raise errors.AttachFailed(f"probing {attach.target} for {cgroup_dir}: {e}") from e
+        return Attachment(ref, pod_uid, link_id, cgroup_id)
+
+    def _open_binary(self, cgroup_dir: Path, attach: KernelAttach, container_id: str) -> int:
+        """An O_PATH fd of the binary as the pod sees it: looked up in the root of the pod's first
+        process that has it (the pause container has not), or of the named container's."""
+        if container_id:
+            where = f"container {attach.container}"
+            dirs = [d for d in cgroup_dir.iterdir() if container_id in d.name]
+            pids = [pid for d in dirs for pid in cgroups.processes(d)]
+        else:
+            where, pids = "the pod", cgroups.processes(cgroup_dir)
+        if not pids:
+            raise errors.AttachFailed(
+                f"no process of {where} runs in {cgroup_dir} yet, so its root is unknown"
+            )
+        roots: set[tuple[int, int]] = set()
+        for pid in pids:
+            try:
+                root_fd = os.open(self.proc / str(pid) / "root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # exited meanwhile
+            with _opened(root_fd):
+                root = os.fstat(root_fd)
+                if (root.st_dev, root.st_ino) in roots:
+                    continue
+                roots.add((root.st_dev, root.st_ino))
+                fd = _open_in_root(root_fd, attach.target)
+            if fd is None:
+                continue
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise errors.AttachFailed(f"{attach.target} in {where} is not a regular file")
+            return fd
+        raise errors.AttachFailed(f"no file {attach.target} in {where}")
+
+    def _ensure_file_link(
+        self, ref: ProgramRef, file_fd: int, st: os.stat_result, attach: KernelAttach
+    ) -> int:
+        pin = self._dir(ref) / "links" / f"{FILE_LINK_PREFIX}{st.st_dev}-{st.st_ino}"
+        info = _link_info(pin)
+        if info is not None:
+            return info.id
+        # The fd stands for the file itself: no path is looked up twice, in or out of the pod.
+        path = f"/proc/self/fd/{file_fd}"
+        offset = attach.offset
+        if attach.symbol:
+            with open(path, "rb") as binary:
+                offset = elf.symbol_offset(binary, attach.symbol, attach.target)
+        pin.parent.mkdir(exist_ok=True)
+        with (
+            _opened(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd,
+            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            _opened(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
+        ):
+            syscalls.obj_pin(link_fd, str(pin))
+            return syscalls.link_info(link_fd).id
+
+    def _drop_unused_file_links(self, ref: ProgramRef) -> None:
+        """Detaches the uprobe links no pod entry names any more."""
+        used = {entry.link for entry in self._pod_entries(ref)}
+        for pin in (self._dir(ref) / "links").glob(FILE_LINK_PREFIX + "*"):
+            if pin.name not in used:
+                self._detach_link(pin)
+
+
+@dataclass(frozen=True)
+class _PodEntry:
+    """One entry of bpfleet_pods: a selected pod, and the binary file probed for it (if any)."""
+
+    uid: str
+    cgroup_id: int
+    dev: int
+    ino: int
+
+    @property
+    def link(self) -> str:
+        """The name of the link pin it runs through."""
+        return f"{FILE_LINK_PREFIX}{self.dev}-{self.ino}" if self.ino else NODE_LINK
+
+    @classmethod
+    def parse(cls, key: bytes, value: bytes) -> _PodEntry:
+        uid = value[:POD_UID_SIZE].split(b"\0", 1)[0].decode()
+        dev, ino = struct.unpack_from("=QQ", value, POD_UID_SIZE) if len(value) >= POD_VALUE_SIZE else (0, 0)
+        return cls(uid, struct.unpack("=Q", key)[0], dev, ino)
+
+
+def _pod_value(pod_uid: str, dev: int, ino: int, size: int) -> bytes:
+    value = pod_uid.encode()[: POD_UID_SIZE - 1].ljust(POD_UID_SIZE, b"\0") + struct.pack("=QQ", dev, ino)
+    return value[:size].ljust(size, b"\0")
+
+
+def _open_in_root(root_fd: int, path: str) -> int | None:
+    """An O_PATH fd of `path` inside a container root, or None when it has no such file."""
+    try:
+        return syscalls.open_in_root(root_fd, path, os.O_PATH)
+    except errors.KernelError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        if e.errno != errno.ENOSYS:
+            raise
+    # Before 5.6 (no openat2): through the root's magic link, where an absolute symlink would
+    # point out of the container.
+    try:
+        return os.open(f"/proc/self/fd/{root_fd}/{path.lstrip('/')}", os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 def _link_info(pin: Path) -> syscalls.LinkInfo | None:

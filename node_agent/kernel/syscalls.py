@@ -13,6 +13,7 @@ import os
 import platform
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from node_agent.errors import KernelError
 
@@ -133,16 +134,19 @@ def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
 PERF_TYPE_TRACEPOINT = 2
 _PERF_ATTR_SIZE = 128
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
 
 
-def perf_event_open_tracepoint(tracepoint_id: int) -> int:
-    """A perf event on a tracepoint, to attach a program to; fires for every task on every CPU."""
+def _perf_event_open(event_type: int, config: int, config1: int = 0, config2: int = 0) -> int:
+    """A perf event for every task (pid -1), to attach a program to. Opened on CPU 0, yet the
+    program runs on every CPU: tracing programs hang off the event source, not the CPU's event."""
     nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
     if nr is None:
         raise KernelError(f"perf_event_open syscall number unknown for {platform.machine()}")
     attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
-    struct.pack_into("=IIQQ", attr, 0, PERF_TYPE_TRACEPOINT, _PERF_ATTR_SIZE, tracepoint_id, 1)
+    struct.pack_into("=IIQQ", attr, 0, event_type, _PERF_ATTR_SIZE, config, 1)  # sample_period 1
     struct.pack_into("=I", attr, 48, 1)  # wakeup_events
+    struct.pack_into("=QQ", attr, 56, config1, config2)
     ret = _libc.syscall(
         ctypes.c_long(nr),
         attr,
@@ -154,6 +158,52 @@ def perf_event_open_tracepoint(tracepoint_id: int) -> int:
     if ret < 0:
         err = ctypes.get_errno()
         raise KernelError(f"perf_event_open: {os.strerror(err)}", errno=err)
+    return int(ret)
+
+
+def perf_event_open_tracepoint(tracepoint_id: int) -> int:
+    """A perf event on a tracepoint, to attach a program to; fires for every task on every CPU."""
+    return _perf_event_open(PERF_TYPE_TRACEPOINT, tracepoint_id)
+
+
+def _retprobe_bit(pmu: Path) -> int:
+    # The format file says where the flag lives, e.g. "config:0".
+    field, _, bit = (pmu / "format" / "retprobe").read_text().strip().partition(":")
+    if field != "config" or not bit.isdigit():
+        raise KernelError(f"unexpected uprobe retprobe format {field}:{bit}")
+    return 1 << int(bit)
+
+
+def perf_event_open_uprobe(path: str, offset: int, retprobe: bool, pmu: Path = UPROBE_PMU) -> int:
+    """A perf event on a uprobe (or uretprobe) at a file offset of `path`, for every process that
+    runs the file. The kernel probes the inode `path` resolves to, so /proc/self/fd/N works."""
+    try:
+        pmu_type = int((pmu / "type").read_text())
+        config = _retprobe_bit(pmu) if retprobe else 0
+    except (OSError, ValueError) as e:
+        raise KernelError(f"no uprobe event source at {pmu}: {e}") from None
+    path_buf = ctypes.create_string_buffer(path.encode())
+    return _perf_event_open(pmu_type, config, _addr(path_buf), offset)
+
+
+# openat2(2), the same number on every architecture (new syscalls share one table since 5.1).
+_NR_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+def open_in_root(root_fd: int, path: str, flags: int) -> int:
+    """Opens `path` as if `root_fd` were /: absolute symlinks and .. stay inside it, so a container's
+    root can be walked without escaping to the host. Returns an fd the caller must close."""
+    how = ctypes.create_string_buffer(24)  # struct open_how {flags, mode, resolve}
+    struct.pack_into("=QQQ", how, 0, flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    path_buf = ctypes.create_string_buffer(path.encode())
+    ret = _libc.syscall(
+        ctypes.c_long(_NR_OPENAT2), ctypes.c_int(root_fd), path_buf, how, ctypes.c_size_t(len(how))
+    )
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"openat2 {path}: {os.strerror(err)}", errno=err)
     return int(ret)
 
 

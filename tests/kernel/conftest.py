@@ -60,7 +60,11 @@ def bpffs_root() -> Iterator[Path]:
 
 @pytest.fixture
 def backend(bpffs_root: Path) -> BpffsBackend:
-    return BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR,))
+    return BpffsBackend(
+        bpffs_root,
+        include_dirs=(INCLUDE_DIR,),
+        node_wide_prelude=(INCLUDE_DIR / "node_wide_prelude.h").read_text(),
+    )
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ class FakeBackend:
     # Source text -> error to raise when it is loaded.
     broken_sources: dict[str, errors.ProgramBuildError] = field(default_factory=dict)
     refuse_attach: set[str] = field(default_factory=set)  # pod UIDs
+    # Pod UID -> the container id it was attached with (uprobes name a container).
+    containers: dict[str, str] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -39,7 +41,16 @@ class FakeBackend:
     def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
         return dict(self.links.get(ref, {}))
 
-    def attach(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach) -> Attachment:
+    def attach(
+        self,
+        ref: ProgramRef,
+        pod_uid: str,
+        cgroup_dir: Path,
+        attach: KernelAttach,
+        *,
+        container_id: str = "",
+    ) -> Attachment:
+        self.containers[pod_uid] = container_id
         if pod_uid in self.refuse_attach:
             raise errors.AttachFailed(f"attaching to {cgroup_dir}: Operation not permitted")
         link = Attachment(ref, pod_uid, next(self._ids), target_id=hash(str(cgroup_dir)) & 0xFFFF or 1)

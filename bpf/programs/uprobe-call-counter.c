@@ -1,0 +1,30 @@
+/* uprobe-call-counter — calls of one function of a binary, in each selected pod.
+ *
+ * Attach: Uprobe (function count_calls: counts entries) or Uretprobe (function count_returns:
+ * counts returns), with the binary and its symbol or offset of your choice.
+ * Map `calls` (hash, key: pod cgroup v2 id u64, value: u64 count).
+ * The probe is on the binary file, shared by every process that runs it: bpfleet_pod_selected()
+ * keeps it to the selected pods.
+ */
+#include <bpfleet.h>
+
+BPF_HASH(calls, __u64, __u64, 10240);
+
+static __always_inline int count(void)
+{
+    if (!bpfleet_pod_selected())
+        return 0;
+    __u64 pod = bpfleet_current_pod_cgroup_id();
+    calls.increment(pod);
+    return 0;
+}
+
+int count_calls(struct pt_regs *ctx)
+{
+    return count();
+}
+
+int count_returns(struct pt_regs *ctx)
+{
+    return count();
+}
