@@ -11,9 +11,8 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
-from kubernetes import client, config
-
 from bpfleet_api import logs
+from bpfleet_api.kube_client import api_client
 from node_agent import features
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
@@ -22,17 +21,6 @@ from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.reconcile import Reconciler
 
 log = logging.getLogger("node_agent")
-
-
-def _api_client(kubeconfig: str | None) -> client.ApiClient:
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.ApiClient()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = AgentMetrics(resolver)
     reconciler = Reconciler(metrics.timed(backend), resolver, node_features)
     agent = Agent(
-        _api_client(args.kubeconfig),
+        api_client(args.kubeconfig),
         args.node,
         reconciler,
         node_features,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import defaultdict
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
 from bpfleet_api import names
+from bpfleet_api.kube_client import api_client
 from bpfleet_operator import events
 from bpfleet_operator.controller import Key, ProgramController, WorkQueue
 from bpfleet_operator.metrics import METRICS
@@ -35,15 +34,6 @@ class _State:
 STATE = _State()
 
 
-def _api_client() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # Read KUBECONFIG now: the client's own default was fixed when it was imported.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.ApiClient()
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = names.OPERATOR_FINALIZER
@@ -52,7 +42,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=names.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    STATE.controller = ProgramController(_api_client())
+    STATE.controller = ProgramController(api_client())
     STATE.queue = WorkQueue(reconcile)
     STATE.worker = asyncio.create_task(STATE.queue.run())
 

@@ -8,9 +8,14 @@ import logging
 import os
 
 import kopf
+from kubernetes.client import CoordinationV1Api
 
 from bpfleet_api import logs
+from bpfleet_api.kube_client import api_client
 from bpfleet_operator import metrics
+from bpfleet_operator.leader import Elector, LeaseLock, default_identity
+
+LEASE_NAME = "bpfleet-operator"
 
 
 class _QuietWatchers(logging.Filter):
@@ -34,6 +39,17 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("BPFLEET_METRICS_ADDRESS", metrics.DEFAULT_ADDRESS),
         help="host:port of /metrics; empty disables (env BPFLEET_METRICS_ADDRESS)",
     )
+    parser.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("BPFLEET_LEADER_ELECT", "").lower() in ("1", "true", "yes"),
+        help="reconcile only while holding the Lease bpfleet-operator (env BPFLEET_LEADER_ELECT)",
+    )
+    parser.add_argument(
+        "--leader-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the leader Lease (env POD_NAMESPACE)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.kubeconfig:
@@ -44,7 +60,19 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics.serve(args.metrics_address)
 
-    asyncio.run(kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=args.liveness))
+    elector = None
+    if args.leader_elect:
+        lock = LeaseLock(
+            CoordinationV1Api(api_client()), args.leader_namespace, LEASE_NAME, default_identity()
+        )
+        # Losing the lease means another replica may lead already: exit at once, to come back as standby.
+        elector = Elector(lock, on_lost=lambda: os._exit(1))
+        elector.acquire()
+    try:
+        asyncio.run(kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=args.liveness))
+    finally:
+        if elector is not None:
+            elector.stop()
 
 
 if __name__ == "__main__":

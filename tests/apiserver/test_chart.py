@@ -185,9 +185,9 @@ def test_crd_copies_equal_crds_byte_for_byte():
     ("flags", "error"),
     [
         pytest.param(
-            ["--set", "operator.replicas=3"],
-            "at '/operator/replicas': maximum: got 3, want 1",
-            id="replicas over 1 (no leader election)",
+            ["--set", "operator.replicas=9"],
+            "at '/operator/replicas': maximum: got 9, want 5",
+            id="replicas over 5",
         ),
         pytest.param(
             ["--set", "operator.replica=1"],
@@ -218,10 +218,10 @@ def test_schema_refuses_bad_values(helm_home: Path, flags: list[str], error: str
     assert error in result.stderr, result.stderr
 
 
-def test_replicas_schema_explains_the_cap():
+def test_replicas_schema_explains_leader_election():
     replicas = json.loads((CHART / "values.schema.json").read_text())["properties"]["operator"]
     replicas = replicas["properties"]["replicas"]
-    assert replicas["maximum"] == 1
+    assert replicas["maximum"] == 5
     assert "leader election" in replicas["description"]
 
 
@@ -230,7 +230,10 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
     deployment = by_kind[("Deployment", "r-bpfleet-operator")]
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BPFLEET_LEADER_ELECT"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     [operator] = deployment["spec"]["template"]["spec"]["containers"]
     assert operator["image"] == "bpfleet/operator:0.1.0"
     assert operator["command"] == ["bpfleet-operator"]
@@ -323,6 +326,8 @@ def test_rendered_manifests_pass_server_dry_run(
         "CustomResourceDefinition",
         "DaemonSet",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
     ]
     result = kubectl_run(
@@ -399,12 +404,12 @@ def test_install_refuses_bad_values_and_creates_nothing(crds: Kube, namespace: s
         namespace,
         "--skip-crds",
         "--set",
-        "operator.replicas=2",
+        "operator.replicas=6",
         kubeconfig=crds.kubeconfig,
     )
     try:
         assert result.returncode != 0
-        assert "at '/operator/replicas': maximum: got 2, want 1" in result.stderr
+        assert "at '/operator/replicas': maximum: got 6, want 5" in result.stderr
         assert not release_objects(crds, Release(name, namespace))
     finally:
         helm(helm_home, "uninstall", name, "-n", namespace, kubeconfig=crds.kubeconfig)
@@ -515,7 +520,12 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
         sim = PodSimulator(kube.api, node, cgroup_base / "node")
         sim.ensure_node(labels={"bpfleet.test/node": node})
         sim.create_pod(program_namespace, "web-1", {"app": "web"})
-        processes.append(operator_process(operator_config, logs).start())
+        operator = operator_process(operator_config, logs)
+        # As the chart runs it: electing itself leader through the Lease in the release namespace.
+        operator.env.update(
+            {"BPFLEET_LEADER_ELECT": "true", "POD_NAMESPACE": release.namespace, "POD_NAME": "op-0"}
+        )
+        processes.append(operator.start())
         processes.append(agent_process(agent_config, node, cgroup_base / "node", bpffs_root, logs).start())
         kube.apply(program_namespace, program)
 
