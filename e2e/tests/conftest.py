@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import running_control_plane
 from e2e.controlplane import ControlPlane
 from e2e.harness import (
     ManagedProcess,
@@ -64,8 +63,14 @@ class Node:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """The end-to-end tier's own control plane: its operator must be the only one watching, whatever
-    other tiers run in the same session."""
-    yield from running_control_plane(tmp_path_factory)
+    other tiers run in the same session. Started here rather than through the root conftest: the
+    module `conftest` is whichever conftest pytest loaded last (tests/kernel has one too)."""
+    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture(scope="session")

@@ -364,9 +364,10 @@ class BpffsBackend:
                 link_id = self._ensure_file_link(ref, file_fd, st, attach)
             try:
                 cgroup_id = self._put_pod(ref, pod_uid, cgroup_dir, st.st_dev, st.st_ino)
-            except (OSError, errors.KernelError):
-                self._drop_unused_file_links(ref)  # a link made just now for this pod alone
-                raise
+            finally:
+                # A link made just now when the pod could not be added, or the link of a file the
+                # pod ran before and no other pod runs.
+                self._drop_unused_file_links(ref)
         except (OSError, errors.KernelError) as e:
             raise errors.AttachFailed(f"probing {attach.target} for {cgroup_dir}: {e}") from e
         return Attachment(ref, pod_uid, link_id, cgroup_id)

@@ -134,6 +134,53 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             id="kernel function on a cgroup type",
         ),
         pytest.param(
+            variant(attach={"type": "Uprobe", "symbol": "main"}),
+            "attach.binary (an absolute path inside the container) is required for types Uprobe and "
+            "Uretprobe",
+            id="uprobe without a binary",
+        ),
+        pytest.param(
+            variant(attach={"type": "Tracepoint", "name": "sched:sched_process_exec", "binary": "/bin/sh"}),
+            "attach.binary (an absolute path inside the container) is required for types Uprobe and "
+            "Uretprobe and not allowed for any other type",
+            id="binary on a tracepoint",
+        ),
+        pytest.param(
+            variant(attach={"type": "Uprobe", "binary": "bin/sh", "symbol": "main"}),
+            "spec.attach.binary in body should match '^/",
+            id="relative binary path",
+        ),
+        pytest.param(
+            variant(attach={"type": "Uretprobe", "binary": "/bin/sh", "symbol": "main", "offset": 4096}),
+            "types Uprobe and Uretprobe need exactly one of attach.symbol (an ELF symbol) and attach.offset",
+            id="uprobe with symbol and offset",
+        ),
+        pytest.param(
+            variant(attach={"type": "Uprobe", "binary": "/bin/sh"}),
+            "types Uprobe and Uretprobe need exactly one of attach.symbol (an ELF symbol) and attach.offset",
+            id="uprobe with neither symbol nor offset",
+        ),
+        pytest.param(
+            variant(attach={"type": "CgroupSkb", "direction": "Egress", "offset": 4096}),
+            "other types take neither",
+            id="offset on a cgroup type",
+        ),
+        pytest.param(
+            variant(attach={"type": "Uprobe", "binary": "/bin/sh", "offset": -1}),
+            "spec.attach.offset in body should be greater than or equal to 0",
+            id="negative offset",
+        ),
+        pytest.param(
+            variant(attach={"type": "Tracepoint", "name": "sched:sched_process_exec", "container": "app"}),
+            "attach.container is only for types Uprobe and Uretprobe",
+            id="container on a tracepoint",
+        ),
+        pytest.param(
+            variant(attach={"type": "Uprobe", "binary": "/bin/sh", "symbol": "main", "container": "App_1"}),
+            "spec.attach.container in body should match",
+            id="container not a container name",
+        ),
+        pytest.param(
             variant(parameters={"1PORT": 80}),
             "parameter names must be C identifiers",
             id="parameter name not a C identifier",
@@ -162,6 +209,26 @@ def test_invalid_manifests_are_refused_with_a_clear_message(
     accepted, output = dry_run(crds, manifest)
     assert not accepted
     assert message in output
+
+
+@pytest.mark.parametrize(
+    "attach",
+    [
+        {"type": "Uprobe", "binary": "/bin/target", "symbol": "bpfleet_probe_target"},
+        {
+            "type": "Uretprobe",
+            "binary": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "offset": 4096,
+            "container": "app",
+        },
+        {"type": "Uprobe", "binary": "/app/server", "symbol": "main.(*Server).handle"},
+    ],
+)
+def test_uprobe_attachments_are_accepted(crds: Kube, attach: dict[str, Any]):
+    accepted, output = dry_run(
+        crds, variant(source={"builtin": "uprobe-call-counter"}, function="count_calls", attach=attach)
+    )
+    assert accepted, output
 
 
 def test_a_valid_manifest_is_stored_with_printer_columns(crds: Kube):
