@@ -36,6 +36,8 @@ def program_version(build: ProgramBuild) -> str:
         build.attach.flags,
         build.defines,
     ]
+    if build.attach.retprobe and build.attach.scope != PER_BINARY_FILTERED:
+        fields.append("retprobe")  # a Kretprobe is another program than the Kprobe on the same function
     if build.attach.scope == PER_BINARY_FILTERED:
         # Only for uprobes, so that the versions of every other program stay what they were.
         attach = build.attach

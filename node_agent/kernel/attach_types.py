@@ -144,7 +144,14 @@ def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
         interface = attach.get("interface", "eth0")
         return KernelAttach(PROG_TYPE_XDP, XDP, False, PER_POD_NETDEV, interface, "Pod", mode)
     if kind in ("Kprobe", "Kretprobe"):
-        return KernelAttach(PROG_TYPE_KPROBE, PERF_EVENT, False, NODE_WIDE_FILTERED, attach["function"])
+        return KernelAttach(
+            PROG_TYPE_KPROBE,
+            PERF_EVENT,
+            False,
+            NODE_WIDE_FILTERED,
+            attach["function"],
+            retprobe=kind == "Kretprobe",
+        )
     if kind in ("Uprobe", "Uretprobe"):
         # Uprobes run programs of the kprobe type.
         return KernelAttach(

@@ -36,6 +36,7 @@ from node_agent.kernel.attach_types import (
     NODE_WIDE_FILTERED,
     PER_BINARY_FILTERED,
     PER_POD_NETDEV,
+    PROG_TYPE_KPROBE,
     KernelAttach,
 )
 from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
@@ -338,20 +339,28 @@ class BpffsBackend:
         info = _link_info(pin)
         if info is not None:
             return info.id
-        category, _, event = attach.target.partition(":")
-        id_file = self.tracefs / "events" / category / event / "id"
-        try:
-            tracepoint_id = int(id_file.read_text())
-        except OSError:
-            raise errors.AttachFailed(f"this kernel has no tracepoint {attach.target} ({id_file})") from None
         pin.parent.mkdir(exist_ok=True)
         with (
-            _opened(syscalls.perf_event_open_tracepoint(tracepoint_id)) as perf_fd,
+            _opened(self._perf_event(attach)) as perf_fd,
             _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
             _opened(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
         ):
             syscalls.obj_pin(link_fd, str(pin))
             return syscalls.link_info(link_fd).id
+
+    def _perf_event(self, attach: KernelAttach) -> int:
+        """The perf event a node-wide program hangs off: a tracepoint, or a kprobe on a function."""
+        if attach.prog_type == PROG_TYPE_KPROBE:
+            try:
+                return syscalls.perf_event_open_kprobe(attach.target, attach.retprobe)
+            except errors.KernelError as e:
+                raise errors.AttachFailed(f"cannot probe kernel function {attach.target}: {e}") from e
+        category, _, event = attach.target.partition(":")
+        id_file = self.tracefs / "events" / category / event / "id"
+        try:
+            return syscalls.perf_event_open_tracepoint(int(id_file.read_text()))
+        except OSError:
+            raise errors.AttachFailed(f"this kernel has no tracepoint {attach.target} ({id_file})") from None
 
     # -- uprobes --------------------------------------------------------------------------------
 

@@ -174,6 +174,9 @@ def _retprobe_bit(pmu: Path) -> int:
     return 1 << int(bit)
 
 
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+
+
 def perf_event_open_uprobe(path: str, offset: int, retprobe: bool, pmu: Path = UPROBE_PMU) -> int:
     """A perf event on a uprobe (or uretprobe) at a file offset of `path`, for every process that
     runs the file. The kernel probes the inode `path` resolves to, so /proc/self/fd/N works."""
@@ -184,6 +187,17 @@ def perf_event_open_uprobe(path: str, offset: int, retprobe: bool, pmu: Path = U
         raise KernelError(f"no uprobe event source at {pmu}: {e}") from None
     path_buf = ctypes.create_string_buffer(path.encode())
     return _perf_event_open(pmu_type, config, _addr(path_buf), offset)
+
+
+def perf_event_open_kprobe(function: str, retprobe: bool, pmu: Path = KPROBE_PMU) -> int:
+    """A perf event on a kprobe (or kretprobe) at the entry of a kernel function."""
+    try:
+        pmu_type = int((pmu / "type").read_text())
+        config = _retprobe_bit(pmu) if retprobe else 0
+    except (OSError, ValueError) as e:
+        raise KernelError(f"no kprobe event source at {pmu}: {e}") from None
+    name_buf = ctypes.create_string_buffer(function.encode())
+    return _perf_event_open(pmu_type, config, _addr(name_buf), 0)
 
 
 # openat2(2), the same number on every architecture (new syscalls share one table since 5.1).

@@ -155,3 +155,10 @@ def test_a_node_without_kernel_headers_serves_nothing_and_says_why():
     assert features.as_status()["kernelHeaders"] is False
     served = features.as_status()["attachTypes"]
     assert served and not any(served.values())
+
+
+def test_kprobe_and_kretprobe_on_one_function_are_different_programs():
+    probe = NodeProgram.from_object(node_program(attach={"type": "Kprobe", "function": "do_sys_openat2"}))
+    ret = NodeProgram.from_object(node_program(attach={"type": "Kretprobe", "function": "do_sys_openat2"}))
+    assert ret.build.attach.retprobe and not probe.build.attach.retprobe
+    assert probe.ref.version != ret.ref.version
