@@ -6,22 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from e2e.controlplane import ControlPlane
+from e2e.controlplane import ControlPlane, running_control_plane
 from e2e.kube import Kube
-
-
-def running_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    yield from running_control_plane(tmp_path_factory)
+    with running_control_plane(tmp_path_factory.mktemp("controlplane")) as plane:
+        yield plane
 
 
 @pytest.fixture(scope="session")

@@ -380,6 +380,18 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+@contextlib.contextmanager
+def running_control_plane(state_dir: Path) -> Iterator[ControlPlane]:
+    """A control plane started in `state_dir` for the length of the block, stopped after it whatever
+    happens (tests' fixtures)."""
+    plane = ControlPlane(state_dir=state_dir)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on 127.0.0.1, owned by one state directory.
 

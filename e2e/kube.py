@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names
-from e2e.harness import kubectl
+from e2e.harness import kubectl, wait_for
 
 
 class Kube:
@@ -81,6 +84,29 @@ class Kube:
 
     def events(self, namespace: str, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+
+@contextmanager
+def scratch_namespace(
+    kube: Kube,
+    prefix: str = "t",
+    remove_pods: Callable[[str], None] = lambda namespace: None,
+    timeout: float = 30,
+) -> Iterator[str]:
+    """A namespace for one test. Afterwards its programs are deleted and waited for while the agents
+    still run (so they detach), then `remove_pods(namespace)`, then the namespace itself."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        for program in kube.programs(name):
+            kube.kubectl("delete", "ebpfprogram", "-n", name, program["metadata"]["name"], "--wait=false")
+        try:
+            wait_for("programs deleted", lambda: not kube.programs(name), timeout=timeout, interval=0.2)
+        finally:
+            remove_pods(name)
+            kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def bpftool(*args: str) -> Any:

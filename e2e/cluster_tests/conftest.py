@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import kubernetes
 import pytest
 
 from e2e.harness import wait_for
-from e2e.kube import Kube
+from e2e.kube import Kube, scratch_namespace
 from e2e.tools import ToolNotInstalledError, tool_path
 
 KUBECONFIG_ENV = "BPFLEET_CLUSTER_KUBECONFIG"
@@ -108,14 +107,6 @@ def agent_metrics(kube: Kube) -> dict[str, str]:
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
     """A namespace per test; its programs are deleted while the agents can still detach them."""
-    name = f"bpfleet-t-{uuid.uuid4().hex[:8]}"
-    kube.kubectl("create", "namespace", name)
-    try:
+    # Real pods go with their namespace; a real cluster deletes programs more slowly.
+    with scratch_namespace(kube, "bpfleet-t", timeout=120) as name:
         yield name
-    finally:
-        for program in kube.programs(name):
-            kube.kubectl("delete", "ebpfprogram", "-n", name, program["metadata"]["name"], "--wait=false")
-        try:
-            wait_for("programs deleted", lambda: not kube.programs(name), timeout=120, interval=1)
-        finally:
-            kube.kubectl("delete", "namespace", name, "--wait=false")

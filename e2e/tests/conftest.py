@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from e2e.controlplane import ControlPlane
+from e2e.controlplane import ControlPlane, running_control_plane
 from e2e.harness import (
     ManagedProcess,
     agent_process,
     free_address,
     install_crds,
     operator_process,
-    wait_for,
 )
-from e2e.kube import Kube
+from e2e.kube import Kube, scratch_namespace
 from e2e.podsim import CgroupDriver, PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
 
 RUN_ID = uuid.uuid4().hex[:6]
@@ -63,14 +62,9 @@ class Node:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """The end-to-end tier's own control plane: its operator must be the only one watching, whatever
-    other tiers run in the same session. Started here rather than through the root conftest: the
-    module `conftest` is whichever conftest pytest loaded last (tests/kernel has one too)."""
-    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"))
-    plane.start()
-    try:
+    other tiers run in the same session."""
+    with running_control_plane(tmp_path_factory.mktemp("controlplane")) as plane:
         yield plane
-    finally:
-        plane.stop()
 
 
 @pytest.fixture(scope="session")
@@ -151,20 +145,14 @@ def _bpffs_base() -> Iterator[None]:
 @pytest.fixture
 def namespace(kube: Kube, node_a: Node, request: pytest.FixtureRequest) -> Iterator[str]:
     """A namespace of its own per test; its programs and pods are removed afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.kubectl("create", "namespace", name)
-    try:
+
+    def remove_pods(namespace: str) -> None:
+        for node in _nodes_started(request):
+            for pod in [p for p in node.pods if p.namespace == namespace]:
+                node.delete_pod(pod)
+
+    with scratch_namespace(kube, "t", remove_pods) as name:
         yield name
-    finally:
-        for program in kube.programs(name):
-            kube.kubectl("delete", "ebpfprogram", "-n", name, program["metadata"]["name"], "--wait=false")
-        try:
-            wait_for("programs deleted", lambda: not kube.programs(name), timeout=30)
-        finally:
-            for node in _nodes_started(request):
-                for pod in [p for p in node.pods if p.namespace == name]:
-                    node.delete_pod(pod)
-            kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _nodes_started(request: pytest.FixtureRequest) -> list[Node]:

@@ -27,7 +27,7 @@ import yaml
 
 from e2e.controlplane import ControlPlane
 from e2e.harness import ManagedProcess, free_address, wait_for
-from e2e.kube import Kube, cgroup_programs
+from e2e.kube import Kube, cgroup_programs, scratch_namespace
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
 from e2e.tools import REPO_ROOT
 
@@ -184,19 +184,13 @@ def agent_container(
 @pytest.fixture
 def own_namespace(kube: Kube, agent_container: AgentContainer) -> Iterator[str]:
     """A namespace for one test; its programs are deleted while the agent container still runs."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.kubectl("create", "namespace", name)
-    try:
+
+    def remove_pods(namespace: str) -> None:
+        for pod in [p for p in agent_container.sim.pods if p.namespace == namespace]:
+            agent_container.sim.delete_pod(pod)
+
+    with scratch_namespace(kube, "t", remove_pods) as name:
         yield name
-    finally:
-        for program in kube.programs(name):
-            kube.kubectl("delete", "ebpfprogram", "-n", name, program["metadata"]["name"], "--wait=false")
-        try:
-            wait_for("programs deleted", lambda: not kube.programs(name), timeout=30)
-        finally:
-            for pod in [p for p in agent_container.sim.pods if p.namespace == name]:
-                agent_container.sim.delete_pod(pod)
-            kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
