@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.harness import ManagedProcess, wait_for
@@ -83,3 +84,39 @@ def test_operator_exports_reconcile_durations_and_programs_by_ready(kube: Kube, 
     assert samples["bpfleet_operator_reconcile_seconds_count"][()] > reconciles
     assert samples["bpfleet_operator_reconcile_seconds_bucket"][(("le", "+Inf"),)] > reconciles
     assert (("ready", "False"),) in samples["bpfleet_operator_programs"]
+
+
+@pytest.mark.parametrize(
+    ("builtin", "function", "attach", "metric"),
+    [
+        (
+            "dns-query-counter",
+            "count_dns_queries",
+            {"type": "CgroupSkb", "direction": "Egress"},
+            "bpfleet_pod_dns_queries_total",
+        ),
+        (
+            "syscall-counter",
+            "count_syscalls",
+            {"type": "Tracepoint", "name": "raw_syscalls:sys_enter"},
+            "bpfleet_pod_syscalls_total",
+        ),
+    ],
+)
+def test_counting_builtins_export_their_counts_per_pod(
+    kube: Kube, node_a, namespace: str, builtin, function, attach, metric
+):
+    web = node_a.create_pod(namespace, "web-1", {"app": "web"})
+    program = {
+        "apiVersion": "bpfleet.io/v1alpha1",
+        "kind": "EbpfProgram",
+        "metadata": {"name": builtin},
+        "spec": {"source": {"builtin": builtin}, "function": function, "attach": attach, "podSelector": {}},
+    }
+    kube.apply(namespace, program)
+    wait_for(f"{builtin} ready", lambda: kube.is_ready(namespace, builtin), timeout=15)
+    assert web.send_udp("127.0.0.1", 53, count=6).sent == 6
+    labels = (("namespace", namespace), ("pod", "web-1"), ("program", builtin))
+    wait_for(
+        f"{metric} for web-1", lambda: scrape(node_a.agent).get(metric, {}).get(labels, 0) >= 6, timeout=10
+    )
