@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # While a selected pod has no cgroup yet, look again this often: kubelet is about to create it.
 _WAITING_RECHECK = 0.2
+# Failed attachments (a missing symbol, a refused attach) are retried this often, not in a tight loop.
+_FAILED_RETRY = 5.0
 _DEBOUNCE = 0.02
 
 
@@ -73,7 +75,7 @@ class Agent:
             self._wake.clear()
             try:
                 result = self.reconcile_once()
-                timeout = _WAITING_RECHECK if result.waiting else self.resync
+                timeout = self._next_pass_in(result)
                 if first_pass:
                     first_pass = False
                     self._log_first_pass(result)
@@ -131,6 +133,11 @@ class Agent:
             "initial reconcile done",
             extra={"node": self.node, "programs": len(result.reports), "podsAttached": attached},
         )
+
+    def _next_pass_in(self, result: PassResult) -> float:
+        if result.waiting:
+            return _WAITING_RECHECK
+        return min(_FAILED_RETRY, self.resync) if result.failed else self.resync
 
     def _sleep_until_woken(self, timeout: float) -> None:
         # Waits in short slices: Python runs signal handlers in the main thread only between

@@ -61,6 +61,8 @@ class PassResult:
     reports: list[ProgramReport]
     # Pods selected but not attached yet (cgroup not there yet): look again soon.
     waiting: bool
+    # Pods whose attachment failed: worth another try, but not at the pace of a pod about to start.
+    failed: bool = False
 
 
 class Reconciler:
@@ -78,7 +80,7 @@ class Reconciler:
         loaded = self.backend.loaded()
         serving: set[ProgramRef] = set()
         reports: list[ProgramReport] = []
-        waiting = False
+        waiting = failed = False
 
         for program in programs:
             if program.deleting:
@@ -91,7 +93,8 @@ class Reconciler:
             serving.add(ref)
             report.loaded, report.serving_version = loaded[ref], ref.version
             report.pods = self._attach_selected(program, ref, pods)
-            waiting = waiting or any(p.state != ATTACHED for p in report.pods)
+            waiting = waiting or any(p.state == WAITING for p in report.pods)
+            failed = failed or any(p.state == FAILED for p in report.pods)
 
         for ref in sorted(set(loaded) - serving):
             log.info(
@@ -115,7 +118,7 @@ class Reconciler:
                         detached=program.ref.program not in still_loaded,
                     )
                 )
-        return PassResult(reports, waiting)
+        return PassResult(reports, waiting, failed)
 
     def _ensure_loaded(
         self, program: NodeProgram, loaded: dict[ProgramRef, LoadedProgram], report: ProgramReport
