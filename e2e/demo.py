@@ -115,6 +115,8 @@ def up() -> None:
     print(kube.kubectl("get", "ebpf", "-n", NAMESPACE, "-o", "wide"))
     print(f"$ kubectl get ebpfnode -n {NAMESPACE}")
     print(kube.kubectl("get", "ebpfnode", "-n", NAMESPACE))
+    print("$ kubectl get bpfnode   (what each node's kernel can run)")
+    print(kube.kubectl("get", "bpfnode"))
     pin = Path(kube.node_program(NAMESPACE, PROGRAM, NODE)["status"]["pinPath"]) / "maps" / "traffic"
     counts = traffic_counts(pin)
     print(f"$ bpftool map dump pinned {pin}   (per pod, egress)")
