@@ -20,17 +20,13 @@ import json
 import logging
 import os
 import shutil
-import stat
-import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from node_agent import cgroups, elf, errors, netns
-from node_agent.kernel import syscalls
+from node_agent import elf, errors, netns
+from node_agent.kernel import pod_files, pod_filter, syscalls
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     NODE_WIDE_FILTERED,
@@ -44,13 +40,6 @@ from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, P
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
-NODE_LINK = "node"  # never a pod UID
-POD_MAP = "bpfleet_pods"  # declared by node_wide_prelude.h for node-wide programs
-# struct bpfleet_pod in node_wide_prelude.h: char uid[48]; __u64 dev, ino (the probed file, or 0).
-# Programs pinned before dev and ino existed have 48-byte values; both sizes are read and written.
-POD_UID_SIZE = 48
-POD_VALUE_SIZE = POD_UID_SIZE + 16
-FILE_LINK_PREFIX = "file-"
 _STAGING_PREFIX = "staging-"
 _BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
     "CompileError": errors.CompileError,
@@ -66,14 +55,6 @@ def _encode(name: str) -> str:
 
 def _decode(name: str) -> str:
     return name.replace("_", ".")
-
-
-@contextmanager
-def _opened(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 class BpffsBackend:
@@ -115,7 +96,7 @@ class BpffsBackend:
                 version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
             )
             try:
-                with _opened(syscalls.obj_get(str(version_dir / "prog"))) as fd:
+                with syscalls.closing_fd(syscalls.obj_get(str(version_dir / "prog"))) as fd:
                     prog_id = syscalls.prog_info(fd).id
             except errors.KernelError:
                 log.warning("pinned version without a program", extra={"path": str(version_dir)})
@@ -198,7 +179,7 @@ class BpffsBackend:
     # hence one probe: a call is seen once, and the filter tells the pods apart.
 
     def _pod_map(self, ref: ProgramRef) -> Path:
-        return self._dir(ref) / "maps" / POD_MAP
+        return self._dir(ref) / "maps" / pod_filter.MAP_NAME
 
     def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
         if self._pod_map(ref).exists():
@@ -240,8 +221,8 @@ class BpffsBackend:
 
     def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
         with (
-            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            _opened(create(prog_fd)) as link_fd,
+            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            syscalls.closing_fd(create(prog_fd)) as link_fd,
         ):
             syscalls.obj_pin(link_fd, str(pin))
             return syscalls.link_info(link_fd)
@@ -249,7 +230,7 @@ class BpffsBackend:
     def _link_cgroup(
         self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
     ) -> syscalls.LinkInfo:
-        with _opened(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+        with syscalls.closing_fd(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
             return self._pin_new_link(
                 ref, pin, lambda prog_fd: syscalls.link_create_cgroup(prog_fd, cgroup_fd, attach.attach_type)
             )
@@ -276,10 +257,9 @@ class BpffsBackend:
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         if self._pod_map(ref).exists():
-            for entry in self._pod_entries(ref):
+            for entry in pod_filter.entries(self._pod_map(ref)):
                 if entry.uid == pod_uid:
-                    with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-                        syscalls.map_delete(fd, struct.pack("=Q", entry.cgroup_id))
+                    pod_filter.remove(self._pod_map(ref), entry.cgroup_id)
             self._drop_unused_file_links(ref)
             return
         self._detach_link(self._dir(ref) / "links" / pod_uid)
@@ -288,7 +268,7 @@ class BpffsBackend:
         # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
         # Perf-event links cannot be detached (EOPNOTSUPP): for them the unpin is the detach.
         try:
-            with _opened(syscalls.obj_get(str(pin))) as fd:
+            with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
                 syscalls.link_detach(fd)
         except errors.KernelError as e:
             if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
@@ -297,16 +277,10 @@ class BpffsBackend:
 
     # -- node-wide programs ---------------------------------------------------------------------
 
-    def _pod_entries(self, ref: ProgramRef) -> list[_PodEntry]:
-        with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-            size = syscalls.map_info(fd).value_size
-            items = syscalls.map_items(fd, 8, size)
-        return [_PodEntry.parse(key, value) for key, value in items]
-
     def _pod_map_entries(self, ref: ProgramRef) -> dict[str, Attachment]:
         links: dict[str, syscalls.LinkInfo | None] = {}
         found: dict[str, Attachment] = {}
-        for entry in self._pod_entries(ref):
+        for entry in pod_filter.entries(self._pod_map(ref)):
             if entry.link not in links:
                 links[entry.link] = _link_info(self._dir(ref) / "links" / entry.link)
             link = links[entry.link]
@@ -319,9 +293,7 @@ class BpffsBackend:
     def _put_pod(self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, dev: int = 0, ino: int = 0) -> int:
         """Adds the pod to bpfleet_pods and returns its cgroup id."""
         cgroup_id = os.stat(cgroup_dir).st_ino  # a cgroup v2 directory's inode is its id
-        with _opened(syscalls.obj_get(str(self._pod_map(ref)))) as fd:
-            size = syscalls.map_info(fd).value_size
-            syscalls.map_update(fd, struct.pack("=Q", cgroup_id), _pod_value(pod_uid, dev, ino, size))
+        pod_filter.put(self._pod_map(ref), pod_filter.PodEntry(pod_uid, cgroup_id, dev, ino))
         return cgroup_id
 
     def _select_pod(
@@ -335,15 +307,15 @@ class BpffsBackend:
         return Attachment(ref, pod_uid, link_id, cgroup_id)
 
     def _ensure_node_link(self, ref: ProgramRef, attach: KernelAttach) -> int:
-        pin = self._dir(ref) / "links" / NODE_LINK
+        pin = self._dir(ref) / "links" / pod_filter.NODE_LINK
         info = _link_info(pin)
         if info is not None:
             return info.id
         pin.parent.mkdir(exist_ok=True)
         with (
-            _opened(self._perf_event(attach)) as perf_fd,
-            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            _opened(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
+            syscalls.closing_fd(self._perf_event(attach)) as perf_fd,
+            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            syscalls.closing_fd(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
         ):
             syscalls.obj_pin(link_fd, str(pin))
             return syscalls.link_info(link_fd).id
@@ -368,7 +340,9 @@ class BpffsBackend:
         self, ref: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach, container_id: str
     ) -> Attachment:
         try:
-            with _opened(self._open_binary(cgroup_dir, attach, container_id)) as file_fd:
+            with syscalls.closing_fd(
+                pod_files.open_binary(self.proc, cgroup_dir, attach.target, attach.container, container_id)
+            ) as file_fd:
                 st = os.fstat(file_fd)
                 link_id = self._ensure_file_link(ref, file_fd, st, attach)
             try:
@@ -381,43 +355,10 @@ class BpffsBackend:
             raise errors.AttachFailed(f"probing {attach.target} for {cgroup_dir}: {e}") from e
         return Attachment(ref, pod_uid, link_id, cgroup_id)
 
-    def _open_binary(self, cgroup_dir: Path, attach: KernelAttach, container_id: str) -> int:
-        """An O_PATH fd of the binary as the pod sees it: looked up in the root of the pod's first
-        process that has it (the pause container has not), or of the named container's."""
-        if container_id:
-            where = f"container {attach.container}"
-            dirs = [d for d in cgroup_dir.iterdir() if container_id in d.name]
-            pids = [pid for d in dirs for pid in cgroups.processes(d)]
-        else:
-            where, pids = "the pod", cgroups.processes(cgroup_dir)
-        if not pids:
-            raise errors.AttachFailed(
-                f"no process of {where} runs in {cgroup_dir} yet, so its root is unknown"
-            )
-        roots: set[tuple[int, int]] = set()
-        for pid in pids:
-            try:
-                root_fd = os.open(self.proc / str(pid) / "root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                continue  # exited meanwhile
-            with _opened(root_fd):
-                root = os.fstat(root_fd)
-                if (root.st_dev, root.st_ino) in roots:
-                    continue
-                roots.add((root.st_dev, root.st_ino))
-                fd = _open_in_root(root_fd, attach.target)
-            if fd is None:
-                continue
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise errors.AttachFailed(f"{attach.target} in {where} is not a regular file")
-            return fd
-        raise errors.AttachFailed(f"no file {attach.target} in {where}")
-
     def _ensure_file_link(
         self, ref: ProgramRef, file_fd: int, st: os.stat_result, attach: KernelAttach
     ) -> int:
-        pin = self._dir(ref) / "links" / f"{FILE_LINK_PREFIX}{st.st_dev}-{st.st_ino}"
+        pin = self._dir(ref) / "links" / pod_filter.file_link_name(st)
         info = _link_info(pin)
         if info is not None:
             return info.id
@@ -429,67 +370,24 @@ class BpffsBackend:
                 offset = elf.symbol_offset(binary, attach.symbol, attach.target)
         pin.parent.mkdir(exist_ok=True)
         with (
-            _opened(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd,
-            _opened(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            _opened(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
+            syscalls.closing_fd(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd,
+            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
+            syscalls.closing_fd(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
         ):
             syscalls.obj_pin(link_fd, str(pin))
             return syscalls.link_info(link_fd).id
 
     def _drop_unused_file_links(self, ref: ProgramRef) -> None:
         """Detaches the uprobe links no pod entry names any more."""
-        used = {entry.link for entry in self._pod_entries(ref)}
-        for pin in (self._dir(ref) / "links").glob(FILE_LINK_PREFIX + "*"):
+        used = {entry.link for entry in pod_filter.entries(self._pod_map(ref))}
+        for pin in (self._dir(ref) / "links").glob(pod_filter.FILE_LINK_PREFIX + "*"):
             if pin.name not in used:
                 self._detach_link(pin)
 
 
-@dataclass(frozen=True)
-class _PodEntry:
-    """One entry of bpfleet_pods: a selected pod, and the binary file probed for it (if any)."""
-
-    uid: str
-    cgroup_id: int
-    dev: int
-    ino: int
-
-    @property
-    def link(self) -> str:
-        """The name of the link pin it runs through."""
-        return f"{FILE_LINK_PREFIX}{self.dev}-{self.ino}" if self.ino else NODE_LINK
-
-    @classmethod
-    def parse(cls, key: bytes, value: bytes) -> _PodEntry:
-        uid = value[:POD_UID_SIZE].split(b"\0", 1)[0].decode()
-        dev, ino = struct.unpack_from("=QQ", value, POD_UID_SIZE) if len(value) >= POD_VALUE_SIZE else (0, 0)
-        return cls(uid, struct.unpack("=Q", key)[0], dev, ino)
-
-
-def _pod_value(pod_uid: str, dev: int, ino: int, size: int) -> bytes:
-    value = pod_uid.encode()[: POD_UID_SIZE - 1].ljust(POD_UID_SIZE, b"\0") + struct.pack("=QQ", dev, ino)
-    return value[:size].ljust(size, b"\0")
-
-
-def _open_in_root(root_fd: int, path: str) -> int | None:
-    """An O_PATH fd of `path` inside a container root, or None when it has no such file."""
-    try:
-        return syscalls.open_in_root(root_fd, path, os.O_PATH)
-    except errors.KernelError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        if e.errno != errno.ENOSYS:
-            raise
-    # Before 5.6 (no openat2): through the root's magic link, where an absolute symlink would
-    # point out of the container.
-    try:
-        return os.open(f"/proc/self/fd/{root_fd}/{path.lstrip('/')}", os.O_PATH | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-
-
 def _link_info(pin: Path) -> syscalls.LinkInfo | None:
     try:
-        with _opened(syscalls.obj_get(str(pin))) as fd:
+        with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
             return syscalls.link_info(fd)
     except errors.KernelError:
         return None

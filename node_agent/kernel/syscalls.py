@@ -12,6 +12,8 @@ import ctypes.util
 import os
 import platform
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,15 @@ BPF_F_ALLOW_MULTI = 1 << 1
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+
+
+@contextmanager
+def closing_fd(fd: int) -> Iterator[int]:
+    """Closes a file descriptor (a pin, a link, a map) when the block ends."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
