@@ -14,6 +14,7 @@ POD_CGROUP_NOT_FOUND: Final = "PodCgroupNotFound"  # no cgroup v2 directory for 
 SOURCE_NOT_FOUND: Final = "SourceNotFound"  # the ConfigMap or key named in spec.source is missing
 INVALID_SPEC: Final = "InvalidSpec"  # spec passed the schema but cannot be served (operator check)
 AGENT_ERROR: Final = "AgentError"  # unexpected failure in the agent; message says what
+AGENT_NOT_REPORTING: Final = "AgentNotReporting"  # the node's agent stopped heartbeating: new pods uncovered
 
 ALL: Final = (
     COMPILE_ERROR,
@@ -25,4 +26,5 @@ ALL: Final = (
     SOURCE_NOT_FOUND,
     INVALID_SPEC,
     AGENT_ERROR,
+    AGENT_NOT_REPORTING,
 )

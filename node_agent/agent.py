@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 _WAITING_RECHECK = 0.2
 # Failed attachments (a missing symbol, a refused attach) are retried this often, not in a tight loop.
 _FAILED_RETRY = 5.0
+# How often the agent says it is alive (BpfleetNode status.lastHeartbeat).
+HEARTBEAT_SECONDS = float(os.environ.get("BPFLEET_HEARTBEAT_SECONDS", "20"))
 _DEBOUNCE = 0.02
 
 
@@ -41,6 +44,7 @@ class Agent:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
+        self._last_heartbeat = float("-inf")
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
@@ -79,6 +83,7 @@ class Agent:
                 if first_pass:
                     first_pass = False
                     self._log_first_pass(result)
+                self._heartbeat()
             except Exception:
                 log.exception("reconcile pass failed", extra={"node": self.node})
                 timeout = 2.0
@@ -88,7 +93,11 @@ class Agent:
     def _publish_features(self, features: NodeFeatures) -> None:
         """Creates or updates this node's BpfleetNode with what its kernel can run."""
         log.info("kernel features", extra={"node": self.node, **features.as_status()})
-        status = {**features.as_status(), "agentStartedAt": conditions.now()}
+        status = {
+            **features.as_status(),
+            "agentStartedAt": conditions.now(),
+            "lastHeartbeat": conditions.now(),
+        }
         body = {
             "apiVersion": names.API_VERSION,
             "kind": names.NODE_STATE_KIND,
@@ -137,7 +146,24 @@ class Agent:
     def _next_pass_in(self, result: PassResult) -> float:
         if result.waiting:
             return _WAITING_RECHECK
-        return min(_FAILED_RETRY, self.resync) if result.failed else self.resync
+        return min(_FAILED_RETRY if result.failed else self.resync, self.resync, HEARTBEAT_SECONDS)
+
+    def _heartbeat(self) -> None:
+        """Tells the operator this agent is alive, at most every HEARTBEAT_SECONDS."""
+        if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        try:
+            self.custom.patch_cluster_custom_object_status(
+                names.GROUP,
+                names.VERSION,
+                names.NODE_STATE_PLURAL,
+                self.node,
+                {"status": {"lastHeartbeat": conditions.now()}},
+                _content_type=patching.MERGE_PATCH,
+            )
+            self._last_heartbeat = time.monotonic()
+        except Exception as e:  # the next pass tries again
+            log.warning("heartbeat failed", extra={"node": self.node, "error": str(e)})
 
     def _sleep_until_woken(self, timeout: float) -> None:
         # Waits in short slices: Python runs signal handlers in the main thread only between

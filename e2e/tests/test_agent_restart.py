@@ -62,8 +62,9 @@ def test_sigkill_keeps_counting_and_restart_adopts(kube: Kube, node_a, namespace
     for pod in pods:
         assert [p["id"] for p in cgroup_programs(pod.pod_cgroup)] == [program_id]
     assert traffic_counts(traffic)[key]["packets"] > before_adoption
+    # The operator may have noticed the silence while the agent was down: the report heals.
+    wait_for("READY True", lambda: kube.is_ready(namespace, PROGRAM), timeout=15)
     status = kube.program(namespace, PROGRAM)["status"]
-    assert kube.is_ready(namespace, PROGRAM)
     assert status["pods"] == {"selected": 2, "attached": 2, "failed": 0}
     assert kube.node_program(namespace, PROGRAM, node_a.name)["status"]["programId"] == program_id
     # The restarted agent adopted the pinned program instead of compiling it again.
@@ -74,3 +75,24 @@ def _lines_after_last_start(log: Path, program: str) -> str:
     text = log.read_text()
     since_restart = text[text.rindex('"msg": "agent starting"') :]
     return "\n".join(line for line in since_restart.splitlines() if program in line)
+
+
+def test_a_silent_agent_is_reported_and_the_report_heals(kube: Kube, node_a, namespace: str):
+    pod = node_a.create_pod(namespace, "web-1", {"app": "web"})
+    kube.apply(namespace, EXAMPLE)
+    wait_for("READY True", lambda: kube.is_ready(namespace, PROGRAM), timeout=10)
+    node_a.agent.kill(signal.SIGKILL)
+    try:
+        wait_for(
+            "AgentNotReporting",
+            lambda: kube.condition(namespace, PROGRAM)["reason"] == "AgentNotReporting",
+            timeout=20,
+        )
+        ready = kube.condition(namespace, PROGRAM)
+        assert ready["status"] == "False"
+        assert f"the agent on {node_a.name} has not reported since" in ready["message"]
+        assert kube.condition(namespace, PROGRAM, "Stalled")["status"] == "False"  # it heals by itself
+        assert cgroup_programs(pod.pod_cgroup)  # the data plane kept running meanwhile
+    finally:
+        node_a.agent.start()
+    wait_for("READY True again", lambda: kube.is_ready(namespace, PROGRAM), timeout=20)

@@ -34,13 +34,23 @@ def program_status(
     targeted: Sequence[str],
     node_programs: Sequence[Mapping[str, Any]],
     previous: Mapping[str, Any] | None,
+    silent_agents: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """`silent_agents`: nodes whose agent stopped reporting, with the message to show."""
+    silent_agents = silent_agents or {}
     by_node = {np["spec"]["nodeName"]: np for np in node_programs if np["spec"]["nodeName"] in targeted}
     ready_nodes = failed_nodes = pending_nodes = 0
     selected = attached = failed_pods = 0
     failures: list[dict[str, str]] = []
     for node in targeted:
         np = by_node.get(node)
+        if node in silent_agents:
+            # Whatever it reported last may no longer hold: pods that start there are not covered.
+            failed_nodes += 1
+            failures.append(
+                {"node": node, "reason": reasons.AGENT_NOT_REPORTING, "message": silent_agents[node]}
+            )
+            continue
         if np is None:
             pending_nodes += 1
             continue

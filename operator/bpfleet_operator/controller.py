@@ -7,7 +7,9 @@ program (node objects reporting, nodes changing) becomes one reconcile and at mo
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,10 @@ from bpfleet_operator.sources import SourceError, resolve
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, EbpfProgram name)
+
+# An agent heartbeats every 20 s (BpfleetNode status.lastHeartbeat); after this long without one,
+# its node is reported as not covered.
+AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
 
 
 def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -60,6 +66,24 @@ class ProgramController:
 
     def nodes(self) -> dict[str, dict[str, str]]:
         return {n.metadata.name: dict(n.metadata.labels or {}) for n in self.core.list_node().items}
+
+    def silent_agents(self) -> dict[str, str]:
+        """Nodes whose agent has not heartbeated for AGENT_SILENCE_SECONDS, with what to tell users."""
+        listed = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
+        now = datetime.datetime.now(datetime.UTC)
+        silent = {}
+        for node_state in listed["items"]:
+            last = (node_state.get("status") or {}).get("lastHeartbeat")
+            if not last:
+                continue
+            seen = datetime.datetime.fromisoformat(last.replace("Z", "+00:00"))
+            if (now - seen).total_seconds() > AGENT_SILENCE_SECONDS:
+                node = node_state["metadata"]["name"]
+                silent[node] = (
+                    f"the agent on {node} has not reported since {last}: pods that start there are not "
+                    "covered until it is back (programs already attached keep running)"
+                )
+        return silent
 
     def node_programs(self, key: Key) -> list[dict[str, Any]]:
         listed = self.custom.list_namespaced_custom_object(
@@ -110,7 +134,7 @@ class ProgramController:
                 self.release_node_program(current, node_exists=node in nodes)
 
         node_programs = self.node_programs(key)
-        status = aggregate.program_status(generation, targeted, node_programs, previous)
+        status = aggregate.program_status(generation, targeted, node_programs, previous, self.silent_agents())
         status["sourceHash"] = source.sha256
         return self._write_status(program, status)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -116,7 +117,11 @@ def config_map_event(namespace: str, name: str, **_: Any) -> None:
         STATE.queue.add(key)
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=60, idle=30)
+# Level-triggered backstop, and how a silent agent gets noticed when nothing else changes.
+RESYNC_SECONDS = float(os.environ.get("BPFLEET_RESYNC_SECONDS", "60"))
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS)
 def resync(namespace: str, name: str, **_: Any) -> None:
     STATE.queue.add((namespace, name))
 

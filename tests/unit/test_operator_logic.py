@@ -169,3 +169,15 @@ def test_failures_are_bounded():
     many = [{"pod": f"p{i}", "reason": reasons.ATTACH_FAILED, "message": "m"} for i in range(50)]
     status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=many)], None)
     assert len(status["failures"]) == aggregate.MAX_FAILURES
+
+
+def test_a_node_whose_agent_went_silent_is_not_ready_and_says_why():
+    objs = [node_object(n, True, pods={"selected": 1, "attached": 1, "failed": 0}) for n in ("a", "b")]
+    silent = {"b": "the agent on b has not reported since 2026-01-01T00:00:00Z"}
+    status = aggregate.program_status(1, ["a", "b"], objs, None, silent_agents=silent)
+    assert status["nodes"] == {"targeted": 2, "ready": 1, "failed": 1}
+    assert status["failures"] == [
+        {"node": "b", "reason": reasons.AGENT_NOT_REPORTING, "message": silent["b"]}
+    ]
+    assert conds(status)["Ready"] == ("False", reasons.AGENT_NOT_REPORTING)
+    assert conds(status)["Reconciling"][0] == "True"  # not Stalled: it heals when the agent is back
