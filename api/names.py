@@ -22,5 +22,7 @@ AGENT_FINALIZER: Final = f"{GROUP}/agent"
 # The operator holds this on an EbpfProgram until every live node has detached it.
 OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
 
-MAX_FAILURES_IN_STATUS: Final = 10
+# Failures kept in a node object's status, and in a program's (all nodes; the CRD's maxItems).
+MAX_NODE_FAILURES: Final = 10
+MAX_PROGRAM_FAILURES: Final = 20
 MAX_MESSAGE_CHARS: Final = 2048

@@ -19,17 +19,28 @@ MERGE_PATCH = "application/merge-patch+json"
 def merge_patch(
     custom: CustomObjectsApi,
     plural: str,
-    namespace: str,
+    namespace: str | None,
     name: str,
     body: dict[str, Any],
     *,
     status: bool = False,
     ignore: tuple[int, ...] = (404,),
 ) -> bool:
-    """Applies the patch; returns False when the API answered with one of the `ignore` codes."""
-    patch = custom.patch_namespaced_custom_object_status if status else custom.patch_namespaced_custom_object
+    """Applies the patch (to a cluster-scoped object when `namespace` is None); returns False when
+    the API answered with one of the `ignore` codes."""
     try:
-        patch(names.GROUP, names.VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH)
+        if namespace is None:
+            patch = (
+                custom.patch_cluster_custom_object_status if status else custom.patch_cluster_custom_object
+            )
+            patch(names.GROUP, names.VERSION, plural, name, body, _content_type=MERGE_PATCH)
+        else:
+            patch = (
+                custom.patch_namespaced_custom_object_status
+                if status
+                else custom.patch_namespaced_custom_object
+            )
+            patch(names.GROUP, names.VERSION, namespace, plural, name, body, _content_type=MERGE_PATCH)
     except ApiException as e:
         if e.status in ignore:
             return False

@@ -100,10 +100,6 @@ class ManagedProcess:
             self._log.close()
             self._log = None
 
-    def restart(self) -> ManagedProcess:
-        self.stop()
-        return self.start()
-
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

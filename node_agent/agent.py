@@ -115,16 +115,15 @@ class Agent:
             log.warning("could not publish kernel features", extra={"error": str(e)})
             return
         try:
-            self.custom.patch_cluster_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                names.NODE_STATE_PLURAL,
-                self.node,
-                {"status": status},
-                _content_type=patching.MERGE_PATCH,
-            )
+            self._patch_node_state(status)
         except Exception as e:
             log.warning("could not publish kernel features", extra={"error": str(e)})
+
+    def _patch_node_state(self, status: dict[str, Any]) -> bool:
+        """Merges into this node's BpfleetNode status; False when the object does not exist."""
+        return patching.merge_patch(
+            self.custom, names.NODE_STATE_PLURAL, None, self.node, {"status": status}, status=True
+        )
 
     def _node_owner(self) -> list[dict[str, str]]:
         """The Node as owner, so that its BpfleetNode is garbage-collected with it."""
@@ -153,14 +152,8 @@ class Agent:
         if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
             return
         try:
-            self.custom.patch_cluster_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                names.NODE_STATE_PLURAL,
-                self.node,
-                {"status": {"lastHeartbeat": conditions.now()}},
-                _content_type=patching.MERGE_PATCH,
-            )
+            if not self._patch_node_state({"lastHeartbeat": conditions.now()}) and self.features is not None:
+                self._publish_features(self.features)  # deleted (with its Node, say): make it again
             self._last_heartbeat = time.monotonic()
         except Exception as e:  # the next pass tries again
             log.warning("heartbeat failed", extra={"node": self.node, "error": str(e)})

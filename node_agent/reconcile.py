@@ -25,6 +25,8 @@ FAILED = "Failed"
 
 
 class CgroupResolver(Protocol):
+    kubelet_root: Path
+
     def find(self, uid: str, qos_class: str | None) -> Path | None: ...
 
 
@@ -191,7 +193,8 @@ class Reconciler:
                 pod.uid,
                 FAILED,
                 reasons.POD_CGROUP_NOT_FOUND,
-                f"no cgroup v2 directory for pod UID {pod.uid} under the kubelet cgroup root",
+                f"no cgroup v2 directory for pod UID {pod.uid} under {self.cgroups.kubelet_root}; if kubelet "
+                "keeps pods elsewhere, set the agent's BPFLEET_KUBELET_CGROUP_ROOT (agent.kubeletCgroupRoot)",
             )
         container = program.build.attach.container
         container_id = pod.containers.get(container, "") if container else ""

@@ -39,7 +39,7 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         for p in report.pods
         if p.state == FAILED
     ]
-    failures = failures[: names.MAX_FAILURES_IN_STATUS]
+    failures = failures[: names.MAX_NODE_FAILURES]
 
     if report.build_error is not None:
         ready = conditions.condition(

@@ -56,9 +56,6 @@ class Node:
         self.sim.delete_pod(pod)
         self.pods.remove(pod)
 
-    def pins(self) -> list[Path]:
-        return sorted(self.bpffs_root.rglob("*")) if self.bpffs_root.exists() else []
-
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:

@@ -166,8 +166,3 @@ def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
             container=attach.get("container", ""),
         )
     raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")
-
-
-def hooks(kind: str) -> list[str]:
-    """The values of `hook` (or `direction`) a type takes; for docs and tests."""
-    return sorted(_BY_HOOK[kind][1]) if kind in _BY_HOOK else []

@@ -95,19 +95,27 @@ class BpffsBackend:
             ref = ProgramRef(
                 version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
             )
-            try:
-                with syscalls.closing_fd(syscalls.obj_get(str(version_dir / "prog"))) as fd:
-                    prog_id = syscalls.prog_info(fd).id
-            except errors.KernelError:
+            program = self._read_version(ref)
+            if program is None:
                 log.warning("pinned version without a program", extra={"path": str(version_dir)})
                 continue
-            maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
-            found[ref] = LoadedProgram(ref, prog_id, str(version_dir), maps)
+            found[ref] = program
         return found
+
+    def _read_version(self, ref: ProgramRef) -> LoadedProgram | None:
+        """One pinned version as the kernel has it, or None when its program pin is missing."""
+        version_dir = self._dir(ref)
+        try:
+            with syscalls.closing_fd(syscalls.obj_get(str(version_dir / "prog"))) as fd:
+                prog_id = syscalls.prog_info(fd).id
+        except errors.KernelError:
+            return None
+        maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
+        return LoadedProgram(ref, prog_id, str(version_dir), maps)
 
     def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
         pin_dir = self._dir(ref)
-        existing = self.loaded().get(ref)
+        existing = self._read_version(ref)  # idempotent: a version already pinned is not rebuilt
         if existing is not None:
             return existing
         pin_dir.parent.mkdir(parents=True, exist_ok=True)

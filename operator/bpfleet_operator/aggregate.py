@@ -16,7 +16,7 @@ _STALLING = {
     reasons.INVALID_SPEC,
     reasons.SOURCE_NOT_FOUND,
 }
-MAX_FAILURES = 20
+MAX_FAILURES = names.MAX_PROGRAM_FAILURES
 
 
 def _ready(node_program: Mapping[str, Any]) -> tuple[bool, bool]:

@@ -37,6 +37,12 @@ def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | N
     return None, None
 
 
+@dataclass(frozen=True)
+class ClusterView:
+    nodes: dict[str, dict[str, str]]  # name -> labels
+    silent_agents: dict[str, str]  # node -> why its agent counts as gone
+
+
 @dataclass
 class Outcome:
     """What a reconcile did, for events and tests."""
@@ -105,7 +111,11 @@ class ProgramController:
 
     # -- reconcile ----------------------------------------------------------------------------
 
-    def reconcile(self, key: Key) -> Outcome:
+    def cluster_view(self) -> ClusterView:
+        """What every program of a batch shares: one list of Nodes and of agents' heartbeats."""
+        return ClusterView(self.nodes(), self.silent_agents())
+
+    def reconcile(self, key: Key, view: ClusterView | None = None) -> Outcome:
         program = self.get_program(key)
         if program is None or program["metadata"].get("deletionTimestamp"):
             return Outcome()  # deletion is the finalizer handler's job
@@ -119,7 +129,8 @@ class ProgramController:
                 program, aggregate.stalled_status(generation, e.reason, str(e), previous)
             )
 
-        nodes = self.nodes()
+        view = view or self.cluster_view()
+        nodes = view.nodes
         targeted = fanout.targeted_nodes(program["spec"], nodes)
         existing = {np["spec"]["nodeName"]: np for np in self.node_programs(key)}
         for node in targeted:
@@ -134,7 +145,7 @@ class ProgramController:
                 self.release_node_program(current, node_exists=node in nodes)
 
         node_programs = self.node_programs(key)
-        status = aggregate.program_status(generation, targeted, node_programs, previous, self.silent_agents())
+        status = aggregate.program_status(generation, targeted, node_programs, previous, view.silent_agents)
         status["sourceHash"] = source.sha256
         return self._write_status(program, status)
 
@@ -221,9 +232,15 @@ class WorkQueue:
     """Coalesces keys: each key queued any number of times during the delay is reconciled once."""
 
     def __init__(
-        self, handle: Callable[[Key], Awaitable[Any]], delay: float = 0.1, retry: float = 2.0
+        self,
+        handle: Callable[[Key], Awaitable[Any]],
+        delay: float = 0.1,
+        retry: float = 2.0,
+        before_batch: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.handle, self.delay, self.retry = handle, delay, retry
+        # Reads shared by every key of a batch happen once, here, not once per key.
+        self.before_batch = before_batch
         self._pending: set[Key] = set()
         self._wake = asyncio.Event()
         self._stopped = False
@@ -244,6 +261,14 @@ class WorkQueue:
             await asyncio.sleep(self.delay)
             self._wake.clear()
             keys, self._pending = self._pending, set()
+            if self.before_batch is not None:
+                try:
+                    await self.before_batch()
+                except Exception:
+                    log.exception("preparing a batch failed; retrying it")
+                    for key in keys:
+                        asyncio.get_running_loop().call_later(self.retry, self.add, key)
+                    continue
             for key in sorted(keys):
                 try:
                     await self.handle(key)

@@ -13,7 +13,7 @@ import kopf
 from bpfleet_api import names
 from bpfleet_api.kube_client import api_client
 from bpfleet_operator import events
-from bpfleet_operator.controller import Key, ProgramController, WorkQueue
+from bpfleet_operator.controller import ClusterView, Key, ProgramController, WorkQueue
 from bpfleet_operator.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ class _State:
     """What the handlers share in this process."""
 
     controller: ProgramController
+    view: ClusterView | None = None  # Nodes and heartbeats, read once per batch of reconciles
     queue: WorkQueue
     worker: asyncio.Task[None]
 
@@ -44,7 +45,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     STATE.controller = ProgramController(api_client())
-    STATE.queue = WorkQueue(reconcile)
+    STATE.queue = WorkQueue(reconcile, before_batch=refresh_view)
     STATE.worker = asyncio.create_task(STATE.queue.run())
 
 
@@ -54,9 +55,13 @@ async def cleanup(**_: Any) -> None:
     await STATE.worker
 
 
+async def refresh_view() -> None:
+    STATE.view = await asyncio.to_thread(STATE.controller.cluster_view)
+
+
 async def reconcile(key: Key) -> None:
     with METRICS.reconcile_seconds.time():
-        outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
+        outcome = await asyncio.to_thread(STATE.controller.reconcile, key, STATE.view)
     METRICS.observe(key, outcome)
     if outcome.status is None or outcome.ready_before == outcome.ready_after:
         return

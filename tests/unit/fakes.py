@@ -71,6 +71,7 @@ class FakeBackend:
 @dataclass
 class FakeCgroups:
     present: set[str] = field(default_factory=set)
+    kubelet_root: Path = Path("/cgroup")
 
     def find(self, uid: str, qos_class: str | None) -> Path | None:
         return Path(f"/cgroup/pod{uid}") if uid in self.present else None

@@ -98,6 +98,7 @@ def test_running_pod_without_cgroup_is_a_failure(kernel, cgroups):
     result = run(Reconciler(kernel, cgroups), [node_program()], [pod("web-1", WEB)])
     [state] = result.reports[0].pods
     assert (state.state, state.reason) == (FAILED, reasons.POD_CGROUP_NOT_FOUND)
+    assert "under /cgroup" in state.message and "BPFLEET_KUBELET_CGROUP_ROOT" in state.message
     assert result.failed and not result.waiting  # retried, but not at the pace of a starting pod
 
 
