@@ -37,6 +37,18 @@ class UnsupportedOnNode(ProgramBuildError):
     reason = reasons.UNSUPPORTED_ON_NODE
 
 
+class HelperNotAllowed(ProgramBuildError):
+    reason = reasons.HELPER_NOT_ALLOWED
+
+
+class MapNotAllowed(ProgramBuildError):
+    reason = reasons.MAP_NOT_ALLOWED
+
+
+class MapTooLarge(ProgramBuildError):
+    reason = reasons.MAP_TOO_LARGE
+
+
 class AttachFailed(AgentError):
     reason = reasons.ATTACH_FAILED
 

@@ -34,6 +34,10 @@ class ProgramBuild:
     function: str
     attach: KernelAttach
     defines: tuple[tuple[str, str], ...] = ()
+    # A ClusterEbpfProgram's build: the wider helper allowlist, host-level targets.
+    cluster: bool = False
+    # The cap on the memory of the program's maps, in bytes; 0 means the agent's default.
+    max_map_bytes: int = 0
 
 
 @dataclass(frozen=True)

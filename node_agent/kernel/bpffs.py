@@ -45,6 +45,9 @@ _BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
     "CompileError": errors.CompileError,
     "VerifierRejected": errors.VerifierRejected,
     "FunctionNotFound": errors.FunctionNotFound,
+    "HelperNotAllowed": errors.HelperNotAllowed,
+    "MapNotAllowed": errors.MapNotAllowed,
+    "MapTooLarge": errors.MapTooLarge,
 }
 
 
