@@ -65,7 +65,9 @@ def build(request: dict[str, Any]) -> BuiltProgram:
             error = str(e)
     if error is not None:
         if error.startswith("Unknown program"):
-            raise BuildFailure("FunctionNotFound", f"the source has no function named {request['function']!r}")
+            raise BuildFailure(
+                "FunctionNotFound", f"the source has no function named {request['function']!r}"
+            )
         raise BuildFailure("VerifierRejected", stderr.text or error)
     built = BuiltProgram(progs={"prog": _dup(fn.fd)})
     for map_id in syscalls.prog_info(fn.fd).map_ids:
