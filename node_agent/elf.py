@@ -1,103 +1,68 @@
-"""Just enough ELF64 to turn a symbol into the file offset a uprobe is placed at.
+"""Turns an ELF symbol into the file offset a uprobe is placed at, with pyelftools.
 
 The kernel probes (inode, file offset); a symbol's st_value is a virtual address, so the offset is
 st_value minus the containing PT_LOAD segment's p_vaddr plus its p_offset. Symbols come from
-.symtab, or from .dynsym when the binary is stripped.
+.symtab, or from .dynsym when the binary is stripped. The binary is the tenant's (it comes from the
+pod's image), so this runs in the sandboxed symbol worker, never in the agent, and within caps.
 """
 
 from __future__ import annotations
 
-import mmap
-import struct
+import os
 from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from node_agent.errors import ElfError
 
-_MAGIC = b"\x7fELF"
-_ELFCLASS64 = 2
-_ELFDATA2LSB, _ELFDATA2MSB = 1, 2
-_PT_LOAD = 1
-_SHT_SYMTAB, _SHT_DYNSYM = 2, 11
-_SHN_UNDEF = 0
-_STT_NOTYPE, _STT_FUNC = 0, 2
-_SYM_SIZE = 24
+# A binary larger than this is not parsed: uprobe targets are executables and libraries.
+MAX_FILE_BYTES = 2 * 1024**3
+# Symbols looked at per table: bounds the time a crafted table can take.
+MAX_SYMBOLS = 4_000_000
+_STT_FUNCTIONS = ("STT_FUNC", "STT_NOTYPE", "STT_GNU_IFUNC")
 
 
 def symbol_offset(file: BinaryIO, symbol: str, name: str) -> int:
     """The file offset of a defined function symbol; `name` is the path to put in messages."""
+    size = os.fstat(file.fileno()).st_size
+    if size > MAX_FILE_BYTES:
+        raise ElfError(f"{name} is {size} bytes, more than the {MAX_FILE_BYTES} bytes bpfleet reads")
+    header = file.read(5)
+    file.seek(0)
+    if len(header) == 5 and header[:4] != b"\x7fELF":
+        raise ElfError(f"{name} is not an ELF file")
+    if len(header) == 5 and header[4] != 2:  # ELFCLASS64: uprobes here are for 64-bit processes
+        raise ElfError(f"{name} is not a 64-bit ELF file")
     try:
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _Elf(data, name).symbol_offset(symbol)
-    except (ValueError, OSError, IndexError, struct.error) as e:
-        # An empty file (mmap refuses it), or headers pointing past the end of a truncated one.
+        elf = ELFFile(file)
+        value = _find(elf, symbol, ".symtab")
+        if value is None:
+            value = _find(elf, symbol, ".dynsym")
+        if value is None:
+            raise ElfError(f"no symbol {symbol} in {name}")
+        for segment in elf.iter_segments():
+            header = segment.header
+            if header.p_type == "PT_LOAD" and header.p_vaddr <= value < header.p_vaddr + header.p_filesz:
+                return int(value - header.p_vaddr + header.p_offset)
+    except (ELFError, ValueError, OSError, IndexError, KeyError) as e:
+        # Not an ELF file, or headers pointing past the end of a truncated one.
         raise ElfError(f"{name} is not a readable ELF file: {e}") from None
+    raise ElfError(f"symbol {symbol} of {name} is not in a loaded part of the file")
 
 
-class _Elf:
-    def __init__(self, data: mmap.mmap, name: str) -> None:
-        self.data, self.name = data, name
-        if data[:4] != _MAGIC:
-            raise ElfError(f"{name} is not an ELF file")
-        if data[4] != _ELFCLASS64:
-            raise ElfError(f"{name} is not a 64-bit ELF file")
-        if data[5] not in (_ELFDATA2LSB, _ELFDATA2MSB):
-            raise ElfError(f"{name} has an unknown ELF byte order")
-        self.order = "<" if data[5] == _ELFDATA2LSB else ">"
-        (self.phoff, self.shoff) = self._unpack("QQ", 32)
-        (self.phentsize, self.phnum, self.shentsize, self.shnum) = self._unpack("HHHH", 54)
-
-    def _unpack(self, fmt: str, offset: int) -> tuple[int, ...]:
-        return struct.unpack_from(self.order + fmt, self.data, offset)
-
-    def _sections(self) -> list[tuple[int, int, int, int, int]]:
-        """(type, offset, size, link, entsize) of every section."""
-        found = []
-        for i in range(self.shnum):
-            base = self.shoff + i * self.shentsize
-            sh_type = self._unpack("I", base + 4)[0]
-            sh_offset, sh_size, sh_link = self._unpack("QQI", base + 24)
-            sh_entsize = self._unpack("Q", base + 56)[0]
-            found.append((sh_type, sh_offset, sh_size, sh_link, sh_entsize))
-        return found
-
-    def _names(self, strtab: tuple[int, int, int, int, int], wanted: bytes) -> set[int]:
-        """Every index into the string table where `wanted` (NUL included) starts: tables share
-        suffixes, so a name may also start in the middle of a longer one."""
-        _, offset, size, _, _ = strtab
-        found, at = set(), self.data.find(wanted, offset, offset + size)
-        while at >= 0:
-            found.add(at - offset)
-            at = self.data.find(wanted, at + 1, offset + size)
-        return found
-
-    def _find(self, symbol: bytes, table: int) -> int | None:
-        """st_value of the first defined function symbol of that name in a section of type `table`."""
-        sections = self._sections()
-        for sh_type, offset, size, link, entsize in sections:
-            if sh_type != table or link >= len(sections) or entsize not in (0, _SYM_SIZE):
-                continue
-            names = self._names(sections[link], symbol + b"\0")
-            if not names:
-                continue
-            table_bytes = self.data[offset : offset + size - size % _SYM_SIZE]
-            for st_name, st_info, _, st_shndx, st_value, _ in struct.iter_unpack(
-                self.order + "IBBHQQ", table_bytes
-            ):
-                if st_name in names and st_shndx != _SHN_UNDEF and st_info & 0xF in (_STT_NOTYPE, _STT_FUNC):
-                    return int(st_value)
+def _find(elf: ELFFile, symbol: str, table_name: str) -> int | None:
+    """st_value of the first defined function symbol of that name in the table."""
+    table = elf.get_section_by_name(table_name)
+    if not isinstance(table, SymbolTableSection):
         return None
-
-    def symbol_offset(self, symbol: str) -> int:
-        encoded = symbol.encode()
-        value = self._find(encoded, _SHT_SYMTAB)
-        if value is None:
-            value = self._find(encoded, _SHT_DYNSYM)
-        if value is None:
-            raise ElfError(f"no symbol {symbol} in {self.name}")
-        for i in range(self.phnum):
-            base = self.phoff + i * self.phentsize
-            p_type = self._unpack("I", base)[0]
-            p_offset, p_vaddr, _, p_filesz = self._unpack("QQQQ", base + 8)
-            if p_type == _PT_LOAD and p_vaddr <= value < p_vaddr + p_filesz:
-                return int(value - p_vaddr + p_offset)
-        raise ElfError(f"symbol {symbol} of {self.name} is not in a loaded part of the file")
+    for index in range(min(table.num_symbols(), MAX_SYMBOLS)):
+        entry = table.get_symbol(index)
+        if (
+            entry.name == symbol
+            and entry["st_shndx"] != "SHN_UNDEF"
+            and entry["st_info"]["type"] in _STT_FUNCTIONS
+        ):
+            return int(entry["st_value"])
+    return None
