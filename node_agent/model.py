@@ -131,7 +131,10 @@ class NodeProgram:
         if scope == "Node":
             pod_namespaces: tuple[str, ...] = ()
         elif kind == names.CLUSTER_PROGRAM_KIND:
-            pod_namespaces = tuple(str(n) for n in spec.get("namespaces") or ())
+            listed = spec.get("namespaces") or []
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise InvalidSpec("namespaces must be a list of namespace names")
+            pod_namespaces = tuple(listed)
         else:
             pod_namespaces = (meta["namespace"],)
         labels = meta.get("labels") or {}

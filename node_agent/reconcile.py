@@ -72,7 +72,6 @@ class ProgramReport:
     detached: bool = False  # deleting, and nothing of it is left on this node
     # Waiting for its turn to compile: how many builds are ahead of it on this node.
     queued: int | None = None
-    cluster: bool = False
     scope: str = "Pods"
     attach_type: str = ""
     target: str = ""  # what scope Node hooks: the event, or the interface name or pattern
@@ -122,7 +121,6 @@ class Reconciler:
                 program.name,
                 program.generation,
                 program.ref.version,
-                cluster=program.cluster,
                 scope=program.scope,
                 attach_type=program.attach_type,
                 target=program.build.attach.target,

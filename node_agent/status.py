@@ -130,8 +130,8 @@ def _build_failure_summary(report: ProgramReport) -> str:
 
 
 def _queued_summary(report: ProgramReport) -> str:
-    ahead = f" ({report.queued} builds ahead of it on this node)" if report.queued else ""
-    summary = f"version {report.version} waits for its turn to compile{ahead}"
+    # No position in line: it changes every pass, and each change would be a status write.
+    summary = f"version {report.version} waits for its turn to compile on this node"
     if report.serving_version:
         return summary + f"; version {report.serving_version} keeps running"
     return summary

@@ -200,3 +200,8 @@ def test_labels_long_node_names_the_way_the_operator_does():
     value = names.label_value(node)
     assert len(value) == 63 and value != names.label_value("n" * 71)
     assert names.label_value("node-a") == "node-a"
+
+
+def test_namespaces_that_are_not_a_list_of_names_are_refused():
+    assert "namespaces" in refused(cluster_program(namespaces="shop"))  # not ("s", "h", "o", "p")
+    assert "namespaces" in refused(cluster_program(namespaces=[{"name": "shop"}]))
