@@ -63,7 +63,7 @@ class Agent:
         self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
 
     def run(self) -> None:
-        log.info("agent starting", extra={"node": self.node})
+        log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
         if self.features is not None:
             self._publish_features(self.features)
         for informer in (self.programs, self.pods):
