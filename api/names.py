@@ -1,5 +1,7 @@
 """Names shared by the operator and the node agent: their contract is the Kubernetes API."""
 
+import hashlib
+import os
 from typing import Final
 
 GROUP: Final = "bpfleet.io"
@@ -16,6 +18,8 @@ NODE_STATE_PLURAL: Final = "bpfleetnodes"
 # Labels on every EbpfNodeProgram: agents watch their own with a server-side selector on NODE_LABEL.
 NODE_LABEL: Final = f"{GROUP}/node"
 PROGRAM_LABEL: Final = f"{GROUP}/program"
+CLUSTER_PROGRAM_LABEL: Final = f"{GROUP}/cluster-program"
+CLUSTER_PROGRAM_KIND: Final = "ClusterEbpfProgram"
 
 # The agent holds this on an EbpfNodeProgram until it has detached and unpinned it on its node.
 AGENT_FINALIZER: Final = f"{GROUP}/agent"
@@ -26,3 +30,15 @@ OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
 MAX_NODE_FAILURES: Final = 10
 MAX_PROGRAM_FAILURES: Final = 20
 MAX_MESSAGE_CHARS: Final = 2048
+
+
+def system_namespace() -> str:
+    """Where the node objects of ClusterEbpfPrograms live (the release namespace of the chart)."""
+    return os.environ.get("BPFLEET_SYSTEM_NAMESPACE") or "bpfleet-system"
+
+
+def label_value(s: str) -> str:
+    """A valid label value (at most 63 characters) standing for s: s itself when short enough."""
+    if len(s) <= 63:
+        return s
+    return s[:52].rstrip("-._") + "-" + hashlib.sha256(s.encode()).hexdigest()[:10]

@@ -12,10 +12,10 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
+from node_agent.errors import InvalidSpec
 from node_agent.features import NodeFeatures
-from node_agent.kernel.attach_types import UnknownAttach
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import NodeProgram, Pod, Trust, addressed_to
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.status import node_program_status
 from node_agent.watch import Informer, wait_synced
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 _WAITING_RECHECK = 0.2
 # Failed attachments (a missing symbol, a refused attach) are retried this often, not in a tight loop.
 _FAILED_RETRY = 5.0
+# Programs on host interfaces by pattern look for new and vanished interfaces this often.
+_INTERFACE_RECHECK = 5.0
 # How often the agent says it is alive (BpfleetNode status.lastHeartbeat).
 HEARTBEAT_SECONDS = float(os.environ.get("BPFLEET_HEARTBEAT_SECONDS", "20"))
 _DEBOUNCE = 0.02
@@ -40,8 +42,12 @@ class Agent:
         features: NodeFeatures | None = None,
         resync: float = 30.0,
         metrics: AgentMetrics | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.trust = trust or Trust()
+        # Objects refused or ignored, by resourceVersion: each is logged once, not every pass.
+        self._logged: set[tuple[str, ...]] = set()
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self._last_heartbeat = float("-inf")
@@ -52,12 +58,12 @@ class Agent:
             api,
             f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_PROGRAM_PLURAL}",
             self._wake.set,
-            label_selector=f"{names.NODE_LABEL}={node}",
+            label_selector=f"{names.NODE_LABEL}={names.label_value(node)}",
         )
         self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
 
     def run(self) -> None:
-        log.info("agent starting", extra={"node": self.node})
+        log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
         if self.features is not None:
             self._publish_features(self.features)
         for informer in (self.programs, self.pods):
@@ -143,9 +149,16 @@ class Agent:
         )
 
     def _next_pass_in(self, result: PassResult) -> float:
+        if result.queued:
+            return 0.0  # versions wait for their turn to compile: the next turn is now
         if result.waiting:
             return _WAITING_RECHECK
-        return min(_FAILED_RETRY if result.failed else self.resync, self.resync, HEARTBEAT_SECONDS)
+        soon = [self.resync, HEARTBEAT_SECONDS]
+        if result.failed:
+            soon.append(_FAILED_RETRY)
+        if result.follows_interfaces:
+            soon.append(_INTERFACE_RECHECK)
+        return min(soon)
 
     def _heartbeat(self) -> None:
         """Tells the operator this agent is alive, at most every HEARTBEAT_SECONDS."""
@@ -170,13 +183,19 @@ class Agent:
         self._wake.set()
 
     def reconcile_once(self) -> PassResult:
-        objects = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in self.programs.objects()}
+        listed = self.programs.objects()
+        self._logged &= {_log_key(o, why) for o in listed for why in ("ignored", "refused")}
+        objects = {
+            (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in listed if self._addressed_here(o)
+        }
         programs = []
+        refused = []
         for obj in objects.values():
             try:
-                programs.append(NodeProgram.from_object(obj))
-            except (KeyError, TypeError, UnknownAttach) as e:
-                self._write_status(obj, self._invalid_status(obj, e))
+                programs.append(NodeProgram.from_object(obj, self.trust))
+            except (KeyError, TypeError, ValueError, InvalidSpec) as e:
+                refused.append(obj)
+                self._refuse(obj, e)
         pods = [Pod.from_object(o) for o in self.pods.objects()]
         for program in programs:
             if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
@@ -190,7 +209,38 @@ class Agent:
                 self._remove_finalizer(obj)
             else:
                 self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
+        for obj in refused:
+            # Nothing of a refused object runs after the pass (its versions were not served): a
+            # deletion need not wait for it.
+            if obj["metadata"].get("deletionTimestamp"):
+                self._remove_finalizer(obj)
         return result
+
+    def _addressed_here(self, obj: dict[str, Any]) -> bool:
+        if addressed_to(obj, self.node):
+            return True
+        if self._first_time(obj, "ignored"):
+            log.warning(
+                "ignoring a node object labelled for this node but addressed to another",
+                extra={"object": _name(obj), "nodeName": (obj.get("spec") or {}).get("nodeName")},
+            )
+        return False
+
+    def _first_time(self, obj: dict[str, Any], why: str) -> bool:
+        key = _log_key(obj, why)
+        if key in self._logged:
+            return False
+        self._logged.add(key)
+        return True
+
+    def _refuse(self, obj: dict[str, Any], error: Exception) -> None:
+        meta = obj["metadata"]
+        log.warning(
+            "refusing a node object",
+            extra={"object": f"{meta['namespace']}/{meta['name']}", "error": str(error)},
+        )
+        if not meta.get("deletionTimestamp"):
+            self._write_status(obj, self._invalid_status(obj, error))
 
     def _invalid_status(self, obj: dict[str, Any], error: Exception) -> dict[str, Any]:
         generation = obj["metadata"].get("generation")
@@ -237,3 +287,11 @@ class Agent:
                 "detached everywhere on this node, releasing", extra={"program": obj["metadata"]["name"]}
             )
             self._patch_finalizers(obj, [f for f in finalizers if f != names.AGENT_FINALIZER])
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+
+
+def _log_key(obj: dict[str, Any], why: str) -> tuple[str, ...]:
+    return (why, _name(obj), str(obj["metadata"].get("resourceVersion")))

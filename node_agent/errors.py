@@ -49,6 +49,12 @@ class MapTooLarge(ProgramBuildError):
     reason = reasons.MAP_TOO_LARGE
 
 
+class InvalidSpec(AgentError):
+    """A node object this agent refuses to serve: its spec breaks a trust rule or cannot be run."""
+
+    reason = reasons.INVALID_SPEC
+
+
 class AttachFailed(AgentError):
     reason = reasons.ATTACH_FAILED
 

@@ -11,13 +11,15 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
-from bpfleet_api import logs
+from bpfleet_api import logs, names
 from bpfleet_api.kube_client import api_client
 from node_agent import features
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
+from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
+from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
 from node_agent.reconcile import Reconciler
 
 log = logging.getLogger("node_agent")
@@ -46,6 +48,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--resync", type=float, default=30.0, help="seconds between full passes")
     parser.add_argument(
+        "--max-map-bytes",
+        type=int,
+        default=int(os.environ.get("BPFLEET_MAX_MAP_BYTES") or DEFAULT_MAX_MAP_BYTES),
+        help="the cap on a program's map memory where its node object names none "
+        "(env BPFLEET_MAX_MAP_BYTES, default 64 MiB)",
+    )
+    parser.add_argument(
+        "--builds-per-namespace",
+        type=int,
+        default=int(os.environ.get("BPFLEET_BUILDS_PER_NAMESPACE") or 1),
+        help="compiles of one namespace per pass, so that none starves another "
+        "(env BPFLEET_BUILDS_PER_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--builds-per-pass",
+        type=int,
+        default=int(os.environ.get("BPFLEET_BUILDS_PER_PASS") or 4),
+        help="compiles per pass in all; 0 for no bound (env BPFLEET_BUILDS_PER_PASS)",
+    )
+    parser.add_argument(
         "--metrics-address",
         default=os.environ.get("BPFLEET_METRICS_ADDRESS", DEFAULT_ADDRESS),
         help="host:port of /metrics and /healthz; empty disables (env BPFLEET_METRICS_ADDRESS)",
@@ -54,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("the node name is required: --node or NODE_NAME")
+    if args.max_map_bytes <= 0 or args.builds_per_namespace < 1 or args.builds_per_pass < 0:
+        parser.error(
+            "--max-map-bytes and --builds-per-namespace must be positive, --builds-per-pass 0 or more"
+        )
     return args
 
 
@@ -73,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver)
-    reconciler = Reconciler(metrics.timed(backend), resolver, node_features)
+    queue = CompileQueue(per_namespace=args.builds_per_namespace, per_pass=args.builds_per_pass)
+    reconciler = Reconciler(metrics.timed(backend), resolver, node_features, queue)
     agent = Agent(
         api_client(args.kubeconfig),
         args.node,
@@ -81,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         node_features,
         resync=args.resync,
         metrics=metrics,
+        trust=Trust(system_namespace=names.system_namespace(), max_map_bytes=args.max_map_bytes),
     )
     serve(args.metrics_address, agent)
 

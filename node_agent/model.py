@@ -8,9 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfleet_api import names
-from node_agent.kernel.attach_types import PER_BINARY_FILTERED, kernel_attach
+from bpfleet_api import names, selectors
+from node_agent.errors import InvalidSpec
+from node_agent.kernel.attach_types import HOST_SCOPES, PER_BINARY_FILTERED, UnknownAttach, kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
+
+# The ProgramRef namespace (and pin directory) of ClusterEbpfPrograms: no Kubernetes namespace
+# contains '_', so it never meets an EbpfProgram's.
+CLUSTER_PINS = "_cluster"
+DEFAULT_MAX_MAP_BYTES = 64 * 1024 * 1024
+RESERVED_PREFIX = "bpfleet_"  # functions of the agent's own (the pod filter's entry point)
 
 
 def _define_value(value: Any) -> str:
@@ -42,7 +49,25 @@ def program_version(build: ProgramBuild) -> str:
         # Only for uprobes, so that the versions of every other program stay what they were.
         attach = build.attach
         fields.append([attach.symbol, attach.offset, attach.retprobe, attach.container])
+    if build.attach.scope in HOST_SCOPES:
+        fields.append(build.attach.scope)  # unfiltered: another program than the same hook for pods
+    if build.max_map_bytes != DEFAULT_MAX_MAP_BYTES:
+        fields.append(["maxMapBytes", build.max_map_bytes])  # another cap, another check
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What node objects are checked against: where a ClusterEbpfProgram's node objects may live,
+    and the map memory cap of programs that name none."""
+
+    system_namespace: str = field(default_factory=names.system_namespace)
+    max_map_bytes: int = DEFAULT_MAX_MAP_BYTES
+
+
+def addressed_to(obj: Mapping[str, Any], node: str) -> bool:
+    """Whether the node object is this node's: the label selects it, spec.nodeName confirms it."""
+    return bool((obj.get("spec") or {}).get("nodeName") == node)
 
 
 @dataclass(frozen=True)
@@ -51,7 +76,7 @@ class NodeProgram:
 
     namespace: str
     name: str
-    program: str  # the EbpfProgram it was made from
+    program: str  # the EbpfProgram or ClusterEbpfProgram it was made from
     generation: int
     build: ProgramBuild
     attach_type: str
@@ -59,25 +84,66 @@ class NodeProgram:
     deleting: bool
     finalizers: tuple[str, ...] = ()
     status: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = names.PROGRAM_KIND
+    scope: str = "Pods"
+    # The namespaces whose pods it may select: its own for an EbpfProgram, whatever spec says.
+    pod_namespaces: tuple[str, ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        return self.kind == names.CLUSTER_PROGRAM_KIND
 
     @property
     def ref(self) -> ProgramRef:
-        return ProgramRef(self.namespace, self.program, program_version(self.build))
+        pins = CLUSTER_PINS if self.cluster else self.namespace
+        return ProgramRef(pins, self.program, program_version(self.build))
+
+    def selects(self, pod: Pod) -> bool:
+        return (
+            self.scope == "Pods"
+            and pod.namespace in self.pod_namespaces
+            and pod.schedulable_for_programs
+            and selectors.matches(self.pod_selector, pod.labels)
+        )
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> NodeProgram:
+    def from_object(cls, obj: Mapping[str, Any], trust: Trust | None = None) -> NodeProgram:
+        """Parses a node object; raises InvalidSpec when it breaks a trust rule (KeyError or
+        TypeError when it does not have the shape of the CRD at all)."""
+        trust = trust or Trust()
         meta, spec = obj["metadata"], obj["spec"]
+        kind = spec.get("programKind") or names.PROGRAM_KIND
+        scope = spec.get("scope") or "Pods"
+        _check_trust(meta["namespace"], kind, scope, spec, trust)
+        try:
+            attach = kernel_attach(spec["attach"], scope)
+        except UnknownAttach as e:
+            raise InvalidSpec(str(e)) from None
         params = spec.get("parameters") or {}
         build = ProgramBuild(
             source=spec["source"]["text"],
             function=spec["function"],
-            attach=kernel_attach(spec["attach"]),
+            attach=attach,
             defines=tuple(sorted((k, _define_value(v)) for k, v in params.items())),
+            cluster=kind == names.CLUSTER_PROGRAM_KIND,
+            max_map_bytes=_max_map_bytes(spec, trust),
         )
+        if scope == "Node":
+            pod_namespaces: tuple[str, ...] = ()
+        elif kind == names.CLUSTER_PROGRAM_KIND:
+            listed = spec.get("namespaces") or []
+            if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+                raise InvalidSpec("namespaces must be a list of namespace names")
+            pod_namespaces = tuple(listed)
+        else:
+            pod_namespaces = (meta["namespace"],)
+        labels = meta.get("labels") or {}
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
-            program=spec.get("programName") or meta["labels"][names.PROGRAM_LABEL],
+            program=spec.get("programName")
+            or labels.get(names.PROGRAM_LABEL)
+            or labels[names.CLUSTER_PROGRAM_LABEL],
             generation=int(meta.get("generation") or 0),
             build=build,
             attach_type=spec["attach"]["type"],
@@ -85,7 +151,49 @@ class NodeProgram:
             deleting=bool(meta.get("deletionTimestamp")),
             finalizers=tuple(meta.get("finalizers") or ()),
             status=obj.get("status") or {},
+            kind=kind,
+            scope=scope,
+            pod_namespaces=pod_namespaces,
         )
+
+
+def _check_trust(namespace: str, kind: str, scope: str, spec: Mapping[str, Any], trust: Trust) -> None:
+    """The agent's own check of what only a ClusterEbpfProgram may do, whatever the API server let
+    through: a namespaced program reaches its own namespace's pods and nothing else."""
+    if kind not in (names.PROGRAM_KIND, names.CLUSTER_PROGRAM_KIND):
+        raise InvalidSpec(f"programKind {kind!r} is neither EbpfProgram nor ClusterEbpfProgram")
+    if scope not in ("Pods", "Node"):
+        raise InvalidSpec(f"scope {scope!r} is neither Pods nor Node")
+    if str(spec.get("function", "")).startswith(RESERVED_PREFIX):
+        raise InvalidSpec(f"function names starting with {RESERVED_PREFIX} are reserved for the agent")
+    if kind == names.CLUSTER_PROGRAM_KIND:
+        if namespace != trust.system_namespace:
+            raise InvalidSpec(
+                f"a ClusterEbpfProgram's node objects live in {trust.system_namespace}, not in {namespace}"
+            )
+        return
+    attach = spec.get("attach") or {}
+    if scope == "Node":
+        raise InvalidSpec(
+            "scope Node reaches the whole node, not only this namespace's pods: use a ClusterEbpfProgram"
+        )
+    if attach.get("type") in ("Kprobe", "Kretprobe"):
+        raise InvalidSpec(
+            f"{attach['type']} traces the kernel for every process of the node: use a ClusterEbpfProgram"
+        )
+    if attach.get("side") == "Host":
+        raise InvalidSpec(
+            "attach.side Host reaches the node's side of the pod network: use a ClusterEbpfProgram"
+        )
+
+
+def _max_map_bytes(spec: Mapping[str, Any], trust: Trust) -> int:
+    value = spec.get("maxMapBytes")
+    if value is None:
+        return trust.max_map_bytes
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidSpec(f"maxMapBytes must be a positive integer, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

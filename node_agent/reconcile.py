@@ -6,15 +6,18 @@ and pods of this node, and applies the difference. A pass that finds nothing to 
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bpfleet_api import diagnostics, reasons, selectors
+from bpfleet_api import diagnostics, reasons
+from node_agent.compile_queue import CompilePlan, CompileQueue
 from node_agent.errors import AgentError, ProgramBuildError, UnsupportedOnNode
-from node_agent.kernel.backend import KernelBackend, LoadedProgram, ProgramRef
+from node_agent.kernel.attach_types import NODE_NETDEV, NODE_WIDE
+from node_agent.kernel.backend import NODE_TARGET, KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,17 @@ class PodReport:
     state: str
     reason: str = ""
     message: str = ""
+    namespace: str = ""  # only for ClusterEbpfPrograms: their pods are of many namespaces
+
+
+@dataclass
+class TargetReport:
+    """A host-level target of a scope-Node program: NODE_TARGET, or a host interface's name."""
+
+    name: str
+    state: str
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -56,6 +70,12 @@ class ProgramReport:
     build_error: ProgramBuildError | None = None
     pods: list[PodReport] = field(default_factory=list)
     detached: bool = False  # deleting, and nothing of it is left on this node
+    # Waiting for its turn to compile: how many builds are ahead of it on this node.
+    queued: int | None = None
+    scope: str = "Pods"
+    attach_type: str = ""
+    target: str = ""  # what scope Node hooks: the event, or the interface name or pattern
+    targets: list[TargetReport] = field(default_factory=list)  # scope Node only
 
 
 @dataclass
@@ -65,38 +85,59 @@ class PassResult:
     waiting: bool
     # Pods whose attachment failed: worth another try, but not at the pace of a pod about to start.
     failed: bool = False
+    # Versions left to compile in a later pass: that pass should come at once.
+    queued: bool = False
+    # Programs on host interfaces by pattern: interfaces that appear are attached at the next pass.
+    follows_interfaces: bool = False
 
 
 class Reconciler:
     def __init__(
-        self, backend: KernelBackend, cgroups: CgroupResolver, features: FeatureCheck | None = None
+        self,
+        backend: KernelBackend,
+        cgroups: CgroupResolver,
+        features: FeatureCheck | None = None,
+        queue: CompileQueue | None = None,
     ) -> None:
         self.backend = backend
         self.cgroups = cgroups
         self.features = features
+        self.queue = queue or CompileQueue()
         # A version that failed to build fails again; remember it instead of compiling in a loop.
         self._build_failures: dict[ProgramRef, ProgramBuildError] = {}
 
     def run(self, programs: Iterable[NodeProgram], pods: Iterable[Pod]) -> PassResult:
         programs, pods = list(programs), list(pods)
         loaded = self.backend.loaded()
+        active = [p for p in programs if not p.deleting]
+        plan = self._build_in_turn(active, loaded)
         serving: set[ProgramRef] = set()
         reports: list[ProgramReport] = []
         waiting = failed = False
 
-        for program in programs:
-            if program.deleting:
-                continue
-            report = ProgramReport(program.namespace, program.name, program.generation, program.ref.version)
+        for program in active:
+            report = ProgramReport(
+                program.namespace,
+                program.name,
+                program.generation,
+                program.ref.version,
+                scope=program.scope,
+                attach_type=program.attach_type,
+                target=program.build.attach.target,
+            )
             reports.append(report)
-            ref = self._ensure_loaded(program, loaded, report)
+            ref = self._serving(program, loaded, report, plan)
             if ref is None:
                 continue
             serving.add(ref)
             report.loaded, report.serving_version = loaded[ref], ref.version
-            report.pods = self._attach_selected(program, ref, pods)
-            waiting = waiting or any(p.state == WAITING for p in report.pods)
-            failed = failed or any(p.state == FAILED for p in report.pods)
+            if program.scope == "Node":
+                report.targets = self._attach_node(program, ref)
+            else:
+                report.pods = self._attach_selected(program, ref, pods)
+            states = [p.state for p in report.pods] + [t.state for t in report.targets]
+            waiting = waiting or WAITING in states
+            failed = failed or FAILED in states
 
         for ref in sorted(set(loaded) - serving):
             log.info(
@@ -120,53 +161,68 @@ class Reconciler:
                         detached=program.ref.program not in still_loaded,
                     )
                 )
-        return PassResult(reports, waiting, failed)
+        follows = any(p.build.attach.scope == NODE_NETDEV for p in active)
+        return PassResult(reports, waiting, failed, queued=bool(plan.later), follows_interfaces=follows)
 
-    def _ensure_loaded(
-        self, program: NodeProgram, loaded: dict[ProgramRef, LoadedProgram], report: ProgramReport
-    ) -> ProgramRef | None:
-        """The version to serve: the desired one, or, when it cannot be built, the one running before."""
-        ref = program.ref
-        if ref not in loaded:
-            failure = self._build_failures.get(ref)
-            if failure is None:
-                try:
-                    loaded[ref] = self._build(program)
-                except ProgramBuildError as e:
-                    log.warning(
-                        "program failed to build",
-                        extra={
-                            "program": f"{ref.namespace}/{ref.name}",
-                            "reason": e.reason,
-                            "error": diagnostics.headline(e.reason, str(e)),
-                        },
-                    )
-                    self._build_failures[ref] = e
-                    failure = e
-            if failure is not None:
-                report.build_error = failure
-                previous = [r for r in loaded if r.program == ref.program]
-                return max(previous, key=lambda r: loaded[r].prog_id) if previous else None
-        return ref
+    def _build_in_turn(
+        self, active: list[NodeProgram], loaded: dict[ProgramRef, LoadedProgram]
+    ) -> CompilePlan:
+        """Builds the new versions whose turn it is (see compile_queue); the rest wait."""
+        pending: dict[ProgramRef, NodeProgram] = {}
+        for program in active:
+            ref = program.ref
+            if ref in loaded or ref in self._build_failures:
+                continue
+            why_not = self.features.unsupported(program.attach_type) if self.features else None
+            if why_not:
+                # Never compiled, and it costs no turn: the node could not run it anyway.
+                self._failed(ref, UnsupportedOnNode(why_not))
+                continue
+            pending.setdefault(ref, program)
+        plan = self.queue.plan(pending)
+        for ref in plan.now:
+            log.info(
+                "compiling program", extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version}
+            )
+            try:
+                loaded[ref] = self.backend.load(ref, pending[ref].build)
+            except ProgramBuildError as e:
+                self._failed(ref, e)
+        if plan.later:
+            log.info("compiles wait for their turn", extra={"queued": len(plan.later)})
+        return plan
 
-    def _build(self, program: NodeProgram) -> LoadedProgram:
-        why_not = self.features.unsupported(program.attach_type) if self.features else None
-        if why_not:
-            raise UnsupportedOnNode(why_not)  # never compiled: the node could not run it anyway
-        ref = program.ref
-        log.info(
-            "compiling program", extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version}
+    def _failed(self, ref: ProgramRef, error: ProgramBuildError) -> None:
+        log.warning(
+            "program failed to build",
+            extra={
+                "program": f"{ref.namespace}/{ref.name}",
+                "reason": error.reason,
+                "error": diagnostics.headline(error.reason, str(error)),
+            },
         )
-        return self.backend.load(ref, program.build)
+        self._build_failures[ref] = error
+
+    def _serving(
+        self,
+        program: NodeProgram,
+        loaded: dict[ProgramRef, LoadedProgram],
+        report: ProgramReport,
+        plan: CompilePlan,
+    ) -> ProgramRef | None:
+        """The version to serve: the desired one, or, while it cannot be built or waits for its turn,
+        the one running before."""
+        ref = program.ref
+        if ref in loaded:
+            return ref
+        report.build_error = self._build_failures.get(ref)
+        if report.build_error is None:
+            report.queued = plan.later.get(ref, 0)
+        previous = [r for r in loaded if r.program == ref.program]
+        return max(previous, key=lambda r: loaded[r].prog_id) if previous else None
 
     def _attach_selected(self, program: NodeProgram, ref: ProgramRef, pods: list[Pod]) -> list[PodReport]:
-        selected = [
-            pod
-            for pod in pods
-            if pod.namespace == program.namespace
-            and pod.schedulable_for_programs
-            and selectors.matches(program.pod_selector, pod.labels)
-        ]
+        selected = [pod for pod in pods if program.selects(pod)]
         attachments = self.backend.attachments(ref)
         wanted = {pod.uid for pod in selected}
         for uid in sorted(set(attachments) - wanted):
@@ -176,9 +232,42 @@ class Reconciler:
         for pod in selected:
             current = attachments.get(pod.uid)
             if current is not None and current.live:
-                reports.append(PodReport(pod.name, pod.uid, ATTACHED))
+                report = PodReport(pod.name, pod.uid, ATTACHED)
+            else:
+                report = self._attach_pod(program, ref, pod)
+            if program.cluster:
+                report.namespace = pod.namespace
+            reports.append(report)
+        return reports
+
+    def _attach_node(self, program: NodeProgram, ref: ProgramRef) -> list[TargetReport]:
+        """Scope Node: the program's event for the whole node, or every host interface whose name
+        matches the pattern now (ones that vanished are dropped, new ones attached)."""
+        attach = program.build.attach
+        if attach.scope == NODE_WIDE:
+            wanted = [NODE_TARGET]
+        else:
+            interfaces = self.backend.node_interfaces()
+            wanted = sorted(name for name in interfaces if fnmatch.fnmatchcase(name, attach.target))
+        current = self.backend.node_attachments(ref)
+        for target in sorted(set(current) - set(wanted)):
+            log.info("detaching from a target that is gone", extra={"program": ref.name, "target": target})
+            self.backend.detach_node(ref, target)
+        reports = []
+        for target in wanted:
+            link = current.get(target)
+            if link is not None and link.live:
+                reports.append(TargetReport(target, ATTACHED))
                 continue
-            reports.append(self._attach_pod(program, ref, pod))
+            try:
+                self.backend.attach_node(ref, target, attach)
+            except AgentError as e:
+                reports.append(TargetReport(target, FAILED, e.reason, str(e)))
+                continue
+            log.info(
+                "attached on the node", extra={"program": f"{ref.namespace}/{ref.name}", "target": target}
+            )
+            reports.append(TargetReport(target, ATTACHED))
         return reports
 
     def _attach_pod(self, program: NodeProgram, ref: ProgramRef, pod: Pod) -> PodReport:

@@ -46,3 +46,22 @@ def delete_leaves_no_trace(kube: Kube, node: Any, namespace: str, name: str, pod
     for pod in pods:
         assert cgroup_programs(pod.pod_cgroup) == [], f"{name} still attached to {pod.name}"
     assert not (node.bpffs_root / namespace / name.replace(".", "_")).exists()
+
+
+def refused_for_tenants(kube: Kube, namespace: str, program: dict[str, Any]) -> str:
+    """Applies an EbpfProgram that only a ClusterEbpfProgram may be, and returns why it was refused:
+    by the API server (the CRD's rules), or else by the agent (InvalidSpec in status), which checks
+    the same whatever the API server let through. Either message must name ClusterEbpfProgram."""
+    name = program["metadata"]["name"]
+    try:
+        kube.apply(namespace, program)
+    except RuntimeError as e:  # refused at the door
+        assert "ClusterEbpfProgram" in str(e), e
+        assert kube.program(namespace, name) is None
+        return str(e)
+    wait_for(
+        f"{name} refused", lambda: (kube.condition(namespace, name) or {}).get("reason") == "InvalidSpec"
+    )
+    message = kube.condition(namespace, name)["message"]
+    assert "ClusterEbpfProgram" in message, message
+    return message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_id
-from e2e.tests.programs import apply_ready, builtin, delete_leaves_no_trace, ebpf_program
+from e2e.tests.programs import apply_ready, builtin, delete_leaves_no_trace, ebpf_program, refused_for_tenants
 
 
 def counts(pin_path: str, map_name: str) -> dict[int, int]:
@@ -64,7 +64,9 @@ def test_tracepoint_counts_syscalls_per_pod(kube: Kube, node_a, namespace: str):
 KPROBE_SOURCE = "int on_open(void *ctx) { return 0; }\n"
 
 
-def test_kprobe_is_reported_unsupported_and_harms_nothing(kube: Kube, node_a, namespace: str):
+def test_a_tenants_kprobe_is_refused_and_harms_nothing(kube: Kube, node_a, namespace: str):
+    # A kprobe sees every process of the node: a ClusterEbpfProgram's (on a node without kprobes it
+    # fails there with UnsupportedOnNode: see test_cluster_programs).
     web = node_a.create_pod(namespace, "web-1", {"app": "web"})
     counter = apply_ready(
         kube,
@@ -81,16 +83,8 @@ def test_kprobe_is_reported_unsupported_and_harms_nothing(kube: Kube, node_a, na
             "podSelector": {},
         },
     )
-    kube.apply(namespace, probe)
-    wait_for(
-        "UnsupportedOnNode", lambda: kube.condition(namespace, "open-probe")["reason"] == "UnsupportedOnNode"
-    )
-    ready = kube.condition(namespace, "open-probe")
-    assert ready["status"] == "False"
-    assert "kprobes are not available on this kernel" in ready["message"]
-    assert kube.condition(namespace, "open-probe", "Stalled")["status"] == "True"
-    [failure] = kube.program(namespace, "open-probe")["status"]["failures"]
-    assert failure["node"] == node_a.name
+    assert "Kprobe" in refused_for_tenants(kube, namespace, probe)
+    assert not (node_a.bpffs_root / namespace / "open-probe").exists()
 
     node_state = kube.custom.get_cluster_custom_object("bpfleet.io", "v1alpha1", "bpfleetnodes", node_a.name)
     assert node_state["status"]["kprobes"] is False

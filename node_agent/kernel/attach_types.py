@@ -51,6 +51,10 @@ PER_POD_NETDEV = "netdev"  # one link per pod on an interface of the pod (or its
 PER_BINARY_FILTERED = "binary"
 # The scopes whose programs filter on bpfleet_pods: compiled with the node-wide prelude.
 FILTERED_SCOPES = (NODE_WIDE_FILTERED, PER_BINARY_FILTERED)
+# Host-level targets, for ClusterEbpfPrograms with scope Node only: no pod is involved.
+NODE_WIDE = "node"  # one perf-event link per node, no pod filter: every process of the node
+NODE_NETDEV = "node-netdev"  # one link per host interface whose name matches a pattern
+HOST_SCOPES = (NODE_WIDE, NODE_NETDEV)
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,9 @@ class KernelAttach:
     # Whether the kernel wants the attach type at load time (expected_attach_type).
     expected_at_load: bool
     scope: str = PER_POD_CGROUP
-    # What is hooked: "category:name" of a tracepoint, a kernel function, an interface name, or
-    # the path of a binary inside the pod's container.
+    # What is hooked: "category:name" of a tracepoint, a kernel function, an interface name (a
+    # name or fnmatch pattern over the host's interfaces for NODE_NETDEV), or the path of a binary
+    # inside the pod's container.
     target: str = ""
     # For interfaces: which end of the pod's veth ("Pod" or "Host") and the link flags (XDP mode).
     side: str = ""
@@ -122,8 +127,13 @@ class UnknownAttach(ValueError):
     pass
 
 
-def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
-    """The kernel types for a spec.attach; the CRD schema has already validated its shape."""
+def kernel_attach(attach: dict[str, Any], scope: str = "Pods") -> KernelAttach:
+    """The kernel types for a spec.attach and spec.scope (Pods or Node); the CRD schema has already
+    validated their shape."""
+    if scope == "Node":
+        return _node_scoped(attach)
+    if scope != "Pods":
+        raise UnknownAttach(f"scope {scope!r} is not supported by this agent")
     kind = attach.get("type", "")
     if kind in _PLAIN:
         return _PLAIN[kind]
@@ -166,3 +176,26 @@ def kernel_attach(attach: dict[str, Any]) -> KernelAttach:
             container=attach.get("container", ""),
         )
     raise UnknownAttach(f"attach type {kind!r} is not supported by this agent")
+
+
+def _node_scoped(attach: dict[str, Any]) -> KernelAttach:
+    """Host-level targets: node-wide tracing without a pod filter, or interfaces of the node."""
+    kind = attach.get("type", "")
+    if kind == "Tracepoint":
+        return KernelAttach(PROG_TYPE_TRACEPOINT, PERF_EVENT, False, NODE_WIDE, attach["name"])
+    if kind in ("Kprobe", "Kretprobe"):
+        return KernelAttach(
+            PROG_TYPE_KPROBE, PERF_EVENT, False, NODE_WIDE, attach["function"], retprobe=kind == "Kretprobe"
+        )
+    if kind in ("Tc", "Xdp"):
+        interface = attach.get("interface") or ""
+        if not interface or "/" in interface:
+            raise UnknownAttach(f"{kind} with scope Node needs attach.interface: a node interface or pattern")
+        if kind == "Xdp":
+            mode = _XDP_MODES[attach.get("mode", "Auto")]
+            return KernelAttach(PROG_TYPE_XDP, XDP, False, NODE_NETDEV, interface, flags=mode)
+        if attach.get("side"):
+            raise UnknownAttach("Tc with scope Node attaches to node interfaces: attach.side is for pods")
+        attach_type = {"Ingress": TCX_INGRESS, "Egress": TCX_EGRESS}[attach["direction"]]
+        return KernelAttach(PROG_TYPE_SCHED_CLS, attach_type, False, NODE_NETDEV, interface)
+    raise UnknownAttach(f"{kind} cannot have scope Node: it runs for pods (scope Pods)")

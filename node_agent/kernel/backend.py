@@ -12,10 +12,13 @@ from typing import Protocol
 
 from node_agent.kernel.attach_types import KernelAttach
 
+# The one target of a node-wide program (scope Node tracing): its event, for every process.
+NODE_TARGET = "node"
+
 
 @dataclass(frozen=True, order=True)
 class ProgramRef:
-    """One version of one EbpfProgram on this node."""
+    """One version of one EbpfProgram on this node (namespace "_cluster" for a ClusterEbpfProgram)."""
 
     namespace: str
     name: str
@@ -51,7 +54,7 @@ class LoadedProgram:
 @dataclass(frozen=True)
 class Attachment:
     ref: ProgramRef
-    pod_uid: str
+    pod_uid: str  # or, for host-level targets, NODE_TARGET or the interface name
     link_id: int
     # What it is attached to: the pod's cgroup id, or the ifindex of its interface; 0 when that is
     # gone and the kernel dropped the attachment.
@@ -93,3 +96,21 @@ class KernelBackend(Protocol):
         ...
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None: ...
+
+    # -- host-level targets (scope Node) ------------------------------------------------------
+
+    def node_interfaces(self) -> list[str]:
+        """The network interfaces of the agent's own network namespace: the host's."""
+        ...
+
+    def node_attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        """A scope-Node version's attachments, by target: NODE_TARGET or an interface name. An
+        attachment whose interface is gone, or now has another ifindex, is not live."""
+        ...
+
+    def attach_node(self, ref: ProgramRef, target: str, attach: KernelAttach) -> Attachment:
+        """Attaches a scope-Node version to its event (NODE_TARGET) or to a host interface, with no
+        pod filter; raises AttachFailed."""
+        ...
+
+    def detach_node(self, ref: ProgramRef, target: str) -> None: ...

@@ -7,6 +7,9 @@ Layout under the root (default /sys/fs/bpf/bpfleet):
     <namespace>/<program>/<version>/links/<pod-uid> one cgroup bpf_link per attached pod
     <namespace>/<program>/<version>/links/node      the perf-event link of a tracepoint
     <namespace>/<program>/<version>/links/file-<dev>-<ino>  one uprobe link per binary file
+    <namespace>/<program>/<version>/links/if-<interface>    scope Node: one link per host interface
+
+ClusterEbpfPrograms have the namespace "_cluster" (see host_targets for scope Node's pins).
 
 A pinned link keeps its attachment alive without any process holding it, so the data plane runs
 on through agent restarts, and the pins are the record the agent adopts when it starts again.
@@ -15,7 +18,6 @@ Unpinning a link is the only way bpfleet detaches, so it never touches programs 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node_agent import elf, errors, netns
-from node_agent.kernel import pod_files, pod_filter, syscalls
+from node_agent.kernel import host_targets, links, pod_files, pod_filter, syscalls
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     NODE_WIDE_FILTERED,
@@ -35,7 +37,7 @@ from node_agent.kernel.attach_types import (
     PROG_TYPE_KPROBE,
     KernelAttach,
 )
-from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
+from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ class BpffsBackend:
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)
         for pin in (version_dir / "links").glob("*"):
-            self._detach_link(pin)
+            links.detach(pin)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
         self._remove_empty_parents(version_dir)
@@ -197,7 +199,7 @@ class BpffsBackend:
             return self._pod_map_entries(ref)
         found: dict[str, Attachment] = {}
         for pin in sorted((self._dir(ref) / "links").glob("*")):
-            info = _link_info(pin)
+            info = links.info(pin)
             if info is not None:
                 found[pin.name] = Attachment(ref, pin.name, info.id, info.target_id)
         return found
@@ -231,12 +233,7 @@ class BpffsBackend:
         return Attachment(ref, pod_uid, info.id, info.target_id)
 
     def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
-        with (
-            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            syscalls.closing_fd(create(prog_fd)) as link_fd,
-        ):
-            syscalls.obj_pin(link_fd, str(pin))
-            return syscalls.link_info(link_fd)
+        return links.pin_new(self._dir(ref) / "prog", pin, create)
 
     def _link_cgroup(
         self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
@@ -273,28 +270,39 @@ class BpffsBackend:
                     pod_filter.remove(self._pod_map(ref), entry.cgroup_id)
             self._drop_unused_file_links(ref)
             return
-        self._detach_link(self._dir(ref) / "links" / pod_uid)
+        links.detach(self._dir(ref) / "links" / pod_uid)
 
-    def _detach_link(self, pin: Path) -> None:
-        # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
-        # Perf-event links cannot be detached (EOPNOTSUPP): for them the unpin is the detach.
+    # -- host-level targets (scope Node: ClusterEbpfPrograms) ---------------------------------
+
+    def node_interfaces(self) -> list[str]:
+        return host_targets.interfaces()
+
+    def node_attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        return host_targets.attachments(ref, self._dir(ref) / "links")
+
+    def attach_node(self, ref: ProgramRef, target: str, attach: KernelAttach) -> Attachment:
+        if target != NODE_TARGET:
+            return host_targets.attach_interface(
+                ref, self._dir(ref) / "links", self._dir(ref) / "prog", target, attach
+            )
         try:
-            with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
-                syscalls.link_detach(fd)
-        except errors.KernelError as e:
-            if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
-                log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})
-        pin.unlink(missing_ok=True)
+            link_id = self._ensure_node_link(ref, attach)  # the same link as for pods, minus the filter
+        except (OSError, errors.KernelError) as e:
+            raise errors.AttachFailed(f"attaching to {attach.target}: {e}") from e
+        return Attachment(ref, target, link_id, 1)
+
+    def detach_node(self, ref: ProgramRef, target: str) -> None:
+        links.detach(self._dir(ref) / "links" / host_targets.link_name(target))
 
     # -- node-wide programs ---------------------------------------------------------------------
 
     def _pod_map_entries(self, ref: ProgramRef) -> dict[str, Attachment]:
-        links: dict[str, syscalls.LinkInfo | None] = {}
+        seen: dict[str, syscalls.LinkInfo | None] = {}
         found: dict[str, Attachment] = {}
         for entry in pod_filter.entries(self._pod_map(ref)):
-            if entry.link not in links:
-                links[entry.link] = _link_info(self._dir(ref) / "links" / entry.link)
-            link = links[entry.link]
+            if entry.link not in seen:
+                seen[entry.link] = links.info(self._dir(ref) / "links" / entry.link)
+            link = seen[entry.link]
             # Without its link nothing runs: report the pod as not attached (cgroup id 0).
             found[entry.uid] = Attachment(
                 ref, entry.uid, link.id if link else 0, entry.cgroup_id if link else 0
@@ -319,17 +327,12 @@ class BpffsBackend:
 
     def _ensure_node_link(self, ref: ProgramRef, attach: KernelAttach) -> int:
         pin = self._dir(ref) / "links" / pod_filter.NODE_LINK
-        info = _link_info(pin)
+        info = links.info(pin)
         if info is not None:
             return info.id
         pin.parent.mkdir(exist_ok=True)
-        with (
-            syscalls.closing_fd(self._perf_event(attach)) as perf_fd,
-            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            syscalls.closing_fd(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
-        ):
-            syscalls.obj_pin(link_fd, str(pin))
-            return syscalls.link_info(link_fd).id
+        with syscalls.closing_fd(self._perf_event(attach)) as perf_fd:
+            return links.pin_perf_event(self._dir(ref) / "prog", pin, perf_fd)
 
     def _perf_event(self, attach: KernelAttach) -> int:
         """The perf event a node-wide program hangs off: a tracepoint, or a kprobe on a function."""
@@ -370,7 +373,7 @@ class BpffsBackend:
         self, ref: ProgramRef, file_fd: int, st: os.stat_result, attach: KernelAttach
     ) -> int:
         pin = self._dir(ref) / "links" / pod_filter.file_link_name(st)
-        info = _link_info(pin)
+        info = links.info(pin)
         if info is not None:
             return info.id
         # The fd stands for the file itself: no path is looked up twice, in or out of the pod.
@@ -380,25 +383,12 @@ class BpffsBackend:
             with open(path, "rb") as binary:
                 offset = elf.symbol_offset(binary, attach.symbol, attach.target)
         pin.parent.mkdir(exist_ok=True)
-        with (
-            syscalls.closing_fd(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd,
-            syscalls.closing_fd(syscalls.obj_get(str(self._dir(ref) / "prog"))) as prog_fd,
-            syscalls.closing_fd(syscalls.link_create_perf_event(prog_fd, perf_fd)) as link_fd,
-        ):
-            syscalls.obj_pin(link_fd, str(pin))
-            return syscalls.link_info(link_fd).id
+        with syscalls.closing_fd(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd:
+            return links.pin_perf_event(self._dir(ref) / "prog", pin, perf_fd)
 
     def _drop_unused_file_links(self, ref: ProgramRef) -> None:
         """Detaches the uprobe links no pod entry names any more."""
         used = {entry.link for entry in pod_filter.entries(self._pod_map(ref))}
         for pin in (self._dir(ref) / "links").glob(pod_filter.FILE_LINK_PREFIX + "*"):
             if pin.name not in used:
-                self._detach_link(pin)
-
-
-def _link_info(pin: Path) -> syscalls.LinkInfo | None:
-    try:
-        with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
-            return syscalls.link_info(fd)
-    except errors.KernelError:
-        return None
+                links.detach(pin)

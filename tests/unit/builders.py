@@ -19,14 +19,19 @@ def node_program(
     parameters: dict[str, Any] | None = None,
     generation: int = 1,
     deleting: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """`extra`: more spec fields (programKind, scope, namespaces, maxMapBytes, ...)."""
+    program_label = names.PROGRAM_LABEL
+    if extra.get("programKind") == names.CLUSTER_PROGRAM_KIND:
+        program_label = names.CLUSTER_PROGRAM_LABEL
     meta: dict[str, Any] = {
         "name": f"{name}-{node}",
         "namespace": namespace,
         "uid": f"uid-{name}-{node}",
         "generation": generation,
         "resourceVersion": "1",
-        "labels": {names.NODE_LABEL: node, names.PROGRAM_LABEL: name},
+        "labels": {names.NODE_LABEL: node, program_label: name},
         "finalizers": [names.AGENT_FINALIZER],
     }
     if deleting:
@@ -41,7 +46,13 @@ def node_program(
     }
     if parameters:
         spec["parameters"] = parameters
+    spec.update(extra)
     return {"metadata": meta, "spec": spec}
+
+
+def cluster_program(name: str = "admin", namespace: str = "bpfleet-system", **kwargs: Any) -> dict[str, Any]:
+    """A ClusterEbpfProgram's node object, in the system namespace unless told otherwise."""
+    return node_program(name, namespace, programKind=names.CLUSTER_PROGRAM_KIND, **kwargs)
 
 
 def pod(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from node_agent import errors
 from node_agent.kernel.attach_types import KernelAttach
-from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramBuild, ProgramRef
+from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
 
 
 @dataclass
@@ -21,6 +21,10 @@ class FakeBackend:
     refuse_attach: set[str] = field(default_factory=set)  # pod UIDs
     # Pod UID -> the container id it was attached with (uprobes name a container).
     containers: dict[str, str] = field(default_factory=dict)
+    # The host's interfaces (name -> ifindex), and scope-Node links by version and target.
+    interfaces: dict[str, int] = field(default_factory=lambda: {"lo": 1, "eth0": 2})
+    node_links: dict[ProgramRef, dict[str, Attachment]] = field(default_factory=dict)
+    refuse_targets: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -37,6 +41,7 @@ class FakeBackend:
     def unload(self, ref: ProgramRef) -> None:
         self.programs.pop(ref, None)
         self.links.pop(ref, None)
+        self.node_links.pop(ref, None)
 
     def attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
         return dict(self.links.get(ref, {}))
@@ -59,6 +64,28 @@ class FakeBackend:
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         self.links.get(ref, {}).pop(pod_uid, None)
+
+    def node_interfaces(self) -> list[str]:
+        return sorted(self.interfaces)
+
+    def node_attachments(self, ref: ProgramRef) -> dict[str, Attachment]:
+        found = {}
+        for target, link in self.node_links.get(ref, {}).items():
+            # Like the kernel: a link whose interface went away (or is another now) is dead.
+            live = target == NODE_TARGET or self.interfaces.get(target) == link.target_id
+            found[target] = link if live else Attachment(ref, target, link.link_id, 0)
+        return found
+
+    def attach_node(self, ref: ProgramRef, target: str, attach: KernelAttach) -> Attachment:
+        if target in self.refuse_targets:
+            raise errors.AttachFailed(f"attaching to {target}: Operation not supported")
+        target_id = 1 if target == NODE_TARGET else self.interfaces[target]
+        link = Attachment(ref, target, next(self._ids), target_id)
+        self.node_links.setdefault(ref, {})[target] = link
+        return link
+
+    def detach_node(self, ref: ProgramRef, target: str) -> None:
+        self.node_links.get(ref, {}).pop(target, None)
 
     def cgroup_removed(self, pod_uid: str) -> None:
         """What the kernel does when a pod's cgroup is deleted: its links go defunct."""

@@ -13,7 +13,7 @@ from node_agent.kernel.backend import LoadedProgram
 from node_agent.model import NodeProgram
 from node_agent.reconcile import ATTACHED, FAILED, PodReport, ProgramReport
 from node_agent.status import node_program_status
-from tests.unit.builders import node_program
+from tests.unit.builders import cluster_program, node_program
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_a_node_without_kernel_headers_serves_nothing_and_says_why():
 
 
 def test_kprobe_and_kretprobe_on_one_function_are_different_programs():
-    probe = NodeProgram.from_object(node_program(attach={"type": "Kprobe", "function": "do_sys_openat2"}))
-    ret = NodeProgram.from_object(node_program(attach={"type": "Kretprobe", "function": "do_sys_openat2"}))
+    probe = NodeProgram.from_object(cluster_program(attach={"type": "Kprobe", "function": "do_sys_openat2"}))
+    ret = NodeProgram.from_object(cluster_program(attach={"type": "Kretprobe", "function": "do_sys_openat2"}))
     assert ret.build.attach.retprobe and not probe.build.attach.retprobe
     assert probe.ref.version != ret.ref.version

@@ -6,9 +6,10 @@ import pytest
 
 from bpfleet_api import reasons
 from node_agent import errors
+from node_agent.compile_queue import CompileQueue
 from node_agent.model import NodeProgram, Pod
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import cluster_program, node_program, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 WEB = {"app": "web"}
@@ -122,7 +123,7 @@ def test_defunct_link_of_a_recreated_cgroup_is_replaced(kernel, cgroups):
 def test_build_failure_is_reported_and_others_keep_running(kernel, cgroups):
     cgroups.present |= {"uid-web-1"}
     kernel.broken_sources["broken"] = errors.CompileError("program.c:1:1: error: nope")
-    reconciler = Reconciler(kernel, cgroups)
+    reconciler = Reconciler(kernel, cgroups, queue=CompileQueue(per_namespace=2))
     programs = [node_program("good"), node_program("bad", source="broken")]
     result = run(reconciler, programs, [pod("web-1", WEB)])
     reports = {r.name: r for r in result.reports}
@@ -190,7 +191,7 @@ class NoKprobes:
 
 def test_unsupported_attach_type_fails_on_this_node_without_compiling(kernel, cgroups):
     cgroups.present |= {"uid-web-1"}
-    kprobe = node_program("probe", attach={"type": "Kprobe", "function": "do_sys_openat2"})
+    kprobe = cluster_program("probe", attach={"type": "Kprobe", "function": "do_sys_openat2"})
     reconciler = Reconciler(kernel, cgroups, NoKprobes())
     result = run(reconciler, [kprobe, node_program("counter")], [pod("web-1", WEB)])
     reports = {r.name: r for r in result.reports}

@@ -1,0 +1,171 @@
+"""Scope Node (ClusterEbpfPrograms): node-wide tracing and host interfaces, and the compile queue's
+status, against the in-memory kernel."""
+
+from __future__ import annotations
+
+from bpfleet_api import reasons
+from node_agent.compile_queue import CompileQueue
+from node_agent.kernel.backend import NODE_TARGET
+from node_agent.model import NodeProgram, Pod, Trust
+from node_agent.reconcile import ATTACHED, FAILED, PassResult, Reconciler
+from node_agent.status import QUEUED, node_program_status
+from tests.unit.builders import cluster_program, node_program, pod
+from tests.unit.fakes import FakeBackend, FakeCgroups
+
+TRUST = Trust(system_namespace="bpfleet-system")
+TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
+TC_ETH = {"type": "Tc", "direction": "Ingress", "interface": "eth*"}
+
+
+def node_scoped(attach: dict, name: str = "admin", **kwargs) -> dict:
+    return cluster_program(name, scope="Node", attach=attach, **kwargs)
+
+
+def run(reconciler: Reconciler, programs: list[dict], pods: list[dict] | None = None) -> PassResult:
+    return reconciler.run(
+        [NodeProgram.from_object(p, TRUST) for p in programs], [Pod.from_object(p) for p in pods or []]
+    )
+
+
+def targets(result: PassResult) -> list[tuple[str, str]]:
+    [report] = result.reports
+    return [(t.name, t.state) for t in report.targets]
+
+
+def ready(result: PassResult) -> dict:
+    [report] = result.reports
+    status = node_program_status(report, "node-a", None)
+    [condition] = status["conditions"]
+    return {**status, "ready": condition}
+
+
+def test_node_wide_tracing_has_one_link_and_no_pods():
+    kernel = FakeBackend()
+    reconciler = Reconciler(kernel, FakeCgroups({"uid-web-1"}))
+    result = run(reconciler, [node_scoped(TRACEPOINT)], [pod("web-1", {"app": "web"})])
+    assert targets(result) == [(NODE_TARGET, ATTACHED)]
+    [ref] = kernel.node_links
+    assert set(kernel.node_links[ref]) == {NODE_TARGET} and kernel.links == {}
+    status = ready(result)
+    assert status["pods"] == {"selected": 0, "attached": 0, "failed": 0}
+    assert status["ready"]["status"] == "True"
+    assert "Tracepoint sched:sched_process_exec for every process" in status["ready"]["message"]
+    assert status["targets"] == [{"name": NODE_TARGET, "state": ATTACHED}]
+
+
+def test_a_second_pass_changes_nothing():
+    kernel = FakeBackend(interfaces={"lo": 1, "eth0": 2, "eth1": 3})
+    reconciler = Reconciler(kernel, FakeCgroups(), queue=CompileQueue(per_namespace=2))
+    programs = [node_scoped(TRACEPOINT), node_scoped(TC_ETH, name="tc")]
+    assert not run(reconciler, programs).queued
+    before = {ref: dict(links) for ref, links in kernel.node_links.items()}
+    run(reconciler, programs)
+    assert kernel.node_links == before and len(kernel.loads) == 2
+
+
+def test_interfaces_are_matched_by_pattern_and_followed_as_they_come_and_go():
+    kernel = FakeBackend(interfaces={"lo": 1, "eth0": 2, "eth1": 3, "veth9": 4})
+    reconciler = Reconciler(kernel, FakeCgroups())
+    result = run(reconciler, [node_scoped(TC_ETH)])
+    assert targets(result) == [("eth0", ATTACHED), ("eth1", ATTACHED)]
+    assert result.follows_interfaces
+    assert "interfaces eth0, eth1 of this node (matching 'eth*')" in ready(result)["ready"]["message"]
+    [ref] = kernel.node_links
+    eth1_link = kernel.node_links[ref]["eth1"].link_id
+
+    kernel.interfaces["eth2"] = 5  # appears
+    del kernel.interfaces["eth0"]  # vanishes
+    result = run(reconciler, [node_scoped(TC_ETH)])
+    assert targets(result) == [("eth1", ATTACHED), ("eth2", ATTACHED)]
+    assert set(kernel.node_links[ref]) == {"eth1", "eth2"}
+    assert kernel.node_links[ref]["eth1"].link_id == eth1_link  # untouched
+
+    kernel.interfaces["eth1"] = 6  # deleted and made again: a new ifindex, the old link is dead
+    run(reconciler, [node_scoped(TC_ETH)])
+    assert kernel.node_links[ref]["eth1"].link_id != eth1_link
+    assert kernel.node_links[ref]["eth1"].target_id == 6
+
+
+def test_an_exact_interface_name_matches_only_itself():
+    kernel = FakeBackend(interfaces={"eth0": 2, "eth00": 3})
+    result = run(Reconciler(kernel, FakeCgroups()), [node_scoped({**TC_ETH, "interface": "eth0"})])
+    assert targets(result) == [("eth0", ATTACHED)]
+
+
+def test_a_pattern_that_matches_nothing_is_ready_and_says_so():
+    result = run(Reconciler(FakeBackend(), FakeCgroups()), [node_scoped({**TC_ETH, "interface": "bond*"})])
+    assert targets(result) == []
+    assert ready(result)["ready"]["status"] == "True"
+    assert "no interface of this node matches 'bond*'" in ready(result)["ready"]["message"]
+
+
+def test_a_failed_interface_is_a_failure_others_stay_attached():
+    kernel = FakeBackend(interfaces={"eth0": 2, "eth1": 3}, refuse_targets={"eth1"})
+    result = run(Reconciler(kernel, FakeCgroups()), [node_scoped({"type": "Xdp", "interface": "eth*"})])
+    assert targets(result) == [("eth0", ATTACHED), ("eth1", FAILED)]
+    assert result.failed
+    status = ready(result)
+    assert (status["ready"]["status"], status["ready"]["reason"]) == ("False", reasons.ATTACH_FAILED)
+    [failure] = status["failures"]
+    assert failure["reason"] == reasons.ATTACH_FAILED and failure["message"].startswith("interface eth1:")
+
+
+def test_pods_programs_have_no_targets_in_status():
+    kernel = FakeBackend()
+    result = run(Reconciler(kernel, FakeCgroups()), [node_program()])
+    assert ready(result)["targets"] is None  # a merge patch removes the field
+
+
+# -- the compile queue, as status shows it --------------------------------------------------------
+
+
+def test_a_version_waiting_for_its_turn_is_queued_not_failed_and_the_old_one_serves():
+    kernel, cgroups = FakeBackend(), FakeCgroups({"uid-web-1"})
+    reconciler = Reconciler(kernel, cgroups, queue=CompileQueue(per_namespace=1))
+    web = [pod("web-1", {"app": "web"})]
+    run(reconciler, [node_program("a", source="a1"), node_program("b", source="b1")], web)
+    assert len(kernel.loads) == 1  # b waits: one build per namespace per pass
+    result = run(
+        reconciler, [node_program("a", source="a2", generation=2), node_program("b", source="b1")], web
+    )
+    assert result.queued
+    reports = {r.name: r for r in result.reports}
+    # b arrived first, so it is built now; a's new version waits, and a1 keeps serving.
+    assert reports["b-node-a"].queued is None and reports["b-node-a"].loaded is not None
+    a = reports["a-node-a"]
+    assert a.queued == 1 and a.serving_version != a.version and a.pods[0].state == ATTACHED
+    status = node_program_status(a, "node-a", None)
+    [condition] = status["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", QUEUED)
+    assert "waits for its turn to compile" in condition["message"] and "keeps running" in condition["message"]
+    assert status["failures"] == []
+
+    result = run(
+        reconciler, [node_program("a", source="a2", generation=2), node_program("b", source="b1")], web
+    )
+    assert not result.queued and all(r.queued is None for r in result.reports)
+    assert {r.name for r in kernel.loads} == {"a", "b"} and len(kernel.programs) == 2
+
+
+def test_a_tenant_flooding_its_namespace_does_not_hold_up_another_tenant():
+    kernel = FakeBackend()
+    reconciler = Reconciler(kernel, FakeCgroups(), queue=CompileQueue(per_namespace=1, per_pass=2))
+    flood = [node_program(f"f{i}", namespace="flood", source=f"s{i}") for i in range(10)]
+    result = run(reconciler, [*flood, node_program("mine", namespace="quiet"), node_scoped(TRACEPOINT)])
+    built = {(ref.namespace, ref.name) for ref in kernel.loads}
+    assert ("flood", "f0") in built and ("quiet", "mine") in built and len(built) == 2
+    assert result.queued  # the cluster program is next, then the flood's others
+    run(reconciler, [*flood, node_program("mine", namespace="quiet"), node_scoped(TRACEPOINT)])
+    assert ("_cluster", "admin") in {(ref.namespace, ref.name) for ref in kernel.loads}
+
+
+def test_an_unsupported_program_costs_no_turn():
+    class NoTracepoints:
+        def unsupported(self, api_type: str) -> str | None:
+            return "no tracefs" if api_type == "Tracepoint" else None
+
+    kernel = FakeBackend()
+    reconciler = Reconciler(kernel, FakeCgroups(), NoTracepoints(), CompileQueue(per_namespace=1))
+    tracer = node_program("tracer", attach=TRACEPOINT)
+    result = run(reconciler, [tracer, node_program("counter")])
+    assert [r.name for r in kernel.loads] == ["counter"] and not result.queued
