@@ -15,6 +15,9 @@ _STALLING = {
     reasons.UNSUPPORTED_ON_NODE,
     reasons.INVALID_SPEC,
     reasons.SOURCE_NOT_FOUND,
+    reasons.HELPER_NOT_ALLOWED,
+    reasons.MAP_NOT_ALLOWED,
+    reasons.MAP_TOO_LARGE,
 }
 MAX_FAILURES = names.MAX_PROGRAM_FAILURES
 

@@ -7,12 +7,14 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from bpfleet_api import names, reasons
 from bpfleet_operator import aggregate, fanout, kinds, tenancy
 from bpfleet_operator.kinds import CLUSTER, NAMESPACED
 from bpfleet_operator.sources import ResolvedSource, SourceError, resolve
 from bpfleet_operator.tenancy import NamespaceInfo, Reach
+from e2e.tools import REPO_ROOT
 
 SOURCE = ResolvedSource("int f(void *ctx) { return 0; }", "inline")
 NAMESPACES = {
@@ -285,3 +287,28 @@ def test_notes_go_in_the_ready_message_without_failing():
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["message"].endswith(note)
     assert status["failures"] == []
+
+
+@pytest.mark.parametrize(
+    "example", sorted((REPO_ROOT / "examples").glob("cluster-*.yaml")), ids=lambda p: p.name
+)
+def test_the_cluster_examples_pass_the_operators_checks(example):
+    program = yaml.safe_load(example.read_text())
+    assert program["kind"] == names.CLUSTER_PROGRAM_KIND
+    assert tenancy.problems(CLUSTER, program["spec"]) == []
+    resolve("", program["spec"], config_maps, origin_namespace=True)  # raises SourceError if not
+
+
+@pytest.mark.parametrize(
+    "reason", [reasons.HELPER_NOT_ALLOWED, reasons.MAP_NOT_ALLOWED, reasons.MAP_TOO_LARGE]
+)
+def test_what_a_kind_may_not_load_stalls(reason):
+    failure = {"reason": reason, "message": "bpf_probe_write_user is not allowed"}
+    node = {
+        "metadata": {"generation": 1},
+        "spec": {"nodeName": "a"},
+        "status": {"observedGeneration": 1, "conditions": [], "failures": [failure]},
+    }
+    status = aggregate.program_status(1, ["a"], [node], None)
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", reason)
