@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 # its node is reported as not covered.
 AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
 
-# Answers to a node object write that retrying the same write cannot change.
-_REFUSED = (400, 422)
+# Answers to a node object write that retrying the same write cannot change: an invalid object, or
+# (on create) a namespace that does not exist, whose creation brings the program back here.
+_REFUSED = (400, 404, 422)
 
 
 def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -70,9 +71,12 @@ class Outcome:
 
 
 class ProgramController:
-    def __init__(self, api: ApiClient) -> None:
-        self.core = CoreV1Api(api)
-        self.custom = CustomObjectsApi(api)
+    def __init__(self, core: CoreV1Api, custom: CustomObjectsApi) -> None:
+        self.core, self.custom = core, custom
+
+    @classmethod
+    def from_client(cls, api: ApiClient) -> ProgramController:
+        return cls(CoreV1Api(api), CustomObjectsApi(api))
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -238,15 +242,19 @@ class ProgramController:
                 "value": owners + wanted_meta["ownerReferences"],
             },
         ]
-        self.custom.patch_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            meta["namespace"],
-            names.NODE_PROGRAM_PLURAL,
-            meta["name"],
-            ops,
-            _content_type="application/json-patch+json",
-        )
+        try:
+            self.custom.patch_namespaced_custom_object(
+                names.GROUP,
+                names.VERSION,
+                meta["namespace"],
+                names.NODE_PROGRAM_PLURAL,
+                meta["name"],
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as e:
+            if e.status != 404:  # deleted meanwhile: its deletion event brings the program back here
+                raise
 
     def release_node_program(self, node_program: dict[str, Any], node_exists: bool) -> None:
         """Deletes a node object; when its node is gone no agent will detach, so drop its finalizer."""

@@ -51,7 +51,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=names.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    STATE.controller = ProgramController(api_client())
+    STATE.controller = ProgramController.from_client(api_client())
     STATE.queue = WorkQueue(reconcile, before_batch=refresh_view)
     STATE.worker = asyncio.create_task(STATE.queue.run())
     log.info("node objects of ClusterEbpfPrograms live here", extra={"namespace": names.system_namespace()})

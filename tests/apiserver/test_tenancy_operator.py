@@ -403,3 +403,42 @@ def test_node_objects_named_the_old_way_are_adopted(cluster: Kube, namespaces: l
     ]
     uid = cluster.program(namespace, "counter")["metadata"]["uid"]
     assert objs[0]["metadata"]["ownerReferences"][0]["uid"] == uid  # garbage collection covers it now
+
+
+def test_garbage_collection_follows_a_cluster_scoped_owner(cluster: Kube):
+    """The backstop: a node object the operator no longer sees goes with its ClusterEbpfProgram."""
+    name = f"collected-{RUN}"
+    apply_cluster(cluster, name, podSelector={})
+    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
+    owners = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)[0]["metadata"]["ownerReferences"]
+    # Unlabelled, so that only the garbage collector can find it; owned as the operator owns its own.
+    orphan = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.NODE_PROGRAM_KIND,
+        "metadata": {"name": f"orphan-{RUN}", "ownerReferences": owners},
+        "spec": {
+            "programName": name,
+            "nodeName": "elsewhere",
+            "source": {"text": SOURCE, "sha256": "0"},
+            "function": "f",
+            "attach": {"type": "CgroupSkb", "direction": "Egress"},
+        },
+    }
+    cluster.custom.create_namespaced_custom_object(
+        names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.NODE_PROGRAM_PLURAL, orphan
+    )
+
+    def collected() -> bool:
+        try:
+            cluster.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.NODE_PROGRAM_PLURAL, f"orphan-{RUN}"
+            )
+        except ApiException as e:
+            return e.status == 404
+        return False
+
+    assert not collected()
+    cluster.kubectl("delete", "cebpf", name, "--wait=false")
+    wait_for("the program gone", lambda: agents_detach(cluster) or cluster_program(cluster, name) is None, 30)
+
+    wait_for("the garbage collector removes the orphan", collected, timeout=60, interval=0.5)
