@@ -19,6 +19,9 @@ AGENT_NOT_REPORTING: Final = "AgentNotReporting"  # the node's agent stopped hea
 HELPER_NOT_ALLOWED: Final = "HelperNotAllowed"  # the loaded code calls a helper its kind may not use
 MAP_NOT_ALLOWED: Final = "MapNotAllowed"  # a pinned, shared, public or extern table in a user source
 MAP_TOO_LARGE: Final = "MapTooLarge"  # the program's maps need more memory than its cap
+# A Warning event (and a note in Ready's message), never a failure: a Namespace's
+# bpfleet.io/max-map-bytes is not a positive integer, so the agent's default cap applies.
+INVALID_ANNOTATION: Final = "InvalidAnnotation"
 
 ALL: Final = (
     COMPILE_ERROR,
@@ -34,4 +37,5 @@ ALL: Final = (
     HELPER_NOT_ALLOWED,
     MAP_NOT_ALLOWED,
     MAP_TOO_LARGE,
+    INVALID_ANNOTATION,
 )

@@ -1,4 +1,4 @@
-"""The EbpfProgram status, summed up from its node objects. Pure: no API calls."""
+"""A program's status (either kind), summed up from its node objects. Pure: no API calls."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ _STALLING = {
     reasons.UNSUPPORTED_ON_NODE,
     reasons.INVALID_SPEC,
     reasons.SOURCE_NOT_FOUND,
+    reasons.HELPER_NOT_ALLOWED,
+    reasons.MAP_NOT_ALLOWED,
+    reasons.MAP_TOO_LARGE,
 }
 MAX_FAILURES = names.MAX_PROGRAM_FAILURES
 
@@ -35,15 +38,24 @@ def program_status(
     node_programs: Sequence[Mapping[str, Any]],
     previous: Mapping[str, Any] | None,
     silent_agents: Mapping[str, str] | None = None,
+    refused: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """`silent_agents`: nodes whose agent stopped reporting, with the message to show."""
-    silent_agents = silent_agents or {}
+    """`silent_agents`: nodes whose agent stopped reporting, with the message to show. `refused`:
+    nodes whose node object the API server refused, with its message. `notes`: what the Ready
+    condition's message adds (a namespace annotation that is ignored)."""
+    silent_agents, refused = silent_agents or {}, refused or {}
     by_node = {np["spec"]["nodeName"]: np for np in node_programs if np["spec"]["nodeName"] in targeted}
     ready_nodes = failed_nodes = pending_nodes = 0
     selected = attached = failed_pods = 0
     failures: list[dict[str, str]] = []
     for node in targeted:
         np = by_node.get(node)
+        if node in refused:
+            # Waiting will not fix it: the spec makes a node object the API server does not take.
+            failed_nodes += 1
+            failures.append({"node": node, "reason": reasons.INVALID_SPEC, "message": refused[node]})
+            continue
         if node in silent_agents:
             # Whatever it reported last may no longer hold: pods that start there are not covered.
             failed_nodes += 1
@@ -78,10 +90,11 @@ def program_status(
         "summary": {"nodes": f"{ready_nodes}/{len(targeted)}", "pods": f"{attached}/{selected}"},
         "failures": failures,
     }
-    status["conditions"] = conditions.merge(
-        (previous or {}).get("conditions"),
-        _conditions(generation, len(targeted), ready_nodes, pending_nodes, failures),
-    )
+    wanted = _conditions(generation, len(targeted), ready_nodes, pending_nodes, failures)
+    if notes:
+        ready = next(c for c in wanted if c["type"] == conditions.READY)
+        ready["message"] = "; ".join([ready["message"], *notes]) if ready["message"] else "; ".join(notes)
+    status["conditions"] = conditions.merge((previous or {}).get("conditions"), wanted)
     return status
 
 

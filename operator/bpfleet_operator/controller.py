@@ -1,33 +1,39 @@
-"""Reconciles one EbpfProgram: its node objects, then its status. Level-triggered and idempotent.
+"""Reconciles one program, of either kind: its node objects, then its status. Level-triggered and
+idempotent.
 
-kopf handlers only put program keys on a queue; one worker drains it, so a burst of events for a
-program (node objects reporting, nodes changing) becomes one reconcile and at most one status write.
+kopf handlers only put program keys on a queue (workqueue.py); one worker drains it, so a burst of
+events for a program (node objects reporting, nodes changing) becomes one reconcile and at most one
+status write.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
+import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import names, patching
-from bpfleet_operator import aggregate, fanout
+from bpfleet_api import names, patching, reasons
+from bpfleet_operator import aggregate, fanout, kinds, tenancy
+from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
+from bpfleet_operator.tenancy import NamespaceInfo
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (namespace, EbpfProgram name)
 
 # An agent heartbeats every 20 s (BpfleetNode status.lastHeartbeat); after this long without one,
 # its node is reported as not covered.
 AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
+
+# Answers to a node object write that retrying the same write cannot change: an invalid object, or
+# (on create) a namespace that does not exist, whose creation brings the program back here.
+_REFUSED = (400, 404, 422)
 
 
 def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -37,10 +43,20 @@ def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | N
     return None, None
 
 
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"{e.status} {e.reason}"
+
+
 @dataclass(frozen=True)
 class ClusterView:
+    """What every program of a batch shares, read once per batch."""
+
     nodes: dict[str, dict[str, str]]  # name -> labels
     silent_agents: dict[str, str]  # node -> why its agent counts as gone
+    namespaces: dict[str, NamespaceInfo] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,20 +67,27 @@ class Outcome:
     ready_before: tuple[str | None, str | None] = (None, None)
     ready_after: tuple[str | None, str | None] = (None, None)
     status: dict[str, Any] | None = None
+    notes: tuple[str, ...] = ()
 
 
 class ProgramController:
-    def __init__(self, api: ApiClient) -> None:
-        self.core = CoreV1Api(api)
-        self.custom = CustomObjectsApi(api)
+    def __init__(self, core: CoreV1Api, custom: CustomObjectsApi) -> None:
+        self.core, self.custom = core, custom
+
+    @classmethod
+    def from_client(cls, api: ApiClient) -> ProgramController:
+        return cls(CoreV1Api(api), CustomObjectsApi(api))
 
     # -- reads --------------------------------------------------------------------------------
 
-    def get_program(self, key: Key) -> dict[str, Any] | None:
+    def get_program(self, key: ProgramKey) -> dict[str, Any] | None:
+        kind = kinds.of(key)
         try:
-            return self.custom.get_namespaced_custom_object(
-                names.GROUP, names.VERSION, key[0], names.PROGRAM_PLURAL, key[1]
-            )
+            if kind.namespaced:
+                return self.custom.get_namespaced_custom_object(
+                    names.GROUP, names.VERSION, key.namespace, kind.plural, key.name
+                )
+            return self.custom.get_cluster_custom_object(names.GROUP, names.VERSION, kind.plural, key.name)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -72,6 +95,14 @@ class ProgramController:
 
     def nodes(self) -> dict[str, dict[str, str]]:
         return {n.metadata.name: dict(n.metadata.labels or {}) for n in self.core.list_node().items}
+
+    def namespaces(self) -> dict[str, NamespaceInfo]:
+        return {
+            ns.metadata.name: NamespaceInfo(
+                dict(ns.metadata.labels or {}), dict(ns.metadata.annotations or {})
+            )
+            for ns in self.core.list_namespace().items
+        }
 
     def silent_agents(self) -> dict[str, str]:
         """Nodes whose agent has not heartbeated for AGENT_SILENCE_SECONDS, with what to tell users."""
@@ -91,15 +122,18 @@ class ProgramController:
                 )
         return silent
 
-    def node_programs(self, key: Key) -> list[dict[str, Any]]:
+    def node_programs(self, key: ProgramKey) -> list[dict[str, Any]]:
+        """The program's node objects: by label, then by spec, since a long name's label value is
+        a hash that another name could be made to equal."""
+        kind = kinds.of(key)
         listed = self.custom.list_namespaced_custom_object(
             names.GROUP,
             names.VERSION,
-            key[0],
+            kind.node_namespace(key),
             names.NODE_PROGRAM_PLURAL,
-            label_selector=f"{names.PROGRAM_LABEL}={key[1]}",
+            label_selector=f"{kind.label}={names.label_value(key.name)}",
         )
-        return list(listed["items"])
+        return [np for np in listed["items"] if kinds.key_of_node_program(np) == key]
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
@@ -112,42 +146,71 @@ class ProgramController:
     # -- reconcile ----------------------------------------------------------------------------
 
     def cluster_view(self) -> ClusterView:
-        """What every program of a batch shares: one list of Nodes and of agents' heartbeats."""
-        return ClusterView(self.nodes(), self.silent_agents())
+        """What every program of a batch shares: Nodes, agents' heartbeats, Namespaces."""
+        return ClusterView(self.nodes(), self.silent_agents(), self.namespaces())
 
-    def reconcile(self, key: Key, view: ClusterView | None = None) -> Outcome:
+    def reconcile(self, key: ProgramKey, view: ClusterView | None = None) -> Outcome:
+        kind = kinds.of(key)
         program = self.get_program(key)
         if program is None or program["metadata"].get("deletionTimestamp"):
             return Outcome()  # deletion is the finalizer handler's job
         generation = program["metadata"]["generation"]
         previous = program.get("status") or {}
+        spec = program["spec"]
         try:
-            source = resolve(key[0], program["spec"], self.read_config_map)
+            if problems := tenancy.problems(kind, spec):
+                raise SourceError(reasons.INVALID_SPEC, "; ".join(problems))
+            source = resolve(
+                kind.config_map_namespace(key, spec),
+                spec,
+                self.read_config_map,
+                origin_namespace=not kind.namespaced,
+            )
         except SourceError as e:
             # Leave the node objects as they are: what runs keeps running until the spec is fixed.
             return self._write_status(
-                program, aggregate.stalled_status(generation, e.reason, str(e), previous)
+                key, program, aggregate.stalled_status(generation, e.reason, str(e), previous)
             )
 
         view = view or self.cluster_view()
-        nodes = view.nodes
-        targeted = fanout.targeted_nodes(program["spec"], nodes)
-        existing = {np["spec"]["nodeName"]: np for np in self.node_programs(key)}
-        for node in targeted:
-            wanted = fanout.node_program_object(program, node, source)
-            current = existing.get(node)
-            if current is None:
-                self._create(wanted)
-            elif current["spec"] != wanted["spec"]:
-                self._replace_spec(current, wanted["spec"])
-        for node, current in existing.items():
-            if node not in targeted:
-                self.release_node_program(current, node_exists=node in nodes)
+        reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
+        targeted = fanout.targeted_nodes(spec, view.nodes)
+        wanted = {
+            node: fanout.node_program_object(program, node, source, kind=kind, reach=reach)
+            for node in targeted
+        }
+        plan = fanout.plan(wanted, self.node_programs(key))
+        writes = [(body, partial(self._create, body)) for body in plan.create]
+        writes += [(body, partial(self._update, current, body)) for current, body in plan.update]
+        refused: dict[str, str] = {}
+        for body, write in writes:
+            try:
+                write()
+            except ApiException as e:
+                # One the API server refuses goes to status instead of being retried for ever.
+                if e.status not in _REFUSED:
+                    raise
+                meta, message = body["metadata"], _api_message(e)
+                log.warning("node object refused", extra={"object": meta["name"], "error": message})
+                refused[body["spec"]["nodeName"]] = (
+                    f"the API server refused node object {meta['namespace']}/{meta['name']}: {message}"
+                )
+        for obj in plan.release:
+            self.release_node_program(obj, node_exists=obj["spec"]["nodeName"] in view.nodes)
 
-        node_programs = self.node_programs(key)
-        status = aggregate.program_status(generation, targeted, node_programs, previous, view.silent_agents)
+        status = aggregate.program_status(
+            generation,
+            targeted,
+            self.node_programs(key),
+            previous,
+            view.silent_agents,
+            refused=refused,
+            notes=reach.notes,
+        )
         status["sourceHash"] = source.sha256
-        return self._write_status(program, status)
+        outcome = self._write_status(key, program, status)
+        outcome.notes = reach.notes
+        return outcome
 
     def _create(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -160,19 +223,38 @@ class ProgramController:
             if e.status != 409:  # created meanwhile: the next pass compares specs
                 raise
 
-    def _replace_spec(self, current: dict[str, Any], spec: dict[str, Any]) -> None:
-        meta = current["metadata"]
+    def _update(self, current: dict[str, Any], wanted: dict[str, Any]) -> None:
+        meta, wanted_meta = current["metadata"], wanted["metadata"]
         log.info("updating node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
-        # A JSON merge patch would merge selector maps; replace spec whole with a JSON patch.
-        self.custom.patch_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            meta["namespace"],
-            names.NODE_PROGRAM_PLURAL,
-            meta["name"],
-            [{"op": "replace", "path": "/spec", "value": spec}],
-            _content_type="application/json-patch+json",
-        )
+        # A JSON merge patch would merge selector maps; replace spec whole with a JSON patch. An
+        # adopted object (named the old way) gets the labels and the owner it lacks.
+        owners = [ref for ref in meta.get("ownerReferences") or [] if not ref.get("controller")]
+        ops = [
+            {"op": "replace", "path": "/spec", "value": wanted["spec"]},
+            {
+                "op": "add",
+                "path": "/metadata/labels",
+                "value": {**(meta.get("labels") or {}), **wanted_meta["labels"]},
+            },
+            {
+                "op": "add",
+                "path": "/metadata/ownerReferences",
+                "value": owners + wanted_meta["ownerReferences"],
+            },
+        ]
+        try:
+            self.custom.patch_namespaced_custom_object(
+                names.GROUP,
+                names.VERSION,
+                meta["namespace"],
+                names.NODE_PROGRAM_PLURAL,
+                meta["name"],
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as e:
+            if e.status != 404:  # deleted meanwhile: its deletion event brings the program back here
+                raise
 
     def release_node_program(self, node_program: dict[str, Any], node_exists: bool) -> None:
         """Deletes a node object; when its node is gone no agent will detach, so drop its finalizer."""
@@ -197,26 +279,21 @@ class ProgramController:
                 {"metadata": {"finalizers": finalizers}},
             )
 
-    def _write_status(self, program: dict[str, Any], status: dict[str, Any]) -> Outcome:
+    def _write_status(self, key: ProgramKey, program: dict[str, Any], status: dict[str, Any]) -> Outcome:
         previous = program.get("status") or {}
         outcome = Outcome(
             ready_before=_ready_condition(previous), ready_after=_ready_condition(status), status=status
         )
         if all(previous.get(k) == v for k, v in status.items()):
             return outcome
-        meta = program["metadata"]
+        kind = kinds.of(key)
         patching.merge_patch(
-            self.custom,
-            names.PROGRAM_PLURAL,
-            meta["namespace"],
-            meta["name"],
-            {"status": status},
-            status=True,
+            self.custom, kind.plural, kind.api_namespace(key), key.name, {"status": status}, status=True
         )
         outcome.status_written = True
         return outcome
 
-    def teardown(self, key: Key) -> list[str]:
+    def teardown(self, key: ProgramKey) -> list[str]:
         """Deletes every node object of a program; returns the nodes still detaching it."""
         nodes = self.nodes()
         remaining = []
@@ -226,54 +303,3 @@ class ProgramController:
             if node in nodes:
                 remaining.append(node)
         return sorted(remaining)
-
-
-class WorkQueue:
-    """Coalesces keys: each key queued any number of times during the delay is reconciled once."""
-
-    def __init__(
-        self,
-        handle: Callable[[Key], Awaitable[Any]],
-        delay: float = 0.1,
-        retry: float = 2.0,
-        before_batch: Callable[[], Awaitable[Any]] | None = None,
-    ) -> None:
-        self.handle, self.delay, self.retry = handle, delay, retry
-        # Reads shared by every key of a batch happen once, here, not once per key.
-        self.before_batch = before_batch
-        self._pending: set[Key] = set()
-        self._wake = asyncio.Event()
-        self._stopped = False
-
-    def add(self, key: Key) -> None:
-        self._pending.add(key)
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopped:
-            await self._wake.wait()
-            if self._stopped:
-                break
-            await asyncio.sleep(self.delay)
-            self._wake.clear()
-            keys, self._pending = self._pending, set()
-            if self.before_batch is not None:
-                try:
-                    await self.before_batch()
-                except Exception:
-                    log.exception("preparing a batch failed; retrying it")
-                    for key in keys:
-                        asyncio.get_running_loop().call_later(self.retry, self.add, key)
-                    continue
-            for key in sorted(keys):
-                try:
-                    await self.handle(key)
-                except Exception:
-                    log.exception(
-                        "reconcile failed; retrying", extra={"namespace": key[0], "program": key[1]}
-                    )
-                    asyncio.get_running_loop().call_later(self.retry, self.add, key)

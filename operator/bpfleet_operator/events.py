@@ -1,4 +1,4 @@
-"""Kubernetes Events on an EbpfProgram, for the transitions a user cares about."""
+"""Kubernetes Events on a program, for the transitions a user cares about."""
 
 from __future__ import annotations
 
@@ -13,19 +13,25 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 COMPONENT = "bpfleet-operator"
+# Where events about cluster-scoped objects go (kopf posts its own there too).
+CLUSTER_EVENTS_NAMESPACE = "default"
 
 
 def post(core: CoreV1Api, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
     """Posts a Normal or Warning event about `obj`; a failure to post is logged, never raised."""
     meta = obj["metadata"]
+    namespace = meta.get("namespace") or CLUSTER_EVENTS_NAMESPACE
     now = datetime.datetime.now(datetime.UTC)
     event = CoreV1Event(
-        metadata=V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}", namespace=meta["namespace"]),
+        # Object names reach 253 characters, event names too: keep room for the suffix.
+        metadata=V1ObjectMeta(
+            name=f"{meta['name'][:200].rstrip('-.')}.{uuid.uuid4().hex[:12]}", namespace=namespace
+        ),
         involved_object=V1ObjectReference(
             api_version=obj.get("apiVersion"),
             kind=obj.get("kind"),
             name=meta["name"],
-            namespace=meta["namespace"],
+            namespace=meta.get("namespace"),
             uid=meta.get("uid"),
             resource_version=meta.get("resourceVersion"),
         ),
@@ -38,6 +44,6 @@ def post(core: CoreV1Api, obj: dict[str, Any], kind: str, reason: str, message: 
         count=1,
     )
     try:
-        core.create_namespaced_event(meta["namespace"], event)
+        core.create_namespaced_event(namespace, event)
     except ApiException as e:
         log.warning("could not post event", extra={"reason": reason, "error": str(e.reason)})

@@ -1,4 +1,7 @@
-"""kopf registrations. Handlers only note what changed; the controller does the work."""
+"""kopf registrations. Handlers only note what changed; the controller does the work.
+
+Both program kinds go through the same handlers: the kind comes from the resource of the event.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,13 @@ from typing import Any
 
 import kopf
 
-from bpfleet_api import names
+from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
-from bpfleet_operator import events
-from bpfleet_operator.controller import ClusterView, Key, ProgramController, WorkQueue
+from bpfleet_operator import events, kinds
+from bpfleet_operator.controller import ClusterView, ProgramController
+from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
+from bpfleet_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +28,16 @@ class _State:
     """What the handlers share in this process."""
 
     controller: ProgramController
-    view: ClusterView | None = None  # Nodes and heartbeats, read once per batch of reconciles
+    view: ClusterView | None = None  # Nodes, heartbeats, Namespaces, read once per batch of reconciles
     queue: WorkQueue
     worker: asyncio.Task[None]
 
     def __init__(self) -> None:
-        self.programs: set[Key] = set()
+        self.programs: set[ProgramKey] = set()
         # (namespace, ConfigMap name) -> programs whose source is in it: editing it rolls them.
-        self.config_map_users: defaultdict[tuple[str, str], set[Key]] = defaultdict(set)
+        self.config_map_users: defaultdict[tuple[str, str], set[ProgramKey]] = defaultdict(set)
+        # The notes last posted as a Warning event, so that one bad annotation is one event.
+        self.noted: dict[ProgramKey, tuple[str, ...]] = {}
 
 
 STATE = _State()
@@ -44,9 +51,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=names.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    STATE.controller = ProgramController(api_client())
+    STATE.controller = ProgramController.from_client(api_client())
     STATE.queue = WorkQueue(reconcile, before_batch=refresh_view)
     STATE.worker = asyncio.create_task(STATE.queue.run())
+    log.info("node objects of ClusterEbpfPrograms live here", extra={"namespace": names.system_namespace()})
 
 
 @kopf.on.cleanup()
@@ -59,54 +67,83 @@ async def refresh_view() -> None:
     STATE.view = await asyncio.to_thread(STATE.controller.cluster_view)
 
 
-async def reconcile(key: Key) -> None:
+async def _post(program: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    await asyncio.to_thread(events.post, STATE.controller.core, program, kind, reason, message)
+
+
+async def reconcile(key: ProgramKey) -> None:
     with METRICS.reconcile_seconds.time():
         outcome = await asyncio.to_thread(STATE.controller.reconcile, key, STATE.view)
     METRICS.observe(key, outcome)
-    if outcome.status is None or outcome.ready_before == outcome.ready_after:
+    notes_changed = outcome.status is not None and STATE.noted.get(key, ()) != outcome.notes
+    ready_changed = outcome.status is not None and outcome.ready_before != outcome.ready_after
+    if not (notes_changed or ready_changed):
         return
     program = await asyncio.to_thread(STATE.controller.get_program, key)
     if program is None:
         return
+    if notes_changed:
+        STATE.noted[key] = outcome.notes
+        for note in outcome.notes:
+            await _post(program, "Warning", reasons.INVALID_ANNOTATION, note)
+    if not ready_changed:
+        return
+    assert outcome.status is not None
     ready, reason = outcome.ready_after
     message = next(
         (c.get("message", "") for c in outcome.status.get("conditions", []) if c.get("type") == "Ready"), ""
     )
     if ready == "True":
-        await asyncio.to_thread(events.post, STATE.controller.core, program, "Normal", "RolledOut", message)
+        await _post(program, "Normal", "RolledOut", message)
     elif reason not in (None, "Progressing"):
-        await asyncio.to_thread(
-            events.post, STATE.controller.core, program, "Warning", reason or "Failed", message
-        )
+        await _post(program, "Warning", reason or "Failed", message)
+
+
+def _key(resource: kopf.Resource, namespace: str | None, name: str) -> ProgramKey:
+    return kinds.by_plural(resource.plural).key(namespace, name)
+
+
+def _forget(key: ProgramKey) -> None:
+    for users in STATE.config_map_users.values():
+        users.discard(key)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
-def program_event(namespace: str, name: str, spec: dict[str, Any], type: str | None, **_: Any) -> None:
-    key = (namespace, name)
-    for users in STATE.config_map_users.values():
-        users.discard(key)
+@kopf.on.event(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
+def program_event(
+    resource: kopf.Resource,
+    namespace: str | None,
+    name: str,
+    spec: dict[str, Any],
+    type: str | None,
+    **_: Any,
+) -> None:
+    key = _key(resource, namespace, name)
+    _forget(key)
     if type == "DELETED":
         STATE.programs.discard(key)
+        STATE.noted.pop(key, None)
         METRICS.forget(key)
         return
     STATE.programs.add(key)
-    ref = (spec.get("source") or {}).get("configMapRef")
-    if ref:
-        STATE.config_map_users[(namespace, ref["name"])].add(key)
+    if (spec.get("source") or {}).get("configMapRef"):
+        ref_namespace = kinds.of(key).config_map_namespace(key, spec)
+        STATE.config_map_users[(ref_namespace, spec["source"]["configMapRef"]["name"])].add(key)
     STATE.queue.add(key)
 
 
 @kopf.on.create(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
+@kopf.on.create(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
 def program_created(body: kopf.Body, **_: Any) -> None:
     message = "program accepted; rolling out to the selected nodes"
     events.post(STATE.controller.core, dict(body), "Normal", "Accepted", message)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.NODE_PROGRAM_PLURAL)
-def node_program_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
-    program = labels.get(names.PROGRAM_LABEL)
-    if program:
-        STATE.queue.add((namespace, program))
+def node_program_event(body: kopf.Body, **_: Any) -> None:
+    key = kinds.key_of_node_program(body)
+    if key is not None:
+        STATE.queue.add(key)
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -114,6 +151,14 @@ def node_event(**_: Any) -> None:
     # Nodes joining, leaving or being relabelled change every program's fan-out.
     for key in STATE.programs:
         STATE.queue.add(key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+def namespace_event(name: str, **_: Any) -> None:
+    # Labels pick a ClusterEbpfProgram's namespaces; an annotation caps an EbpfProgram's maps.
+    for key in STATE.programs:
+        if key.kind == names.CLUSTER_PROGRAM_KIND or key.namespace == name:
+            STATE.queue.add(key)
 
 
 @kopf.on.event("", "v1", "configmaps")
@@ -127,14 +172,17 @@ RESYNC_SECONDS = float(os.environ.get("BPFLEET_RESYNC_SECONDS", "60"))
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS)
-def resync(namespace: str, name: str, **_: Any) -> None:
-    STATE.queue.add((namespace, name))
+@kopf.timer(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, interval=RESYNC_SECONDS)
+def resync(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
+    STATE.queue.add(_key(resource, namespace, name))
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
-async def program_deleted(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
-    remaining = await asyncio.to_thread(STATE.controller.teardown, (namespace, name))
+@kopf.on.delete(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
+async def program_deleted(
+    resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> None:
+    remaining = await asyncio.to_thread(STATE.controller.teardown, _key(resource, namespace, name))
     if remaining:
         raise kopf.TemporaryError(f"waiting for the agents on {', '.join(remaining)} to detach", delay=1)
-    message = "detached from every node"
-    await asyncio.to_thread(events.post, STATE.controller.core, dict(body), "Normal", "Deleted", message)
+    await _post(dict(body), "Normal", "Deleted", "detached from every node")

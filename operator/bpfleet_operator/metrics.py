@@ -11,7 +11,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bpfleet_api import metrics_http
-from bpfleet_operator.controller import Key, Outcome
+from bpfleet_operator.controller import Outcome
+from bpfleet_operator.kinds import ProgramKey as Key
 
 DEFAULT_ADDRESS = "0.0.0.0:9100"
 
@@ -23,7 +24,7 @@ class OperatorMetrics(Collector):
         self.registry = CollectorRegistry()
         self.reconcile_seconds = Histogram(
             "bpfleet_operator_reconcile_seconds",
-            "Reconciling one EbpfProgram: its node objects, then its status",
+            "Reconciling one program (EbpfProgram or ClusterEbpfProgram): its node objects, then its status",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
@@ -47,7 +48,9 @@ class OperatorMetrics(Collector):
         with self._lock:
             ready = list(self._ready.values())
         family = GaugeMetricFamily(
-            "bpfleet_operator_programs", "EbpfPrograms by their Ready condition", labels=("ready",)
+            "bpfleet_operator_programs",
+            "EbpfPrograms and ClusterEbpfPrograms by their Ready condition",
+            labels=("ready",),
         )
         family.add_metric(["True"], sum(ready))
         family.add_metric(["False"], len(ready) - sum(ready))

@@ -36,7 +36,20 @@ class ResolvedSource:
 ConfigMapReader = Callable[[str, str], "dict[str, str] | None"]
 
 
-def resolve(namespace: str, spec: dict[str, Any], read_config_map: ConfigMapReader) -> ResolvedSource:
+# The node objects' spec.source.text holds at most this (the CRD's maxLength): a longer ConfigMap
+# source is refused here, with a message, rather than by the API server on every node object.
+MAX_SOURCE_CHARS = 65536
+
+
+def resolve(
+    namespace: str,
+    spec: dict[str, Any],
+    read_config_map: ConfigMapReader,
+    *,
+    origin_namespace: bool = False,
+) -> ResolvedSource:
+    """`namespace`: where a configMapRef is read; `origin_namespace`: name it in the origin (a
+    ClusterEbpfProgram's reference names its namespace, an EbpfProgram's is its own)."""
     source = spec["source"]
     if "builtin" in source:
         builtin = catalog().get(source["builtin"])
@@ -56,4 +69,12 @@ def resolve(namespace: str, spec: dict[str, Any], read_config_map: ConfigMapRead
         raise SourceError(
             reasons.SOURCE_NOT_FOUND, f"ConfigMap {namespace}/{ref['name']} has no key {ref['key']!r}"
         )
-    return ResolvedSource(data[ref["key"]], f"configMap:{ref['name']}/{ref['key']}")
+    text = data[ref["key"]]
+    if len(text) > MAX_SOURCE_CHARS:
+        raise SourceError(
+            reasons.INVALID_SPEC,
+            f"ConfigMap {namespace}/{ref['name']} key {ref['key']!r} has {len(text)} characters: "
+            f"a source may have at most {MAX_SOURCE_CHARS}",
+        )
+    where = f"{namespace}/{ref['name']}" if origin_namespace else ref["name"]
+    return ResolvedSource(text, f"configMap:{where}/{ref['key']}")

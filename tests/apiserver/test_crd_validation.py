@@ -1,8 +1,9 @@
-"""Acceptance: the API server itself refuses invalid EbpfPrograms, with a message naming the problem."""
+"""Acceptance: the API server itself refuses invalid EbpfPrograms, with a message naming the problem
+(ClusterEbpfPrograms: test_cluster_crd_validation.py)."""
 
 from __future__ import annotations
 
-import copy
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from e2e.harness import install_crds, kubectl_run
 from e2e.kube import Kube
 from e2e.tools import REPO_ROOT
+from tests.apiserver.dry_run import dry_run, spec_variant
 
 pytestmark = pytest.mark.apiserver
 
@@ -23,34 +25,14 @@ def crds(kube: Kube) -> Kube:
     return kube
 
 
-def dry_run(kube: Kube, manifest: dict[str, Any]) -> tuple[bool, str]:
-    result = kubectl_run(
-        kube.kubeconfig,
-        "apply",
-        "--dry-run=server",
-        "-n",
-        "default",
-        "-f",
-        "-",
-        input=yaml.safe_dump(manifest),
-    )
-    return result.returncode == 0, result.stdout + result.stderr
-
-
 def variant(**spec_changes: Any) -> dict[str, Any]:
-    manifest = copy.deepcopy(VALID)
-    for key, value in spec_changes.items():
-        if value is None:
-            manifest["spec"].pop(key, None)
-        else:
-            manifest["spec"][key] = value
-    return manifest
+    return spec_variant(VALID, **spec_changes)
 
 
 def test_examples_are_accepted(crds: Kube):
     for example in sorted((REPO_ROOT / "examples").glob("*.yaml")):
         manifest = yaml.safe_load(example.read_text())
-        if manifest.get("kind") != "EbpfProgram":
+        if manifest.get("kind") not in ("EbpfProgram", "ClusterEbpfProgram"):
             continue
         accepted, output = dry_run(crds, manifest)
         assert accepted, f"{example.name}: {output}"
@@ -201,6 +183,27 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             id="function not an identifier",
         ),
         pytest.param(variant(podSelector=None), "spec.podSelector: Required value", id="no podSelector"),
+        pytest.param(
+            variant(attach={"type": "Tc", "direction": "Ingress", "side": "Host"}),
+            "attach.side Host reaches the node's side of the pod network: use a ClusterEbpfProgram",
+            id="tenant on the host side",
+        ),
+        pytest.param(
+            variant(attach={"type": "Kprobe", "function": "do_sys_openat2"}),
+            "types Kprobe and Kretprobe trace the whole node's kernel, not only this namespace's pods: "
+            "use a ClusterEbpfProgram",
+            id="tenant kprobe",
+        ),
+        pytest.param(
+            variant(attach={"type": "Kretprobe", "function": "do_sys_openat2"}),
+            "use a ClusterEbpfProgram",
+            id="tenant kretprobe",
+        ),
+        pytest.param(
+            variant(function="bpfleet_pod_filter"),
+            "function names starting with bpfleet_ are reserved for the agent",
+            id="reserved function name",
+        ),
     ],
 )
 def test_invalid_manifests_are_refused_with_a_clear_message(
@@ -239,3 +242,24 @@ def test_a_valid_manifest_is_stored_with_printer_columns(crds: Kube):
     finally:
         # No operator runs in this tier: drop the finalizer-free object directly.
         crds.kubectl("delete", "ebpf", "-n", "default", VALID["metadata"]["name"], "--wait=false")
+
+
+def test_a_tenant_cannot_set_cluster_fields(crds: Kube):
+    # Unknown fields are pruned, never honoured: a tenant's program has no scope and no cap of its own.
+    manifest = variant(scope="Node", maxMapBytes=1 << 40, namespaceSelector={})
+    result = kubectl_run(
+        crds.kubeconfig,
+        "create",
+        "--dry-run=server",
+        "--validate=false",
+        "-n",
+        "default",
+        "-o",
+        "json",
+        "-f",
+        "-",
+        input=yaml.safe_dump(manifest),
+    )
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(result.stdout)["spec"]
+    assert not {"scope", "maxMapBytes", "namespaceSelector"} & set(spec)

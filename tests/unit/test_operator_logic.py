@@ -81,18 +81,15 @@ def test_node_object_is_labelled_owned_and_finalized():
         ResolvedSource("int x;", "inline"),
     )
     meta = body["metadata"]
+    assert meta["namespace"] == "shop"
+    assert meta["name"] == names.node_program_name(names.PROGRAM_KIND, "shop", "p", "node-a")
     assert meta["labels"] == {names.NODE_LABEL: "node-a", names.PROGRAM_LABEL: "p"}
     assert meta["finalizers"] == [names.AGENT_FINALIZER]
     assert meta["ownerReferences"][0]["uid"] == "u1"
+    assert meta["ownerReferences"][0]["kind"] == names.PROGRAM_KIND
     assert body["spec"]["source"]["sha256"] == ResolvedSource("int x;", "inline").sha256
-
-
-def test_long_node_program_names_stay_valid_and_distinct():
-    a, b = (
-        fanout.node_program_name("p" * 200, "n" * 60 + "a"),
-        fanout.node_program_name("p" * 200, "n" * 60 + "b"),
-    )
-    assert len(a) <= 253 and len(b) <= 253 and a != b
+    # Node objects of EbpfPrograms say nothing of kind or scope: they stay what they were.
+    assert not {"programKind", "scope", "namespaces", "maxMapBytes"} & set(body["spec"])
 
 
 def node_object(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from bpfleet_operator.controller import Key, WorkQueue
+from bpfleet_operator.kinds import ProgramKey as Key
+from bpfleet_operator.workqueue import WorkQueue
 
 
 def test_a_burst_of_events_is_one_reconcile_per_key_and_failures_retry():
     handled: list[Key] = []
     batches: list[int] = []
-    failures = {("ns", "flaky"): 1}
+    busy, flaky = Key("EbpfProgram", "ns", "busy"), Key("ClusterEbpfProgram", "", "flaky")
+    failures = {flaky: 1}
 
     async def before_batch() -> None:
         batches.append(len(handled))
@@ -25,13 +27,13 @@ def test_a_burst_of_events_is_one_reconcile_per_key_and_failures_retry():
         queue = WorkQueue(handle, delay=0.05, retry=0.05, before_batch=before_batch)
         worker = asyncio.create_task(queue.run())
         for _ in range(50):
-            queue.add(("ns", "busy"))
-        queue.add(("ns", "flaky"))
+            queue.add(busy)
+        queue.add(flaky)
         await asyncio.sleep(0.4)
         queue.stop()
         await asyncio.wait_for(worker, timeout=1)
 
     asyncio.run(scenario())
-    assert handled.count(("ns", "busy")) == 1
-    assert handled.count(("ns", "flaky")) == 2  # failed once, retried once
+    assert handled.count(busy) == 1
+    assert handled.count(flaky) == 2  # failed once, retried once
     assert batches == [0, 2]  # shared reads once per batch (the burst, then the retry), not per key
