@@ -15,7 +15,7 @@ from node_agent.kernel.backend import ProgramBuild, ProgramRef
 
 # The ProgramRef namespace (and pin directory) of ClusterEbpfPrograms: no Kubernetes namespace
 # contains '_', so it never meets an EbpfProgram's.
-CLUSTER_PINS = "_cluster"
+CLUSTER_PINS = names.CLUSTER_PIN_NAMESPACE
 DEFAULT_MAX_MAP_BYTES = 64 * 1024 * 1024
 RESERVED_PREFIX = "bpfleet_"  # functions of the agent's own (the pod filter's entry point)
 
