@@ -89,6 +89,8 @@ _VARIANT_SUFFIXES = (
 )
 # bpf_<context>_<helper>: the same, named by the program type in front.
 _VARIANT_PREFIXES = ("tc_", "xdp_", "skb_", "sk_", "sock_addr_", "sock_ops_", "msg_")
+# Padding and control-flow-integrity stubs in front of functions: never what a call reaches.
+_NOT_FUNCTIONS = ("__pfx_", "__cfi_")
 # A map type's operation, called directly in place of the generic map helper.
 _MAP_OPERATION = re.compile(r"^_*[a-z0-9_]+?_(lookup_percpu|lookup|update|delete|push|pop|peek)_elem$")
 _MAP_REDIRECT = re.compile(r"^_*[a-z0-9_]+_map_redirect$")
@@ -97,6 +99,8 @@ _MAP_REDIRECT = re.compile(r"^_*[a-z0-9_]+_map_redirect$")
 def helper_name(symbol: str) -> str | None:
     """The UAPI helper the kernel function `symbol` implements, or None when it is none known."""
     symbol = symbol.split(".", 1)[0]  # compiler clones: foo.isra.0, foo.constprop.0
+    if symbol.startswith(_NOT_FUNCTIONS):
+        return None
     if symbol in _RENAMED:
         return _RENAMED[symbol]
     if symbol.startswith("bpf_"):
