@@ -127,7 +127,7 @@ def test_a_namespaced_tracepoint_may_not_call_powerful_helpers(program: Any, hel
     check_program(fd, TRACEPOINT, cluster=True)  # an admin's program may
 
 
-def test_bpf_probe_write_user_is_refused(program: Any) -> None:
+def test_bpf_probe_write_user_is_refused(program: Any, capfd: pytest.CaptureFixture[str]) -> None:
     """Under this kernel's lockdown the verifier itself refuses bpf_probe_write_user; the check must
     refuse it wherever the verifier does not. Where it cannot be loaded, the call is built from the
     kernel's own address for the helper, as the verifier would have left it."""
@@ -135,6 +135,8 @@ def test_bpf_probe_write_user_is_refused(program: Any) -> None:
         fd = program("call_probe_write_user", TRACEPOINT)
     except Exception as e:
         assert "call_probe_write_user" in str(e)
+        # BCC prints the verifier's log on stderr.
+        assert "cannot use helper bpf_probe_write_user" in capfd.readouterr().err
     else:
         with pytest.raises(HelperNotAllowed, match="bpf_probe_write_user"):
             check_program(fd, TRACEPOINT, cluster=False)
