@@ -296,6 +296,28 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(id=prog_id, type=prog_type, name=name, map_ids=map_ids)
 
 
+# struct bpf_prog_info: where the translated (xlated) instructions are described.
+_XLATED_LEN_OFFSET = 20
+_XLATED_INSNS_OFFSET = 32
+
+
+def prog_xlated_insns(fd: int) -> bytes:
+    """The program's instructions as the verifier left them: helper calls carry the helper's address
+    relative to __bpf_call_base. Two calls: the length, then the buffer."""
+    length = struct.unpack_from("=I", _info(fd, 256), _XLATED_LEN_OFFSET)[0]
+    if not length:
+        # The kernel hides them from callers without CAP_BPF/CAP_SYS_ADMIN.
+        raise KernelError("the kernel shows no instructions for the program (not privileged?)")
+    insns = ctypes.create_string_buffer(length)
+    info = ctypes.create_string_buffer(256)
+    struct.pack_into("=I", info, _XLATED_LEN_OFFSET, length)
+    struct.pack_into("=Q", info, _XLATED_INSNS_OFFSET, _addr(insns))
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, fd, len(info), _addr(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return insns.raw[: min(length, struct.unpack_from("=I", info, _XLATED_LEN_OFFSET)[0])]
+
+
 def link_info(fd: int) -> LinkInfo:
     info = _info(fd, 64)
     link_type, link_id, prog_id = struct.unpack_from("=III", info, 0)
