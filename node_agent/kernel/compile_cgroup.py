@@ -73,12 +73,12 @@ class CompileCgroup:
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
 
-    def kill(self) -> None:
-        """SIGKILLs every process in the cgroup."""
-        if self.v2 and (self.memory / "cgroup.kill").exists():
+    def kill(self, spare: int = 0) -> None:
+        """SIGKILLs every process in the cgroup but `spare`."""
+        if not spare and self.v2 and (self.memory / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (self.memory / "cgroup.kill").write_text("1")
-        for pid in self.pids():
+        for pid in self.pids() - {spare}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -143,7 +143,10 @@ def _talk(
     finally:
         if proc.poll() is None:
             if cgroup is not None:
-                cgroup.kill()
+                # The sandboxed processes first: the worker reaps them and exits, leaving no orphan.
+                cgroup.kill(spare=proc.pid)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1.0)
             proc.kill()
         proc.wait()
     if reply is not None and reply[0]:
