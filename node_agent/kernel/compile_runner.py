@@ -217,11 +217,21 @@ def _check_shape(roles: list[Any], names: list[Any], fds: list[int]) -> None:
             raise bad(f"map name {name!r}")
 
 
+def _kind(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")  # e.g. anon_inode:bpf-prog
+    except OSError:
+        return ""
+
+
 def _check_objects(received: Received) -> None:
     """Each fd must be what the worker says: a BPF program, or the BPF map of that name."""
+    kinds = [(fd, "anon_inode:bpf-prog") for fd in received.progs.values()]
+    kinds += [(fd, "anon_inode:bpf-map") for fd in received.maps.values()]
+    for fd, kind in kinds:
+        if _kind(fd) != kind:
+            raise errors.CompileError(f"the compile worker sent an fd that is not a {kind[11:]}")
     try:
-        for fd in received.progs.values():
-            syscalls.prog_info(fd)
         for name, fd in received.maps.items():
             if syscalls.map_info(fd).name != name:
                 raise errors.CompileError(f"the compile worker sent a map that is not {name!r}")
