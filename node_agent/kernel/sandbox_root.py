@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 
@@ -70,7 +71,10 @@ class RootPlan:
 
 
 def python_trees() -> list[str]:
-    paths = {sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")}
+    # The base interpreter's library, not a virtualenv's (whose site-packages the compile needs not).
+    base = {"installed_base": sys.base_prefix, "base": sys.base_prefix}
+    platbase = {"installed_platbase": sys.base_exec_prefix, "platbase": sys.base_exec_prefix}
+    paths = {sysconfig.get_path("stdlib", vars=base), sysconfig.get_path("platstdlib", vars=platbase)}
     for package in PACKAGES:
         spec = importlib.util.find_spec(package)  # a top-level package is found, not imported
         if spec is not None and spec.submodule_search_locations:

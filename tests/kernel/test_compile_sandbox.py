@@ -215,3 +215,46 @@ def test_lo_flags_probe_reads_the_host_loopback_as_up():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         ifreq = fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0))
     assert struct.unpack("16sH14x", ifreq)[1] & 1 == 1
+
+
+_LOAD = """
+import json, sys
+from pathlib import Path
+from node_agent import errors
+from node_agent.kernel.attach_types import kernel_attach
+from node_agent.kernel.backend import ProgramBuild, ProgramRef
+from node_agent.kernel.bpffs import BpffsBackend
+
+root, include_dir, source_file = sys.argv[1:]
+backend = BpffsBackend(Path(root), include_dirs=(Path(include_dir),))
+egress = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
+try:
+    build = ProgramBuild(Path(source_file).read_text(), "count_packets", egress)
+    backend.load(ProgramRef("team-a", "c", "v1"), build)
+    print(json.dumps({"error": None}))
+except errors.ProgramBuildError as e:
+    print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+"""
+
+
+def test_a_node_where_the_sandbox_cannot_be_made_fails_the_compile_and_says_why(bpffs_root):
+    # Without CAP_SYS_ADMIN no namespace can be made. An unsandboxed fallback would still compile
+    # (and fail later, on another error): the message must say that the sandbox is what is missing.
+    counter = REPO / "bpf" / "programs" / "pod-traffic-counter.c"
+    run = subprocess.run(
+        [
+            *("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-c", _LOAD),
+            *(str(bpffs_root), str(INCLUDE_DIR), str(counter)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["error"] == "CompileError"
+    assert "the compile sandbox failed: unshare" in result["message"]
+    assert os.strerror(errno.EPERM) in result["message"]
+    assert _nothing_pinned(bpffs_root)
