@@ -71,6 +71,7 @@ class BpffsBackend:
         compile_limits: CompileLimits = DEFAULT_COMPILE_LIMITS,
         check_loaded: CheckLoaded | None = None,
         compile_cgroup_prefix: str = CGROUP_PREFIX,
+        compile_cgroups: bool = True,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self.root = root
@@ -85,6 +86,7 @@ class BpffsBackend:
         self.compile_limits = compile_limits
         self.check_loaded = check_loaded
         self.compile_cgroup_prefix = compile_cgroup_prefix
+        self.compile_cgroups = compile_cgroups  # False: rlimits only, as on a host without controllers
         self._cgroups: CgroupPlacement | None = None
         self._cgroups_looked_for = False
 
@@ -156,7 +158,7 @@ class BpffsBackend:
 
     def _compile_cgroups(self) -> CgroupPlacement | None:
         """Where compile workers' cgroups go, looked for once (None: the host offers none)."""
-        if self.sandbox and not self._cgroups_looked_for:
+        if self.sandbox and self.compile_cgroups and not self._cgroups_looked_for:
             self._cgroups_looked_for = True
             self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix)
             if self._cgroups is None:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "bpfleet-compile-"
 _CPU_PERIOD_US = 100_000
+_STALE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,14 @@ class CgroupPlacement:
         return None
 
     def tidy(self) -> CgroupPlacement:
-        """Removes empty cgroups a previous agent left (rmdir refuses one that still has processes)."""
+        """Removes empty cgroups a killed agent left behind (rmdir refuses one with processes in it;
+        a recent one may be another backend's, made a moment before its worker joins it)."""
         for root in {self.memory_root, self.cpu_root} - {None}:
             assert root is not None
             for stale in root.glob(self.prefix + "*"):
                 with contextlib.suppress(OSError):
-                    stale.rmdir()
+                    if time.time() - stale.stat().st_ctime > _STALE_SECONDS:
+                        stale.rmdir()
         return self
 
     def create(self, limits: CompileLimits) -> CompileCgroup:

@@ -26,7 +26,7 @@ from typing import IO, Any
 from node_agent import errors
 from node_agent.kernel import syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
-from node_agent.kernel.sandbox import CPU_LIMIT_EXIT
+from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
 _MAX_MESSAGE = 1 << 20
@@ -165,7 +165,7 @@ def _receive(ours: socket.socket, deadline: float) -> tuple[bytes, list[int]] | 
             return None
         if select.select([ours], [], [], remaining)[0]:
             break
-    message, fds, flags, _ = socket.recv_fds(ours, _MAX_MESSAGE, _MAX_FDS)
+    message, fds, flags, _ = socket.recv_fds(ours, _MAX_MESSAGE, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         _close_all(fds)
         raise errors.CompileError("the compile worker sent an oversized result")
@@ -247,7 +247,8 @@ def _failure(
     text = output.read().decode(errors="replace")
     if timed_out:
         return errors.CompileError(f"the compiler took longer than {settings.timeout:.0f}s")
-    if (cgroup is not None and cgroup.oom_killed()) or any(word in text for word in _OOM_WORDS):
+    out_of_memory = code == MEMORY_LIMIT_EXIT or any(word in text for word in _OOM_WORDS)
+    if out_of_memory or (cgroup is not None and cgroup.oom_killed()):
         return errors.CompileError(f"the compiler hit the memory limit ({limits.memory_bytes >> 20} MiB)")
     if code == CPU_LIMIT_EXIT:
         return errors.CompileError(f"the compiler hit the CPU time limit ({limits.cpu_seconds} s)")

@@ -48,8 +48,13 @@ from node_agent.kernel.sandbox_sys import (
     unshare,
 )
 
-# The exit code of a worker whose compile was stopped at its CPU time limit.
+# The exit codes of a worker whose compile was stopped at its CPU time or memory limit.
 CPU_LIMIT_EXIT = 90
+MEMORY_LIMIT_EXIT = 91
+# A compile that died of a signal having used this share of its memory limit ran out of memory:
+# clang does not always survive a failed allocation to say so (under RLIMIT_DATA its peak RSS
+# reaches 75-80 % of the limit; a cgroup OOM kill, which the agent also sees, reaches ~100 %).
+_NEAR_MEMORY_LIMIT = 0.6
 BCC_LIBRARY = "libbcc.so.0"
 KEPT_CAPABILITIES = frozenset({CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN})
 HOSTNAME = "bpfleet-compile"
@@ -121,12 +126,16 @@ def _set_limits(limits: SandboxLimits) -> None:
 def _wait_and_exit(pid: int, limits: SandboxLimits) -> None:
     _, status, usage = os.wait4(pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
+    rss = usage.ru_maxrss * 1024
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         sig = signal.Signals(-code)
         if sig in (signal.SIGKILL, signal.SIGXCPU) and cpu >= limits.cpu_seconds - 0.5:
             print(f"the compile was stopped at its CPU time limit ({cpu:.1f} s)", file=sys.stderr)
             code = CPU_LIMIT_EXIT
+        elif rss >= _NEAR_MEMORY_LIMIT * limits.memory_bytes:
+            print(f"the compile died of {sig.name} at its memory limit ({rss >> 20} MiB)", file=sys.stderr)
+            code = MEMORY_LIMIT_EXIT
         else:
             print(f"the compile process was killed by {sig.name} after {cpu:.1f} s of CPU", file=sys.stderr)
             code = 128 + sig.value

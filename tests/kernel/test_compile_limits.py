@@ -107,6 +107,19 @@ def test_a_parser_bomb_stops_at_the_memory_limit(bpffs_root, prefix):
     assert backend.load(_ref(), COUNTER).prog_id > 0
 
 
+def test_without_a_cgroup_the_rlimits_still_stop_a_parser_bomb(bpffs_root, prefix):
+    # As on a host whose cgroups offer no memory controller: RLIMIT_DATA is the bound.
+    limits = CompileLimits(memory_bytes=512 << 20)
+    backend = make_backend(bpffs_root, prefix, compile_limits=limits, compile_cgroups=False)
+    assert backend.load(_ref(), COUNTER).prog_id > 0
+    with (
+        CgroupWatcher(prefix) as watcher,
+        pytest.raises(errors.CompileError, match=r"memory limit \(512 MiB\)"),
+    ):
+        backend.load(_ref(), ProgramBuild(MEMORY_BOMB, "count_packets", EGRESS))
+    assert watcher.pids == set()
+
+
 class CgroupWatcher:
     """Polls, in a thread, for the cgroups of `prefix` and what they hold while a compile runs."""
 
