@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 from node_agent.errors import SandboxError
 from node_agent.kernel import sandbox_root
@@ -74,8 +75,8 @@ def enter(include_dirs: list[str], limits: SandboxLimits, close_outside: tuple[i
     """Moves this process's further work into the sandbox.
 
     Returns in the sandboxed process. The calling process stays outside: it closes `close_outside`,
-    waits for the sandboxed one and exits with its status (CPU_LIMIT_EXIT when the CPU limit
-    stopped it). Must be called while the process has a single thread.
+    waits for the sandboxed one and exits with its status (CPU_LIMIT_EXIT or MEMORY_LIMIT_EXIT when
+    a limit stopped it). Must be called while the process has a single thread.
     """
     try:
         ctypes.CDLL(BCC_LIBRARY)  # maps LLVM and clang, whose directories the root must show
@@ -123,7 +124,7 @@ def _set_limits(limits: SandboxLimits) -> None:
             raise SandboxError(f"setting {name}: {e}") from e
 
 
-def _wait_and_exit(pid: int, limits: SandboxLimits) -> None:
+def _wait_and_exit(pid: int, limits: SandboxLimits) -> NoReturn:
     _, status, usage = os.wait4(pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
     rss = usage.ru_maxrss * 1024
