@@ -1,14 +1,18 @@
 """Latency benchmark of the full path on this host; prints figures, asserts nothing.
 
-  python -m e2e.bench [--programs 5] [--pods 20]
+  python -m e2e.bench [--programs 5] [--pods 20] [--loads 10] [--compile-only]
 
 apply -> Ready        from `kubectl apply` of a new EbpfProgram to READY True (includes the compile)
 pod -> attached       from the Pod's creation to its cgroup showing the program (bpftool)
+compile               median wall time of a load (compile worker, verifier, pins) of the
+                      pod-traffic-counter builtin, sandboxed and not, and the sandbox's overhead;
+                      --compile-only measures just this, without the control plane
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
 import shutil
 import statistics
 import tempfile
@@ -23,6 +27,9 @@ from e2e.harness import agent_process, install_crds, log, operator_process, wait
 from e2e.kube import Kube, cgroup_programs
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
 from e2e.tools import REPO_ROOT
+from node_agent.kernel.attach_types import kernel_attach
+from node_agent.kernel.backend import ProgramBuild, ProgramRef
+from node_agent.kernel.bpffs import BpffsBackend
 
 EXAMPLE = yaml.safe_load((REPO_ROOT / "examples" / "pod-traffic-counter.yaml").read_text())
 NODE = "bench-node"
@@ -58,11 +65,60 @@ def measure_pod_to_attached(sim: PodSimulator, namespace: str, count: int) -> li
     return samples
 
 
+def measure_compile(loads: int, *, sandbox: bool) -> list[float]:
+    """Wall time of `loads` loads of one builtin, each a new version (so each one compiles)."""
+    bpffs_root = Path(f"/sys/fs/bpf/bpfleet-bench-compile-{secrets.token_hex(4)}")
+    bpffs_root.mkdir()
+    include = REPO_ROOT / "bpf" / "include"
+    backend = BpffsBackend(bpffs_root, include_dirs=(include,), sandbox=sandbox)
+    source = (REPO_ROOT / "bpf" / "programs" / "pod-traffic-counter.c").read_text()
+    build = ProgramBuild(source, "count_packets", kernel_attach({"type": "CgroupSkb", "direction": "Egress"}))
+    samples = []
+    try:
+        for i in range(loads):
+            ref = ProgramRef("bench", "counter", f"v{i}")
+            start = time.monotonic()
+            backend.load(ref, build)
+            samples.append(time.monotonic() - start)
+            backend.unload(ref)
+    finally:
+        shutil.rmtree(bpffs_root, ignore_errors=True)
+    return samples
+
+
+def compile_cost(loads: int) -> str:
+    measure_compile(1, sandbox=True)  # a first load warms the page cache for both
+    # Interleaved, so that a noisy neighbour on the machine weighs on both figures alike.
+    sandboxed: list[float] = []
+    plain: list[float] = []
+    for _ in range(loads):
+        sandboxed += measure_compile(1, sandbox=True)
+        plain += measure_compile(1, sandbox=False)
+    with_sandbox, without = statistics.median(sandboxed), statistics.median(plain)
+    overhead = (with_sandbox - without) / without * 100
+    return "\n".join(
+        [
+            summary("compile, sandboxed", sandboxed),
+            summary("compile, unsandboxed", plain),
+            f"{'sandbox overhead':20} {overhead:+.1f} % of the median "
+            f"({with_sandbox * 1000:.1f} ms vs {without * 1000:.1f} ms)",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m e2e.bench", description=__doc__)
     parser.add_argument("--programs", type=int, default=5)
     parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--loads", type=int, default=10, help="loads per compile figure")
+    parser.add_argument("--compile-only", action="store_true", help="only the compile figures")
     args = parser.parse_args(argv)
+    log("measuring compile, sandboxed and not", loads=args.loads)
+    compiles = compile_cost(args.loads)
+    if args.compile_only:
+        print()
+        print(compiles)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bpfleet-bench-"))
     run = uuid.uuid4().hex[:6]
@@ -90,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(summary("apply -> Ready", ready))
         print(summary("pod -> attached", attached))
+        print(compiles)
         kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
     finally:
         if sim is not None:

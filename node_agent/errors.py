@@ -25,6 +25,10 @@ class CompileError(ProgramBuildError):
     reason = reasons.COMPILE_ERROR
 
 
+class SandboxError(CompileError):
+    """The compile sandbox could not be set up on this node; the message names the missing step."""
+
+
 class VerifierRejected(ProgramBuildError):
     reason = reasons.VERIFIER_REJECTED
 
@@ -65,3 +69,14 @@ class PodCgroupNotFound(AgentError):
 
 class ElfError(AttachFailed):
     """A binary to probe is not an ELF file the agent can read, or lacks the symbol asked for."""
+
+
+# What a compile worker's reason turns into.
+BUILD_ERRORS: dict[str, type[ProgramBuildError]] = {
+    reasons.COMPILE_ERROR: CompileError,
+    reasons.VERIFIER_REJECTED: VerifierRejected,
+    reasons.FUNCTION_NOT_FOUND: FunctionNotFound,
+    reasons.HELPER_NOT_ALLOWED: HelperNotAllowed,
+    reasons.MAP_NOT_ALLOWED: MapNotAllowed,
+    reasons.MAP_TOO_LARGE: MapTooLarge,
+}

@@ -18,17 +18,15 @@ Unpinning a link is the only way bpfleet detaches, so it never touches programs 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from node_agent import elf, errors, netns
-from node_agent.kernel import host_targets, links, pod_files, pod_filter, syscalls
+from node_agent.kernel import compile_runner, host_targets, links, pod_files, pod_filter, syscalls
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     NODE_WIDE_FILTERED,
@@ -38,19 +36,17 @@ from node_agent.kernel.attach_types import (
     KernelAttach,
 )
 from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
+from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
+from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
+from node_agent.kernel.publish import STAGING_PREFIX, staging_dir
+from node_agent.kernel.publish import publish as publish_version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
-_STAGING_PREFIX = "staging-"
-_BUILD_ERRORS: dict[str, type[errors.ProgramBuildError]] = {
-    "CompileError": errors.CompileError,
-    "VerifierRejected": errors.VerifierRejected,
-    "FunctionNotFound": errors.FunctionNotFound,
-    "HelperNotAllowed": errors.HelperNotAllowed,
-    "MapNotAllowed": errors.MapNotAllowed,
-    "MapTooLarge": errors.MapTooLarge,
-}
+DEFAULT_COMPILE_LIMITS = CompileLimits()
+# A check of the loaded programs (role -> fd) before they are pinned; raises a ProgramBuildError.
+CheckLoaded = Callable[[dict[str, int], ProgramBuild], None]
 
 
 def _encode(name: str) -> str:
@@ -72,6 +68,12 @@ class BpffsBackend:
         tracefs: Path = Path("/sys/kernel/tracing"),
         node_wide_prelude: str = "",
         proc: Path = Path("/proc"),
+        *,
+        sandbox: bool = True,
+        compile_limits: CompileLimits = DEFAULT_COMPILE_LIMITS,
+        check_loaded: CheckLoaded | None = None,
+        compile_cgroup_prefix: str = CGROUP_PREFIX,
+        compile_cgroups: bool = True,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self.root = root
@@ -81,6 +83,14 @@ class BpffsBackend:
         self.include_dirs = include_dirs
         self.compile_timeout = compile_timeout
         self.python = python
+        # sandbox=False only lets the benchmark measure what the sandbox costs.
+        self.sandbox = sandbox
+        self.compile_limits = compile_limits
+        self.check_loaded = check_loaded
+        self.compile_cgroup_prefix = compile_cgroup_prefix
+        self.compile_cgroups = compile_cgroups  # False: rlimits only, as on a host without controllers
+        self._cgroups: CgroupPlacement | None = None
+        self._cgroups_looked_for = False
 
     def _dir(self, ref: ProgramRef) -> Path:
         return self.root / ref.namespace / _encode(ref.name) / ref.version
@@ -92,7 +102,7 @@ class BpffsBackend:
         if not self.root.is_dir():
             return found
         for version_dir in sorted(self.root.glob("*/*/*")):
-            if version_dir.name.startswith(_STAGING_PREFIX):
+            if version_dir.name.startswith(STAGING_PREFIX):
                 # A compile worker died between pinning and publishing: nothing uses it.
                 log.info("removing unfinished pins", extra={"path": str(version_dir)})
                 shutil.rmtree(version_dir, ignore_errors=True)
@@ -124,7 +134,7 @@ class BpffsBackend:
         if existing is not None:
             return existing
         pin_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(pin_dir.with_name(_STAGING_PREFIX + pin_dir.name), ignore_errors=True)
+        shutil.rmtree(staging_dir(pin_dir), ignore_errors=True)
         request = {
             "source": build.source,
             "function": build.function,
@@ -133,39 +143,29 @@ class BpffsBackend:
             "includeDirs": [str(d) for d in self.include_dirs],
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
             "prelude": self.node_wide_prelude if build.attach.scope in FILTERED_SCOPES else "",
-            "pinDir": str(pin_dir),
         }
+        settings = compile_runner.WorkerSettings(
+            self.python, self.compile_timeout, self.sandbox, self.compile_limits
+        )
         try:
-            result = self._run_worker(request)
-            if not result.get("ok"):
-                error = _BUILD_ERRORS.get(str(result.get("reason")), errors.CompileError)
-                raise error(str(result.get("message", "")))
+            with compile_runner.compiled(request, settings, self._compile_cgroups()) as received:
+                if self.check_loaded is not None:
+                    self.check_loaded(dict(received.progs), build)
+                prog_id = publish_version(received, pin_dir)
+                maps = tuple(sorted(received.maps))
         except errors.ProgramBuildError:
             self._remove_empty_parents(pin_dir)
             raise
-        return LoadedProgram(ref, int(result["progId"]), str(pin_dir), tuple(result["maps"]))
+        return LoadedProgram(ref, prog_id, str(pin_dir), maps)
 
-    def _run_worker(self, request: dict[str, object]) -> dict[str, object]:
-        try:
-            proc = subprocess.run(
-                [self.python, "-m", "node_agent.kernel.compile_worker"],
-                input=json.dumps(request),
-                capture_output=True,
-                text=True,
-                timeout=self.compile_timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise errors.CompileError(f"the compiler took longer than {self.compile_timeout:.0f}s") from None
-        try:
-            result: dict[str, object] = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            # The worker crashed (a compiler fault on a hostile source, say): the agent lives on.
-            tail = proc.stderr.strip().splitlines()[-20:]
-            raise errors.CompileError(
-                f"the compile worker exited with code {proc.returncode}:\n" + "\n".join(tail)
-            ) from None
-        return result
+    def _compile_cgroups(self) -> CgroupPlacement | None:
+        """Where compile workers' cgroups go, looked for once (None: the host offers none)."""
+        if self.sandbox and self.compile_cgroups and not self._cgroups_looked_for:
+            self._cgroups_looked_for = True
+            self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix)
+            if self._cgroups is None:
+                log.info("no memory cgroup for compile workers; their rlimits bound them")
+        return self._cgroups
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)

@@ -1,61 +1,73 @@
-"""Compiles, verifies and pins one program, in a short-lived process of its own.
+"""Compiles and loads one program in a short-lived, sandboxed process, and hands its fds over.
 
-Run as `python -m node_agent.kernel.compile_worker` with a JSON request on stdin; prints one JSON
-result on stdout. BCC brings LLVM into the process (~120 MB) and a hostile source may crash the
-compiler, so the long-lived agent never compiles itself: this worker builds the program
-(bcc_build), pins the program and its maps under the requested directory, and exits. The pins keep
-them alive.
+Run by the agent (compile_runner) as
+`python -m node_agent.kernel.compile_worker --socket-fd N [--no-sandbox]` with a JSON request on
+stdin. BCC brings LLVM into the process (~120 MB) and the source is hostile, so the long-lived
+agent never compiles itself: this worker enters the sandbox (sandbox.py), builds the program
+(bcc_build), and sends one message on the socket: JSON {ok, reason, message, progs, maps} with the
+program and map fds by SCM_RIGHTS. It never touches bpffs; the agent checks and pins the fds.
+--no-sandbox exists only so the benchmark can measure what the sandbox costs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import socket
 import sys
-from pathlib import Path
 from typing import Any
 
-from node_agent.kernel.bcc_build import USER_FILE_NAME, BuildFailure, BuiltProgram, build
+from node_agent.errors import SandboxError
+from node_agent.kernel import sandbox
+from node_agent.kernel.bcc_build import BuildFailure, build
 
-__all__ = ["USER_FILE_NAME", "compile_and_pin", "main"]
+# Loaded before the sandbox: what bcc_build imports of the project (syscalls asks ldconfig for libc).
+from node_agent.kernel import stderr_capture, syscalls  # noqa: F401  isort: skip
 
-
-def _fail(reason: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "reason": reason, "message": message}
-
-
-def _pin_program(built: BuiltProgram, pin_dir: Path) -> dict[str, Any]:
-    from node_agent.kernel import syscalls
-
-    # bpffs refuses dots in names, hence the prefix.
-    staging = pin_dir.with_name("staging-" + pin_dir.name)
-    (staging / "maps").mkdir(parents=True, exist_ok=True)
-    prog_fd = built.progs["prog"]
-    syscalls.obj_pin(prog_fd, str(staging / "prog"))
-    info = syscalls.prog_info(prog_fd)
-    for name, map_fd in built.maps.items():
-        syscalls.obj_pin(map_fd, str(staging / "maps" / name))
-    # Publishing by rename makes the version directory appear whole or not at all.
-    staging.rename(pin_dir)
-    return {"ok": True, "progId": info.id, "maps": sorted(built.maps)}
+# The agent keeps 2 KiB of a message; the head holds the first diagnostics, and it must fit one
+# datagram.
+MAX_MESSAGE_CHARS = 32 << 10
 
 
-def compile_and_pin(request: dict[str, Any]) -> dict[str, Any]:
+def _reply(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
     try:
         built = build(request)
     except BuildFailure as e:
-        return _fail(e.reason, e.message)
-    return _pin_program(built, Path(request["pinDir"]))
+        return {"ok": False, "reason": e.reason, "message": e.message}, []
+    roles, names = sorted(built.progs), sorted(built.maps)
+    fds = [built.progs[r] for r in roles] + [built.maps[n] for n in names]
+    return {"ok": True, "progs": roles, "maps": names}, fds
 
 
-def main() -> None:
+def _limits(request: dict[str, Any]) -> sandbox.SandboxLimits:
+    limits = request.get("limits", {})
+    defaults = sandbox.SandboxLimits()
+    return sandbox.SandboxLimits(
+        cpu_seconds=int(limits.get("cpuSeconds", defaults.cpu_seconds)),
+        memory_bytes=int(limits.get("memoryBytes", defaults.memory_bytes)),
+        memory_cgroup=bool(limits.get("memoryCgroup", False)),
+        file_bytes=int(limits.get("fileBytes", defaults.file_bytes)),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="compile_worker")
+    parser.add_argument("--socket-fd", type=int, required=True)
+    parser.add_argument("--no-sandbox", action="store_true")
+    args = parser.parse_args(argv)
     request = json.load(sys.stdin)
-    # BCC and clang may write to stdout; keep it clean for the one JSON result.
-    result_fd = os.dup(1)
+    # BCC and clang may write to stdout; the agent collects both streams as the worker's log.
     os.dup2(2, 1)
-    result = compile_and_pin(request)
-    with os.fdopen(result_fd, "w") as out:
-        json.dump(result, out)
+    try:
+        if not args.no_sandbox:
+            sandbox.enter(list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,))
+        reply, fds = _reply(request)
+    except SandboxError as e:
+        reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []
+    reply["message"] = str(reply.get("message", ""))[:MAX_MESSAGE_CHARS]
+    with socket.socket(fileno=args.socket_fd) as channel:
+        socket.send_fds(channel, [json.dumps(reply).encode()], fds)
 
 
 if __name__ == "__main__":

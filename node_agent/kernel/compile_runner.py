@@ -1,0 +1,257 @@
+"""The agent's side of a compile: runs one worker and takes the loaded program's fds from it.
+
+The worker (compile_worker) gets its request on stdin and one end of an AF_UNIX SOCK_SEQPACKET
+socketpair. It answers with one message: JSON {ok, reason, message, progs: [roles], maps: [names]}
+and the fds of those programs then maps by SCM_RIGHTS. The worker never touches bpffs: the agent
+checks and pins what it receives. Everything the worker sends is treated as hostile (a compiler
+exploit runs there): roles and names must be plain, every fd must be a BPF program or map of that
+name, and every received fd is closed whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from node_agent import errors
+from node_agent.kernel import syscalls
+from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
+from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
+
+WORKER_MODULE = "node_agent.kernel.compile_worker"
+_MAX_MESSAGE = 1 << 20
+_MAX_FDS = 64
+_ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_MAP_NAME = re.compile(r"[A-Za-z0-9_]{1,15}")  # BPF_OBJ_NAME_LEN less the NUL; no dots
+_STDERR_LINES = 20
+_TAIL_BYTES = 64 << 10
+_OOM_WORDS = ("out of memory", "std::bad_alloc", "Cannot allocate memory")
+
+
+@dataclass
+class Received:
+    """A worker's loaded program: fds owned by the agent until close()."""
+
+    progs: dict[str, int] = field(default_factory=dict)  # role -> program fd
+    maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
+
+    def close(self) -> None:
+        for fd in [*self.progs.values(), *self.maps.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.progs.clear()
+        self.maps.clear()
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    python: str
+    timeout: float
+    sandbox: bool
+    limits: CompileLimits
+
+
+def _worker_env() -> dict[str, str]:
+    # The compile can read its own /proc/1/environ: give it nothing of the agent's environment.
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
+@contextlib.contextmanager
+def compiled(
+    request: dict[str, Any], settings: WorkerSettings, cgroups: CgroupPlacement | None
+) -> Iterator[Received]:
+    """Runs a worker for `request`; yields what it loaded and closes those fds after the block.
+    Raises a ProgramBuildError for the user when the worker refused, failed, crashed or timed out."""
+    request = {**request, "limits": _limits_field(settings.limits, memory_cgroup=cgroups is not None)}
+    received = _run(request, settings, cgroups)
+    try:
+        yield received
+    finally:
+        received.close()
+
+
+def _limits_field(limits: CompileLimits, *, memory_cgroup: bool) -> dict[str, Any]:
+    return {
+        "cpuSeconds": limits.cpu_seconds,
+        "memoryBytes": limits.memory_bytes,
+        "memoryCgroup": memory_cgroup,
+        "fileBytes": limits.file_bytes,
+    }
+
+
+def _run(request: dict[str, Any], settings: WorkerSettings, cgroups: CgroupPlacement | None) -> Received:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cgroup: CompileCgroup | None = None
+    with ours, tempfile.TemporaryFile() as output:
+        try:
+            cgroup = cgroups.create(settings.limits) if cgroups is not None else None
+            argv = [settings.python, "-m", WORKER_MODULE, "--socket-fd", str(theirs.fileno())]
+            if not settings.sandbox:
+                argv.append("--no-sandbox")
+            with theirs:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stdout=output,
+                    stderr=output,
+                    pass_fds=(theirs.fileno(),),
+                    env=_worker_env(),
+                )
+            return _talk(proc, ours, request, settings, cgroup, output)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
+
+
+def _talk(
+    proc: subprocess.Popen[bytes],
+    ours: socket.socket,
+    request: dict[str, Any],
+    settings: WorkerSettings,
+    cgroup: CompileCgroup | None,
+    output: IO[bytes],
+) -> Received:
+    deadline = time.monotonic() + settings.timeout
+    timed_out = False
+    reply: tuple[bytes, list[int]] | None = None
+    try:
+        if cgroup is not None:
+            cgroup.add(proc.pid)  # before the request: the worker waits for it on stdin
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # a worker that died early: its exit says why
+            proc.stdin.write(json.dumps(request).encode())
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
+        reply = _receive(ours, deadline)
+        timed_out = reply is None and time.monotonic() >= deadline
+        if not timed_out:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            if cgroup is not None:
+                # The sandboxed processes first: the worker reaps them and exits, leaving no orphan.
+                cgroup.kill(spare=proc.pid)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1.0)
+            proc.kill()
+        proc.wait()
+    if reply is not None and reply[0]:
+        return _decode(*reply)
+    if reply is not None:
+        _close_all(reply[1])
+    raise _failure(proc.returncode, timed_out, settings, cgroup, output)
+
+
+def _receive(ours: socket.socket, deadline: float) -> tuple[bytes, list[int]] | None:
+    """The worker's one message and its fds; None on timeout. An empty message means the worker
+    went away without answering."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if select.select([ours], [], [], remaining)[0]:
+            break
+    message, fds, flags, _ = socket.recv_fds(ours, _MAX_MESSAGE, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        _close_all(fds)
+        raise errors.CompileError("the compile worker sent an oversized result")
+    return message, fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _decode(message: bytes, fds: list[int]) -> Received:
+    received = Received()
+    try:
+        try:
+            reply = json.loads(message)
+            ok, roles, names = reply["ok"], list(reply.get("progs", [])), list(reply.get("maps", []))
+        except (ValueError, KeyError, TypeError) as e:
+            raise errors.CompileError(f"the compile worker sent an unreadable result: {e}") from None
+        if not ok:
+            error = errors.BUILD_ERRORS.get(str(reply.get("reason")), errors.CompileError)
+            raise error(str(reply.get("message", "")))
+        _check_shape(roles, names, fds)
+        received.progs = dict(zip(roles, fds[: len(roles)], strict=True))
+        received.maps = dict(zip(names, fds[len(roles) :], strict=True))
+        fds = []  # owned by `received` from here
+        _check_objects(received)
+    except BaseException:
+        received.close()
+        _close_all(fds)
+        raise
+    return received
+
+
+def _check_shape(roles: list[Any], names: list[Any], fds: list[int]) -> None:
+    def bad(what: str) -> errors.CompileError:
+        return errors.CompileError(f"the compile worker sent an invalid result: {what}")
+
+    if len(fds) != len(roles) + len(names):
+        raise bad(f"{len(fds)} fds for {len(roles)} programs and {len(names)} maps")
+    if "prog" not in roles or len(set(roles)) != len(roles) or len(set(names)) != len(names):
+        raise bad("the program roles or map names are missing or repeated")
+    for role in roles:
+        if not isinstance(role, str) or not _ROLE.fullmatch(role):
+            raise bad(f"program role {role!r}")
+    for name in names:
+        if not isinstance(name, str) or not _MAP_NAME.fullmatch(name):
+            raise bad(f"map name {name!r}")
+
+
+def _kind(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")  # e.g. anon_inode:bpf-prog
+    except OSError:
+        return ""
+
+
+def _check_objects(received: Received) -> None:
+    """Each fd must be what the worker says: a BPF program, or the BPF map of that name."""
+    kinds = [(fd, "anon_inode:bpf-prog") for fd in received.progs.values()]
+    kinds += [(fd, "anon_inode:bpf-map") for fd in received.maps.values()]
+    for fd, kind in kinds:
+        if _kind(fd) != kind:
+            raise errors.CompileError(f"the compile worker sent an fd that is not a {kind[11:]}")
+    try:
+        for name, fd in received.maps.items():
+            if syscalls.map_info(fd).name != name:
+                raise errors.CompileError(f"the compile worker sent a map that is not {name!r}")
+    except errors.KernelError as e:
+        raise errors.CompileError(f"the compile worker sent an fd that is not a BPF object: {e}") from None
+
+
+def _failure(
+    code: int, timed_out: bool, settings: WorkerSettings, cgroup: CompileCgroup | None, output: IO[bytes]
+) -> errors.CompileError:
+    limits = settings.limits
+    output.seek(max(0, output.seek(0, os.SEEK_END) - _TAIL_BYTES))
+    text = output.read().decode(errors="replace")
+    if timed_out:
+        return errors.CompileError(f"the compiler took longer than {settings.timeout:.0f}s")
+    out_of_memory = code == MEMORY_LIMIT_EXIT or any(word in text for word in _OOM_WORDS)
+    if out_of_memory or (cgroup is not None and cgroup.oom_killed()):
+        return errors.CompileError(f"the compiler hit the memory limit ({limits.memory_bytes >> 20} MiB)")
+    if code == CPU_LIMIT_EXIT:
+        return errors.CompileError(f"the compiler hit the CPU time limit ({limits.cpu_seconds} s)")
+    # The worker crashed (a compiler fault on a hostile source, say): the agent lives on.
+    tail = text.strip().splitlines()[-_STDERR_LINES:]
+    return errors.CompileError(f"the compile worker exited with code {code}:\n" + "\n".join(tail))

@@ -1,0 +1,46 @@
+"""Pins what a compile worker loaded as one program version, which appears whole or not at all.
+
+    <version>/prog          role "prog": what gets attached
+    <version>/prog-<role>   every other role (e.g. "user", the user's own function behind the
+                            agent's pod-filter entry point)
+    <version>/maps/<name>   the maps
+
+Everything is pinned under a staging directory next to the version and renamed into place; on any
+failure the staging directory is removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from node_agent.kernel import syscalls
+from node_agent.kernel.compile_runner import Received
+
+STAGING_PREFIX = "staging-"  # bpffs refuses dots in names, hence a prefix
+
+
+def staging_dir(pin_dir: Path) -> Path:
+    return pin_dir.with_name(STAGING_PREFIX + pin_dir.name)
+
+
+def prog_pin_name(role: str) -> str:
+    return "prog" if role == "prog" else f"prog-{role}"
+
+
+def publish(received: Received, pin_dir: Path) -> int:
+    """Pins the programs and maps at `pin_dir`; returns the id of the "prog" program."""
+    staging = staging_dir(pin_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "maps").mkdir(parents=True)
+        for role, fd in received.progs.items():
+            syscalls.obj_pin(fd, str(staging / prog_pin_name(role)))
+        for name, fd in received.maps.items():
+            syscalls.obj_pin(fd, str(staging / "maps" / name))
+        prog_id = syscalls.prog_info(received.progs["prog"]).id
+        staging.rename(pin_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return prog_id
