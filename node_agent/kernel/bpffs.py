@@ -26,7 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node_agent import elf, errors, netns
-from node_agent.kernel import compile_runner, host_targets, links, pod_files, pod_filter, syscalls
+from node_agent.kernel import (
+    compile_runner,
+    helper_check,
+    host_targets,
+    links,
+    pod_files,
+    pod_filter,
+    syscalls,
+)
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     NODE_WIDE_FILTERED,
@@ -71,7 +79,7 @@ class BpffsBackend:
         *,
         sandbox: bool = True,
         compile_limits: CompileLimits = DEFAULT_COMPILE_LIMITS,
-        check_loaded: CheckLoaded | None = None,
+        check_loaded: CheckLoaded | None = helper_check.check_loaded,
         compile_cgroup_prefix: str = CGROUP_PREFIX,
         compile_cgroups: bool = True,
     ) -> None:
@@ -150,13 +158,24 @@ class BpffsBackend:
         try:
             with compile_runner.compiled(request, settings, self._compile_cgroups()) as received:
                 if self.check_loaded is not None:
-                    self.check_loaded(dict(received.progs), build)
+                    self._check(received.progs, build)
                 prog_id = publish_version(received, pin_dir)
                 maps = tuple(sorted(received.maps))
         except errors.ProgramBuildError:
             self._remove_empty_parents(pin_dir)
             raise
         return LoadedProgram(ref, prog_id, str(pin_dir), maps)
+
+    def _check(self, progs: dict[str, int], build: ProgramBuild) -> None:
+        """The loaded code as the kernel has it, before anything is pinned or attached."""
+        assert self.check_loaded is not None
+        try:
+            self.check_loaded(dict(progs), build)
+        except errors.ProgramBuildError:
+            raise
+        except errors.AgentError as e:
+            # Fail closed: code whose calls cannot be read back is not run.
+            raise errors.HelperNotAllowed(f"the agent could not check the program's helper calls: {e}") from e
 
     def _compile_cgroups(self) -> CgroupPlacement | None:
         """Where compile workers' cgroups go, looked for once (None: the host offers none)."""

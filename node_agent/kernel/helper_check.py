@@ -20,7 +20,10 @@ def check_program(prog_fd: int, prog_type: int, cluster: bool) -> None:
     Raises KernelError if the kernel does not show the program or its symbols."""
     if not helper_policy.checks_anything(cluster):
         return  # a ClusterEbpfProgram may call anything: nothing to read
-    found = calls(syscalls.prog_xlated_insns(prog_fd), kernel_symbols())
+    # The kernel shows call addresses only through an fd whose opener may read kernel addresses;
+    # the compile worker that made `prog_fd` dropped that right, so read through an fd of our own.
+    with syscalls.closing_fd(syscalls.prog_fd_by_id(syscalls.prog_info(prog_fd).id)) as own_fd:
+        found = calls(syscalls.prog_xlated_insns(own_fd), kernel_symbols())
     refused = helper_policy.disallowed(found, prog_type, cluster)
     if refused:
         raise HelperNotAllowed(helper_policy.refusal(refused, prog_type, cluster))

@@ -31,6 +31,7 @@ BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_QUERY = 16
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
@@ -132,6 +133,12 @@ def map_fd_by_id(map_id: int) -> int:
     attr = _attr()
     struct.pack_into("=I", attr, 0, map_id)
     return _bpf(BPF_MAP_GET_FD_BY_ID, attr)
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    attr = _attr()
+    struct.pack_into("=I", attr, 0, prog_id)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
 
 
 def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: int) -> int:
