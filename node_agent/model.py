@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names
-from node_agent.kernel.attach_types import PER_BINARY_FILTERED, kernel_attach
+from node_agent.kernel.attach_types import FILTERED_SCOPES, PER_BINARY_FILTERED, kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 
 
@@ -42,6 +42,9 @@ def program_version(build: ProgramBuild) -> str:
         # Only for uprobes, so that the versions of every other program stay what they were.
         attach = build.attach
         fields.append([attach.symbol, attach.offset, attach.retprobe, attach.container])
+    if build.attach.scope in FILTERED_SCOPES:
+        # Built with the enforced pod filter (bpfleet_entry in front): nodes rebuild what they run.
+        fields.append("filter-entry")
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
