@@ -22,7 +22,6 @@ _HEADER = re.compile(
 # "In file included from file:line:" and its continuation lines "                 from file:line:"
 _INCLUDED = re.compile(r"^(?:In file included from|\s+from) (?P<file>.+?):(?P<line>\d+)[:,]$")
 _SUMMARY = re.compile(r"^\d+ (?:warnings?|errors?)( and \d+ (?:warnings?|errors?))? generated\.$")
-_UNLOCATED = re.compile(r"^(?:fatal error|error|warning): ")
 _PATH = re.compile(r"(?<![\w.])/[^\s:'\"()]+")
 
 
@@ -35,31 +34,31 @@ def user_diagnostics(output: str, main_is_user: bool = False) -> str:
     main file is the user's text alone (no prelude before it), so it is program.c too."""
     user_files = {USER_FILE_NAME, BCC_MAIN_FILE} if main_is_user else {USER_FILE_NAME}
     kept: list[str] = []
-    keeping = False  # whether the lines now read belong to a diagnostic of the user's file
+    # Whose lines are being read: a diagnostic's source, caret and fix-it lines follow its header.
+    owner = "compiler"  # "user", "outside", or the compiler's (BCC's) own unlocated messages
     for line in output.splitlines():
         if line.startswith("; ModuleID"):
             break  # an IR dump follows: not for users
         header = _HEADER.match(line)
         if header:
-            keeping = header["file"] in user_files
-            if keeping:
+            owner = "user" if header["file"] in user_files else "outside"
+            if owner == "user":
                 kept.append(USER_FILE_NAME + line[len(header["file"]) :])
             elif header["kind"] != "note":  # an elided note explains an elided line: say nothing
                 kept.append(f"{OUTSIDE}: {header['kind']} elided")
             continue
         included = _INCLUDED.match(line)
         if included:
-            keeping = False
+            owner = "outside"
             if included["file"] in user_files:
                 kept.append(f"{USER_FILE_NAME}:{included['line']}: included here")
-            continue
-        if _SUMMARY.match(line):
-            keeping = False
+        elif _SUMMARY.match(line):
+            owner = "compiler"
             kept.append(line)
-        elif keeping:
-            kept.append(line)  # the source line, caret and fix-it of the user's own diagnostic
-        elif _UNLOCATED.match(line):
-            kept.append(_mask_paths(line))
+        elif owner == "user":
+            kept.append(line)
+        elif owner == "compiler" and line.strip():
+            kept.append(_mask_paths(line))  # BCC's own messages ("could not open bpf map: ...")
     return "\n".join(_merge_repeats(kept))
 
 
