@@ -216,15 +216,16 @@ def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:
     from node_agent.kernel import syscalls
 
     sizes: dict[str, int] = {}
-    seen: set[int] = set()
+    tables: dict[int, int] = {}  # map id -> BCC's fd
     for name, fd in _bcc_tables(bpf.module):
-        seen.add(syscalls.map_info(fd).id)
+        tables[syscalls.map_info(fd).id] = fd
         sizes[name] = map_memory.memlock(fd)
     map_ids = {map_id for fd in built.progs.values() for map_id in syscalls.prog_info(fd).map_ids}
     for map_id in sorted(map_ids):
-        map_fd = syscalls.map_fd_by_id(map_id)
-        name = syscalls.map_info(map_fd).name
-        if map_id not in seen:
+        # BCC's own fds where it has one: opening a map by id takes CAP_SYS_ADMIN.
+        map_fd = os.dup(tables[map_id]) if map_id in tables else syscalls.map_fd_by_id(map_id)
+        name = syscalls.map_info(map_fd).name  # the kernel's name (15 characters): the pin's
+        if map_id not in tables:
             sizes[name or f"map-{map_id}"] = map_memory.memlock(map_fd)
         if name and not name.startswith("."):  # skip .rodata and friends
             built.maps[name] = map_fd
