@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_agent.kernel import compile_guard, map_memory, table_policy
+from node_agent.kernel import compile_guard, map_memory, syscalls, table_policy
 from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
 from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
 
@@ -166,8 +166,6 @@ def _load(bpf: Any, request: dict[str, Any], entry: bool, built: BuiltProgram) -
         bpf, ENTRY_FUNCTION, request, missing=lambda: f"the agent's prelude has no {ENTRY_FUNCTION}"
     )
     built.progs["prog"] = entry_fd
-    from node_agent.kernel import syscalls
-
     # The user's function goes in the filter's only slot: from now on it runs through the filter.
     syscalls.map_update(bpf[PROG_ARRAY.encode()].map_fd, struct.pack("=I", 0), struct.pack("=I", user_fd))
 
@@ -195,7 +193,9 @@ def _bcc_tables(module: int) -> list[tuple[str, int]]:
     declare no prototypes for these calls, hence a handle of our own."""
     import ctypes
 
-    lib = ctypes.CDLL("libbcc.so.0")
+    from bcc.libbcc import lib as bcc_lib
+
+    lib = ctypes.CDLL(bcc_lib._name)
     lib.bpf_num_tables.restype = ctypes.c_size_t
     lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
     lib.bpf_table_name.restype = ctypes.c_char_p
@@ -213,8 +213,6 @@ def _bcc_tables(module: int) -> list[tuple[str, int]]:
 def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:
     """Fills built.maps with the maps the loaded functions use, and returns the memory of every map
     of the program: those, and the tables BCC created that no loaded function uses."""
-    from node_agent.kernel import syscalls
-
     sizes: dict[str, int] = {}
     tables: dict[int, int] = {}  # map id -> BCC's fd
     for name, fd in _bcc_tables(bpf.module):
