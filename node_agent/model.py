@@ -10,7 +10,13 @@ from typing import Any
 
 from bpfleet_api import names, selectors
 from node_agent.errors import InvalidSpec
-from node_agent.kernel.attach_types import HOST_SCOPES, PER_BINARY_FILTERED, UnknownAttach, kernel_attach
+from node_agent.kernel.attach_types import (
+    FILTERED_SCOPES,
+    HOST_SCOPES,
+    PER_BINARY_FILTERED,
+    UnknownAttach,
+    kernel_attach,
+)
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 
 # The ProgramRef namespace (and pin directory) of ClusterEbpfPrograms: no Kubernetes namespace
@@ -53,6 +59,9 @@ def program_version(build: ProgramBuild) -> str:
         fields.append(build.attach.scope)  # unfiltered: another program than the same hook for pods
     if build.max_map_bytes != DEFAULT_MAX_MAP_BYTES:
         fields.append(["maxMapBytes", build.max_map_bytes])  # another cap, another check
+    if build.attach.scope in FILTERED_SCOPES:
+        # Built with the enforced pod filter (bpfleet_entry in front): nodes rebuild what they run.
+        fields.append("filter-entry")
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 

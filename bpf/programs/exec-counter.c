@@ -2,7 +2,8 @@
  *
  * Attach: Tracepoint, name sched:sched_process_exec. Function: count_execs.
  * Map `execs` (hash, key: pod cgroup v2 id u64, value: u64 count).
- * Node-wide tracepoint: bpfleet_pod_selected() keeps it to the selected pods.
+ * Node-wide tracepoint behind the agent's pod filter (bpfleet_entry); the check below is
+ * redundant there and kept for readers.
  */
 #include <bpfleet.h>
 

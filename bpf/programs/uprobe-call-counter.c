@@ -3,8 +3,8 @@
  * Attach: Uprobe (function count_calls: counts entries) or Uretprobe (function count_returns:
  * counts returns), with the binary and its symbol or offset of your choice.
  * Map `calls` (hash, key: pod cgroup v2 id u64, value: u64 count).
- * The probe is on the binary file, shared by every process that runs it: bpfleet_pod_selected()
- * keeps it to the selected pods.
+ * The probe is on the binary file, shared by every process that runs it: the agent's pod filter
+ * (bpfleet_entry) keeps it to the selected pods; the checks below are redundant there.
  */
 #include <bpfleet.h>
 

@@ -1,18 +1,39 @@
-"""What the compile worker does with BCC: compile a source, load its function, hand back the fds.
+"""What the compile worker does with BCC: compile a source, load its functions, hand back the fds.
 
 Runs inside the compile worker only (never in the agent): it imports bcc. The worker ships the
 file descriptors returned here to the agent, which checks and pins them.
+
+The source is hostile input, so a build:
+- attaches nothing: BCC's autoload of kprobe__*, tracepoint__*, TRACEPOINT_PROBE and the like is
+  switched off, and the compile runs under a guard that makes attaching fail anyway (compile_guard);
+- keeps tables private: no pinned, extern, public or shared table (table_policy);
+- caps the kernel memory of the program's maps (map_memory);
+- shows the user only diagnostics of their own program.c (compiler_output);
+- with `entryPoint` (filtered scopes), enforces the pod filter: role "prog", what gets attached, is
+  the prelude's bpfleet_entry, which tail-calls the user's function (role "user") for the selected
+  pods only (bpf/include/node_wide_prelude.h).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# BCC names the main source file like this in diagnostics; users know it as their program.
-BCC_MAIN_FILE = "/virtual/main.c"
-USER_FILE_NAME = "program.c"
+from node_agent.kernel import compile_guard, map_memory, syscalls, table_policy
+from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
+from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
+
+__all__ = ["USER_FILE_NAME", "BuildFailure", "BuiltProgram", "build"]
+
+RESERVED_PREFIX = "bpfleet_"  # the agent's own functions and parameters
+ENTRY_FUNCTION = "bpfleet_entry"  # the prelude's pod filter, attached in front of the user's function
+PROG_ARRAY = "bpfleet_progs"  # its tail-call slot 0 holds the user's function
+_DEBUG_LLVM_IR = 0x1  # BCC prints the module's IR to stdout: where table_policy reads the sections
+_DEFINE = re.compile(r"^-D(?P<name>[A-Za-z_]\w*)(?:=|$)")
 
 
 class BuildFailure(Exception):
@@ -31,54 +52,181 @@ class BuiltProgram:
     progs: dict[str, int] = field(default_factory=dict)
     maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
 
+    def close(self) -> None:
+        for fd in [*self.progs.values(), *self.maps.values()]:
+            os.close(fd)
+        self.progs.clear()
+        self.maps.clear()
+
 
 def build(request: dict[str, Any]) -> BuiltProgram:
     """Compiles and loads request["function"]; raises BuildFailure with what the user should read.
 
-    Request fields: source, function, progType, attachType, includeDirs, cflags, prelude.
+    Request fields: source, function, progType, attachType, includeDirs, cflags, prelude,
+    entryPoint (bool: put the pod filter in front), maxMapBytes (int > 0; absent or 0: 64 MiB).
     """
+    _check_names(request)
+    entry = bool(request.get("entryPoint"))
+    if entry and not request.get("prelude"):
+        raise BuildFailure("CompileError", "this agent has no pod filter (node_wide_prelude.h) to build with")
+    bpf = compile_source(request)
+    built = BuiltProgram()
+    try:
+        _load(bpf, request, entry, built)
+        sizes = _map_sizes(bpf, built)
+        limit = int(request.get("maxMapBytes") or 0) or map_memory.DEFAULT_MAX_MAP_BYTES
+        too_large = map_memory.over_cap(sizes, limit)
+        if too_large:
+            raise BuildFailure("MapTooLarge", too_large)
+    except BaseException:
+        built.close()
+        raise
+    finally:
+        bpf.cleanup()  # BCC's own fds; the dups in `built` keep what is handed back
+    return built
+
+
+def _check_names(request: dict[str, Any]) -> None:
+    function = str(request["function"])
+    if function.lower().startswith(RESERVED_PREFIX):
+        raise BuildFailure(
+            "FunctionNotFound",
+            f"function {function!r}: names starting with {RESERVED_PREFIX} are reserved for the agent",
+        )
+    # Parameters are -D defines, which reach the prelude too: the pod filter's own knobs
+    # (BPFLEET_MAX_CGROUP_LEVEL, say) are not the user's to set.
+    for flag in request["cflags"]:
+        define = _DEFINE.match(flag)
+        if define and define["name"].lower().startswith(RESERVED_PREFIX):
+            raise BuildFailure(
+                "CompileError",
+                f"parameter {define['name']}: names starting with BPFLEET_ are reserved for the agent",
+            )
+
+
+def _source(request: dict[str, Any]) -> str:
+    prelude = request.get("prelude") or ""
+    if not prelude:
+        return str(request["source"])  # BCC's main file is the user's file: its lines keep their text
+    # The line directive keeps diagnostics in the user's own file name and line numbers; the
+    # prelude before it is the agent's (compiler_output elides what is located there).
+    return f'{prelude}\n#line 1 "{USER_FILE_NAME}"\n{request["source"]}'
+
+
+def compile_source(request: dict[str, Any]) -> Any:
+    """BCC's module of the source, compiled under the guard, with its tables checked; nothing is
+    loaded or attached yet. The caller owns the BPF object (cleanup() releases it)."""
     from bcc import BPF
 
-    from node_agent.kernel import syscalls
-    from node_agent.kernel.stderr_capture import captured_stderr
+    class NoAutoloadBPF(BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            """BPF() would load and attach kprobe__*, tracepoint__*, kfunc__*, lsm__* ... here, for
+            as long as the process lives. A build attaches nothing: the agent decides that."""
 
     cflags = [f"-I{d}" for d in request["includeDirs"]] + list(request["cflags"])
-    source = request["source"]
-    if request.get("prelude"):
-        # The line directive keeps diagnostics in the user's own line numbers.
-        source = f'{request["prelude"]}\n#line 1 "{USER_FILE_NAME}"\n{source}'
-    with captured_stderr() as stderr:
-        try:
-            bpf = BPF(text=source.encode(), cflags=cflags)
-        except Exception:
-            bpf = None
-    if bpf is None:
-        diagnostics = stderr.text.replace(BCC_MAIN_FILE, USER_FILE_NAME)
-        raise BuildFailure("CompileError", diagnostics or "the compiler failed without diagnostics")
+    text = _source(request).encode()
+    compiled: list[Any] = []
 
-    function = request["function"].encode()
-    with captured_stderr() as stderr:
+    def compile_() -> None:
+        compiled.append(NoAutoloadBPF(text=text, cflags=cflags, debug=_DEBUG_LLVM_IR))
+
+    with captured_fd(1) as ir, captured_fd(2) as output:
         try:
-            fn = bpf.load_func(function, request["progType"], attach_type=request["attachType"])
+            compile_guard.run_guarded(compile_)
+        except compile_guard.GuardUnavailable as e:
+            raise BuildFailure("CompileError", f"this node cannot compile programs safely: {e}") from None
+        except Exception:
+            pass  # the diagnostics say why
+    bpf = compiled[0] if compiled else None
+    refusals = table_policy.refusals_in_output(output.text)
+    if bpf is not None:
+        if "; ModuleID" not in ir.text:
+            bpf.cleanup()
+            raise BuildFailure("CompileError", "the compiled module could not be checked (no IR from BCC)")
+        # The module's sections name every such table; BCC's messages only some.
+        refusals = table_policy.refusals_in_ir(ir.text) or refusals
+    if refusals:
+        if bpf is not None:
+            bpf.cleanup()
+        raise BuildFailure("MapNotAllowed", table_policy.message(refusals))
+    if bpf is None:
+        diagnostics = user_diagnostics(output.text, main_is_user=not request.get("prelude"))
+        raise BuildFailure("CompileError", diagnostics or "the compiler failed without diagnostics")
+    return bpf
+
+
+def _load(bpf: Any, request: dict[str, Any], entry: bool, built: BuiltProgram) -> None:
+    function = str(request["function"])
+    user_fd = _load_function(bpf, function, request)
+    if not entry:
+        built.progs["prog"] = user_fd
+        return
+    built.progs["user"] = user_fd
+    entry_fd = _load_function(
+        bpf, ENTRY_FUNCTION, request, missing=lambda: f"the agent's prelude has no {ENTRY_FUNCTION}"
+    )
+    built.progs["prog"] = entry_fd
+    # The user's function goes in the filter's only slot: from now on it runs through the filter.
+    syscalls.map_update(bpf[PROG_ARRAY.encode()].map_fd, struct.pack("=I", 0), struct.pack("=I", user_fd))
+
+
+def _load_function(
+    bpf: Any, name: str, request: dict[str, Any], missing: Callable[[], str] | None = None
+) -> int:
+    with captured_stderr() as log:
+        try:
+            fn = bpf.load_func(name.encode(), request["progType"], attach_type=request["attachType"])
             error = None
         except Exception as e:
             error = str(e)
-    if error is not None:
-        if error.startswith("Unknown program"):
-            raise BuildFailure(
-                "FunctionNotFound", f"the source has no function named {request['function']!r}"
-            )
-        raise BuildFailure("VerifierRejected", stderr.text or error)
-    built = BuiltProgram(progs={"prog": _dup(fn.fd)})
-    for map_id in syscalls.prog_info(fn.fd).map_ids:
-        map_fd = syscalls.map_fd_by_id(map_id)
-        name = syscalls.map_info(map_fd).name
+    if error is None:
+        return os.dup(fn.fd)  # BCC closes its own fds when the BPF object goes
+    if error.startswith("Unknown program"):
+        if missing is not None:
+            raise BuildFailure("CompileError", missing())
+        raise BuildFailure("FunctionNotFound", f"the source has no function named {name!r}")
+    raise BuildFailure("VerifierRejected", log.text or error)
+
+
+def _bcc_tables(module: int) -> list[tuple[str, int]]:
+    """(name, fd) of every table BCC created for the module, used or not. bcc's Python bindings
+    declare no prototypes for these calls, hence a handle of our own."""
+    import ctypes
+
+    from bcc.libbcc import lib as bcc_lib
+
+    lib = ctypes.CDLL(bcc_lib._name)
+    lib.bpf_num_tables.restype = ctypes.c_size_t
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.bpf_table_fd_id.restype = ctypes.c_int
+    lib.bpf_table_fd_id.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    tables = []
+    for i in range(lib.bpf_num_tables(module)):
+        fd, name = lib.bpf_table_fd_id(module, i), lib.bpf_table_name(module, i)
+        if fd >= 0 and name:
+            tables.append((name.decode(errors="replace"), fd))
+    return tables
+
+
+def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:
+    """Fills built.maps with the maps the loaded functions use, and returns the memory of every map
+    of the program: those, and the tables BCC created that no loaded function uses."""
+    sizes: dict[str, int] = {}
+    tables: dict[int, int] = {}  # map id -> BCC's fd
+    for name, fd in _bcc_tables(bpf.module):
+        tables[syscalls.map_info(fd).id] = fd
+        sizes[name] = map_memory.memlock(fd)
+    map_ids = {map_id for fd in built.progs.values() for map_id in syscalls.prog_info(fd).map_ids}
+    for map_id in sorted(map_ids):
+        # BCC's own fds where it has one: opening a map by id takes CAP_SYS_ADMIN.
+        map_fd = os.dup(tables[map_id]) if map_id in tables else syscalls.map_fd_by_id(map_id)
+        name = syscalls.map_info(map_fd).name  # the kernel's name (15 characters): the pin's
+        if map_id not in tables:
+            sizes[name or f"map-{map_id}"] = map_memory.memlock(map_fd)
         if name and not name.startswith("."):  # skip .rodata and friends
             built.maps[name] = map_fd
         else:
             os.close(map_fd)
-    return built
-
-
-def _dup(fd: int) -> int:
-    return os.dup(fd)  # BCC closes its own fds when the BPF object goes
+    return sizes

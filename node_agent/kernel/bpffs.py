@@ -151,6 +151,8 @@ class BpffsBackend:
             "includeDirs": [str(d) for d in self.include_dirs],
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
             "prelude": self.node_wide_prelude if build.attach.scope in FILTERED_SCOPES else "",
+            "entryPoint": build.attach.scope in FILTERED_SCOPES,
+            "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
         }
         settings = compile_runner.WorkerSettings(
             self.python, self.compile_timeout, self.sandbox, self.compile_limits

@@ -1,4 +1,4 @@
-"""Captures what native code (clang, libbpf) writes to file descriptor 2."""
+"""Captures what native code (clang, LLVM, libbpf) writes to a file descriptor: 2, or 1."""
 
 from __future__ import annotations
 
@@ -15,16 +15,20 @@ class Captured:
 
 
 @contextlib.contextmanager
-def captured_stderr() -> Iterator[Captured]:
-    """Redirects fd 2 to a file for the block; `text` holds what was written once it exits."""
+def captured_fd(fd: int) -> Iterator[Captured]:
+    """Redirects fd to a file for the block; `text` holds what was written once it exits."""
     captured = Captured()
-    saved = os.dup(2)
+    saved = os.dup(fd)
     with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
+        os.dup2(sink.fileno(), fd)
         try:
             yield captured
         finally:
-            os.dup2(saved, 2)
+            os.dup2(saved, fd)
             os.close(saved)
             sink.seek(0)
             captured.text = sink.read().decode(errors="replace")
+
+
+def captured_stderr() -> contextlib.AbstractContextManager[Captured]:
+    return captured_fd(2)
