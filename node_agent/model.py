@@ -57,7 +57,7 @@ def program_version(build: ProgramBuild) -> str:
         fields.append([attach.symbol, attach.offset, attach.retprobe, attach.container])
     if build.attach.scope in HOST_SCOPES:
         fields.append(build.attach.scope)  # unfiltered: another program than the same hook for pods
-    if build.max_map_bytes != DEFAULT_MAX_MAP_BYTES:
+    if build.max_map_bytes not in (0, DEFAULT_MAX_MAP_BYTES):  # 0 also means the default
         fields.append(["maxMapBytes", build.max_map_bytes])  # another cap, another check
     if build.attach.scope in FILTERED_SCOPES:
         # Built with the enforced pod filter (bpfleet_entry in front): nodes rebuild what they run.
