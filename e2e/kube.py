@@ -60,7 +60,7 @@ class Kube:
             names.VERSION,
             namespace,
             names.NODE_PROGRAM_PLURAL,
-            label_selector=f"{names.PROGRAM_LABEL}={program}",
+            label_selector=f"{names.PROGRAM_LABEL}={names.label_value(program)}",
         )
         return list(listed["items"])
 
@@ -70,20 +70,57 @@ class Kube:
 
     def condition(self, namespace: str, name: str, kind: str = "Ready") -> dict[str, Any] | None:
         """The condition, if the status speaks of the current generation."""
-        program = self.program(namespace, name)
-        if program is None:
-            return None
-        status = program.get("status") or {}
-        if status.get("observedGeneration") != program["metadata"]["generation"]:
-            return None
-        return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
+        return _current_condition(self.program(namespace, name), kind)
 
     def is_ready(self, namespace: str, name: str) -> bool:
         cond = self.condition(namespace, name)
         return cond is not None and cond["status"] == "True"
 
+    # -- ClusterEbpfPrograms: cluster-scoped, their node objects in the system namespace ------------
+
+    def cluster_program(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_cluster_custom_object(
+                names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def cluster_node_programs(self, name: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            names.GROUP,
+            names.VERSION,
+            names.system_namespace(),
+            names.NODE_PROGRAM_PLURAL,
+            label_selector=f"{names.CLUSTER_PROGRAM_LABEL}={names.label_value(name)}",
+        )
+        return list(listed["items"])
+
+    def cluster_node_program(self, name: str, node: str) -> dict[str, Any]:
+        [found] = [np for np in self.cluster_node_programs(name) if np["spec"]["nodeName"] == node]
+        return found
+
+    def cluster_condition(self, name: str, kind: str = "Ready") -> dict[str, Any] | None:
+        return _current_condition(self.cluster_program(name), kind)
+
+    def cluster_is_ready(self, name: str) -> bool:
+        cond = self.cluster_condition(name)
+        return cond is not None and cond["status"] == "True"
+
     def events(self, namespace: str, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+
+def _current_condition(program: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """A program's condition of that type, if its status speaks of the current generation."""
+    if program is None:
+        return None
+    status = program.get("status") or {}
+    if status.get("observedGeneration") != program["metadata"]["generation"]:
+        return None
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), None)
 
 
 @contextmanager

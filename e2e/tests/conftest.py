@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bpfleet_api import names
 from e2e.controlplane import ControlPlane, running_control_plane
 from e2e.harness import (
     ManagedProcess,
@@ -68,6 +69,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def kube(control_plane: ControlPlane) -> Kube:
     return Kube(control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def system_namespace(kube: Kube) -> str:
+    """Where the operator puts ClusterEbpfPrograms' node objects, as the chart's release namespace."""
+    name = names.system_namespace()
+    kube.kubectl("create", "namespace", name, check=False)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, reasons
 from e2e.harness import wait_for
@@ -37,23 +36,6 @@ TC_PASS = "#include <uapi/linux/pkt_cls.h>\nint pass(struct __sk_buff *skb) { re
 TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
 
 NodeObjects = Callable[..., tuple[str, str]]
-
-
-@pytest.fixture(scope="module")
-def system_namespace(kube: Kube) -> Iterator[str]:
-    """The system namespace, made for this module if the control plane has none (and then removed)."""
-    try:
-        kube.core.read_namespace(SYSTEM)
-        made = False
-    except ApiException as e:
-        assert e.status == 404, e
-        kube.kubectl("create", "namespace", SYSTEM)
-        made = True
-    try:
-        yield SYSTEM
-    finally:
-        if made:
-            kube.kubectl("delete", "namespace", SYSTEM, "--wait=false")
 
 
 @pytest.fixture
