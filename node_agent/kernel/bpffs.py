@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from node_agent import elf, errors, netns
+from node_agent import errors, netns
 from node_agent.kernel import (
     compile_runner,
     helper_check,
@@ -33,6 +33,7 @@ from node_agent.kernel import (
     links,
     pod_files,
     pod_filter,
+    symbol_lookup,
     syscalls,
 )
 from node_agent.kernel.attach_types import (
@@ -401,8 +402,9 @@ class BpffsBackend:
         path = f"/proc/self/fd/{file_fd}"
         offset = attach.offset
         if attach.symbol:
-            with open(path, "rb") as binary:
-                offset = elf.symbol_offset(binary, attach.symbol, attach.target)
+            offset = symbol_lookup.symbol_offset(
+                file_fd, attach.symbol, attach.target, self.python, sandbox=self.sandbox
+            )
         pin.parent.mkdir(exist_ok=True)
         with syscalls.closing_fd(syscalls.perf_event_open_uprobe(path, offset, attach.retprobe)) as perf_fd:
             return links.pin_perf_event(self._dir(ref) / "prog", pin, perf_fd)

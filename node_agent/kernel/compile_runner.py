@@ -61,7 +61,7 @@ class WorkerSettings:
     limits: CompileLimits
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     # The compile can read its own /proc/1/environ: give it nothing of the agent's environment.
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     if os.environ.get("PYTHONPATH"):
@@ -108,7 +108,7 @@ def _run(request: dict[str, Any], settings: WorkerSettings, cgroups: CgroupPlace
                     stdout=output,
                     stderr=output,
                     pass_fds=(theirs.fileno(),),
-                    env=_worker_env(),
+                    env=worker_env(),
                 )
             return _talk(proc, ours, request, settings, cgroup, output)
         finally:
