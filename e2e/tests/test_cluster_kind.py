@@ -95,7 +95,18 @@ def test_tc_on_node_interfaces_by_pattern(kube: Kube, node_a, cluster_programs, 
         assert pinned_link_ifindex(Path(status["pinPath"]) / "links" / f"if-{interface}") == ifindex
 
 
-def test_node_wide_tracing_sees_host_processes(kube: Kube, node_a, cluster_programs):
+@pytest.mark.parametrize(
+    ("source", "function", "counts"),
+    [
+        ({"inline": UNFILTERED_EXEC_COUNTER}, "count_all", "execs"),
+        # A builtin written for pods calls bpfleet_pod_selected(): true for every task at scope Node.
+        ({"builtin": "exec-counter"}, "count_execs", "execs"),
+    ],
+    ids=["inline", "builtin"],
+)
+def test_node_wide_tracing_sees_host_processes(
+    kube: Kube, node_a, cluster_programs, source, function, counts
+):
     status = apply_cluster_ready(
         kube,
         node_a,
@@ -103,17 +114,17 @@ def test_node_wide_tracing_sees_host_processes(kube: Kube, node_a, cluster_progr
         cluster_program(
             f"all-execs-{uuid.uuid4().hex[:6]}",
             {
-                "source": {"inline": UNFILTERED_EXEC_COUNTER},
-                "function": "count_all",
+                "source": source,
+                "function": function,
                 "scope": "Node",
                 "attach": {"type": "Tracepoint", "name": "sched:sched_process_exec"},
             },
         ),
     )
-    before = sum(map_values(status["pinPath"], "execs"))
+    before = sum(map_values(status["pinPath"], counts))
     for _ in range(5):
         subprocess.run(["/bin/true"], check=True)
-    assert sum(map_values(status["pinPath"], "execs")) >= before + 5
+    assert sum(map_values(status["pinPath"], counts)) >= before + 5
 
 
 def test_kprobe_runs_where_the_node_has_kprobes(kube: Kube, node_a, cluster_programs):

@@ -38,6 +38,7 @@ from node_agent.kernel import (
 )
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
+    NODE_WIDE,
     NODE_WIDE_FILTERED,
     PER_BINARY_FILTERED,
     PER_POD_NETDEV,
@@ -53,6 +54,8 @@ from node_agent.kernel.publish import publish as publish_version
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
+# Before node-wide programs without a pod filter: bpfleet_pod_selected() is true for every task.
+UNFILTERED_PRELUDE = "#include <bpfleet_unfiltered.h>"
 DEFAULT_COMPILE_LIMITS = CompileLimits()
 # A check of the loaded programs (role -> fd) before they are pinned; raises a ProgramBuildError.
 CheckLoaded = Callable[[dict[str, int], ProgramBuild], None]
@@ -151,7 +154,7 @@ class BpffsBackend:
             "attachType": build.attach.load_attach_type,
             "includeDirs": [str(d) for d in self.include_dirs],
             "cflags": [f"-D{name}={value}" for name, value in build.defines],
-            "prelude": self.node_wide_prelude if build.attach.scope in FILTERED_SCOPES else "",
+            "prelude": self._prelude(build.attach),
             "entryPoint": build.attach.scope in FILTERED_SCOPES,
             "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
         }
@@ -168,6 +171,14 @@ class BpffsBackend:
             self._remove_empty_parents(pin_dir)
             raise
         return LoadedProgram(ref, prog_id, str(pin_dir), maps)
+
+    def _prelude(self, attach: KernelAttach) -> str:
+        """Source text put before the user's: the enforced pod filter, or its node-wide stand-in."""
+        if attach.scope in FILTERED_SCOPES:
+            return self.node_wide_prelude
+        if attach.scope == NODE_WIDE:
+            return UNFILTERED_PRELUDE
+        return ""
 
     def _check(self, progs: dict[str, int], build: ProgramBuild) -> None:
         """The loaded code as the kernel has it, before anything is pinned or attached."""
