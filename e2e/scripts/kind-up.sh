@@ -146,6 +146,8 @@ log "helm upgrade --install $RELEASE charts/bpfleet -n $NAMESPACE (images tagged
 "$HELM" upgrade --install "$RELEASE" "$REPO/charts/bpfleet" --kubeconfig "$KUBECONFIG_OUT" \
   -n "$NAMESPACE" --create-namespace \
   --set operator.image.tag=dev --set agent.image.tag=dev \
+  `# the suite scrapes agents through the API server's pod proxy, which needs more than loopback` \
+  --set agent.metrics.bindAddress=0.0.0.0 \
   --skip-crds --wait --timeout 5m >&2
 
 # Same tags, so Helm sees no change: running pods keep an old image, and agents started before
