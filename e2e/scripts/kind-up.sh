@@ -143,10 +143,11 @@ if "$HELM" status "$RELEASE" -n "$NAMESPACE" --kubeconfig "$KUBECONFIG_OUT" >/de
   installed=1
 fi
 log "helm upgrade --install $RELEASE charts/bpfleet -n $NAMESPACE (images tagged dev)"
+# Agents' metrics on the nodes' addresses: the cluster suite scrapes them through the API server's
+# pod proxy, which connects to the pod's (the node's) address, never to its loopback.
 "$HELM" upgrade --install "$RELEASE" "$REPO/charts/bpfleet" --kubeconfig "$KUBECONFIG_OUT" \
   -n "$NAMESPACE" --create-namespace \
   --set operator.image.tag=dev --set agent.image.tag=dev \
-  `# the suite scrapes agents through the API server's pod proxy, which needs more than loopback` \
   --set agent.metrics.bindAddress=0.0.0.0 \
   --skip-crds --wait --timeout 5m >&2
 
