@@ -181,20 +181,40 @@ def test_the_pods_token_names_its_node(cluster: Cluster):
     assert user["extra"][NODE_NAME_CLAIM] == [cluster.node_a]
 
 
-def test_policies_type_check_against_the_crds(cluster: Cluster):
-    def checked() -> list[dict[str, Any]]:
-        found = []
-        for name in cluster.release.policies:
-            policy = json.loads(cluster.kube.kubectl("get", "validatingadmissionpolicy", name, "-o", "json"))
-            status = policy.get("status") or {}
-            if status.get("observedGeneration") != policy["metadata"]["generation"]:
-                return []
-            found.append(status)
-        return found
+def type_checked(kube: Kube, name: str) -> dict[str, Any] | None:
+    """The policy's status.typeChecking once the controller has checked its current generation."""
+    policy = json.loads(kube.kubectl("get", "validatingadmissionpolicy", name, "-o", "json"))
+    status = policy.get("status") or {}
+    if status.get("observedGeneration") != policy["metadata"]["generation"]:
+        return None
+    return status.get("typeChecking") or {}
 
-    wait_for("the policies' type checking", checked, timeout=60, interval=0.5)
-    for status in checked():
-        assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
+
+def test_policies_type_check_against_the_crds(cluster: Cluster):
+    kube = cluster.kube
+    for name in cluster.release.policies:
+        wait_for(f"{name} to be type-checked", lambda n=name: type_checked(kube, n) is not None, 60)
+        assert not type_checked(kube, name).get("expressionWarnings"), name
+
+    # The same policy with a misspelt field is warned about: the check does read the CRD's schema.
+    policy = json.loads(
+        kube.kubectl("get", "validatingadmissionpolicy", cluster.release.policies[0], "-o", "json")
+    )
+    typo = json.loads(json.dumps(policy["spec"]).replace("object.spec.nodeName", "object.spec.nodeNam"))
+    name = unique("typo-probe")
+    body = {
+        "apiVersion": policy["apiVersion"],
+        "kind": policy["kind"],
+        "metadata": {"name": name},
+        "spec": typo,
+    }
+    kube.kubectl("create", "-f", "-", input=json.dumps(body))  # no binding: it never applies
+    try:
+        wait_for("the misspelt policy to be type-checked", lambda: type_checked(kube, name) is not None, 60)
+        warnings = type_checked(kube, name).get("expressionWarnings") or []
+        assert any("undefined field 'nodeNam'" in w["warning"] for w in warnings), warnings
+    finally:
+        kube.kubectl("delete", "validatingadmissionpolicy", name, "--ignore-not-found", check=False)
 
 
 # --- EbpfNodePrograms ------------------------------------------------------------------------------
