@@ -55,7 +55,20 @@ SERVICE_CIDR = "10.0.0.0/24"
 # First address of SERVICE_CIDR: the in-cluster "kubernetes" Service, so it goes in the serving cert.
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token"
+# resourcequota computes quotas' usage (admission refuses objects a quota counts until it has);
+# clusterrole-aggregation fills the built-in admin, edit and view roles from aggregated ClusterRoles;
+# validatingadmissionpolicy-status-controller type-checks policies against the schemas (status.typeChecking).
+CONTROLLERS = ",".join(
+    [
+        "garbagecollector",
+        "namespace",
+        "serviceaccount",
+        "serviceaccount-token",
+        "resourcequota",
+        "clusterrole-aggregation",
+        "validatingadmissionpolicy-status-controller",  # (no short alias)
+    ]
+)
 # Start order; stop goes in reverse so nothing loses its backend while still running.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 
@@ -645,7 +658,12 @@ class ControlPlane:
             f"--tls-cert-file={pki.serving_crt}",
             f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_crt}",
-            "--authorization-mode=RBAC",
+            # Node: what a real kubelet needs; RBAC for everyone else.
+            "--authorization-mode=Node,RBAC",
+            # Added to the default plugins (ResourceQuota, ServiceAccount, ValidatingAdmissionPolicy, ...).
+            "--enable-admission-plugins=NodeRestriction",
+            # Pod-bound tokens carry the pod's node (ServiceAccountTokenPodNodeInfo, on and locked
+            # since 1.32): the agents' node binding relies on it, and there is nothing to turn on.
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
@@ -660,6 +678,9 @@ class ControlPlane:
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_crt}",
             "--use-service-account-credentials=false",
+            # A quota made before the controller has discovered a new CRD (every 30 s) counts that
+            # CRD's objects only at the next full resync: 10 s here, not 5 min, for tests' fresh CRDs.
+            "--resource-quota-sync-period=10s",
             "--leader-elect=false",
             f"--bind-address={LOOPBACK}",
             f"--secure-port={ports.controller_manager}",

@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-address",
         default=os.environ.get("BPFLEET_METRICS_ADDRESS", DEFAULT_ADDRESS),
-        help="host:port of /metrics and /healthz; empty disables (env BPFLEET_METRICS_ADDRESS)",
+        help="host:port of /metrics and /healthz (no authentication; default loopback only); empty "
+        "disables (env BPFLEET_METRICS_ADDRESS)",
     )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)

@@ -29,7 +29,9 @@ from node_agent.reconcile import ATTACHED, FAILED, CgroupResolver, PassResult
 if TYPE_CHECKING:
     from node_agent.agent import Agent
 
-DEFAULT_ADDRESS = "0.0.0.0:9101"
+# Loopback: the agent is on the host network and its endpoints have no authentication, so by default
+# only the node itself can reach them (docs/metrics.md says how to scrape them).
+DEFAULT_ADDRESS = "127.0.0.1:9101"
 
 _COMPILE_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _ATTACH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)

@@ -143,9 +143,12 @@ if "$HELM" status "$RELEASE" -n "$NAMESPACE" --kubeconfig "$KUBECONFIG_OUT" >/de
   installed=1
 fi
 log "helm upgrade --install $RELEASE charts/bpfleet -n $NAMESPACE (images tagged dev)"
+# Agents' metrics on the nodes' addresses: the cluster suite scrapes them through the API server's
+# pod proxy, which connects to the pod's (the node's) address, never to its loopback.
 "$HELM" upgrade --install "$RELEASE" "$REPO/charts/bpfleet" --kubeconfig "$KUBECONFIG_OUT" \
   -n "$NAMESPACE" --create-namespace \
   --set operator.image.tag=dev --set agent.image.tag=dev \
+  --set agent.metrics.bindAddress=0.0.0.0 \
   --skip-crds --wait --timeout 5m >&2
 
 # Same tags, so Helm sees no change: running pods keep an old image, and agents started before

@@ -1,17 +1,17 @@
-"""The Helm chart against a real API server: it lints, its objects are accepted, it installs, upgrades
-and uninstalls, its schema refuses bad values, it ships crds/ unchanged, and its RBAC is enough for
-the real operator and agent (and no more than the table in docs/install.md)."""
+"""The Helm chart against a real API server: its objects are accepted, it installs, upgrades and
+uninstalls, and its RBAC is enough for the real operator and agent (and no more than the table in
+docs/install.md), the agent running on its pod's bound token and serving metrics on loopback only.
+What helm renders on its own is checked in test_chart_render.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import secrets
 import shutil
-import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from e2e.controlplane import ControlPlane
 from e2e.harness import (
     ManagedProcess,
     agent_process,
+    free_address,
     install_crds,
     kubectl_run,
     operator_process,
@@ -30,11 +31,26 @@ from e2e.harness import (
 )
 from e2e.kube import Kube
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
-from e2e.tools import REPO_ROOT, tool_path
+from e2e.tools import REPO_ROOT
+from tests.apiserver.chart import (
+    CHART,
+    Release,
+    agent_pod,
+    documents,
+    helm,
+    helm_ok,
+    installed_release,
+    pod_bound_token,
+    rendered,
+    scratch_namespace,
+    token_kubeconfig,
+    unbound_token,
+    unique,
+)
+from tests.apiserver.listening import connect_refused, non_loopback_ipv4, tcp_listeners
 
 pytestmark = pytest.mark.apiserver
 
-CHART = REPO_ROOT / "charts" / "bpfleet"
 EXAMPLE = REPO_ROOT / "examples" / "egress-port-deny.yaml"
 # What the log of a component says when the API server refused it something.
 REFUSED = re.compile(r"forbidden|not enough permissions|\b403\b", re.IGNORECASE)
@@ -49,33 +65,6 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("helm")
 
 
-def helm(home: Path, *args: str, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
-    argv = [str(tool_path("helm")), *args]
-    if kubeconfig is not None:
-        argv += ["--kubeconfig", str(kubeconfig)]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=180)
-
-
-def helm_ok(home: Path, *args: str, kubeconfig: Path | None = None) -> str:
-    result = helm(home, *args, kubeconfig=kubeconfig)
-    assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture(scope="module")
 def crds(kube: Kube) -> Kube:
     install_crds(kube.kubeconfig)
@@ -84,48 +73,15 @@ def crds(kube: Kube) -> Kube:
 
 @pytest.fixture
 def namespace(crds: Kube) -> Iterator[str]:
-    name = unique("chart")
-    crds.kubectl("create", "namespace", name)
-    try:
+    with scratch_namespace(crds, "chart") as name:
         yield name
-    finally:
-        crds.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@dataclass
-class Release:
-    name: str
-    namespace: str
-
-    @property
-    def operator(self) -> str:
-        return f"{self.name}-bpfleet-operator"
-
-    @property
-    def agent(self) -> str:
-        return f"{self.name}-bpfleet-agent"
 
 
 @pytest.fixture
 def release(crds: Kube, namespace: str, helm_home: Path) -> Iterator[Release]:
     """The chart installed into a fresh namespace; uninstalled afterwards, whatever the test did."""
-    installed = Release(unique("rel"), namespace)
-    try:
-        # The session's CRDs were applied from crds/ by kubectl; Helm 4 would apply its copies again
-        # as a second field manager (docs/install.md), so it skips them as a user would.
-        helm_ok(
-            helm_home,
-            "install",
-            installed.name,
-            str(CHART),
-            "-n",
-            namespace,
-            "--skip-crds",
-            kubeconfig=crds.kubeconfig,
-        )
+    with installed_release(crds, namespace, helm_home) as installed:
         yield installed
-    finally:
-        helm(helm_home, "uninstall", installed.name, "-n", namespace, kubeconfig=crds.kubeconfig)
 
 
 def get(kube: Kube, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -149,6 +105,9 @@ def release_objects(kube: Kube, release: Release) -> dict[tuple[str, str], dict[
         ("clusterrole", release.agent),
         ("clusterrolebinding", release.operator),
         ("clusterrolebinding", release.agent),
+        *(("clusterrole", f"{release.name}-bpfleet-{role}") for role in ("edit", "view", "cluster-programs")),
+        *(("validatingadmissionpolicy", name) for name in release.policies),
+        *(("validatingadmissionpolicybinding", name) for name in release.policies),
     ]
     for kind, name in namespaced:
         obj = get(kube, kind, name, release.namespace)
@@ -161,136 +120,7 @@ def release_objects(kube: Kube, release: Release) -> dict[tuple[str, str], dict[
     return found
 
 
-EVERY_OBJECT_COUNT = 8
-
-
-# --- the chart on its own --------------------------------------------------------------------------
-
-
-def test_helm_lint_passes(helm_home: Path):
-    output = helm_ok(helm_home, "lint", "--strict", str(CHART))
-    assert "1 chart(s) linted, 0 chart(s) failed" in output
-
-
-def test_crd_copies_equal_crds_byte_for_byte():
-    source = {p.name: p.read_bytes() for p in sorted((REPO_ROOT / "crds").glob("*.yaml"))}
-    copies = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
-    fix = "run `make chart-crds` (copies crds/*.yaml into charts/bpfleet/crds/)"
-    assert sorted(copies) == sorted(source), f"the chart's CRD files differ from crds/: {fix}"
-    drifted = [name for name in source if copies[name] != source[name]]
-    assert not drifted, f"charts/bpfleet/crds/ drifted from crds/ in {drifted}: {fix}"
-
-
-@pytest.mark.parametrize(
-    ("flags", "error"),
-    [
-        pytest.param(
-            ["--set", "operator.replicas=9"],
-            "at '/operator/replicas': maximum: got 9, want 5",
-            id="replicas over 5",
-        ),
-        pytest.param(
-            ["--set", "operator.replica=1"],
-            "at '/operator': additional properties 'replica' not allowed",
-            id="unknown operator key",
-        ),
-        pytest.param(
-            ["--set", "agents.logLevel=DEBUG"],
-            "additional properties 'agents' not allowed",
-            id="unknown top-level key",
-        ),
-        pytest.param(
-            ["--set", "agent.logLevel=LOUD"],
-            "at '/agent/logLevel'",
-            id="log level not a Python level",
-        ),
-        pytest.param(
-            ["--set", "agent.image.pullPolicy=Sometimes"],
-            "at '/agent/image/pullPolicy'",
-            id="pull policy",
-        ),
-    ],
-)
-def test_schema_refuses_bad_values(helm_home: Path, flags: list[str], error: str):
-    result = helm(helm_home, "template", "r", str(CHART), *flags)
-    assert result.returncode != 0, result.stdout
-    assert "values don't meet the specifications of the schema" in result.stderr
-    assert error in result.stderr, result.stderr
-
-
-def test_replicas_schema_explains_leader_election():
-    replicas = json.loads((CHART / "values.schema.json").read_text())["properties"]["operator"]
-    replicas = replicas["properties"]["replicas"]
-    assert replicas["maximum"] == 5
-    assert "leader election" in replicas["description"]
-
-
-def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
-    rendered = documents(helm_ok(helm_home, "template", "r", str(CHART), "-n", "bpfleet-system"))
-    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
-    deployment = by_kind[("Deployment", "r-bpfleet-operator")]
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["BPFLEET_LEADER_ELECT"]["value"] == "true"
-    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    [operator] = deployment["spec"]["template"]["spec"]["containers"]
-    assert operator["image"] == "bpfleet/operator:0.1.0"
-    assert operator["command"] == ["bpfleet-operator"]
-    assert operator["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
-    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert {"name": "BPFLEET_LOG_LEVEL", "value": "INFO"} in operator["env"]
-
-    daemonset = by_kind[("DaemonSet", "r-bpfleet-agent")]
-    assert daemonset["spec"]["updateStrategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": 1},
-    }
-    pod = daemonset["spec"]["template"]["spec"]
-    assert pod["hostPID"] is True
-    assert pod["hostNetwork"] is True
-    assert pod["priorityClassName"] == "system-node-critical"
-    assert pod["tolerations"] == [{"operator": "Exists"}]
-    [agent] = pod["containers"]
-    assert agent["image"] == "bpfleet/agent:0.1.0"
-    assert agent["command"] == ["bpfleet-agent"]
-    assert agent["securityContext"] == {"privileged": True}
-    env = {e["name"]: e for e in agent["env"]}
-    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert env["BPFLEET_BPFFS_ROOT"]["value"] == "/sys/fs/bpf/bpfleet"
-    # Empty means autodetect: the variable is left out, never set to "" (which would mean the cwd).
-    assert "BPFLEET_KUBELET_CGROUP_ROOT" not in env
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
-    mounts = {m["mountPath"]: (host_paths[m["name"]], m) for m in agent["volumeMounts"]}
-    assert {path: host for path, (host, _) in mounts.items()} == {
-        "/sys/fs/bpf": "/sys/fs/bpf",
-        "/sys/fs/cgroup": "/sys/fs/cgroup",
-        "/sys/kernel/tracing": "/sys/kernel/tracing",
-        "/host/proc": "/proc",
-        "/lib/modules": "/lib/modules",
-        "/usr/src": "/usr/src",
-    }
-    assert mounts["/sys/fs/bpf"][1]["mountPropagation"] == "Bidirectional"
-    assert all(mounts[p][1].get("readOnly") for p in ("/host/proc", "/lib/modules", "/usr/src"))
-
-    with_root = documents(
-        helm_ok(
-            helm_home, "template", "r", str(CHART), "--set", "agent.kubeletCgroupRoot=/sys/fs/cgroup/unified"
-        )
-    )
-    [daemonset] = [d for d in with_root if d["kind"] == "DaemonSet"]
-    env = {e["name"]: e.get("value") for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["BPFLEET_KUBELET_CGROUP_ROOT"] == "/sys/fs/cgroup/unified"
-
-
-def test_cluster_roles_have_no_wildcards(helm_home: Path):
-    rendered = documents(helm_ok(helm_home, "template", "r", str(CHART)))
-    roles = [d for d in rendered if d["kind"] == "ClusterRole"]
-    assert len(roles) == 2
-    for role in roles:
-        for rule in role["rules"]:
-            for field in ("apiGroups", "resources", "verbs"):
-                assert "*" not in rule[field], f"{role['metadata']['name']}: {rule}"
+EVERY_OBJECT_COUNT = 15
 
 
 # --- against the API server ------------------------------------------------------------------------
@@ -307,6 +137,9 @@ ALL_OPTIONS = [
     "--set-json", 'operator.nodeSelector={"kubernetes.io/os": "linux"}',
     "--set-json", 'operator.tolerations=[{"key": "dedicated", "operator": "Exists"}]',
     "--set-json", 'agent.serviceAccount.annotations={"example.com/sa": "x"}',
+    "--set", "agent.metrics.bindAddress=0.0.0.0",
+    "--set", "agent.metrics.port=9200",
+    "--set", "agent.maxMapBytes=1048576",
 ]  # fmt: skip
 
 
@@ -316,10 +149,10 @@ ALL_OPTIONS = [
 def test_rendered_manifests_pass_server_dry_run(
     crds: Kube, namespace: str, helm_home: Path, flags: list[str]
 ):
-    rendered = helm_ok(
+    manifests = helm_ok(
         helm_home, "template", unique("dry"), str(CHART), "-n", namespace, "--include-crds", *flags
     )
-    kinds = sorted({d["kind"] for d in documents(rendered)})
+    kinds = sorted({d["kind"] for d in documents(manifests)})
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -329,12 +162,14 @@ def test_rendered_manifests_pass_server_dry_run(
         "Role",
         "RoleBinding",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     result = kubectl_run(
-        crds.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=rendered
+        crds.kubeconfig, "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifests
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("(server dry run)") == len(documents(rendered)), result.stdout
+    assert result.stdout.count("(server dry run)") == len(documents(manifests)), result.stdout
 
 
 def test_install_creates_every_object(crds: Kube, release: Release):
@@ -424,79 +259,16 @@ def test_kustomization_lists_every_example(crds: Kube, namespace: str):
     assert result.count("(server dry run)") == len(expected)
 
 
-# --- RBAC ------------------------------------------------------------------------------------------
-
-
-def service_account_kubeconfig(kube: Kube, release: Release, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount with a bound token, as its pod would."""
-    token = kube.kubectl("create", "token", account, "-n", release.namespace, "--duration=1h").strip()
-    admin = yaml.safe_load(kube.kubeconfig.read_text())
-    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
-    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "bpfleet", "cluster": cluster}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "bpfleet", "user": account}}],
-        "current-context": account,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
-def can_i(kube: Kube, release: Release, account: str, *args: str) -> bool:
-    user = f"system:serviceaccount:{release.namespace}:{account}"
-    return kube.kubectl("auth", "can-i", *args, "--as", user, check=False).strip() == "yes"
-
-
-# (component, what it asks, granted?): the table of docs/install.md, and a few things it must not do.
-CAN_I = [
-    ("operator", "get ebpfprograms.bpfleet.io -n x", True),
-    ("operator", "patch ebpfprograms.bpfleet.io -n x", True),
-    ("operator", "patch ebpfprograms.bpfleet.io --subresource=status -n x", True),
-    ("operator", "delete ebpfnodeprograms.bpfleet.io -n x", True),
-    ("operator", "create events -n x", True),
-    ("operator", "get configmaps -n x", True),
-    ("operator", "watch customresourcedefinitions.apiextensions.k8s.io", True),
-    ("operator", "get secrets -n x", False),
-    ("operator", "create ebpfprograms.bpfleet.io -n x", False),
-    ("operator", "delete ebpfprograms.bpfleet.io -n x", False),
-    ("operator", "patch ebpfnodeprograms.bpfleet.io --subresource=status -n x", False),
-    ("operator", "patch nodes", False),
-    ("operator", "patch configmaps -n x", False),
-    ("agent", "watch ebpfnodeprograms.bpfleet.io -A", True),
-    ("agent", "patch ebpfnodeprograms.bpfleet.io -n x", True),
-    ("agent", "patch ebpfnodeprograms.bpfleet.io --subresource=status -n x", True),
-    ("agent", "create bpfleetnodes.bpfleet.io", True),
-    ("agent", "patch bpfleetnodes.bpfleet.io --subresource=status", True),
-    ("agent", "watch pods -A", True),
-    ("agent", "create ebpfnodeprograms.bpfleet.io -n x", False),
-    ("agent", "delete ebpfnodeprograms.bpfleet.io -n x", False),
-    ("agent", "patch ebpfprograms.bpfleet.io -n x", False),
-    ("agent", "patch bpfleetnodes.bpfleet.io", False),
-    ("agent", "get configmaps -n x", False),
-    ("agent", "get secrets -n x", False),
-    ("agent", "patch pods -n x", False),
-    ("agent", "list nodes", False),
-]
-
-
-@pytest.mark.parametrize(
-    ("component", "ask", "allowed"),
-    [pytest.param(*row, id=f"{row[0]} {row[1]}: {'yes' if row[2] else 'no'}") for row in CAN_I],
-)
-def test_rbac_grants_only_the_table(crds: Kube, release: Release, component: str, ask: str, allowed: bool):
-    account = release.operator if component == "operator" else release.agent
-    assert can_i(crds, release, account, *ask.split()) is allowed
+# --- the real components on the chart's accounts -------------------------------------------------
 
 
 def test_rbac_is_enough_for_the_real_operator_and_agent(
-    control_plane: ControlPlane, crds: Kube, release: Release, tmp_path: Path
+    control_plane: ControlPlane, crds: Kube, release: Release, helm_home: Path, tmp_path: Path
 ):
     """The operator and an agent authenticated as the chart's ServiceAccounts run a program end to end
-    (node object created, attached, status written, deleted and detached) with nothing refused."""
+    (node object created, attached, status written, deleted and detached) with nothing refused. The
+    agent holds what its pod would: the token bound to its Pod on the node, which the node-binding
+    policies require, and the environment of the chart's DaemonSet, so its metrics are on loopback."""
     kube = crds
     run = secrets.token_hex(3)
     node = f"chart-node-{run}"
@@ -504,10 +276,12 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
     cgroup_base = find_cgroup2_mount() / f"bpfleet-chart-{run}"
     bpffs_root = Path(f"/sys/fs/bpf/bpfleet-chart-{run}")
     logs = tmp_path / "logs"
-    operator_config = service_account_kubeconfig(
-        kube, release, release.operator, tmp_path / "operator.kubeconfig"
+    operator_config = token_kubeconfig(
+        kube, unbound_token(kube, release.namespace, release.operator), tmp_path / "operator.kubeconfig"
     )
-    agent_config = service_account_kubeconfig(kube, release, release.agent, tmp_path / "agent.kubeconfig")
+    # A free port, so that agents of other runs on this host cannot collide with this one.
+    port = int(free_address().rsplit(":", 1)[1])
+    chart_env = daemonset_env(helm_home, release, "--set", f"agent.metrics.port={port}")
 
     # The example, pinned to this test's node: other tests' Nodes may share the control plane.
     program = yaml.safe_load(EXAMPLE.read_text())
@@ -516,62 +290,100 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
 
     sim: PodSimulator | None = None
     processes: list[ManagedProcess] = []
-    try:
-        sim = PodSimulator(kube.api, node, cgroup_base / "node")
-        sim.ensure_node(labels={"bpfleet.test/node": node})
-        sim.create_pod(program_namespace, "web-1", {"app": "web"})
-        operator = operator_process(operator_config, logs)
-        # As the chart runs it: electing itself leader through the Lease in the release namespace.
-        operator.env.update(
-            {"BPFLEET_LEADER_ELECT": "true", "POD_NAMESPACE": release.namespace, "POD_NAME": "op-0"}
-        )
-        processes.append(operator.start())
-        processes.append(agent_process(agent_config, node, cgroup_base / "node", bpffs_root, logs).start())
-        kube.apply(program_namespace, program)
+    with contextlib.ExitStack() as pods:
+        try:
+            sim = PodSimulator(kube.api, node, cgroup_base / "node")
+            sim.ensure_node(labels={"bpfleet.test/node": node})
+            sim.create_pod(program_namespace, "web-1", {"app": "web"})
+            pod = pods.enter_context(agent_pod(kube, release, node))
+            agent_config = token_kubeconfig(
+                kube,
+                pod_bound_token(kube, release.namespace, release.agent, pod),
+                tmp_path / "agent.kubeconfig",
+            )
+            operator = operator_process(operator_config, logs)
+            # As the chart runs it: electing itself leader through the Lease in the release namespace.
+            operator.env.update(
+                {"BPFLEET_LEADER_ELECT": "true", "POD_NAMESPACE": release.namespace, "POD_NAME": "op-0"}
+            )
+            processes.append(operator.start())
+            agent = agent_process(
+                agent_config,
+                node,
+                cgroup_base / "node",
+                bpffs_root,
+                logs,
+                chart_env["BPFLEET_METRICS_ADDRESS"],
+            )
+            agent.env.update({k: chart_env[k] for k in ("BPFLEET_SYSTEM_NAMESPACE", "BPFLEET_MAX_MAP_BYTES")})
+            processes.append(agent.start())
+            kube.apply(program_namespace, program)
 
-        def wait(what: str, predicate: Callable[[], bool], timeout: float) -> None:
-            """wait_for, but a refusal in a log ends it at once, and a timeout shows the logs."""
-            try:
-                wait_for(what, lambda: bool(refusals(processes)) or predicate(), timeout, interval=0.2)
-            except TimeoutError as e:
-                tails = "\n".join(f"--- {p.name}:\n{p.log_tail()}" for p in processes)
-                raise AssertionError(f"{e}\n{tails}") from None
-            refused = refusals(processes)
-            assert not refused, f"refused while waiting for {what}:\n" + "\n".join(refused[:10])
+            def wait(what: str, predicate: Callable[[], bool], timeout: float) -> None:
+                """wait_for, but a refusal in a log ends it at once, and a timeout shows the logs."""
+                try:
+                    wait_for(what, lambda: bool(refusals(processes)) or predicate(), timeout, interval=0.2)
+                except TimeoutError as e:
+                    tails = "\n".join(f"--- {p.name}:\n{p.log_tail()}" for p in processes)
+                    raise AssertionError(f"{e}\n{tails}") from None
+                refused = refusals(processes)
+                assert not refused, f"refused while waiting for {what}:\n" + "\n".join(refused[:10])
 
-        def node_program_ready() -> bool:
-            [found] = kube.node_programs(program_namespace, name)
-            status = found.get("status") or {}
-            ready = next(c for c in status.get("conditions", []) if c["type"] == "Ready")
-            return ready["status"] == "True" and status["pods"]["attached"] == 1
+            def node_program_ready() -> bool:
+                [found] = kube.node_programs(program_namespace, name)
+                status = found.get("status") or {}
+                ready = next(c for c in status.get("conditions", []) if c["type"] == "Ready")
+                return ready["status"] == "True" and status["pods"]["attached"] == 1
 
-        wait("the operator to create the node object, the agent to attach it", node_program_ready, 90)
-        wait("the operator to report Ready", lambda: kube.is_ready(program_namespace, name), 30)
-        features = kube.custom.get_cluster_custom_object(
-            names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, node
-        )
-        assert features.get("status", {}).get("kernel"), features
+            wait("the operator to create the node object, the agent to attach it", node_program_ready, 90)
+            wait("the operator to report Ready", lambda: kube.is_ready(program_namespace, name), 30)
+            features = kube.custom.get_cluster_custom_object(
+                names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, node
+            )
+            assert features.get("status", {}).get("kernel"), features
+            assert_metrics_on_loopback_only(port)
 
-        kube.kubectl("delete", "ebpfprogram", name, "-n", program_namespace, "--wait=false")
-        wait("the program to be detached and deleted", lambda: not kube.programs(program_namespace), 60)
-        assert not kube.node_programs(program_namespace, name)
+            kube.kubectl("delete", "ebpfprogram", name, "-n", program_namespace, "--wait=false")
+            wait("the program to be detached and deleted", lambda: not kube.programs(program_namespace), 60)
+            assert not kube.node_programs(program_namespace, name)
 
-        for process in processes:
-            assert process.alive, f"{process.name} exited:\n{process.log_tail()}"
-        # This operator did the work, not another one sharing the control plane.
-        assert "creating node program" in processes[0].log_path.read_text()
-        assert not refusals(processes)
-    finally:
-        for process in processes:
-            process.stop()
-        _force_remove_program(kube, program_namespace, name)
-        if sim is not None:
-            sim.cleanup()
-        if cgroup_base.exists():
-            cleanup_cgroup_tree(cgroup_base)
-        shutil.rmtree(bpffs_root, ignore_errors=True)
-        kube.kubectl("delete", "namespace", program_namespace, "--wait=false", check=False)
-        kube.kubectl("delete", names.NODE_STATE_PLURAL, node, "--ignore-not-found", check=False)
+            for process in processes:
+                assert process.alive, f"{process.name} exited:\n{process.log_tail()}"
+            # This operator did the work, not another one sharing the control plane.
+            assert "creating node program" in processes[0].log_path.read_text()
+            assert not refusals(processes)
+        finally:
+            for process in processes:
+                process.stop()
+            _force_remove_program(kube, program_namespace, name)
+            if sim is not None:
+                sim.cleanup()
+            if cgroup_base.exists():
+                cleanup_cgroup_tree(cgroup_base)
+            shutil.rmtree(bpffs_root, ignore_errors=True)
+            kube.kubectl("delete", "namespace", program_namespace, "--wait=false", check=False)
+            kube.kubectl("delete", names.NODE_STATE_PLURAL, node, "--ignore-not-found", check=False)
+
+
+def daemonset_env(home: Path, release: Release, *flags: str) -> dict[str, str]:
+    """The agent's environment as the chart's DaemonSet gives it, downward API values resolved."""
+    objects = rendered(home, *flags)
+    [agent] = objects[("DaemonSet", "r-bpfleet-agent")]["spec"]["template"]["spec"]["containers"]
+    downward = {"metadata.namespace": release.namespace}
+    return {
+        e["name"]: e["value"] if "value" in e else downward.get(e["valueFrom"]["fieldRef"]["fieldPath"], "")
+        for e in agent["env"]
+    }
+
+
+def assert_metrics_on_loopback_only(port: int) -> None:
+    """/healthz answers on 127.0.0.1, the only address listening on the port; the node's other
+    addresses refuse the connection."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        assert reply.status == 200
+    assert tcp_listeners(port) == {"127.0.0.1"}
+    for address in non_loopback_ipv4():
+        assert connect_refused(address, port), address
 
 
 def refusals(processes: list[ManagedProcess]) -> list[str]:

@@ -66,3 +66,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "bpfleet.image" -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
 {{- end }}
+
+{{/* host:port of the agent's /metrics and /healthz ([v6]:port for an IPv6 address). */}}
+{{- define "bpfleet.agent.metricsAddress" -}}
+{{- $host := .Values.agent.metrics.bindAddress }}
+{{- if contains ":" $host }}
+{{- printf "[%s]:%v" $host .Values.agent.metrics.port }}
+{{- else }}
+{{- printf "%s:%v" $host .Values.agent.metrics.port }}
+{{- end }}
+{{- end }}
+
+{{/* Where kubelet reaches the agent's /healthz: the agent is on the host network, so kubelet's
+probe runs on the node too; a wildcard bind answers on loopback. */}}
+{{- define "bpfleet.agent.probeHost" -}}
+{{- $host := .Values.agent.metrics.bindAddress }}
+{{- if eq $host "0.0.0.0" }}127.0.0.1{{- else if eq $host "::" }}::1{{- else }}{{ $host }}{{- end }}
+{{- end }}
+
+{{/* The agent's ServiceAccount as the API server names its tokens' user. */}}
+{{- define "bpfleet.agent.username" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "bpfleet.agent.serviceAccountName" .) }}
+{{- end }}
