@@ -151,6 +151,12 @@ def bpftool(*args: str) -> Any:
     return json.loads(result.stdout) if result.stdout.strip() else None
 
 
+def kernel_has_kprobes() -> bool:
+    """Whether this kernel was built with kprobes, from its symbols rather than from the agent."""
+    with open("/proc/kallsyms") as symbols:
+        return any(line.rstrip().endswith(" register_kprobe") for line in symbols)
+
+
 def cgroup_programs(cgroup: Path) -> list[dict[str, Any]]:
     """What `bpftool cgroup show` lists as attached directly to the cgroup."""
     return bpftool("cgroup", "show", str(cgroup)) or []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from e2e.harness import wait_for
-from e2e.kube import Kube, bpftool, cgroup_programs
+from e2e.kube import Kube, bpftool, cgroup_programs, kernel_has_kprobes
 from e2e.tests.test_tenancy import UNFILTERED_EXEC_COUNTER, map_values
 from node_agent.kernel import syscalls
 
@@ -130,6 +130,7 @@ def test_node_wide_tracing_sees_host_processes(
 def test_kprobe_runs_where_the_node_has_kprobes(kube: Kube, node_a, cluster_programs):
     node_state = kube.custom.get_cluster_custom_object("bpfleet.io", "v1alpha1", "bpfleetnodes", node_a.name)
     has_kprobes = node_state["status"]["kprobes"]
+    assert has_kprobes is kernel_has_kprobes()  # the node reports what its kernel has
     name = f"open-probe-{uuid.uuid4().hex[:6]}"
     cluster_programs.append(name)
     kube.apply(

@@ -197,21 +197,6 @@ def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, nod
     assert list(links.iterdir()) == []
 
 
-def test_a_kprobe_fails_on_a_node_without_kprobes_and_harms_nothing(kube: Kube, node_a, node_objects):
-    key = node_objects(
-        "opens",
-        {
-            "source": "int on_open(void *ctx) { return 0; }\n",
-            "function": "on_open",
-            "attach": {"type": "Kprobe", "function": "do_sys_openat2"},
-            "scope": "Node",
-        },
-    )
-    status = reported(kube, key, lambda s: ready(s)["reason"] == reasons.UNSUPPORTED_ON_NODE)
-    assert "kprobes are not available on this kernel" in ready(status)["message"]
-    assert node_a.agent.alive
-
-
 def test_the_cluster_kind_outside_the_system_namespace_is_refused(
     kube: Kube, node_a, namespace, node_objects
 ):
