@@ -15,6 +15,8 @@ PROG_TYPE_CGROUP_SOCK = 9
 PROG_TYPE_CGROUP_DEVICE = 15
 PROG_TYPE_CGROUP_SOCK_ADDR = 18
 PROG_TYPE_CGROUP_SYSCTL = 23
+# The types whose loading needs CAP_PERFMON (they read kernel state of any task).
+TRACING_PROG_TYPES = frozenset({PROG_TYPE_KPROBE, PROG_TYPE_TRACEPOINT})
 
 # enum bpf_attach_type
 CGROUP_INET_INGRESS = 0

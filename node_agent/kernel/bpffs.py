@@ -43,6 +43,7 @@ from node_agent.kernel.attach_types import (
     PER_BINARY_FILTERED,
     PER_POD_NETDEV,
     PROG_TYPE_KPROBE,
+    TRACING_PROG_TYPES,
     KernelAttach,
 )
 from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
@@ -157,6 +158,8 @@ class BpffsBackend:
             "prelude": self._prelude(build.attach),
             "entryPoint": build.attach.scope in FILTERED_SCOPES,
             "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
+            # Tracing types need CAP_PERFMON to load; a tenant's other programs load without it.
+            "perfmon": build.cluster or build.attach.prog_type in TRACING_PROG_TYPES,
         }
         settings = compile_runner.WorkerSettings(
             self.python, self.compile_timeout, self.sandbox, self.compile_limits

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)
     try:
         if not args.no_sandbox:
-            sandbox.enter(list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,))
+            keep = sandbox.KEPT_CAPABILITIES if request.get("perfmon", True) else sandbox.NETWORK_CAPABILITIES
+            sandbox.enter(
+                list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
+            )
         reply, fds = _reply(request)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []

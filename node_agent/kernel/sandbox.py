@@ -58,6 +58,10 @@ MEMORY_LIMIT_EXIT = 91
 _NEAR_MEMORY_LIMIT = 0.6
 BCC_LIBRARY = "libbcc.so.0"
 KEPT_CAPABILITIES = frozenset({CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN})
+# A tenant's cgroup and network programs load with CAP_BPF and CAP_NET_ADMIN alone: without
+# CAP_PERFMON (or CAP_SYS_ADMIN, which implies it) the verifier forbids leaking kernel pointers into
+# maps and keeps its Spectre mitigations, as for any unprivileged loader.
+NETWORK_CAPABILITIES = frozenset({CAP_BPF, CAP_NET_ADMIN})
 HOSTNAME = "bpfleet-compile"
 
 
@@ -71,7 +75,12 @@ class SandboxLimits:
     open_files: int = 1024
 
 
-def enter(include_dirs: list[str], limits: SandboxLimits, close_outside: tuple[int, ...] = ()) -> None:
+def enter(
+    include_dirs: list[str],
+    limits: SandboxLimits,
+    close_outside: tuple[int, ...] = (),
+    keep: frozenset[int] = KEPT_CAPABILITIES,
+) -> None:
     """Moves this process's further work into the sandbox.
 
     Returns in the sandboxed process. The calling process stays outside: it closes `close_outside`,
@@ -103,7 +112,7 @@ def enter(include_dirs: list[str], limits: SandboxLimits, close_outside: tuple[i
     sandbox_root.enter(new_root)
     socket.sethostname(HOSTNAME)
     _set_limits(limits)
-    keep_only_capabilities(KEPT_CAPABILITIES)
+    keep_only_capabilities(keep)
     set_no_new_privs()
     deny_syscalls()
 
