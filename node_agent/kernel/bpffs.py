@@ -27,7 +27,6 @@ from pathlib import Path
 
 from node_agent import errors, netns
 from node_agent.kernel import (
-    compile_runner,
     helper_check,
     host_targets,
     links,
@@ -37,29 +36,21 @@ from node_agent.kernel import (
     syscalls,
 )
 from node_agent.kernel.attach_types import (
-    FILTERED_SCOPES,
-    NODE_WIDE,
     NODE_WIDE_FILTERED,
     PER_BINARY_FILTERED,
     PER_POD_NETDEV,
     PROG_TYPE_KPROBE,
-    TRACING_PROG_TYPES,
     KernelAttach,
 )
 from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
-from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
-from node_agent.kernel.publish import STAGING_PREFIX, staging_dir
-from node_agent.kernel.publish import publish as publish_version
+from node_agent.kernel.compile_cgroup import CompileLimits
+from node_agent.kernel.loader import DEFAULT_COMPILE_LIMITS, CheckLoaded, Loader
+from node_agent.kernel.publish import STAGING_PREFIX
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/bpfleet")
-# Before node-wide programs without a pod filter: bpfleet_pod_selected() is true for every task.
-UNFILTERED_PRELUDE = "#include <bpfleet_unfiltered.h>"
-DEFAULT_COMPILE_LIMITS = CompileLimits()
-# A check of the loaded programs (role -> fd) before they are pinned; raises a ProgramBuildError.
-CheckLoaded = Callable[[dict[str, int], ProgramBuild], None]
 
 
 def _encode(name: str) -> str:
@@ -91,19 +82,20 @@ class BpffsBackend:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self.root = root
         self.tracefs = tracefs
-        # Source text put before node-wide programs: the pod filter they call (bpf/include).
-        self.node_wide_prelude = node_wide_prelude
-        self.include_dirs = include_dirs
-        self.compile_timeout = compile_timeout
         self.python = python
         # sandbox=False only lets the benchmark measure what the sandbox costs.
         self.sandbox = sandbox
-        self.compile_limits = compile_limits
-        self.check_loaded = check_loaded
-        self.compile_cgroup_prefix = compile_cgroup_prefix
-        self.compile_cgroups = compile_cgroups  # False: rlimits only, as on a host without controllers
-        self._cgroups: CgroupPlacement | None = None
-        self._cgroups_looked_for = False
+        self.loader = Loader(
+            include_dirs,
+            node_wide_prelude,
+            python,
+            compile_timeout,
+            sandbox,
+            compile_limits,
+            check_loaded,
+            compile_cgroup_prefix,
+            compile_cgroups,
+        )
 
     def _dir(self, ref: ProgramRef) -> Path:
         return self.root / ref.namespace / _encode(ref.name) / ref.version
@@ -147,61 +139,12 @@ class BpffsBackend:
         if existing is not None:
             return existing
         pin_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging_dir(pin_dir), ignore_errors=True)
-        request = {
-            "source": build.source,
-            "function": build.function,
-            "progType": build.attach.prog_type,
-            "attachType": build.attach.load_attach_type,
-            "includeDirs": [str(d) for d in self.include_dirs],
-            "cflags": [f"-D{name}={value}" for name, value in build.defines],
-            "prelude": self._prelude(build.attach),
-            "entryPoint": build.attach.scope in FILTERED_SCOPES,
-            "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
-            # Tracing types need CAP_PERFMON to load; a tenant's other programs load without it.
-            "perfmon": build.cluster or build.attach.prog_type in TRACING_PROG_TYPES,
-        }
-        settings = compile_runner.WorkerSettings(
-            self.python, self.compile_timeout, self.sandbox, self.compile_limits
-        )
         try:
-            with compile_runner.compiled(request, settings, self._compile_cgroups()) as received:
-                if self.check_loaded is not None:
-                    self._check(received.progs, build)
-                prog_id = publish_version(received, pin_dir)
-                maps = tuple(sorted(received.maps))
+            prog_id, maps = self.loader.load(pin_dir, build)
         except errors.ProgramBuildError:
             self._remove_empty_parents(pin_dir)
             raise
         return LoadedProgram(ref, prog_id, str(pin_dir), maps)
-
-    def _prelude(self, attach: KernelAttach) -> str:
-        """Source text put before the user's: the enforced pod filter, or its node-wide stand-in."""
-        if attach.scope in FILTERED_SCOPES:
-            return self.node_wide_prelude
-        if attach.scope == NODE_WIDE:
-            return UNFILTERED_PRELUDE
-        return ""
-
-    def _check(self, progs: dict[str, int], build: ProgramBuild) -> None:
-        """The loaded code as the kernel has it, before anything is pinned or attached."""
-        assert self.check_loaded is not None
-        try:
-            self.check_loaded(dict(progs), build)
-        except errors.ProgramBuildError:
-            raise
-        except errors.AgentError as e:
-            # Fail closed: code whose calls cannot be read back is not run.
-            raise errors.HelperNotAllowed(f"the agent could not check the program's helper calls: {e}") from e
-
-    def _compile_cgroups(self) -> CgroupPlacement | None:
-        """Where compile workers' cgroups go, looked for once (None: the host offers none)."""
-        if self.sandbox and self.compile_cgroups and not self._cgroups_looked_for:
-            self._cgroups_looked_for = True
-            self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix)
-            if self._cgroups is None:
-                log.info("no memory cgroup for compile workers; their rlimits bound them")
-        return self._cgroups
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)

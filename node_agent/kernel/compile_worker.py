@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
         reply, fds = _reply(request)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []
-    reply["message"] = str(reply.get("message", ""))[:MAX_MESSAGE_CHARS]
+    message = str(reply.get("message", ""))
+    # The verifier explains a rejection in its last lines, the compiler in its first.
+    keep_end = reply.get("reason") == "VerifierRejected" and len(message) > MAX_MESSAGE_CHARS
+    reply["message"] = "…" + message[-MAX_MESSAGE_CHARS:] if keep_end else message[:MAX_MESSAGE_CHARS]
     with socket.socket(fileno=args.socket_fd) as channel:
         socket.send_fds(channel, [json.dumps(reply).encode()], fds)
 

@@ -1,0 +1,112 @@
+"""Compiling a version into pins: the sandboxed worker, the agent's own checks, then publishing.
+
+The worker (compile_runner) hands back program and map fds; before anything is pinned the agent
+checks them itself (map memory, helper calls), since a sandboxed process is not taken at its word,
+and only then publishes the version directory whole (publish).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent import errors
+from node_agent.kernel import compile_runner, helper_check, map_memory
+from node_agent.kernel.attach_types import FILTERED_SCOPES, NODE_WIDE, TRACING_PROG_TYPES, KernelAttach
+from node_agent.kernel.backend import ProgramBuild
+from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
+from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
+from node_agent.kernel.publish import publish, staging_dir
+
+log = logging.getLogger(__name__)
+
+# Before node-wide programs without a pod filter: bpfleet_pod_selected() is true for every task.
+UNFILTERED_PRELUDE = "#include <bpfleet_unfiltered.h>"
+DEFAULT_COMPILE_LIMITS = CompileLimits()
+# A check of the loaded programs (role -> fd) before they are pinned; raises a ProgramBuildError.
+CheckLoaded = Callable[[dict[str, int], ProgramBuild], None]
+
+
+@dataclass
+class Loader:
+    include_dirs: tuple[Path, ...]
+    # Source text put before filtered programs: the enforced pod filter (bpf/include).
+    node_wide_prelude: str
+    python: str
+    compile_timeout: float
+    sandbox: bool = True
+    compile_limits: CompileLimits = DEFAULT_COMPILE_LIMITS
+    check_loaded: CheckLoaded | None = helper_check.check_loaded
+    compile_cgroup_prefix: str = CGROUP_PREFIX
+    compile_cgroups: bool = True  # False: rlimits only, as on a host without controllers
+    _cgroups: CgroupPlacement | None = field(default=None, init=False)
+    _cgroups_looked_for: bool = field(default=False, init=False)
+
+    def load(self, pin_dir: Path, build: ProgramBuild) -> tuple[int, tuple[str, ...]]:
+        """Builds `build` and publishes it at pin_dir; returns its program id and map names.
+        Raises a ProgramBuildError for the user."""
+        shutil.rmtree(staging_dir(pin_dir), ignore_errors=True)
+        settings = compile_runner.WorkerSettings(
+            self.python, self.compile_timeout, self.sandbox, self.compile_limits
+        )
+        with compile_runner.compiled(self._request(build), settings, self._compile_cgroups()) as received:
+            check_map_memory(received.maps, build)
+            if self.check_loaded is not None:
+                self._check(received.progs, build)
+            return publish(received, pin_dir), tuple(sorted(received.maps))
+
+    def _request(self, build: ProgramBuild) -> dict[str, Any]:
+        return {
+            "source": build.source,
+            "function": build.function,
+            "progType": build.attach.prog_type,
+            "attachType": build.attach.load_attach_type,
+            "includeDirs": [str(d) for d in self.include_dirs],
+            "cflags": [f"-D{name}={value}" for name, value in build.defines],
+            "prelude": self._prelude(build.attach),
+            "entryPoint": build.attach.scope in FILTERED_SCOPES,
+            "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
+            # Tracing types need CAP_PERFMON to load; a tenant's other programs load without it.
+            "perfmon": build.cluster or build.attach.prog_type in TRACING_PROG_TYPES,
+        }
+
+    def _prelude(self, attach: KernelAttach) -> str:
+        """Source text put before the user's: the enforced pod filter, or its node-wide stand-in."""
+        if attach.scope in FILTERED_SCOPES:
+            return self.node_wide_prelude
+        if attach.scope == NODE_WIDE:
+            return UNFILTERED_PRELUDE
+        return ""
+
+    def _check(self, progs: dict[str, int], build: ProgramBuild) -> None:
+        """The loaded code as the kernel has it, before anything is pinned or attached."""
+        assert self.check_loaded is not None
+        try:
+            self.check_loaded(dict(progs), build)
+        except errors.ProgramBuildError:
+            raise
+        except errors.AgentError as e:
+            # Fail closed: code whose calls cannot be read back is not run.
+            raise errors.HelperNotAllowed(f"the agent could not check the program's helper calls: {e}") from e
+
+    def _compile_cgroups(self) -> CgroupPlacement | None:
+        """Where compile workers' cgroups go, looked for once (None: the host offers none)."""
+        if self.sandbox and self.compile_cgroups and not self._cgroups_looked_for:
+            self._cgroups_looked_for = True
+            self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix)
+            if self._cgroups is None:
+                log.info("no memory cgroup for compile workers; their rlimits bound them")
+        return self._cgroups
+
+
+def check_map_memory(maps: dict[str, int], build: ProgramBuild) -> None:
+    """Refuses maps whose kernel memory is over the build's cap (MapTooLarge). The worker checked
+    too; the agent does not take a sandboxed process's word for it."""
+    limit = build.max_map_bytes or map_memory.DEFAULT_MAX_MAP_BYTES
+    too_large = map_memory.over_cap({name: map_memory.memlock(fd) for name, fd in maps.items()}, limit)
+    if too_large:
+        raise errors.MapTooLarge(too_large)

@@ -1,0 +1,31 @@
+"""The agent re-checks the memory of the maps a compile worker hands back, on the kernel's own
+figures, instead of taking the sandboxed worker's word that they fit the cap."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from bcc import BPF
+
+from node_agent import errors
+from node_agent.kernel.attach_types import kernel_attach
+from node_agent.kernel.backend import ProgramBuild
+from node_agent.kernel.loader import check_map_memory
+
+pytestmark = pytest.mark.kernel
+
+EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
+
+
+def test_maps_over_the_cap_are_refused_by_the_agent_itself():
+    bpf = BPF(text=b"BPF_ARRAY(big, u64, 2097152); int f(struct __sk_buff *s) { return 1; }")
+    fd = os.dup(bpf["big"].map_fd)  # 16 MiB, made by someone other than the agent
+    try:
+        fits = ProgramBuild("", "f", EGRESS, max_map_bytes=32 << 20)
+        check_map_memory({"big": fd}, fits)
+        with pytest.raises(errors.MapTooLarge, match=r"map big needs 16\.\d MiB; .* 8\.0 MiB in all"):
+            check_map_memory({"big": fd}, ProgramBuild("", "f", EGRESS, max_map_bytes=8 << 20))
+    finally:
+        os.close(fd)
+        bpf.cleanup()
