@@ -18,6 +18,7 @@ from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
+from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
 from node_agent.reconcile import Reconciler
@@ -53,6 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=int(os.environ.get("BPFLEET_MAX_MAP_BYTES") or DEFAULT_MAX_MAP_BYTES),
         help="the cap on a program's map memory where its node object names none "
         "(env BPFLEET_MAX_MAP_BYTES, default 64 MiB)",
+    )
+    parser.add_argument(
+        "--compile-cpu-seconds",
+        type=int,
+        default=int(os.environ.get("BPFLEET_COMPILE_CPU_SECONDS") or CompileLimits.cpu_seconds),
+        help="CPU time one compile may use (env BPFLEET_COMPILE_CPU_SECONDS)",
+    )
+    parser.add_argument(
+        "--compile-memory-bytes",
+        type=int,
+        default=int(os.environ.get("BPFLEET_COMPILE_MEMORY_BYTES") or CompileLimits.memory_bytes),
+        help="memory one compile may use (env BPFLEET_COMPILE_MEMORY_BYTES)",
     )
     parser.add_argument(
         "--builds-per-namespace",
@@ -97,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         tracefs=node_features.tracefs or Path("/sys/kernel/tracing"),
         node_wide_prelude=(include_dir / "node_wide_prelude.h").read_text(),
         proc=args.proc_root,
+        compile_limits=CompileLimits(
+            cpu_seconds=args.compile_cpu_seconds, memory_bytes=args.compile_memory_bytes
+        ),
     )
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver)
