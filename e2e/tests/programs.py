@@ -1,4 +1,5 @@
-"""Steps the attach-type suites share: apply a program, wait for it, remove it and check no trace is left."""
+"""What the suites share: programs' manifests and sources; apply a program, wait for it, remove it and
+check no trace is left."""
 
 from __future__ import annotations
 
@@ -6,6 +7,18 @@ from typing import Any
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
+
+# Counts execs in `execs` by the pid that exec'd: no pod filter of its own.
+EXECS_BY_PID = """
+BPF_HASH(execs, u32, u64, 4096);
+int count_execs(void *ctx) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u64 zero = 0, *seen = execs.lookup_or_try_init(&pid, &zero);
+    if (seen)
+        __sync_fetch_and_add(seen, 1);
+    return 0;
+}
+"""
 
 
 def ebpf_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
