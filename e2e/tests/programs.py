@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bpfleet_api import names
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
 
@@ -22,12 +23,15 @@ int count_execs(void *ctx) {
 
 
 def ebpf_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "bpfleet.io/v1alpha1",
-        "kind": "EbpfProgram",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return _manifest(names.PROGRAM_KIND, name, spec)
+
+
+def cluster_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return _manifest(names.CLUSTER_PROGRAM_KIND, name, spec)
+
+
+def _manifest(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
 def builtin(name: str, function: str, attach: dict[str, Any], **spec: Any) -> dict[str, Any]:
