@@ -39,14 +39,11 @@ class Kube:
         return self.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
 
     def program(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_namespaced_custom_object(
+        return _unless_missing(
+            lambda: self.custom.get_namespaced_custom_object(
                 names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, name
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        )
 
     def programs(self, namespace: str) -> list[dict[str, Any]]:
         listed = self.custom.list_namespaced_custom_object(
@@ -79,14 +76,11 @@ class Kube:
     # -- ClusterEbpfPrograms: cluster-scoped, their node objects in the system namespace ------------
 
     def cluster_program(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.custom.get_cluster_custom_object(
+        return _unless_missing(
+            lambda: self.custom.get_cluster_custom_object(
                 names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, name
             )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        )
 
     def cluster_node_programs(self, name: str) -> list[dict[str, Any]]:
         listed = self.custom.list_namespaced_custom_object(
@@ -111,6 +105,16 @@ class Kube:
 
     def events(self, namespace: str, name: str) -> list[Any]:
         return [e for e in self.core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+
+
+def _unless_missing(get: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """What `get` reads, or None where the object does not exist."""
+    try:
+        return get()
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 def _current_condition(program: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

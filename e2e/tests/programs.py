@@ -1,20 +1,37 @@
-"""Steps the attach-type suites share: apply a program, wait for it, remove it and check no trace is left."""
+"""What the suites share: programs' manifests and sources; apply a program, wait for it, remove it and
+check no trace is left."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from bpfleet_api import names
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
 
+# Counts execs in `execs` by the pid that exec'd: no pod filter of its own.
+EXECS_BY_PID = """
+BPF_HASH(execs, u32, u64, 4096);
+int count_execs(void *ctx) {
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u64 zero = 0, *seen = execs.lookup_or_try_init(&pid, &zero);
+    if (seen)
+        __sync_fetch_and_add(seen, 1);
+    return 0;
+}
+"""
+
 
 def ebpf_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "bpfleet.io/v1alpha1",
-        "kind": "EbpfProgram",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return _manifest(names.PROGRAM_KIND, name, spec)
+
+
+def cluster_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return _manifest(names.CLUSTER_PROGRAM_KIND, name, spec)
+
+
+def _manifest(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
 def builtin(name: str, function: str, attach: dict[str, Any], **spec: Any) -> dict[str, Any]:

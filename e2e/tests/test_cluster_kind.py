@@ -13,17 +13,10 @@ import pytest
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_programs, kernel_has_kprobes
+from e2e.netdev import host_veths
+from e2e.tests.programs import cluster_program
 from e2e.tests.test_tenancy import UNFILTERED_EXEC_COUNTER, map_values
 from node_agent.kernel import syscalls
-
-
-def cluster_program(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "bpfleet.io/v1alpha1",
-        "kind": "ClusterEbpfProgram",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 @pytest.fixture
@@ -48,15 +41,8 @@ def apply_cluster_ready(kube: Kube, node, created: list[str], program: dict[str,
 @pytest.fixture
 def host_interfaces() -> Iterator[tuple[str, str]]:
     """A veth pair in the host's network namespace, as a node interface would be."""
-    prefix = f"bft{uuid.uuid4().hex[:5]}"
-    a, b = f"{prefix}a", f"{prefix}b"
-    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-    try:
-        subprocess.run(["ip", "link", "set", a, "up"], check=True)
-        subprocess.run(["ip", "link", "set", b, "up"], check=True)
-        yield a, b
-    finally:
-        subprocess.run(["ip", "link", "del", a], check=False)
+    with host_veths() as (_, make):
+        yield make("a", "b")
 
 
 PASS_TC = "int pass(struct __sk_buff *skb) { return 0; }\n"

@@ -17,21 +17,13 @@ import pytest
 from bpfleet_api import names, reasons
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, scratch_namespace
+from e2e.netdev import host_veths, ip
+from e2e.tests.programs import EXECS_BY_PID
 from e2e.tests.test_network import DROPPED_PORT, OPEN_PORT, delivered
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM = names.system_namespace()  # the harness leaves the agent's default
 TC_PORT_DROP = (REPO / "bpf" / "programs" / "tc-port-drop.c").read_text()
-EXEC_COUNTER = """
-BPF_HASH(execs, u32, u64, 4096);
-int count_execs(void *ctx) {
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u64 zero = 0, *seen = execs.lookup_or_try_init(&pid, &zero);
-    if (seen)
-        __sync_fetch_and_add(seen, 1);
-    return 0;
-}
-"""
 TC_PASS = "#include <uapi/linux/pkt_cls.h>\nint pass(struct __sk_buff *skb) { return TC_ACT_OK; }\n"
 TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
 
@@ -152,7 +144,7 @@ def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a
 def test_node_wide_tracing_counts_every_process_of_the_node(kube: Kube, node_a, node_objects):
     key = node_objects(
         "all-execs",
-        {"source": EXEC_COUNTER, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"},
+        {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"},
     )
     status = reported(kube, key, is_ready)
     assert status["pods"] == {"selected": 0, "attached": 0, "failed": 0}
@@ -169,16 +161,9 @@ def test_node_wide_tracing_counts_every_process_of_the_node(kube: Kube, node_a, 
 @pytest.fixture
 def veth_pair() -> Iterator[str]:
     """A veth pair <prefix>a / <prefix>b in the host's network namespace; yields the prefix."""
-    prefix = f"bpfl{secrets.token_hex(2)}"
-    subprocess.run(
-        ["ip", "link", "add", f"{prefix}a", "type", "veth", "peer", "name", f"{prefix}b"],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with host_veths() as (prefix, make):
+        make("a", "b")
         yield prefix
-    finally:
-        subprocess.run(["ip", "link", "del", f"{prefix}a"], capture_output=True, check=False)
 
 
 def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, node_a, node_objects, veth_pair):
@@ -191,7 +176,7 @@ def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, nod
     links = Path(status["pinPath"]) / "links"
     assert sorted(p.name for p in links.iterdir()) == [f"if-{prefix}a", f"if-{prefix}b"]
 
-    subprocess.run(["ip", "link", "del", f"{prefix}a"], check=True, capture_output=True)
+    ip("link", "del", f"{prefix}a")
     status = reported(kube, key, lambda s: s.get("targets") == [])
     assert is_ready(status) and f"no interface of this node matches '{prefix}*'" in ready(status)["message"]
     assert list(links.iterdir()) == []
@@ -200,7 +185,7 @@ def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, nod
 def test_the_cluster_kind_outside_the_system_namespace_is_refused(
     kube: Kube, node_a, namespace, node_objects
 ):
-    spec = {"source": EXEC_COUNTER, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"}
+    spec = {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"}
     # Labelled for node-a, addressed to node-z: made first, so that the pass that answers the
     # forged one below has it in its cache too (a watch delivers in order).
     elsewhere = node_objects("elsewhere", dict(spec), node="node-z")

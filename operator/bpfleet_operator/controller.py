@@ -175,10 +175,8 @@ class ProgramController:
         view = view or self.cluster_view()
         reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
         targeted = fanout.targeted_nodes(spec, view.nodes)
-        wanted = {
-            node: fanout.node_program_object(program, node, source, kind=kind, reach=reach)
-            for node in targeted
-        }
+        objects = fanout.NodeObjects(program, source, kind=kind, reach=reach)
+        wanted = {node: objects.for_node(node) for node in targeted}
         plan = fanout.plan(wanted, self.node_programs(key))
         writes = [(body, partial(self._create, body)) for body in plan.create]
         writes += [(body, partial(self._update, current, body)) for current, body in plan.update]

@@ -24,76 +24,71 @@ def targeted_nodes(spec: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str
     )
 
 
-def node_program_spec(
-    program: Mapping[str, Any],
-    node: str,
-    source: ResolvedSource,
-    *,
-    kind: ProgramKind = NAMESPACED,
-    reach: Reach = NO_REACH,
-) -> dict[str, Any]:
-    spec = program["spec"]
-    resolved: dict[str, Any] = {
-        "programName": program["metadata"]["name"],
-        "nodeName": node,
-        "source": source.as_spec(),
-        "function": spec["function"],
-        "attach": spec["attach"],
-    }
-    if not kind.namespaced:
-        # Absent means EbpfProgram: node objects of EbpfPrograms stay as they were before tenancy.
-        resolved["programKind"] = kind.kind
-        resolved["scope"] = scope(kind, spec)
-    if scope(kind, spec) == names.SCOPE_PODS:
-        resolved["podSelector"] = spec.get("podSelector") or {}
-        if reach.namespaces is not None:
-            resolved["namespaces"] = list(reach.namespaces)
-    if reach.max_map_bytes:
-        resolved["maxMapBytes"] = reach.max_map_bytes
-    if spec.get("parameters"):
-        resolved["parameters"] = spec["parameters"]
-    if metrics := metrics_for(spec):
-        resolved["metrics"] = metrics
-    return resolved
+@dataclass(frozen=True)
+class NodeObjects:
+    """The node objects of one program: every one is made of the same program, source, kind and
+    reach, and only the node differs."""
 
+    program: Mapping[str, Any]
+    source: ResolvedSource
+    kind: ProgramKind = NAMESPACED
+    reach: Reach = NO_REACH
 
-def node_program_object(
-    program: Mapping[str, Any],
-    node: str,
-    source: ResolvedSource,
-    *,
-    kind: ProgramKind = NAMESPACED,
-    reach: Reach = NO_REACH,
-) -> dict[str, Any]:
-    meta = program["metadata"]
-    key = kind.key(meta.get("namespace"), meta["name"])
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.NODE_PROGRAM_KIND,
-        "metadata": {
-            "name": names.node_program_name(kind.kind, key.namespace, key.name, node),
-            "namespace": kind.node_namespace(key),
-            "labels": {
-                names.NODE_LABEL: names.label_value(node),
-                kind.label: names.label_value(meta["name"]),
+    def spec(self, node: str) -> dict[str, Any]:
+        kind, reach, spec = self.kind, self.reach, self.program["spec"]
+        resolved: dict[str, Any] = {
+            "programName": self.program["metadata"]["name"],
+            "nodeName": node,
+            "source": self.source.as_spec(),
+            "function": spec["function"],
+            "attach": spec["attach"],
+        }
+        if not kind.namespaced:
+            # Absent means EbpfProgram: node objects of EbpfPrograms stay as they were before tenancy.
+            resolved["programKind"] = kind.kind
+            resolved["scope"] = scope(kind, spec)
+        if scope(kind, spec) == names.SCOPE_PODS:
+            resolved["podSelector"] = spec.get("podSelector") or {}
+            if reach.namespaces is not None:
+                resolved["namespaces"] = list(reach.namespaces)
+        if reach.max_map_bytes:
+            resolved["maxMapBytes"] = reach.max_map_bytes
+        if spec.get("parameters"):
+            resolved["parameters"] = spec["parameters"]
+        if metrics := metrics_for(spec):
+            resolved["metrics"] = metrics
+        return resolved
+
+    def for_node(self, node: str) -> dict[str, Any]:
+        kind, meta = self.kind, self.program["metadata"]
+        key = kind.key(meta.get("namespace"), meta["name"])
+        return {
+            "apiVersion": names.API_VERSION,
+            "kind": names.NODE_PROGRAM_KIND,
+            "metadata": {
+                "name": names.node_program_name(kind.kind, key.namespace, key.name, node),
+                "namespace": kind.node_namespace(key),
+                "labels": {
+                    names.NODE_LABEL: names.label_value(node),
+                    kind.label: names.label_value(meta["name"]),
+                },
+                # The agent removes this once it has detached; created with it so that a deletion
+                # racing the agent's first look still waits for the agent.
+                "finalizers": [names.AGENT_FINALIZER],
+                # Garbage collection removes node objects if the program is ever removed without us
+                # (a namespaced object may be owned by a cluster-scoped one).
+                "ownerReferences": [
+                    {
+                        "apiVersion": names.API_VERSION,
+                        "kind": kind.kind,
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                ],
             },
-            # The agent removes this once it has detached; created with it so that a deletion
-            # racing the agent's first look still waits for the agent.
-            "finalizers": [names.AGENT_FINALIZER],
-            # Garbage collection removes node objects if the program is ever removed without us
-            # (a namespaced object may be owned by a cluster-scoped one).
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": kind.kind,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                }
-            ],
-        },
-        "spec": node_program_spec(program, node, source, kind=kind, reach=reach),
-    }
+            "spec": self.spec(node),
+        }
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import pytest
 import yaml
 from kubernetes.client import ApiClient
 
@@ -54,6 +55,16 @@ def rendered(home: Path, *flags: str) -> dict[tuple[str, str], dict[str, Any]]:
     """(kind, name) -> object of `helm template r` in namespace bpfleet-system."""
     text = helm_ok(home, "template", "r", str(CHART), "-n", "bpfleet-system", *flags)
     return {(d["kind"], d["metadata"]["name"]): d for d in documents(text)}
+
+
+def can_i(kube: Kube, user: str, *ask: str) -> bool:
+    """`kubectl auth can-i <ask>` as `user`."""
+    return kube.kubectl("auth", "can-i", *ask, "--as", user, check=False).strip() == "yes"
+
+
+def can_i_params(table: list[tuple[str, str, bool]]) -> list[Any]:
+    """A (who, what it asks, granted?) table as pytest parameters, each named by its row."""
+    return [pytest.param(*row, id=f"{row[0]} {row[1]}: {'yes' if row[2] else 'no'}") for row in table]
 
 
 def unique(prefix: str) -> str:

@@ -56,17 +56,6 @@ def node_objects(kube: Kube, label: str, program: str) -> list[dict[str, Any]]:
     return sorted(listed["items"], key=lambda o: o["spec"]["nodeName"])
 
 
-def cluster_program(kube: Kube, name: str) -> dict[str, Any] | None:
-    try:
-        return kube.custom.get_cluster_custom_object(
-            names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, name
-        )
-    except ApiException as e:
-        if e.status == 404:
-            return None
-        raise
-
-
 def reconciled(program: dict[str, Any] | None) -> bool:
     status = (program or {}).get("status") or {}
     return program is not None and status.get("observedGeneration") == program["metadata"]["generation"]

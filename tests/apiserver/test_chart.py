@@ -24,7 +24,6 @@ from e2e.harness import (
     ManagedProcess,
     agent_process,
     free_address,
-    install_crds,
     kubectl_run,
     operator_process,
     wait_for,
@@ -57,18 +56,6 @@ REFUSED = re.compile(r"forbidden|not enough permissions|\b403\b", re.IGNORECASE)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Helm's config, cache and data dirs: the tests never read or write the user's."""
-    return tmp_path_factory.mktemp("helm")
-
-
-@pytest.fixture(scope="module")
-def crds(kube: Kube) -> Kube:
-    install_crds(kube.kubeconfig)
-    return kube
 
 
 @pytest.fixture

@@ -5,27 +5,20 @@ is proved in test_chart.py, which runs the real operator and agent with these ac
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from e2e.harness import install_crds
 from e2e.kube import Kube
-from tests.apiserver.chart import Release, installed_release, scratch_namespace
+from tests.apiserver.chart import Release, can_i, can_i_params, installed_release, scratch_namespace
 
 pytestmark = pytest.mark.apiserver
 
 
 @pytest.fixture(scope="module")
-def release(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    install_crds(kube.kubeconfig)
-    home = tmp_path_factory.mktemp("helm")
-    with scratch_namespace(kube, "chart") as name, installed_release(kube, name, home) as installed:
+def release(crds: Kube, helm_home: Path) -> Iterator[Release]:
+    with scratch_namespace(crds, "chart") as name, installed_release(crds, name, helm_home) as installed:
         yield installed
-
-
-def can_i(kube: Kube, release: Release, account: str, *args: str) -> bool:
-    user = f"system:serviceaccount:{release.namespace}:{account}"
-    return kube.kubectl("auth", "can-i", *args, "--as", user, check=False).strip() == "yes"
 
 
 # (component, what it asks, granted?): the table of docs/install.md, and a few things it must not do.
@@ -71,10 +64,8 @@ CAN_I = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("component", "ask", "allowed"),
-    [pytest.param(*row, id=f"{row[0]} {row[1]}: {'yes' if row[2] else 'no'}") for row in CAN_I],
-)
+@pytest.mark.parametrize(("component", "ask", "allowed"), can_i_params(CAN_I))
 def test_rbac_grants_only_the_table(kube: Kube, release: Release, component: str, ask: str, allowed: bool):
     account = release.operator if component == "operator" else release.agent
-    assert can_i(kube, release, account, *ask.split()) is allowed
+    user = f"system:serviceaccount:{release.namespace}:{account}"
+    assert can_i(kube, user, *ask.split()) is allowed

@@ -12,14 +12,9 @@ import pytest
 
 from e2e.tools import REPO_ROOT
 from node_agent.main import parse_args
-from tests.apiserver.chart import CHART, documents, helm, helm_ok, rendered
+from tests.apiserver.chart import CHART, helm, helm_ok, rendered
 
 pytestmark = pytest.mark.apiserver
-
-
-@pytest.fixture(scope="module")
-def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("helm")
 
 
 def agent_container(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -46,52 +41,34 @@ def test_crd_copies_equal_crds_byte_for_byte():
 
 
 @pytest.mark.parametrize(
-    ("flags", "error"),
+    ("value", "error"),
     [
         pytest.param(
-            ["--set", "operator.replicas=9"],
-            "at '/operator/replicas': maximum: got 9, want 5",
-            id="replicas over 5",
+            "operator.replicas=9", "at '/operator/replicas': maximum: got 9, want 5", id="replicas over 5"
         ),
         pytest.param(
-            ["--set", "operator.replica=1"],
+            "operator.replica=1",
             "at '/operator': additional properties 'replica' not allowed",
             id="unknown operator key",
         ),
         pytest.param(
-            ["--set", "agents.logLevel=DEBUG"],
-            "additional properties 'agents' not allowed",
-            id="unknown top-level key",
+            "agents.logLevel=DEBUG", "additional properties 'agents' not allowed", id="unknown top-level key"
         ),
+        pytest.param("agent.logLevel=LOUD", "at '/agent/logLevel'", id="log level not a Python level"),
+        pytest.param("agent.image.pullPolicy=Sometimes", "at '/agent/image/pullPolicy'", id="pull policy"),
         pytest.param(
-            ["--set", "agent.logLevel=LOUD"],
-            "at '/agent/logLevel'",
-            id="log level not a Python level",
-        ),
-        pytest.param(
-            ["--set", "agent.image.pullPolicy=Sometimes"],
-            "at '/agent/image/pullPolicy'",
-            id="pull policy",
-        ),
-        pytest.param(
-            ["--set", "agent.metricsPort=9101"],
+            "agent.metricsPort=9101",
             "additional properties 'metricsPort' not allowed",
             id="metricsPort, now agent.metrics.port",
         ),
         pytest.param(
-            ["--set", "agent.metrics.bindAddress="],
-            "at '/agent/metrics/bindAddress'",
-            id="empty bind address",
+            "agent.metrics.bindAddress=", "at '/agent/metrics/bindAddress'", id="empty bind address"
         ),
-        pytest.param(
-            ["--set", "agent.maxMapBytes=12"],
-            "at '/agent/maxMapBytes'",
-            id="map cap under a page",
-        ),
+        pytest.param("agent.maxMapBytes=12", "at '/agent/maxMapBytes'", id="map cap under a page"),
     ],
 )
-def test_schema_refuses_bad_values(helm_home: Path, flags: list[str], error: str):
-    result = helm(helm_home, "template", "r", str(CHART), *flags)
+def test_schema_refuses_bad_values(helm_home: Path, value: str, error: str):
+    result = helm(helm_home, "template", "r", str(CHART), "--set", value)
     assert result.returncode != 0, result.stdout
     assert "values don't meet the specifications of the schema" in result.stderr
     assert error in result.stderr, result.stderr
@@ -109,10 +86,10 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     deployment = by_kind[("Deployment", "r-bpfleet-operator")]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    [operator] = deployment["spec"]["template"]["spec"]["containers"]
+    env = env_of(operator)
     assert env["BPFLEET_LEADER_ELECT"]["value"] == "true"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    [operator] = deployment["spec"]["template"]["spec"]["containers"]
     assert operator["image"] == "bpfleet/operator:0.1.0"
     assert operator["command"] == ["bpfleet-operator"]
     assert operator["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
@@ -130,11 +107,11 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     assert pod["hostNetwork"] is True
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    [agent] = pod["containers"]
+    agent = agent_container(by_kind)
     assert agent["image"] == "bpfleet/agent:0.1.0"
     assert agent["command"] == ["bpfleet-agent"]
     assert agent["securityContext"] == {"privileged": True}
-    env = {e["name"]: e for e in agent["env"]}
+    env = env_of(agent)
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["BPFLEET_SYSTEM_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["BPFLEET_MAX_MAP_BYTES"]["value"] == "67108864"
@@ -154,14 +131,10 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     assert mounts["/sys/fs/bpf"][1]["mountPropagation"] == "Bidirectional"
     assert all(mounts[p][1].get("readOnly") for p in ("/host/proc", "/lib/modules", "/usr/src"))
 
-    with_root = documents(
-        helm_ok(
-            helm_home, "template", "r", str(CHART), "--set", "agent.kubeletCgroupRoot=/sys/fs/cgroup/unified"
-        )
+    with_root = agent_container(
+        rendered(helm_home, "--set", "agent.kubeletCgroupRoot=/sys/fs/cgroup/unified")
     )
-    [daemonset] = [d for d in with_root if d["kind"] == "DaemonSet"]
-    env = {e["name"]: e.get("value") for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["BPFLEET_KUBELET_CGROUP_ROOT"] == "/sys/fs/cgroup/unified"
+    assert env_of(with_root)["BPFLEET_KUBELET_CGROUP_ROOT"]["value"] == "/sys/fs/cgroup/unified"
 
 
 def test_cluster_roles_have_no_wildcards(helm_home: Path):

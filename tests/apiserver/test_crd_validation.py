@@ -1,5 +1,5 @@
-"""Acceptance: the API server itself refuses invalid EbpfPrograms, with a message naming the problem
-(ClusterEbpfPrograms: test_cluster_crd_validation.py)."""
+"""Acceptance: the API server itself refuses invalid EbpfPrograms, with a message naming the problem;
+the rules both kinds share refuse either kind (ClusterEbpfPrograms: test_cluster_crd_validation.py)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,23 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import install_crds, kubectl_run
+from e2e.harness import kubectl_run
 from e2e.kube import Kube
 from e2e.tools import REPO_ROOT
-from tests.apiserver.dry_run import dry_run, spec_variant
+from tests.apiserver.dry_run import (
+    CLUSTER_VALID,
+    PRINTER_COLUMNS,
+    TENANT_VALID,
+    assert_accepted,
+    assert_refused,
+    spec_variant,
+)
 
 pytestmark = pytest.mark.apiserver
 
-VALID: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "egress-port-deny.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
-def crds(kube: Kube) -> Kube:
-    install_crds(kube.kubeconfig)
-    return kube
-
 
 def variant(**spec_changes: Any) -> dict[str, Any]:
-    return spec_variant(VALID, **spec_changes)
+    return spec_variant(TENANT_VALID, **spec_changes)
 
 
 def test_examples_are_accepted(crds: Kube):
@@ -34,8 +33,37 @@ def test_examples_are_accepted(crds: Kube):
         manifest = yaml.safe_load(example.read_text())
         if manifest.get("kind") not in ("EbpfProgram", "ClusterEbpfProgram"):
             continue
-        accepted, output = dry_run(crds, manifest)
-        assert accepted, f"{example.name}: {output}"
+        assert_accepted(crds, manifest, f"{example.name}: ")
+
+
+@pytest.mark.parametrize("base", [TENANT_VALID, CLUSTER_VALID], ids=["EbpfProgram", "ClusterEbpfProgram"])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param(
+            {"source": {"builtin": "egress-port-deny", "inline": "int x;"}},
+            "source must set exactly one of builtin, inline or configMapRef",
+            id="two sources",
+        ),
+        pytest.param(
+            {"source": {}}, "source must set exactly one of builtin, inline or configMapRef", id="no source"
+        ),
+        pytest.param(
+            {"attach": {"type": "Tracepoint"}},
+            "attach.name (category:event, e.g. syscalls:sys_enter_openat) is required for type Tracepoint",
+            id="tracepoint without a name",
+        ),
+        pytest.param(
+            {"function": "bpfleet_pod_filter"},
+            "function names starting with bpfleet_ are reserved for the agent",
+            id="reserved function name",
+        ),
+    ],
+)
+def test_rules_both_kinds_share_refuse_either_kind(
+    crds: Kube, base: dict[str, Any], changes: dict[str, Any], message: str
+):
+    assert_refused(crds, spec_variant(base, **changes), message)
 
 
 INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
@@ -44,16 +72,6 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
-        pytest.param(
-            variant(source={"builtin": "egress-port-deny", "inline": "int x;"}),
-            "source must set exactly one of builtin, inline or configMapRef",
-            id="two sources",
-        ),
-        pytest.param(
-            variant(source={}),
-            "source must set exactly one of builtin, inline or configMapRef",
-            id="no source",
-        ),
         pytest.param(
             variant(attach={"type": "Uprobe2"}),
             'spec.attach.type: Unsupported value: "Uprobe2": supported values: "CgroupSkb", "CgroupSockAddr"',
@@ -79,11 +97,6 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             variant(attach={"type": "CgroupSock", "hook": "Connect4"}),
             "must be one of that type's hooks",
             id="hook of another type",
-        ),
-        pytest.param(
-            variant(attach={"type": "Tracepoint"}),
-            "attach.name (category:event, e.g. syscalls:sys_enter_openat) is required for type Tracepoint",
-            id="tracepoint without a name",
         ),
         pytest.param(
             variant(attach={"type": "Tracepoint", "name": "sys_enter_openat"}),
@@ -199,19 +212,12 @@ INLINE_64K_PLUS_ONE = "x" * (64 * 1024 + 1)
             "use a ClusterEbpfProgram",
             id="tenant kretprobe",
         ),
-        pytest.param(
-            variant(function="bpfleet_pod_filter"),
-            "function names starting with bpfleet_ are reserved for the agent",
-            id="reserved function name",
-        ),
     ],
 )
 def test_invalid_manifests_are_refused_with_a_clear_message(
     crds: Kube, manifest: dict[str, Any], message: str
 ):
-    accepted, output = dry_run(crds, manifest)
-    assert not accepted
-    assert message in output
+    assert_refused(crds, manifest, message)
 
 
 @pytest.mark.parametrize(
@@ -228,20 +234,19 @@ def test_invalid_manifests_are_refused_with_a_clear_message(
     ],
 )
 def test_uprobe_attachments_are_accepted(crds: Kube, attach: dict[str, Any]):
-    accepted, output = dry_run(
+    assert_accepted(
         crds, variant(source={"builtin": "uprobe-call-counter"}, function="count_calls", attach=attach)
     )
-    assert accepted, output
 
 
 def test_a_valid_manifest_is_stored_with_printer_columns(crds: Kube):
-    crds.apply("default", VALID)
+    crds.apply("default", TENANT_VALID)
     try:
         header = crds.kubectl("get", "ebpf", "-n", "default").splitlines()[0].split()
-        assert header == ["NAME", "READY", "TYPE", "NODES", "PODS", "AGE"]
+        assert header == PRINTER_COLUMNS
     finally:
         # No operator runs in this tier: drop the finalizer-free object directly.
-        crds.kubectl("delete", "ebpf", "-n", "default", VALID["metadata"]["name"], "--wait=false")
+        crds.kubectl("delete", "ebpf", "-n", "default", TENANT_VALID["metadata"]["name"], "--wait=false")
 
 
 def test_a_tenant_cannot_set_cluster_fields(crds: Kube):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import install_crds, kubectl_run
+from e2e.harness import kubectl_run
 from e2e.kube import Kube
 from e2e.tools import REPO_ROOT
 
@@ -16,12 +16,6 @@ pytestmark = pytest.mark.apiserver
 
 COUNTER: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "pod-traffic-counter.yaml").read_text())
 PACKETS = {"name": "pod_packets_total", "map": "traffic", "type": "Counter"}
-
-
-@pytest.fixture(scope="module")
-def crds(kube: Kube) -> Kube:
-    install_crds(kube.kubeconfig)
-    return kube
 
 
 def dry_run(kube: Kube, metrics: list[dict[str, Any]]) -> tuple[bool, str]:

@@ -15,11 +15,11 @@ from kubernetes.client import V1Node, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names
-from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
+from e2e.harness import ManagedProcess, operator_process, wait_for
 from e2e.kube import Kube
+from e2e.tests.programs import cluster_program, ebpf_program
 from tests.apiserver.operator_support import (
     agents_detach,
-    cluster_program,
     create_namespace,
     delete_quietly,
     events_of,
@@ -41,9 +41,9 @@ assert len(LONG) == 253
 
 
 @pytest.fixture(scope="module")
-def cluster(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     """CRDs, the system namespace, two Nodes and the operator."""
-    install_crds(kube.kubeconfig)
+    kube = crds
     nodes = [f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"]
     create_namespace(kube, SYSTEM_NAMESPACE)
     for node in nodes:
@@ -83,11 +83,8 @@ def namespaces(cluster: Kube) -> Iterator[list[str]]:
 
 def remove_programs(kube: Kube, process: ManagedProcess) -> None:
     """Deletes what this module made and plays the agents until it is gone."""
-    for program in kube.custom.list_cluster_custom_object(
-        names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL
-    )["items"]:
-        if program["metadata"]["name"].endswith(RUN):
-            kube.kubectl("delete", "cebpf", program["metadata"]["name"], "--wait=false", check=False)
+    for name in cluster_programs(kube):
+        kube.kubectl("delete", "cebpf", name, "--wait=false", check=False)
     if process.alive:
         wait_for("cluster programs deleted", lambda: agents_detach(kube) or not cluster_programs(kube), 30)
 
@@ -97,37 +94,25 @@ def cluster_programs(kube: Kube) -> list[str]:
     return [p["metadata"]["name"] for p in listed["items"] if p["metadata"]["name"].endswith(RUN)]
 
 
-def apply_cluster(kube: Kube, name: str, **spec: Any) -> dict[str, Any]:
-    manifest = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.CLUSTER_PROGRAM_KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"inline": SOURCE},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "nodeSelector": {"matchLabels": {NODE_LABEL: RUN}},
-            **spec,
-        },
+def program_spec(**spec: Any) -> dict[str, Any]:
+    """SOURCE on this module's Nodes, with `spec` over it."""
+    return {
+        "source": {"inline": SOURCE},
+        "function": "f",
+        "attach": {"type": "CgroupSkb", "direction": "Egress"},
+        "nodeSelector": {"matchLabels": {NODE_LABEL: RUN}},
+        **spec,
     }
+
+
+def apply_cluster(kube: Kube, name: str, **spec: Any) -> dict[str, Any]:
+    manifest = cluster_program(name, program_spec(**spec))
     kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     return manifest
 
 
 def tenant_manifest(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.PROGRAM_KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"inline": SOURCE},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "podSelector": {},
-            "nodeSelector": {"matchLabels": {NODE_LABEL: RUN}},
-            **spec,
-        },
-    }
+    return ebpf_program(name, program_spec(**{"podSelector": {}, **spec}))
 
 
 def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster: Kube, namespaces: list[str]):
@@ -149,7 +134,7 @@ def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster:
 
     wait_for("node objects in the system namespace", lambda: made([first]), timeout=30)
     objs = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
-    uid = cluster_program(cluster, name)["metadata"]["uid"]
+    uid = cluster.cluster_program(name)["metadata"]["uid"]
     for obj, node in zip(objs, [f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"], strict=True):
         meta, spec = obj["metadata"], obj["spec"]
         assert meta["namespace"] == SYSTEM_NAMESPACE
@@ -162,8 +147,8 @@ def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster:
             node,
         )
         assert spec["podSelector"] == {"matchLabels": {"app": "web"}}
-    wait_for("its status", lambda: reconciled(cluster_program(cluster, name)), timeout=20)
-    assert cluster_program(cluster, name)["status"]["nodes"]["targeted"] == 2
+    wait_for("its status", lambda: reconciled(cluster.cluster_program(name)), timeout=20)
+    assert cluster.cluster_program(name)["status"]["nodes"]["targeted"] == 2
 
     # A namespace labelled later, and a new one, join the list; unlabelling one leaves it.
     cluster.kubectl("label", "namespace", other, f"{TEAM_LABEL}={team}")
@@ -186,13 +171,13 @@ def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster:
         ),
         timeout=20,
     )
-    assert cluster_program(cluster, name) is not None  # held until the agents have detached
+    assert cluster.cluster_program(name) is not None  # held until the agents have detached
     wait_for(
         "the program and its node objects gone",
         lambda: (
             agents_detach(cluster)
             or (
-                cluster_program(cluster, name) is None
+                cluster.cluster_program(name) is None
                 and not node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
             )
         ),
@@ -290,7 +275,7 @@ def test_programs_and_nodes_of_253_characters_get_valid_names(cluster: Kube, nam
             assert len(obj["metadata"]["name"]) <= 63
             assert obj["metadata"]["labels"][names.NODE_LABEL] == names.label_value(LONG)
             assert (obj["spec"]["programName"], obj["spec"]["nodeName"]) == (LONG, LONG)
-        for read in (lambda: cluster.program(namespace, LONG), lambda: cluster_program(cluster, LONG)):
+        for read in (lambda: cluster.program(namespace, LONG), lambda: cluster.cluster_program(LONG)):
             wait_for("its status", lambda read=read: reconciled(read()), timeout=20)
             status = read()["status"]
             assert (status["failures"], status["nodes"]["targeted"]) == ([], 1)
@@ -381,6 +366,6 @@ def test_garbage_collection_follows_a_cluster_scoped_owner(cluster: Kube):
 
     assert not collected()
     cluster.kubectl("delete", "cebpf", name, "--wait=false")
-    wait_for("the program gone", lambda: agents_detach(cluster) or cluster_program(cluster, name) is None, 30)
+    wait_for("the program gone", lambda: agents_detach(cluster) or cluster.cluster_program(name) is None, 30)
 
     wait_for("the garbage collector removes the orphan", collected, timeout=60, interval=0.5)

@@ -9,30 +9,36 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e.harness import install_crds, kubectl_run, wait_for
+from e2e.harness import kubectl_run, wait_for
 from e2e.kube import Kube
-from e2e.tools import REPO_ROOT
-from tests.apiserver.chart import Release, installed_release, scratch_namespace, unique
+from e2e.tests.programs import cluster_program
+from tests.apiserver.chart import (
+    Release,
+    can_i_params,
+    installed_release,
+    scratch_namespace,
+    unique,
+)
+from tests.apiserver.chart import can_i as can_i_as
+from tests.apiserver.dry_run import TENANT_VALID as EXAMPLE
 
 pytestmark = pytest.mark.apiserver
 
-EXAMPLE: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "egress-port-deny.yaml").read_text())
-NODE_WIDE: dict[str, Any] = {
-    "apiVersion": "bpfleet.io/v1alpha1",
-    "kind": "ClusterEbpfProgram",
-    "metadata": {"name": "exec-everywhere"},
-    "spec": {
+NODE_WIDE = cluster_program(
+    "exec-everywhere",
+    {
         "source": {"builtin": "exec-counter"},
         "function": "count_execs",
         "attach": {"type": "Tracepoint", "name": "sched:sched_process_exec"},
         "scope": "Node",
     },
-}
+)
 
 
 @dataclass
@@ -48,16 +54,15 @@ class Tenancy:
 
 
 @pytest.fixture(scope="module")
-def tenancy(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
+def tenancy(crds: Kube, helm_home: Path) -> Iterator[Tenancy]:
     """The chart installed; users `admin-*`, `edit-*` and `view-*` hold those built-in roles in one
     namespace, `cluster-view-*` holds view cluster-wide and `cluster-programs-*` the chart's
     ClusterEbpfProgram role."""
-    install_crds(kube.kubeconfig)
-    home = tmp_path_factory.mktemp("helm")
+    kube = crds
     run = unique("u").split("-", 1)[1]
     with contextlib.ExitStack() as stack:
         release_namespace = stack.enter_context(scratch_namespace(kube, "tenancy-rel"))
-        release = stack.enter_context(installed_release(kube, release_namespace, home))
+        release = stack.enter_context(installed_release(kube, release_namespace, helm_home))
         namespace = stack.enter_context(scratch_namespace(kube, "tenant"))
         other = stack.enter_context(scratch_namespace(kube, "neighbour"))
         tenancy = Tenancy(kube, release, namespace, other, run)
@@ -101,8 +106,7 @@ def can_i(tenancy: Tenancy, role: str, ask: str) -> bool:
         args += ["-n", tenancy.namespace]
     if "neighbour" in args:
         args[args.index("neighbour")] = tenancy.other
-    answer = tenancy.kube.kubectl("auth", "can-i", *args, "--as", tenancy.user(role), check=False)
-    return answer.strip() == "yes"
+    return can_i_as(tenancy.kube, tenancy.user(role), *args)
 
 
 def create_as(
@@ -161,10 +165,7 @@ CAN_I = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("role", "ask", "allowed"),
-    [pytest.param(*row, id=f"{row[0]} {row[1]}: {'yes' if row[2] else 'no'}") for row in CAN_I],
-)
+@pytest.mark.parametrize(("role", "ask", "allowed"), can_i_params(CAN_I))
 def test_roles_grant_only_the_table(tenancy: Tenancy, role: str, ask: str, allowed: bool):
     assert can_i(tenancy, role, ask) is allowed
 

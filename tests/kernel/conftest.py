@@ -18,10 +18,7 @@ import pytest
 
 from e2e.podsim import cleanup_cgroup_tree, find_cgroup2_mount
 from node_agent.kernel.bpffs import BpffsBackend
-
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-BPFFS = Path("/sys/fs/bpf")
+from tests.kernel.support import BPFFS, INCLUDE_DIR
 
 
 @dataclass(frozen=True)

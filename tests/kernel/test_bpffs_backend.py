@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,24 @@ from node_agent.kernel import syscalls
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.support import (
+    COUNTER,
+    COUNTER_FILE,
+    EGRESS,
+    INCLUDE_DIR,
+    PROGRAMS,
+    bpftool,
+    links_of,
+    project_python,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-COUNTER_FILE = REPO / "bpf" / "programs" / "pod-traffic-counter.c"
-DENY_FILE = REPO / "bpf" / "programs" / "egress-port-deny.c"
-COUNTER_SOURCE = COUNTER_FILE.read_text()
-DENY_SOURCE = DENY_FILE.read_text()
+COUNTER_SOURCE = COUNTER.source
+DENY_SOURCE = (PROGRAMS / "egress-port-deny.c").read_text()
 
-EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
 CONNECT4 = kernel_attach({"type": "CgroupSockAddr", "hook": "Connect4"})
-COUNTER = ProgramBuild(COUNTER_SOURCE, "count_packets", EGRESS)
 # A dot in the name: bpffs refuses dots, so this also covers the name encoding of the pin path.
 COUNTER_REF = ProgramRef("team-a", "traffic.counter", "5d41402abc4b2a76")
 DENY_REF = ProgramRef("team-a", "no-port", "7d793037a0760186")
@@ -56,13 +60,6 @@ IPV4_UDP_HEADERS = 20 + 8
 # --- observing the kernel --------------------------------------------------------------------------
 
 
-def bpftool(*args: str) -> Any:
-    proc = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30, check=False)
-    assert proc.returncode == 0, f"bpftool {' '.join(args)} failed: {proc.stderr}"
-    # `cgroup show` prints nothing at all for a cgroup without programs.
-    return json.loads(proc.stdout) if proc.stdout.strip() else []
-
-
 def cgroup_progs(cgroup: Path) -> list[dict[str, Any]]:
     """Programs attached directly to the cgroup, per `bpftool cgroup show`."""
     return bpftool("cgroup", "show", str(cgroup))
@@ -70,10 +67,6 @@ def cgroup_progs(cgroup: Path) -> list[dict[str, Any]]:
 
 def attached_ids(cgroup: Path) -> list[int]:
     return sorted(prog["id"] for prog in cgroup_progs(cgroup))
-
-
-def links_of(prog_id: int) -> list[dict[str, Any]]:
-    return [link for link in bpftool("link", "show") if link.get("prog_id") == prog_id]
 
 
 def prog_exists(prog_id: int) -> bool:
@@ -105,14 +98,6 @@ def denied_count(loaded: LoadedProgram) -> int:
     return count
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not {what} after {timeout}s")
-        time.sleep(0.01)
-
-
 # --- processes inside a pod ------------------------------------------------------------------------
 
 _CONNECT_SCRIPT = """
@@ -138,11 +123,6 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
 def _python(script: str, *args: object) -> list[str]:
     # -I -S: the stdlib only, so a helper in a pod starts fast.
     return [sys.executable, "-I", "-S", "-c", script, *(str(arg) for arg in args)]
-
-
-def _project_python(script: str, *args: object) -> list[str]:
-    """A fresh interpreter of the venv that can import the project (run it with cwd=REPO)."""
-    return [sys.executable, "-c", script, *(str(arg) for arg in args)]
 
 
 def connect_from(cgroup: Path, port: int) -> int:
@@ -256,20 +236,12 @@ def test_a_restarted_agent_adopts_programs_and_links_and_attach_is_idempotent(
 ):
     a, b = pod_cgroups(), pod_cgroups()
     # The first agent loads and attaches, then exits: only the pins keep anything alive.
-    first = subprocess.run(
-        _project_python(
-            _FIRST_AGENT_SCRIPT,
-            bpffs_root,
-            INCLUDE_DIR,
-            COUNTER_FILE,
-            *(COUNTER_REF.namespace, COUNTER_REF.name, COUNTER_REF.version),
-            *(f"{pod.uid}={pod.pod}" for pod in (a, b)),
-        ),
-        capture_output=True,
-        text=True,
+    first = project_python(
+        _FIRST_AGENT_SCRIPT,
+        *(bpffs_root, INCLUDE_DIR, COUNTER_FILE),
+        *(COUNTER_REF.namespace, COUNTER_REF.name, COUNTER_REF.version),
+        *(f"{pod.uid}={pod.pod}" for pod in (a, b)),
         timeout=180,
-        check=False,
-        cwd=REPO,
     )
     assert first.returncode == 0, first.stderr
     started = json.loads(first.stdout)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,11 @@ from e2e.kube import bpftool
 from node_agent import errors
 from node_agent.kernel import compile_guard, syscalls
 from node_agent.kernel.attach_types import PROG_TYPE_CGROUP_SKB
-from node_agent.kernel.bcc_build import BuildFailure, build, compile_source
+from node_agent.kernel.bcc_build import build, compile_source
+from tests.kernel.support import build_request as request
+from tests.kernel.support import refusal
 
 pytestmark = pytest.mark.kernel
-
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-BPFFS = Path("/sys/fs/bpf")
 
 # A CgroupSkb program whose source also holds every kind of probe BCC would autoload; each probe
 # counts into `hits`, which the program's own function uses, so it is handed back with it.
@@ -58,19 +54,6 @@ AUTOLOAD_NAMES = (
     "raw_tracepoint__sched_switch",
     "kprobe____x64_sys_getppid",
 )
-
-
-def request(source: str, function: str = "allow", **extra: Any) -> dict[str, Any]:
-    return {
-        "source": source,
-        "function": function,
-        "progType": PROG_TYPE_CGROUP_SKB,
-        "attachType": -1,
-        "includeDirs": [str(INCLUDE_DIR)],
-        "cflags": [],
-        "prelude": "",
-        **extra,
-    }
 
 
 def attached_by_this_process() -> list[dict[str, Any]]:
@@ -172,17 +155,6 @@ def test_the_guard_denies_pins_attachments_and_mkdir_to_its_thread_only(tmp_path
 # -- tables -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pin_root() -> Iterator[Path]:
-    """A bpffs directory for pin paths the sources ask for; nothing may appear in it."""
-    root = BPFFS / f"bpfleet-test-{secrets.token_hex(4)}"
-    root.mkdir()
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 USES = "int allow(struct __sk_buff *skb) { u32 k = 0; return @T@.lookup(&k) ? 1 : 0; }\n"
 NO_USE = "int allow(struct __sk_buff *skb) { return 1; }\n"
 RAW_TABLE = (
@@ -216,30 +188,29 @@ TABLE_SOURCES = {
 }
 
 
+# The sources ask for pin paths in `bpffs_root`: nothing may appear in it.
 @pytest.mark.parametrize("case", sorted(TABLE_SOURCES))
-def test_tables_reaching_outside_the_program_are_refused_by_name(case, pin_root):
+def test_tables_reaching_outside_the_program_are_refused_by_name(case, bpffs_root):
     declaration, function, what = TABLE_SOURCES[case]
     table = f"t_{secrets.token_hex(3)}"
-    pin = pin_root / "sub" / "pinned"
+    pin = bpffs_root / "sub" / "pinned"
     source = (declaration + function).replace("@T@", table).replace("@P@", str(pin))
-    with pytest.raises(BuildFailure) as failure:
-        build(request(source))
-    assert failure.value.reason == "MapNotAllowed", failure.value.message
-    assert f"table {table} is {what.replace('@P@', str(pin))}" in failure.value.message
-    assert list(pin_root.iterdir()) == []  # no directory made, nothing pinned
+    failure = refusal(request(source))
+    assert failure.reason == "MapNotAllowed", failure.message
+    assert f"table {table} is {what.replace('@P@', str(pin))}" in failure.message
+    assert list(bpffs_root.iterdir()) == []  # no directory made, nothing pinned
 
 
-def test_a_pinned_table_never_opens_an_existing_pin(pin_root):
+def test_a_pinned_table_never_opens_an_existing_pin(bpffs_root):
     # A map pinned by someone else; a tenant's source names its path to read and write it.
-    victim_fd = _pinned_victim(pin_root / "victim")
+    victim_fd = _pinned_victim(bpffs_root / "victim")
     try:
-        source = f'BPF_TABLE_PINNED("array", u32, u64, stolen, 1, "{pin_root / "victim"}");\n'
+        source = f'BPF_TABLE_PINNED("array", u32, u64, stolen, 1, "{bpffs_root / "victim"}");\n'
         source += "int allow(struct __sk_buff *skb) { u32 k = 0; u64 *v = stolen.lookup(&k);"
         source += " if (v) *v = 42; return 1; }\n"
-        with pytest.raises(BuildFailure) as failure:
-            build(request(source))
-        assert failure.value.reason == "MapNotAllowed"
-        assert "table stolen is pinned at" in failure.value.message
+        failure = refusal(request(source))
+        assert failure.reason == "MapNotAllowed"
+        assert "table stolen is pinned at" in failure.message
         assert counter(victim_fd) == 7  # untouched
     finally:
         os.close(victim_fd)

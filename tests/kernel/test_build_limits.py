@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from node_agent.kernel.attach_types import PROG_TYPE_CGROUP_SKB, PROG_TYPE_TRACEPOINT
-from node_agent.kernel.bcc_build import BuildFailure, build
+from node_agent.kernel.attach_types import PROG_TYPE_TRACEPOINT
+from node_agent.kernel.bcc_build import build
+from tests.kernel.support import INCLUDE_DIR, refusal
+from tests.kernel.support import build_request as request
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
 PRELUDE = (INCLUDE_DIR / "node_wide_prelude.h").read_text()
 MiB = 1 << 20
-
-
-def request(source: str, function: str = "allow", **extra: Any) -> dict[str, Any]:
-    return {
-        "source": source,
-        "function": function,
-        "progType": PROG_TYPE_CGROUP_SKB,
-        "attachType": -1,
-        "includeDirs": [str(INCLUDE_DIR)],
-        "cflags": [],
-        "prelude": "",
-        **extra,
-    }
-
-
-def refusal(req: dict[str, Any]) -> BuildFailure:
-    with pytest.raises(BuildFailure) as failure:
-        build(req)
-    return failure.value
 
 
 def array_source(entries: int, used: bool = True) -> str:

@@ -15,16 +15,12 @@ import pytest
 
 from node_agent import errors
 from node_agent.kernel import syscalls
-from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.support import COUNTER, INCLUDE_DIR, REPO
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
-COUNTER = ProgramBuild((REPO / "bpf/programs/pod-traffic-counter.c").read_text(), "count_packets", EGRESS)
 REF = ProgramRef("team-a", "counter", "0123456789abcdef")
 
 

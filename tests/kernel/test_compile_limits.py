@@ -19,17 +19,13 @@ from pathlib import Path
 import pytest
 
 from node_agent import errors
-from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
+from tests.kernel.support import COUNTER, EGRESS, INCLUDE_DIR
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
-COUNTER = ProgramBuild((REPO / "bpf/programs/pod-traffic-counter.c").read_text(), "count_packets", EGRESS)
 TAIL = "int count_packets(struct __sk_buff *skb) { return 1; }\n"
 # 2^40 additions for the preprocessor to evaluate: CPU first (its memory grows slowly).
 CPU_BOMB = (

@@ -18,7 +18,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,15 +25,12 @@ import pytest
 
 from node_agent import errors
 from node_agent.kernel import sandbox_root
-from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.support import COUNTER_FILE, EGRESS, INCLUDE_DIR, project_python
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
 REF = ProgramRef("team-a", "hostile", "0123456789abcdef")
 TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -165,14 +161,8 @@ def test_inside_the_sandbox_the_node_is_out_of_sight():
     hidden += ["/run/secrets", str(TOKEN_DIR / "token"), "/etc/passwd", "/etc/hostname"]
     with planted(TOKEN_DIR / "token"):
         assert all(os.path.lexists(p) for p in ("/sys/fs/bpf", "/root", "/var", str(TOKEN_DIR / "token")))
-        probe = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(INCLUDE_DIR)],
-            input="\n".join([*hidden, str(INCLUDE_DIR / "bpfleet.h")]),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=REPO,
+        probe = project_python(
+            _PROBE, INCLUDE_DIR, input="\n".join([*hidden, str(INCLUDE_DIR / "bpfleet.h")]), timeout=60
         )
     assert probe.returncode == 0, probe.stderr
     seen = json.loads(probe.stdout)
@@ -198,15 +188,7 @@ def test_inside_the_sandbox_the_node_is_out_of_sight():
 
 def test_the_sandbox_leaves_the_host_mounts_as_they_were():
     before = Path("/proc/self/mountinfo").read_text()
-    probe = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(INCLUDE_DIR)],
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-    )
+    probe = project_python(_PROBE, INCLUDE_DIR, input="", timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert Path("/proc/self/mountinfo").read_text() == before
 
@@ -241,17 +223,11 @@ except errors.ProgramBuildError as e:
 def test_a_node_where_the_sandbox_cannot_be_made_fails_the_compile_and_says_why(bpffs_root):
     # Without CAP_SYS_ADMIN no namespace can be made. An unsandboxed fallback would still compile
     # (and fail later, on another error): the message must say that the sandbox is what is missing.
-    counter = REPO / "bpf" / "programs" / "pod-traffic-counter.c"
-    run = subprocess.run(
-        [
-            *("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-c", _LOAD),
-            *(str(bpffs_root), str(INCLUDE_DIR), str(counter)),
-        ],
-        capture_output=True,
-        text=True,
+    run = project_python(
+        _LOAD,
+        *(bpffs_root, INCLUDE_DIR, COUNTER_FILE),
         timeout=120,
-        check=False,
-        cwd=REPO,
+        prefix=("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"),
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)

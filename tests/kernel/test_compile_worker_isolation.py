@@ -8,20 +8,14 @@ check runs in a fresh interpreter, since the test process itself may have import
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from node_agent.kernel.backend import ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.support import COUNTER_FILE, INCLUDE_DIR, project_python
 
 pytestmark = pytest.mark.kernel
-
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-COUNTER_FILE = REPO / "bpf" / "programs" / "pod-traffic-counter.c"
 
 _AGENT_SCRIPT = """
 import json, sys
@@ -49,14 +43,7 @@ print(json.dumps({
 
 
 def test_load_in_a_fresh_process_never_imports_bcc_there(bpffs_root):
-    result = subprocess.run(
-        [sys.executable, "-c", _AGENT_SCRIPT, str(bpffs_root), str(INCLUDE_DIR), str(COUNTER_FILE)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=REPO,
-    )
+    result = project_python(_AGENT_SCRIPT, bpffs_root, INCLUDE_DIR, COUNTER_FILE, timeout=180)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
 

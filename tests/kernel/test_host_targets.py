@@ -7,23 +7,23 @@ so that nothing else on the machine matches the pattern; they are deleted howeve
 
 from __future__ import annotations
 
-import json
-import secrets
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from e2e.netdev import MakePair, host_veths, ip
+from e2e.tests.programs import EXECS_BY_PID
 from node_agent.cgroups import PodCgroupResolver
 from node_agent.kernel import host_targets, syscalls
 from node_agent.kernel.backend import NODE_TARGET
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.model import NodeProgram, Trust
 from node_agent.reconcile import ATTACHED, PassResult, ProgramReport, Reconciler
+from tests.kernel.support import bpftool, links_of, wait_until
 from tests.unit.builders import cluster_program
 
 pytestmark = pytest.mark.kernel
@@ -41,58 +41,13 @@ int count(struct __sk_buff *skb) {
 }
 """
 XDP_PASS = "int pass(struct xdp_md *ctx) { return 2; /* XDP_PASS */ }\n"
-# Counts execs by the process that exec'd: no pod filter, every process of the node.
-EXEC_COUNTER = """
-BPF_HASH(execs, u32, u64, 4096);
-int count_execs(void *ctx) {
-    u32 pid = bpf_get_current_pid_tgid() >> 32;
-    u64 zero = 0, *seen = execs.lookup_or_try_init(&pid, &zero);
-    if (seen)
-        __sync_fetch_and_add(seen, 1);
-    return 0;
-}
-"""
-
-
-def bpftool(*args: str) -> Any:
-    proc = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30, check=False)
-    assert proc.returncode == 0, f"bpftool {' '.join(args)} failed: {proc.stderr}"
-    return json.loads(proc.stdout) if proc.stdout.strip() else []
-
-
-def links_of(prog_id: int) -> list[dict[str, Any]]:
-    return [link for link in bpftool("link", "show") if link.get("prog_id") == prog_id]
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not {what} after {timeout}s")
-        time.sleep(0.01)
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
-def veths() -> Iterator[tuple[str, Callable[[str, str], None]]]:
+def veths() -> Iterator[tuple[str, MakePair]]:
     """(prefix, make(a, b)): veth pairs named <prefix><suffix> on the host, up; all removed at the end."""
-    prefix = f"bpfl{secrets.token_hex(2)}"
-    made: list[str] = []
-
-    def make(a: str, b: str) -> None:
-        made.append(prefix + a)
-        ip("link", "add", prefix + a, "type", "veth", "peer", "name", prefix + b)
-        for name in (a, b):
-            ip("link", "set", prefix + name, "up")
-
-    try:
-        yield prefix, make
-    finally:
-        for name in made:  # deleting one end deletes its pair
-            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+    with host_veths() as made:
+        yield made
 
 
 @pytest.fixture
@@ -211,7 +166,7 @@ def test_xdp_attaches_to_a_host_interface_by_name(reconciler, veths):
 
 def test_node_wide_tracing_counts_a_host_process_with_no_pod_filter(reconciler, backend):
     attach = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
-    program = node_program(attach, EXEC_COUNTER, "count_execs")
+    program = node_program(attach, EXECS_BY_PID, "count_execs")
     report = one_report(reconciler.run([program], []))
     assert [(t.name, t.state) for t in report.targets] == [(NODE_TARGET, ATTACHED)]
     assert report.loaded is not None and "bpfleet_pods" not in report.loaded.maps

@@ -11,7 +11,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from e2e.podsim import run_in_cgroup
-from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.map_export import (
     ExportTarget,
@@ -21,13 +20,10 @@ from node_agent.map_export import (
     PodTarget,
     parse_metrics,
 )
+from tests.kernel.support import COUNTER, EGRESS, PROGRAMS
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-PROGRAMS = REPO / "bpf" / "programs"
-EGRESS = kernel_attach({"type": "CgroupSkb", "direction": "Egress"})
-COUNTER = ProgramBuild((PROGRAMS / "pod-traffic-counter.c").read_text(), "count_packets", EGRESS)
 COUNTER_REF = ProgramRef("team-a", "traffic-counter", "0123456789abcdef")
 # The metrics the builtin ships: the test checks their offsets against the real map layout.
 SHIPPED = parse_metrics(yaml.safe_load((PROGRAMS / "pod-traffic-counter.yaml").read_text())["metrics"])

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from e2e.kube import bpftool
 from e2e.podsim import (
     PROBE_SYMBOL,
     PROBE_TARGET,
@@ -31,16 +29,15 @@ from node_agent import elf, errors
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.support import INCLUDE_DIR, PROGRAMS, bpftool, links_of, wait_until
 
 if TYPE_CHECKING:
     from tests.kernel.conftest import PodCgroup
 
 pytestmark = pytest.mark.kernel
 
-REPO = Path(__file__).resolve().parents[2]
-INCLUDE_DIR = REPO / "bpf" / "include"
-COUNTER_SOURCE = (REPO / "bpf" / "programs" / "uprobe-call-counter.c").read_text()
-EXEC_SOURCE = (REPO / "bpf" / "programs" / "exec-counter.c").read_text()
+COUNTER_SOURCE = (PROGRAMS / "uprobe-call-counter.c").read_text()
+EXEC_SOURCE = (PROGRAMS / "exec-counter.c").read_text()
 UPROBE = kernel_attach({"type": "Uprobe", "binary": PROBE_TARGET, "symbol": PROBE_SYMBOL})
 CALLS = ProgramBuild(COUNTER_SOURCE, "count_calls", UPROBE)
 REF = ProgramRef("team-a", "calls", "0123456789abcdef")
@@ -85,21 +82,8 @@ def call(pod: PodCgroup, root: Path, times: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def links_of(prog_id: int) -> list[dict[str, Any]]:
-    return [link for link in bpftool("link", "show") or [] if link.get("prog_id") == prog_id]
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    # Unpinned links are freed after an RCU grace period, not at once.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"still not {what} after {timeout}s")
-        time.sleep(0.01)
-
-
 def counts(backend: BpffsBackend, ref: ProgramRef, map_name: str = "calls") -> dict[int, int]:
-    entries = bpftool("map", "dump", "pinned", str(backend._dir(ref) / "maps" / map_name)) or []
+    entries = bpftool("map", "dump", "pinned", str(backend._dir(ref) / "maps" / map_name))
     found = {}
     for entry in entries:
         key, value = (bytes(int(b, 16) for b in entry[part]) for part in ("key", "value"))

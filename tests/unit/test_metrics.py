@@ -423,8 +423,8 @@ def test_node_objects_carry_the_metrics():
     program = {"metadata": {"name": "p", "namespace": "shop", "uid": "u"}}
     source = ResolvedSource("int x;", "builtin:pod-traffic-counter")
     builtin = {**program, "spec": {**spec, "source": {"builtin": "pod-traffic-counter"}}}
-    assert len(fanout.node_program_spec(builtin, "a", source)["metrics"]) == 2
+    assert len(fanout.NodeObjects(builtin, source).spec("a")["metrics"]) == 2
     inline = {**program, "spec": {**spec, "source": {"inline": "int x;"}}}
-    assert "metrics" not in fanout.node_program_spec(inline, "a", source)
+    assert "metrics" not in fanout.NodeObjects(inline, source).spec("a")
     own = {**program, "spec": {**spec, "source": {"inline": "int x;"}, "metrics": [PACKETS]}}
-    assert fanout.node_program_spec(own, "a", source)["metrics"] == [PACKETS]
+    assert fanout.NodeObjects(own, source).spec("a")["metrics"] == [PACKETS]

@@ -75,11 +75,10 @@ def test_fan_out_follows_node_selector():
 
 
 def test_node_object_is_labelled_owned_and_finalized():
-    body = fanout.node_program_object(
+    body = fanout.NodeObjects(
         program(function="f", attach={"type": "CgroupSkb", "direction": "Egress"}, podSelector={}),
-        "node-a",
         ResolvedSource("int x;", "inline"),
-    )
+    ).for_node("node-a")
     meta = body["metadata"]
     assert meta["namespace"] == "shop"
     assert meta["name"] == names.node_program_name(names.PROGRAM_KIND, "shop", "p", "node-a")

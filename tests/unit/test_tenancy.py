@@ -47,7 +47,7 @@ def tenant_program(name: str = "p", **spec: Any) -> dict[str, Any]:
 def cluster_node_object(program: dict[str, Any], node: str = "node-a") -> dict[str, Any]:
     spec = program["spec"]
     reach = tenancy.reach(CLUSTER, "", spec, NAMESPACES)
-    return fanout.node_program_object(program, node, SOURCE, kind=CLUSTER, reach=reach)
+    return fanout.NodeObjects(program, SOURCE, kind=CLUSTER, reach=reach).for_node(node)
 
 
 # --- node objects of ClusterEbpfPrograms --------------------------------------------------------
@@ -112,7 +112,7 @@ def test_a_cluster_program_without_scope_is_scope_pods():
 def test_a_tenant_spec_cannot_widen_its_reach():
     program = tenant_program(scope="Node", namespaceSelector={}, maxMapBytes=1 << 40)
     reach = tenancy.reach(NAMESPACED, "shop", program["spec"], NAMESPACES)
-    spec = fanout.node_program_object(program, "node-a", SOURCE, kind=NAMESPACED, reach=reach)["spec"]
+    spec = fanout.NodeObjects(program, SOURCE, kind=NAMESPACED, reach=reach).for_node("node-a")["spec"]
     assert not {"programKind", "scope", "namespaces", "maxMapBytes"} & set(spec)
     assert spec["podSelector"] == {}
 
@@ -160,7 +160,7 @@ def test_the_namespace_annotation_caps_map_memory_when_it_is_a_positive_integer(
     namespaces = {**NAMESPACES, "shop": NamespaceInfo({}, annotations)}
     reach = tenancy.reach(NAMESPACED, "shop", tenant_program()["spec"], namespaces)
     assert (reach.max_map_bytes, bool(reach.notes)) == expected
-    spec = fanout.node_program_spec(tenant_program(), "a", SOURCE, kind=NAMESPACED, reach=reach)
+    spec = fanout.NodeObjects(tenant_program(), SOURCE, kind=NAMESPACED, reach=reach).spec("a")
     assert spec.get("maxMapBytes") == expected[0]
     if expected[1]:
         assert "namespace shop" in reach.notes[0] and names.MAX_MAP_BYTES_ANNOTATION in reach.notes[0]
@@ -202,7 +202,7 @@ def test_a_config_map_source_too_long_for_a_node_object_is_invalid():
 
 
 def test_node_objects_name_their_program_by_spec():
-    tenant = fanout.node_program_object(tenant_program("p" * 253), "n", SOURCE)
+    tenant = fanout.NodeObjects(tenant_program("p" * 253), SOURCE).for_node("n")
     assert kinds.key_of_node_program(tenant) == NAMESPACED.key("shop", "p" * 253)
     cluster = cluster_node_object(cluster_program(scope="Node"))
     assert kinds.key_of_node_program(cluster) == CLUSTER.key(None, "tracer")
@@ -217,7 +217,7 @@ def test_node_objects_name_their_program_by_spec():
 
 def old_style(program: dict[str, Any], node: str) -> dict[str, Any]:
     """A node object as operators before tenancy made it: named `<program>-<node>`."""
-    body = fanout.node_program_object(program, node, SOURCE)
+    body = fanout.NodeObjects(program, SOURCE).for_node(node)
     body["metadata"]["name"] = f"{program['metadata']['name']}-{node}"
     body["metadata"]["uid"] = f"old-{node}"
     return body
@@ -225,13 +225,13 @@ def old_style(program: dict[str, Any], node: str) -> dict[str, Any]:
 
 def test_node_objects_named_the_old_way_are_adopted_not_duplicated():
     program = tenant_program("counter")
-    wanted = {n: fanout.node_program_object(program, n, SOURCE) for n in ("node-a", "node-b")}
+    wanted = {n: fanout.NodeObjects(program, SOURCE).for_node(n) for n in ("node-a", "node-b")}
     existing = [old_style(program, "node-a"), old_style(program, "node-b")]
     plan = fanout.plan(wanted, existing)
     assert plan.create == [] and plan.release == [] and plan.update == []  # same spec: nothing to do
 
     changed = tenant_program("counter", function="g")
-    wanted = {n: fanout.node_program_object(changed, n, SOURCE) for n in ("node-a", "node-b")}
+    wanted = {n: fanout.NodeObjects(changed, SOURCE).for_node(n) for n in ("node-a", "node-b")}
     plan = fanout.plan(wanted, existing)
     assert plan.create == [] and plan.release == []
     assert [(current["metadata"]["name"], body["spec"]["function"]) for current, body in plan.update] == [
@@ -244,13 +244,13 @@ def test_an_adopted_object_without_its_owner_or_labels_is_updated():
     program = tenant_program("counter")
     adopted = old_style(program, "node-a")
     adopted["metadata"]["ownerReferences"] = []
-    plan = fanout.plan({"node-a": fanout.node_program_object(program, "node-a", SOURCE)}, [adopted])
+    plan = fanout.plan({"node-a": fanout.NodeObjects(program, SOURCE).for_node("node-a")}, [adopted])
     assert [current["metadata"]["name"] for current, _ in plan.update] == ["counter-node-a"]
 
 
 def test_a_second_object_for_one_node_is_released_and_the_new_name_kept():
     program = tenant_program("counter")
-    new = fanout.node_program_object(program, "node-a", SOURCE)
+    new = fanout.NodeObjects(program, SOURCE).for_node("node-a")
     plan = fanout.plan({"node-a": new}, [old_style(program, "node-a"), new])
     assert plan.create == [] and plan.update == []
     assert [o["metadata"]["name"] for o in plan.release] == ["counter-node-a"]
@@ -258,7 +258,7 @@ def test_a_second_object_for_one_node_is_released_and_the_new_name_kept():
 
 def test_missing_nodes_are_created_untargeted_released_detaching_waited_for():
     program = tenant_program("counter")
-    wanted = {n: fanout.node_program_object(program, n, SOURCE) for n in ("node-a", "node-b")}
+    wanted = {n: fanout.NodeObjects(program, SOURCE).for_node(n) for n in ("node-a", "node-b")}
     detaching = old_style(program, "node-a")
     detaching["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     gone = old_style(program, "node-z")
