@@ -241,7 +241,9 @@ def test_map_memory_is_capped_and_the_cap_is_set_per_namespace(kube: Kube, node_
         namespace, inline("huge-map", HUGE_ARRAY, "allow", {"type": "CgroupSkb", "direction": "Egress"})
     )
     ready = refused(kube, namespace, "huge-map", "MapTooLarge")
-    assert "big" in ready["message"] and "800" in ready["message"] and "64" in ready["message"]
+    # Measured ("needs 800.0 MiB") where the compile's memory limit let the kernel make it, or
+    # refused by the kernel within that limit: too large either way, and the cap is named.
+    assert "map big " in ready["message"] and "may use 64.0 MiB in all" in ready["message"]
 
     # A cluster admin raises this namespace's cap: a 16 MiB map fits under 32 MiB, not under 8 MiB.
     medium = HUGE_ARRAY.replace("104857600); /* 800 MiB */", "2097152); /* 16 MiB */")

@@ -59,6 +59,10 @@ class BuiltProgram:
         self.maps.clear()
 
 
+# What BCC says when the kernel refuses to allocate a map (ENOMEM).
+_MAP_WITHOUT_MEMORY = re.compile(r"could not open bpf map: (?P<name>\w+), error: Cannot allocate memory")
+
+
 def build(request: dict[str, Any]) -> BuiltProgram:
     """Compiles and loads request["function"]; raises BuildFailure with what the user should read.
 
@@ -150,6 +154,16 @@ def compile_source(request: dict[str, Any]) -> Any:
             bpf.cleanup()
         raise BuildFailure("MapNotAllowed", table_policy.message(refusals))
     if bpf is None:
+        unallocated = _MAP_WITHOUT_MEMORY.search(output.text)
+        if unallocated:
+            # A map so large the kernel could not allocate it within the compile's memory limit:
+            # too large, whatever the cap.
+            limit = int(request.get("maxMapBytes") or 0) or map_memory.DEFAULT_MAX_MAP_BYTES
+            raise BuildFailure(
+                "MapTooLarge",
+                f"map {unallocated['name']} is larger than the memory a compile may use; this "
+                f"program's maps may use {map_memory.human(limit)} in all",
+            )
         diagnostics = user_diagnostics(output.text, main_is_user=not request.get("prelude"))
         raise BuildFailure("CompileError", diagnostics or "the compiler failed without diagnostics")
     return bpf

@@ -10,8 +10,11 @@ from bcc import BPF
 
 from node_agent import errors
 from node_agent.kernel.attach_types import kernel_attach
-from node_agent.kernel.backend import ProgramBuild
+from node_agent.kernel.backend import ProgramBuild, ProgramRef
+from node_agent.kernel.bpffs import BpffsBackend
+from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.kernel.loader import check_map_memory
+from tests.kernel.support import INCLUDE_DIR
 
 pytestmark = pytest.mark.kernel
 
@@ -29,3 +32,15 @@ def test_maps_over_the_cap_are_refused_by_the_agent_itself():
     finally:
         os.close(fd)
         bpf.cleanup()
+
+
+def test_a_map_the_compile_has_no_memory_for_is_too_large(bpffs_root):
+    """Within a memory cgroup the kernel refuses to allocate it (ENOMEM); without one it is made and
+    measured: MapTooLarge either way, never a bare compile error."""
+    source = "BPF_ARRAY(huge, u64, 67108864); int f(struct __sk_buff *s) { return 1; }\n"  # 512 MiB
+    backend = BpffsBackend(
+        bpffs_root, include_dirs=(INCLUDE_DIR,), compile_limits=CompileLimits(memory_bytes=256 << 20)
+    )
+    with pytest.raises(errors.MapTooLarge, match=r"map huge .*this program's maps may use 64\.0 MiB in all"):
+        backend.load(ProgramRef("team-a", "huge", "0000000000000003"), ProgramBuild(source, "f", EGRESS))
+    assert not any(p.is_file() for p in bpffs_root.rglob("*"))
