@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_programs, kernel_has_kprobes
 from e2e.netdev import host_veths
 from e2e.tests.programs import cluster_program
 from e2e.tests.test_tenancy import UNFILTERED_EXEC_COUNTER, map_values
+from e2e.tools import REPO_ROOT
 from node_agent.kernel import syscalls
 
 
@@ -181,3 +183,16 @@ def test_pods_of_selected_namespaces(kube: Kube, node_a, cluster_programs, names
         for pod in [p for p in node_a.pods if p.namespace == other]:
             node_a.delete_pod(pod)
         kube.kubectl("delete", "namespace", other, "--wait=false")
+
+
+@pytest.mark.parametrize(
+    "example", sorted(p.name for p in (REPO_ROOT / "examples").glob("cluster-*.yaml")), ids=str
+)
+def test_every_cluster_example_runs(kube: Kube, node_a, cluster_programs, example: str):
+    # edge-no-telnet selects edge nodes only: none here, so it is Ready on no node and touches no
+    # interface of this host.
+    manifest = yaml.safe_load((REPO_ROOT / "examples" / example).read_text())
+    name = manifest["metadata"]["name"]
+    cluster_programs.append(name)
+    kube.apply("default", manifest)
+    wait_for(f"{name} Ready", lambda: kube.cluster_is_ready(name), timeout=30)
