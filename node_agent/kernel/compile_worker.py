@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)
     try:
         if not args.no_sandbox:
-            keep = sandbox.KEPT_CAPABILITIES if request.get("perfmon", True) else sandbox.NETWORK_CAPABILITIES
+            keep = sandbox.CAPABILITIES_BY_PRIVILEGE[str(request.get("privilege", "cluster"))]
             sandbox.enter(
                 list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
             )

@@ -70,8 +70,7 @@ class Loader:
             "prelude": self._prelude(build.attach),
             "entryPoint": build.attach.scope in FILTERED_SCOPES,
             "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
-            # Tracing types need CAP_PERFMON to load; a tenant's other programs load without it.
-            "perfmon": build.cluster or build.attach.prog_type in TRACING_PROG_TYPES,
+            "privilege": _privilege(build),  # which capabilities the compile keeps (sandbox.py)
         }
 
     def _prelude(self, attach: KernelAttach) -> str:
@@ -101,6 +100,12 @@ class Loader:
             if self._cgroups is None:
                 log.info("no memory cgroup for compile workers; their rlimits bound them")
         return self._cgroups
+
+
+def _privilege(build: ProgramBuild) -> str:
+    if build.cluster:
+        return "cluster"
+    return "tracing" if build.attach.prog_type in TRACING_PROG_TYPES else "network"
 
 
 def check_map_memory(maps: dict[str, int], build: ProgramBuild) -> None:

@@ -58,10 +58,15 @@ MEMORY_LIMIT_EXIT = 91
 _NEAR_MEMORY_LIMIT = 0.6
 BCC_LIBRARY = "libbcc.so.0"
 KEPT_CAPABILITIES = frozenset({CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYS_ADMIN})
-# A tenant's cgroup and network programs load with CAP_BPF and CAP_NET_ADMIN alone: without
-# CAP_PERFMON (or CAP_SYS_ADMIN, which implies it) the verifier forbids leaking kernel pointers into
-# maps and keeps its Spectre mitigations, as for any unprivileged loader.
-NETWORK_CAPABILITIES = frozenset({CAP_BPF, CAP_NET_ADMIN})
+# What a compile keeps, by what it builds. A tenant's compile holds no CAP_SYS_ADMIN, so it cannot
+# open other programs or maps by id. Its cgroup and network programs load without CAP_PERFMON (or
+# CAP_SYS_ADMIN, which implies it): the verifier then forbids leaking kernel pointers into maps and
+# keeps its Spectre mitigations, as for any unprivileged loader. Tracing types need CAP_PERFMON.
+CAPABILITIES_BY_PRIVILEGE = {
+    "cluster": KEPT_CAPABILITIES,
+    "tracing": frozenset({CAP_BPF, CAP_PERFMON}),
+    "network": frozenset({CAP_BPF, CAP_NET_ADMIN}),
+}
 HOSTNAME = "bpfleet-compile"
 
 
