@@ -8,8 +8,8 @@ can make clang eat CPU and memory. So the worker enters this sandbox before it i
   namespace, and dies with the worker;
 - a root of read-only binds of only what the compile needs (sandbox_root), then pivot_root;
 - rlimits: CPU seconds, file size, data size, open files, no core dumps (the agent adds a cgroup);
-- every capability dropped but CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN, which
-  loading needs; no_new_privs; a seccomp filter refusing mounts, namespaces and the like.
+- every capability dropped but what loading the program needs (CAPABILITIES_BY_PRIVILEGE);
+  no_new_privs; a seccomp filter refusing mounts, namespaces and the like.
 
 A step that fails raises SandboxError: the compile fails with what is missing, never runs
 unsandboxed.
