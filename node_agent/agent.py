@@ -43,14 +43,15 @@ class Agent:
         resync: float = 30.0,
         metrics: AgentMetrics | None = None,
         trust: Trust | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.heartbeat_seconds = heartbeat
         self.trust = trust or Trust()
         # Objects refused or ignored, by resourceVersion: each is logged once, not every pass.
         self._logged: set[tuple[str, ...]] = set()
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
-        self._last_heartbeat = float("-inf")
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
@@ -66,6 +67,16 @@ class Agent:
         log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
         if self.features is not None:
             self._publish_features(self.features)
+        # Its own thread: a pass stuck in a long compile must not make the operator see a silent node.
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._run_passes()
+        finally:
+            self.stop_event.set()
+            beat.join()
+
+    def _run_passes(self) -> None:
         for informer in (self.programs, self.pods):
             informer.start()
         # Reconciling before both caches are full would detach what runs: an empty cache is not
@@ -89,7 +100,6 @@ class Agent:
                 if first_pass:
                     first_pass = False
                     self._log_first_pass(result)
-                self._heartbeat()
             except Exception:
                 log.exception("reconcile pass failed", extra={"node": self.node})
                 timeout = 2.0
@@ -153,22 +163,24 @@ class Agent:
             return 0.0  # versions wait for their turn to compile: the next turn is now
         if result.waiting:
             return _WAITING_RECHECK
-        soon = [self.resync, HEARTBEAT_SECONDS]
+        soon = [self.resync]
         if result.failed:
             soon.append(_FAILED_RETRY)
         if result.follows_interfaces:
             soon.append(_INTERFACE_RECHECK)
         return min(soon)
 
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._heartbeat()
+            self.stop_event.wait(self.heartbeat_seconds)
+
     def _heartbeat(self) -> None:
-        """Tells the operator this agent is alive, at most every HEARTBEAT_SECONDS."""
-        if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
+        """Tells the operator this agent is alive."""
         try:
             if not self._patch_node_state({"lastHeartbeat": conditions.now()}) and self.features is not None:
                 self._publish_features(self.features)  # deleted (with its Node, say): make it again
-            self._last_heartbeat = time.monotonic()
-        except Exception as e:  # the next pass tries again
+        except Exception as e:  # the next beat tries again
             log.warning("heartbeat failed", extra={"node": self.node, "error": str(e)})
 
     def _sleep_until_woken(self, timeout: float) -> None:
