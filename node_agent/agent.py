@@ -12,10 +12,10 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
-from node_agent.errors import InvalidSpec
+from node_agent.errors import InvalidSpec, TrustViolation
 from node_agent.features import NodeFeatures
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod, Trust, addressed_to
+from node_agent.model import NodeProgram, Pod, Trust, addressed_to, held_program
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.status import node_program_status
 from node_agent.watch import Informer, wait_synced
@@ -202,18 +202,24 @@ class Agent:
         }
         programs = []
         refused = []
+        held: set[tuple[str, str]] = set()
         for obj in objects.values():
             try:
                 programs.append(NodeProgram.from_object(obj, self.trust))
-            except (KeyError, TypeError, ValueError, InvalidSpec) as e:
+            except (AttributeError, KeyError, TypeError, ValueError, InvalidSpec) as e:
                 refused.append(obj)
                 self._refuse(obj, e)
+                # Unreadable is not "gone": what runs of it keeps running, unless it is being deleted
+                # or breaks a trust rule.
+                keep = not isinstance(e, TrustViolation) and not obj["metadata"].get("deletionTimestamp")
+                if keep and (key := held_program(obj, self.trust)):
+                    held.add(key)
         pods = [Pod.from_object(o) for o in self.pods.objects()]
         for program in programs:
             if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
                 self._add_finalizer(objects[(program.namespace, program.name)])
         started = time.monotonic()
-        result = self.reconciler.run(programs, pods)
+        result = self.reconciler.run(programs, pods, held)
         self.metrics.pass_done(result, objects, pods, time.monotonic() - started)
         for report in result.reports:
             obj = objects[(report.namespace, report.name)]
@@ -222,7 +228,7 @@ class Agent:
             else:
                 self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
         for obj in refused:
-            # Nothing of a refused object runs after the pass (its versions were not served): a
+            # Nothing of a refused object being deleted runs after the pass (it is not held): the
             # deletion need not wait for it.
             if obj["metadata"].get("deletionTimestamp"):
                 self._remove_finalizer(obj)
@@ -257,6 +263,8 @@ class Agent:
     def _invalid_status(self, obj: dict[str, Any], error: Exception) -> dict[str, Any]:
         generation = obj["metadata"].get("generation")
         message = f"this agent cannot serve the spec: {error}"
+        if not isinstance(error, TrustViolation):
+            message += "; what ran of it on this node keeps running"
         ready = conditions.condition(conditions.READY, False, reasons.INVALID_SPEC, message, generation)
         return {
             "observedGeneration": generation,

@@ -25,6 +25,9 @@ class FakeBackend:
     interfaces: dict[str, int] = field(default_factory=lambda: {"lo": 1, "eth0": 2})
     node_links: dict[ProgramRef, dict[str, Attachment]] = field(default_factory=dict)
     refuse_targets: set[str] = field(default_factory=set)
+    # Failures to inject: detaches of these pod UIDs or targets, unloads of these versions.
+    refuse_detach: set[str] = field(default_factory=set)
+    refuse_unload: set[ProgramRef] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -39,6 +42,8 @@ class FakeBackend:
         return program
 
     def unload(self, ref: ProgramRef) -> None:
+        if ref in self.refuse_unload:
+            raise errors.KernelError(f"unpinning {ref.version}: Device or resource busy", 16)
         self.programs.pop(ref, None)
         self.links.pop(ref, None)
         self.node_links.pop(ref, None)
@@ -63,6 +68,8 @@ class FakeBackend:
         return link
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
+        if pod_uid in self.refuse_detach:
+            raise errors.KernelError(f"detaching {pod_uid}: Operation not permitted", 1)
         self.links.get(ref, {}).pop(pod_uid, None)
 
     def node_interfaces(self) -> list[str]:
@@ -85,6 +92,8 @@ class FakeBackend:
         return link
 
     def detach_node(self, ref: ProgramRef, target: str) -> None:
+        if target in self.refuse_detach:
+            raise errors.KernelError(f"detaching {target}: Operation not permitted", 1)
         self.node_links.get(ref, {}).pop(target, None)
 
     def cgroup_removed(self, pod_uid: str) -> None:
