@@ -16,7 +16,13 @@ from typing import Protocol
 from bpfleet_api import diagnostics, reasons
 from node_agent.compile_queue import CompilePlan, CompileQueue
 from node_agent.errors import AgentError, ProgramBuildError, UnsupportedOnNode
-from node_agent.kernel.attach_types import NODE_NETDEV, NODE_WIDE
+from node_agent.kernel.attach_types import (
+    NODE_NETDEV,
+    NODE_WIDE,
+    PER_POD_CGROUP,
+    PER_POD_NETDEV,
+    KernelAttach,
+)
 from node_agent.kernel.backend import NODE_TARGET, KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod
 
@@ -107,6 +113,9 @@ class Reconciler:
         self.queue = queue or CompileQueue()
         # A version that failed to build fails again; remember it instead of compiling in a loop.
         self._build_failures: dict[ProgramRef, ProgramBuildError] = {}
+        # The hook of each version served since the agent started: a link moves to a new version in
+        # place only when both hang off the same hook (unknown after a restart: the backend checks).
+        self._hooks: dict[ProgramRef, KernelAttach] = {}
 
     def run(
         self,
@@ -147,6 +156,9 @@ class Reconciler:
             if program.scope == "Node":
                 report.targets = self._attach_node(program, ref, report)
             else:
+                if ref == program.ref:
+                    self._hooks[ref] = program.build.attach
+                    self._move_to(program, loaded, pods)
                 report.pods = self._attach_selected(program, ref, pods, report)
             states = [p.state for p in report.pods] + [t.state for t in report.targets]
             waiting = waiting or WAITING in states
@@ -168,6 +180,7 @@ class Reconciler:
         self._build_failures = {
             r: e for r, e in self._build_failures.items() if r.program in _programs(programs) | held
         }
+        self._hooks = {r: a for r, a in self._hooks.items() if r in serving}
 
         still_loaded = {ref.program for ref in serving}
         for program in programs:
@@ -288,6 +301,43 @@ class Reconciler:
                 report.namespace = pod.namespace
             reports.append(report)
         return reports
+
+    def _move_to(
+        self, program: NodeProgram, loaded: dict[ProgramRef, LoadedProgram], pods: list[Pod]
+    ) -> None:
+        """Switches the links of older versions to this one in place, pod by pod, for the pods it
+        still selects: no gap, no overlap, same link. A link that cannot move stays; the pod is then
+        attached beside it and the old version unloaded, as for a new pod."""
+        new, attach = program.ref, program.build.attach
+        if attach.scope not in (PER_POD_CGROUP, PER_POD_NETDEV):
+            return  # perf-event links (tracing) cannot be updated
+        old_versions = sorted(r for r in loaded if r.program == new.program and r != new)
+        if not old_versions:
+            return
+        selected = {pod.uid: pod for pod in pods if program.selects(pod)}
+        current = self.backend.attachments(new)
+        for old in old_versions:
+            if self._hooks.get(old, attach) != attach:
+                continue  # another hook or interface: a link there is not this version's to take
+            for uid, link in sorted(self.backend.attachments(old).items()):
+                pod = selected.get(uid)
+                if pod is None or not link.live or (uid in current and current[uid].live):
+                    continue
+                cgroup = self.cgroups.find(pod.uid, pod.qos_class)
+                if cgroup is None:
+                    continue
+                try:
+                    current[uid] = self.backend.update(old, new, uid, cgroup, attach)
+                except (AgentError, OSError) as e:
+                    log.warning(
+                        "cannot update the link in place; attaching beside it",
+                        extra={"program": f"{new.namespace}/{new.name}", "pod": pod.name, "error": str(e)},
+                    )
+                    continue
+                log.info(
+                    "updated in place",
+                    extra={"program": f"{new.namespace}/{new.name}", "pod": pod.name, "from": old.version},
+                )
 
     def _attach_node(
         self, program: NodeProgram, ref: ProgramRef, report: ProgramReport

@@ -28,6 +28,9 @@ class FakeBackend:
     # Failures to inject: detaches of these pod UIDs or targets, unloads of these versions.
     refuse_detach: set[str] = field(default_factory=set)
     refuse_unload: set[ProgramRef] = field(default_factory=set)
+    refuse_update: set[str] = field(default_factory=set)  # pod UIDs
+    # (old version, new version, pod UID) of every link moved in place.
+    updates: list[tuple[ProgramRef, ProgramRef, str]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -66,6 +69,19 @@ class FakeBackend:
         link = Attachment(ref, pod_uid, next(self._ids), target_id=hash(str(cgroup_dir)) & 0xFFFF or 1)
         self.links.setdefault(ref, {})[pod_uid] = link
         return link
+
+    def update(
+        self, old: ProgramRef, new: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
+    ) -> Attachment:
+        link = self.links.get(old, {}).get(pod_uid)
+        if pod_uid in self.refuse_update or link is None or new not in self.programs:
+            raise errors.AttachFailed(f"updating the link {pod_uid} in place: Invalid argument")
+        # Like BPF_LINK_UPDATE: the same link, now the new version's; never two, never none.
+        moved = Attachment(new, pod_uid, link.link_id, link.target_id)
+        del self.links[old][pod_uid]
+        self.links.setdefault(new, {})[pod_uid] = moved
+        self.updates.append((old, new, pod_uid))
+        return moved
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
         if pod_uid in self.refuse_detach:
