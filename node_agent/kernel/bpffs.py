@@ -42,10 +42,8 @@ from node_agent.kernel.attach_types import (
     NODE_WIDE,
     NODE_WIDE_FILTERED,
     PER_BINARY_FILTERED,
-    PER_POD_CGROUP,
     PER_POD_NETDEV,
     PROG_TYPE_KPROBE,
-    PROG_TYPE_XDP,
     TRACING_PROG_TYPES,
     KernelAttach,
 )
@@ -274,31 +272,10 @@ class BpffsBackend:
     def update(
         self, old: ProgramRef, new: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
     ) -> Attachment:
-        if attach.scope not in (PER_POD_CGROUP, PER_POD_NETDEV):
-            raise errors.AttachFailed("only cgroup and interface links can be updated in place")
-        target_id = None
-        if attach.scope == PER_POD_NETDEV:
-            # The interface the new version wants must be the one the link is on.
-            try:
-                target_id = self._netdev_ifindex(cgroup_dir, attach)
-            except (OSError, errors.KernelError) as e:
-                raise errors.AttachFailed(f"finding {attach.target} of {cgroup_dir}: {e}") from e
-        info = link_update.move(
-            self._dir(old) / "links" / pod_uid,
-            self._dir(new) / "links" / pod_uid,
-            self._dir(old) / "prog",
-            self._dir(new) / "prog",
-            # An XDP link's info has no attach type: its hook is the interface alone.
-            attach_type=None if attach.prog_type == PROG_TYPE_XDP else attach.attach_type,
-            target_id=target_id,
+        info = link_update.move_pod_link(
+            self._dir(old), self._dir(new), pod_uid, cgroup_dir, attach, self.proc
         )
         return Attachment(new, pod_uid, info.id, info.target_id)
-
-    def _netdev_ifindex(self, cgroup_dir: Path, attach: KernelAttach) -> int:
-        pod_netns = netns.pod_netns(cgroup_dir, self.proc)
-        if attach.side == "Host":
-            return netns.run_in_netns(pod_netns, lambda: netns.veth_peer_index(attach.target))
-        return netns.run_in_netns(pod_netns, lambda: netns.interface_index(attach.target))
 
     def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
         return links.pin_new(self._dir(ref) / "prog", pin, create)

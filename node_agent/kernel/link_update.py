@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_agent import errors
+from node_agent import errors, netns
 from node_agent.kernel import syscalls
+from node_agent.kernel.attach_types import PER_POD_CGROUP, PER_POD_NETDEV, PROG_TYPE_XDP, KernelAttach
 
 # The link types whose program the kernel can replace in place.
 UPDATABLE = frozenset({syscalls.BPF_LINK_TYPE_CGROUP, syscalls.BPF_LINK_TYPE_XDP, syscalls.BPF_LINK_TYPE_TCX})
@@ -51,3 +52,28 @@ def move(
             return syscalls.link_info(link_fd)
     except (OSError, errors.KernelError) as e:
         raise errors.AttachFailed(f"updating the link {old_pin.name} in place: {e}") from e
+
+
+def move_pod_link(
+    old_dir: Path, new_dir: Path, pod_uid: str, cgroup_dir: Path, attach: KernelAttach, proc: Path
+) -> syscalls.LinkInfo:
+    """Moves a pod's link from one version directory to the other; `attach` is the new version's."""
+    if attach.scope not in (PER_POD_CGROUP, PER_POD_NETDEV):
+        raise errors.AttachFailed("only cgroup and interface links can be updated in place")
+    target_id = None
+    if attach.scope == PER_POD_NETDEV:
+        # The interface the new version wants must be the one the link is on.
+        try:
+            pod_netns = netns.pod_netns(cgroup_dir, proc)
+            target_id = netns.pod_interface_index(pod_netns, attach.target, attach.side)
+        except (OSError, errors.KernelError) as e:
+            raise errors.AttachFailed(f"finding {attach.target} of {cgroup_dir}: {e}") from e
+    return move(
+        old_dir / "links" / pod_uid,
+        new_dir / "links" / pod_uid,
+        old_dir / "prog",
+        new_dir / "prog",
+        # An XDP link's info has no attach type: its hook is the interface alone.
+        attach_type=None if attach.prog_type == PROG_TYPE_XDP else attach.attach_type,
+        target_id=target_id,
+    )

@@ -26,6 +26,9 @@ from node_agent.kernel import syscalls
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from node_agent.model import NodeProgram, Pod
+from node_agent.reconcile import Reconciler
+from tests.unit import builders
 
 pytestmark = pytest.mark.kernel
 
@@ -136,6 +139,33 @@ def test_a_cgroup_counter_moves_to_v2_with_always_exactly_one_program_and_the_sa
     [link] = [p for p in bpftool("cgroup", "show", str(pod.pod)) if p["id"] in ours]
     assert link["id"] == two.prog_id
     assert backend.attachments(v2)[pod.uid].link_id == before.link_id
+
+
+class OneCgroup:
+    def __init__(self, uid: str, path: Path) -> None:
+        self.uid, self.path, self.kubelet_root = uid, path, path.parent
+
+    def find(self, uid: str, qos_class: str | None) -> Path | None:
+        return self.path if uid == self.uid else None
+
+
+def test_the_reconciler_moves_the_pods_link_to_the_new_version(backend: BpffsBackend, pod_cgroups):
+    pod = pod_cgroups()
+    reconciler = Reconciler(backend, OneCgroup(pod.uid, pod.pod))
+    web = builders.pod("web-1", {"app": "web"})
+    web["metadata"]["uid"] = pod.uid
+    pods = [Pod.from_object(web)]
+
+    def serve(source: str) -> int:
+        obj = builders.node_program(source=source, attach=builders.SKB_EGRESS)
+        obj["spec"]["function"] = "count_packets"
+        reconciler.run([NodeProgram.from_object(obj)], pods)
+        [(ref, loaded)] = backend.loaded().items()
+        assert [p["id"] for p in bpftool("cgroup", "show", str(pod.pod))] == [loaded.prog_id]
+        return backend.attachments(ref)[pod.uid].link_id
+
+    first = serve(COUNTER_SOURCE)
+    assert serve(COUNTER_SOURCE + "\n/* v2 */\n") == first
 
 
 def test_a_link_on_another_hook_is_refused_and_left_as_it_was(backend: BpffsBackend, pod_cgroups):
