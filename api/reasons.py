@@ -22,6 +22,8 @@ MAP_TOO_LARGE: Final = "MapTooLarge"  # the program's maps need more memory than
 # A Warning event (and a note in Ready's message), never a failure: a Namespace's
 # bpfleet.io/max-map-bytes is not a positive integer, so the agent's default cap applies.
 INVALID_ANNOTATION: Final = "InvalidAnnotation"
+# A detach or an unload the kernel refused: it is retried, and the rest of the pass went on.
+DETACH_FAILED: Final = "DetachFailed"
 
 ALL: Final = (
     COMPILE_ERROR,
@@ -38,4 +40,5 @@ ALL: Final = (
     MAP_NOT_ALLOWED,
     MAP_TOO_LARGE,
     INVALID_ANNOTATION,
+    DETACH_FAILED,
 )

@@ -12,10 +12,10 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
-from node_agent.errors import InvalidSpec
+from node_agent.errors import InvalidSpec, TrustViolation
 from node_agent.features import NodeFeatures
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod, Trust, addressed_to
+from node_agent.model import NodeProgram, Pod, Trust, addressed_to, held_program
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.status import node_program_status
 from node_agent.watch import Informer, wait_synced
@@ -43,14 +43,15 @@ class Agent:
         resync: float = 30.0,
         metrics: AgentMetrics | None = None,
         trust: Trust | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
+        self.heartbeat_seconds = heartbeat
         self.trust = trust or Trust()
         # Objects refused or ignored, by resourceVersion: each is logged once, not every pass.
         self._logged: set[tuple[str, ...]] = set()
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
-        self._last_heartbeat = float("-inf")
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
@@ -66,6 +67,16 @@ class Agent:
         log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
         if self.features is not None:
             self._publish_features(self.features)
+        # Its own thread: a pass stuck in a long compile must not make the operator see a silent node.
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._run_passes()
+        finally:
+            self.stop_event.set()
+            beat.join()
+
+    def _run_passes(self) -> None:
         for informer in (self.programs, self.pods):
             informer.start()
         # Reconciling before both caches are full would detach what runs: an empty cache is not
@@ -89,7 +100,6 @@ class Agent:
                 if first_pass:
                     first_pass = False
                     self._log_first_pass(result)
-                self._heartbeat()
             except Exception:
                 log.exception("reconcile pass failed", extra={"node": self.node})
                 timeout = 2.0
@@ -153,22 +163,24 @@ class Agent:
             return 0.0  # versions wait for their turn to compile: the next turn is now
         if result.waiting:
             return _WAITING_RECHECK
-        soon = [self.resync, HEARTBEAT_SECONDS]
+        soon = [self.resync]
         if result.failed:
             soon.append(_FAILED_RETRY)
         if result.follows_interfaces:
             soon.append(_INTERFACE_RECHECK)
         return min(soon)
 
+    def _heartbeat_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._heartbeat()
+            self.stop_event.wait(self.heartbeat_seconds)
+
     def _heartbeat(self) -> None:
-        """Tells the operator this agent is alive, at most every HEARTBEAT_SECONDS."""
-        if time.monotonic() - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
+        """Tells the operator this agent is alive."""
         try:
             if not self._patch_node_state({"lastHeartbeat": conditions.now()}) and self.features is not None:
                 self._publish_features(self.features)  # deleted (with its Node, say): make it again
-            self._last_heartbeat = time.monotonic()
-        except Exception as e:  # the next pass tries again
+        except Exception as e:  # the next beat tries again
             log.warning("heartbeat failed", extra={"node": self.node, "error": str(e)})
 
     def _sleep_until_woken(self, timeout: float) -> None:
@@ -190,18 +202,24 @@ class Agent:
         }
         programs = []
         refused = []
+        held: set[tuple[str, str]] = set()
         for obj in objects.values():
             try:
                 programs.append(NodeProgram.from_object(obj, self.trust))
-            except (KeyError, TypeError, ValueError, InvalidSpec) as e:
+            except (AttributeError, KeyError, TypeError, ValueError, InvalidSpec) as e:
                 refused.append(obj)
                 self._refuse(obj, e)
+                # Unreadable is not "gone": what runs of it keeps running, unless it is being deleted
+                # or breaks a trust rule.
+                keep = not isinstance(e, TrustViolation) and not obj["metadata"].get("deletionTimestamp")
+                if keep and (key := held_program(obj, self.trust)):
+                    held.add(key)
         pods = [Pod.from_object(o) for o in self.pods.objects()]
         for program in programs:
             if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
                 self._add_finalizer(objects[(program.namespace, program.name)])
         started = time.monotonic()
-        result = self.reconciler.run(programs, pods)
+        result = self.reconciler.run(programs, pods, held)
         self.metrics.pass_done(result, objects, pods, time.monotonic() - started)
         for report in result.reports:
             obj = objects[(report.namespace, report.name)]
@@ -210,7 +228,7 @@ class Agent:
             else:
                 self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
         for obj in refused:
-            # Nothing of a refused object runs after the pass (its versions were not served): a
+            # Nothing of a refused object being deleted runs after the pass (it is not held): the
             # deletion need not wait for it.
             if obj["metadata"].get("deletionTimestamp"):
                 self._remove_finalizer(obj)
@@ -245,6 +263,8 @@ class Agent:
     def _invalid_status(self, obj: dict[str, Any], error: Exception) -> dict[str, Any]:
         generation = obj["metadata"].get("generation")
         message = f"this agent cannot serve the spec: {error}"
+        if not isinstance(error, TrustViolation):
+            message += "; what ran of it on this node keeps running"
         ready = conditions.condition(conditions.READY, False, reasons.INVALID_SPEC, message, generation)
         return {
             "observedGeneration": generation,

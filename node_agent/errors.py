@@ -59,6 +59,11 @@ class InvalidSpec(AgentError):
     reason = reasons.INVALID_SPEC
 
 
+class TrustViolation(InvalidSpec):
+    """The spec asks for what its kind may not have: refused, and what ran of it stops. Any other
+    InvalidSpec (a shape this agent cannot read) keeps the last good version running."""
+
+
 class AttachFailed(AgentError):
     reason = reasons.ATTACH_FAILED
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names, selectors
-from node_agent.errors import InvalidSpec
+from node_agent.errors import InvalidSpec, TrustViolation
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     HOST_SCOPES,
@@ -166,32 +166,55 @@ class NodeProgram:
         )
 
 
+def held_program(obj: Mapping[str, Any], trust: Trust) -> tuple[str, str] | None:
+    """The program (pin namespace, name) of a node object the agent could not parse, whose running
+    versions are kept; None when even that cannot be read. Hostile input: a node object only ever
+    holds programs of its own namespace (the cluster's pins only from the system namespace)."""
+    try:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        labels = meta.get("labels") or {}
+        namespace = meta["namespace"]
+        name = (
+            spec.get("programName")
+            or labels.get(names.PROGRAM_LABEL)
+            or labels.get(names.CLUSTER_PROGRAM_LABEL)
+        )
+        cluster = (
+            spec.get("programKind") == names.CLUSTER_PROGRAM_KIND and namespace == trust.system_namespace
+        )
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not isinstance(namespace, str) or not isinstance(name, str) or not name:
+        return None
+    return (CLUSTER_PINS if cluster else namespace, name)
+
+
 def _check_trust(namespace: str, kind: str, scope: str, spec: Mapping[str, Any], trust: Trust) -> None:
     """The agent's own check of what only a ClusterEbpfProgram may do, whatever the API server let
     through: a namespaced program reaches its own namespace's pods and nothing else."""
     if kind not in (names.PROGRAM_KIND, names.CLUSTER_PROGRAM_KIND):
-        raise InvalidSpec(f"programKind {kind!r} is neither EbpfProgram nor ClusterEbpfProgram")
+        raise TrustViolation(f"programKind {kind!r} is neither EbpfProgram nor ClusterEbpfProgram")
     if scope not in ("Pods", "Node"):
-        raise InvalidSpec(f"scope {scope!r} is neither Pods nor Node")
+        raise TrustViolation(f"scope {scope!r} is neither Pods nor Node")
     if str(spec.get("function", "")).startswith(RESERVED_PREFIX):
-        raise InvalidSpec(f"function names starting with {RESERVED_PREFIX} are reserved for the agent")
+        raise TrustViolation(f"function names starting with {RESERVED_PREFIX} are reserved for the agent")
     if kind == names.CLUSTER_PROGRAM_KIND:
         if namespace != trust.system_namespace:
-            raise InvalidSpec(
+            raise TrustViolation(
                 f"a ClusterEbpfProgram's node objects live in {trust.system_namespace}, not in {namespace}"
             )
         return
     attach = spec.get("attach") or {}
     if scope == "Node":
-        raise InvalidSpec(
+        raise TrustViolation(
             "scope Node reaches the whole node, not only this namespace's pods: use a ClusterEbpfProgram"
         )
     if attach.get("type") in ("Kprobe", "Kretprobe"):
-        raise InvalidSpec(
+        raise TrustViolation(
             f"{attach['type']} traces the kernel for every process of the node: use a ClusterEbpfProgram"
         )
     if attach.get("side") == "Host":
-        raise InvalidSpec(
+        raise TrustViolation(
             "attach.side Host reaches the node's side of the pod network: use a ClusterEbpfProgram"
         )
 

@@ -76,3 +76,11 @@ def veth_peer_index(name: str) -> int:
     if not peer:
         raise AttachFailed(f"the pod's {name} is not one end of a veth pair: it has no host side")
     return int(peer)
+
+
+def pod_interface_index(pod_netns: Path, name: str, side: str) -> int:
+    """The ifindex of the pod's interface `name` (in the pod's namespace), or, for side Host, of the
+    host end of its veth (in the agent's)."""
+    if side == "Host":
+        return run_in_netns(pod_netns, lambda: veth_peer_index(name))
+    return run_in_netns(pod_netns, lambda: interface_index(name))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +16,13 @@ from typing import Protocol
 from bpfleet_api import diagnostics, reasons
 from node_agent.compile_queue import CompilePlan, CompileQueue
 from node_agent.errors import AgentError, ProgramBuildError, UnsupportedOnNode
-from node_agent.kernel.attach_types import NODE_NETDEV, NODE_WIDE
+from node_agent.kernel.attach_types import (
+    NODE_NETDEV,
+    NODE_WIDE,
+    PER_POD_CGROUP,
+    PER_POD_NETDEV,
+    KernelAttach,
+)
 from node_agent.kernel.backend import NODE_TARGET, KernelBackend, LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Pod
 
@@ -76,6 +82,8 @@ class ProgramReport:
     attach_type: str = ""
     target: str = ""  # what scope Node hooks: the event, or the interface name or pattern
     targets: list[TargetReport] = field(default_factory=list)  # scope Node only
+    # Detaches and unloads of this program that failed this pass (reason, message): retried.
+    cleanup_failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,14 +113,27 @@ class Reconciler:
         self.queue = queue or CompileQueue()
         # A version that failed to build fails again; remember it instead of compiling in a loop.
         self._build_failures: dict[ProgramRef, ProgramBuildError] = {}
+        # The hook of each version served since the agent started: a link moves to a new version in
+        # place only when both hang off the same hook (unknown after a restart: the backend checks).
+        self._hooks: dict[ProgramRef, KernelAttach] = {}
 
-    def run(self, programs: Iterable[NodeProgram], pods: Iterable[Pod]) -> PassResult:
+    def run(
+        self,
+        programs: Iterable[NodeProgram],
+        pods: Iterable[Pod],
+        held: Iterable[tuple[str, str]] = (),
+    ) -> PassResult:
+        """`held`: programs whose node object the agent could not read this pass; what runs of them
+        is kept as it is (no attach, no detach, no unload) until a readable spec says otherwise."""
         programs, pods = list(programs), list(pods)
         loaded = self.backend.loaded()
         active = [p for p in programs if not p.deleting]
         plan = self._build_in_turn(active, loaded)
-        serving: set[ProgramRef] = set()
+        held = set(held) - _programs(programs)
+        serving: set[ProgramRef] = {ref for ref in loaded if ref.program in held}
         reports: list[ProgramReport] = []
+        self._cleanup_failed = False
+        by_program: dict[tuple[str, str], ProgramReport] = {}
         waiting = failed = False
 
         for program in active:
@@ -126,15 +147,19 @@ class Reconciler:
                 target=program.build.attach.target,
             )
             reports.append(report)
+            by_program[program.ref.program] = report
             ref = self._serving(program, loaded, report, plan)
             if ref is None:
                 continue
             serving.add(ref)
             report.loaded, report.serving_version = loaded[ref], ref.version
             if program.scope == "Node":
-                report.targets = self._attach_node(program, ref)
+                report.targets = self._attach_node(program, ref, report)
             else:
-                report.pods = self._attach_selected(program, ref, pods)
+                if ref == program.ref:
+                    self._hooks[ref] = program.build.attach
+                    self._move_to(program, loaded, pods)
+                report.pods = self._attach_selected(program, ref, pods, report)
             states = [p.state for p in report.pods] + [t.state for t in report.targets]
             waiting = waiting or WAITING in states
             failed = failed or FAILED in states
@@ -144,10 +169,18 @@ class Reconciler:
                 "unloading program version",
                 extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version},
             )
-            self.backend.unload(ref)
+            self._isolated(
+                f"unloading version {ref.version}",
+                by_program.get(ref.program),
+                ref,
+                "",
+                self.backend.unload,
+                ref,
+            )
         self._build_failures = {
-            r: e for r, e in self._build_failures.items() if r.program in _programs(programs)
+            r: e for r, e in self._build_failures.items() if r.program in _programs(programs) | held
         }
+        self._hooks = {r: a for r, a in self._hooks.items() if r in serving}
 
         still_loaded = {ref.program for ref in serving}
         for program in programs:
@@ -162,7 +195,34 @@ class Reconciler:
                     )
                 )
         follows = any(p.build.attach.scope == NODE_NETDEV for p in active)
+        failed = failed or self._cleanup_failed
         return PassResult(reports, waiting, failed, queued=bool(plan.later), follows_interfaces=follows)
+
+    def _isolated(
+        self,
+        what: str,
+        report: ProgramReport | None,
+        ref: ProgramRef,
+        target: str,
+        action: Callable[..., object],
+        *args: object,
+    ) -> bool:
+        """Runs one detach or unload; a failure is logged, reported and retried, never the end of
+        the pass."""
+        try:
+            action(*args)
+        except Exception as e:
+            if not isinstance(e, (AgentError, OSError)):
+                log.exception("unexpected error", extra={"program": f"{ref.namespace}/{ref.name}"})
+            log.warning(
+                f"{what} failed",
+                extra={"program": f"{ref.namespace}/{ref.name}", "target": target, "error": str(e)},
+            )
+            self._cleanup_failed = True
+            if report is not None:
+                report.cleanup_failures.append((reasons.DETACH_FAILED, f"{what}: {e}"))
+            return False
+        return True
 
     def _build_in_turn(
         self, active: list[NodeProgram], loaded: dict[ProgramRef, LoadedProgram]
@@ -221,12 +281,14 @@ class Reconciler:
         previous = [r for r in loaded if r.program == ref.program]
         return max(previous, key=lambda r: loaded[r].prog_id) if previous else None
 
-    def _attach_selected(self, program: NodeProgram, ref: ProgramRef, pods: list[Pod]) -> list[PodReport]:
+    def _attach_selected(
+        self, program: NodeProgram, ref: ProgramRef, pods: list[Pod], report: ProgramReport
+    ) -> list[PodReport]:
         selected = [pod for pod in pods if program.selects(pod)]
         attachments = self.backend.attachments(ref)
         wanted = {pod.uid for pod in selected}
         for uid in sorted(set(attachments) - wanted):
-            self.backend.detach(ref, uid)
+            self._isolated(f"detaching pod {uid}", report, ref, uid, self.backend.detach, ref, uid)
 
         reports = []
         for pod in selected:
@@ -240,7 +302,46 @@ class Reconciler:
             reports.append(report)
         return reports
 
-    def _attach_node(self, program: NodeProgram, ref: ProgramRef) -> list[TargetReport]:
+    def _move_to(
+        self, program: NodeProgram, loaded: dict[ProgramRef, LoadedProgram], pods: list[Pod]
+    ) -> None:
+        """Switches the links of older versions to this one in place, pod by pod, for the pods it
+        still selects: no gap, no overlap, same link. A link that cannot move stays; the pod is then
+        attached beside it and the old version unloaded, as for a new pod."""
+        new, attach = program.ref, program.build.attach
+        if attach.scope not in (PER_POD_CGROUP, PER_POD_NETDEV):
+            return  # perf-event links (tracing) cannot be updated
+        old_versions = sorted(r for r in loaded if r.program == new.program and r != new)
+        if not old_versions:
+            return
+        selected = {pod.uid: pod for pod in pods if program.selects(pod)}
+        current = self.backend.attachments(new)
+        for old in old_versions:
+            if self._hooks.get(old, attach) != attach:
+                continue  # another hook or interface: a link there is not this version's to take
+            for uid, link in sorted(self.backend.attachments(old).items()):
+                pod = selected.get(uid)
+                if pod is None or not link.live or (uid in current and current[uid].live):
+                    continue
+                cgroup = self.cgroups.find(pod.uid, pod.qos_class)
+                if cgroup is None:
+                    continue
+                try:
+                    current[uid] = self.backend.update(old, new, uid, cgroup, attach)
+                except (AgentError, OSError) as e:
+                    log.warning(
+                        "cannot update the link in place; attaching beside it",
+                        extra={"program": f"{new.namespace}/{new.name}", "pod": pod.name, "error": str(e)},
+                    )
+                    continue
+                log.info(
+                    "updated in place",
+                    extra={"program": f"{new.namespace}/{new.name}", "pod": pod.name, "from": old.version},
+                )
+
+    def _attach_node(
+        self, program: NodeProgram, ref: ProgramRef, report: ProgramReport
+    ) -> list[TargetReport]:
         """Scope Node: the program's event for the whole node, or every host interface whose name
         matches the pattern now (ones that vanished are dropped, new ones attached)."""
         attach = program.build.attach
@@ -252,7 +353,7 @@ class Reconciler:
         current = self.backend.node_attachments(ref)
         for target in sorted(set(current) - set(wanted)):
             log.info("detaching from a target that is gone", extra={"program": ref.name, "target": target})
-            self.backend.detach_node(ref, target)
+            self._isolated(f"detaching {target}", report, ref, target, self.backend.detach_node, ref, target)
         reports = []
         for target in wanted:
             link = current.get(target)
@@ -261,8 +362,8 @@ class Reconciler:
                 continue
             try:
                 self.backend.attach_node(ref, target, attach)
-            except AgentError as e:
-                reports.append(TargetReport(target, FAILED, e.reason, str(e)))
+            except (AgentError, OSError) as e:
+                reports.append(TargetReport(target, FAILED, _reason(e), str(e)))
                 continue
             log.info(
                 "attached on the node", extra={"program": f"{ref.namespace}/{ref.name}", "target": target}
@@ -298,8 +399,8 @@ class Reconciler:
             )
         try:
             self.backend.attach(ref, pod.uid, cgroup, program.build.attach, container_id=container_id)
-        except AgentError as e:
-            return PodReport(pod.name, pod.uid, FAILED, e.reason, str(e))
+        except (AgentError, OSError) as e:
+            return PodReport(pod.name, pod.uid, FAILED, _reason(e), str(e))
         log.info(
             "attached",
             extra={"program": f"{ref.namespace}/{ref.name}", "pod": pod.name, "cgroup": str(cgroup)},
@@ -309,3 +410,7 @@ class Reconciler:
 
 def _programs(programs: list[NodeProgram]) -> set[tuple[str, str]]:
     return {p.ref.program for p in programs if not p.deleting}
+
+
+def _reason(error: Exception) -> str:
+    return error.reason if isinstance(error, AgentError) else reasons.ATTACH_FAILED

@@ -52,6 +52,7 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         for t in report.targets
         if t.state == FAILED
     ]
+    failures += [{"reason": r, "message": _bounded(r, m)} for r, m in report.cleanup_failures]
     failures = failures[: names.MAX_NODE_FAILURES]
     failed_targets = sum(t.state == FAILED for t in report.targets)
 
@@ -67,6 +68,10 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         ready = conditions.condition(
             conditions.READY, False, QUEUED, _queued_summary(report), report.generation
         )
+    elif report.cleanup_failures:
+        # It runs where it should not any more (or an old version lingers): not what was asked.
+        reason, message = report.cleanup_failures[0]
+        ready = conditions.condition(conditions.READY, False, reason, message, report.generation)
     elif report.scope == "Node":
         ready = conditions.condition(
             conditions.READY,

@@ -97,6 +97,15 @@ class KernelBackend(Protocol):
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None: ...
 
+    def update(
+        self, old: ProgramRef, new: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
+    ) -> Attachment:
+        """Moves the pod's link from version `old` to `new` in place (BPF_LINK_UPDATE): the hook
+        runs exactly one of them at every moment, and the link keeps its id. Afterwards the link is
+        `new`'s and unloading `old` leaves it alone. Cgroup and interface links only; raises
+        AttachFailed, leaving the link on `old`, when it cannot be moved (then attach beside)."""
+        ...
+
     # -- host-level targets (scope Node) ------------------------------------------------------
 
     def node_interfaces(self) -> list[str]:

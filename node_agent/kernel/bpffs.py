@@ -29,6 +29,7 @@ from node_agent import errors, netns
 from node_agent.kernel import (
     helper_check,
     host_targets,
+    link_update,
     links,
     pod_files,
     pod_filter,
@@ -210,6 +211,14 @@ class BpffsBackend:
         except (OSError, errors.KernelError) as e:
             raise errors.AttachFailed(f"attaching to {cgroup_dir}: {e}") from e
         return Attachment(ref, pod_uid, info.id, info.target_id)
+
+    def update(
+        self, old: ProgramRef, new: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
+    ) -> Attachment:
+        info = link_update.move_pod_link(
+            self._dir(old), self._dir(new), pod_uid, cgroup_dir, attach, self.proc
+        )
+        return Attachment(new, pod_uid, info.id, info.target_id)
 
     def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
         return links.pin_new(self._dir(ref) / "prog", pin, create)

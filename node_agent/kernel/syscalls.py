@@ -35,6 +35,7 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
 BPF_LINK_DETACH = 34
 BPF_PERF_EVENT = 41  # enum bpf_attach_type
 # enum bpf_link_type
@@ -44,6 +45,7 @@ BPF_LINK_TYPE_TCX = 11
 
 BPF_F_QUERY_EFFECTIVE = 1 << 0
 BPF_F_ALLOW_MULTI = 1 << 1
+BPF_F_REPLACE = 1 << 2
 
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -250,6 +252,14 @@ def link_create_perf_event(prog_fd: int, perf_fd: int) -> int:
     attr = _attr()
     struct.pack_into("=IIII", attr, 0, prog_fd, perf_fd, BPF_PERF_EVENT, 0)
     return _bpf(BPF_LINK_CREATE, attr)
+
+
+def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int) -> None:
+    """Swaps the link's program in one step; BPF_F_REPLACE makes it fail (EPERM) unless the link
+    still runs old_prog_fd's program."""
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, link_fd, new_prog_fd, BPF_F_REPLACE, old_prog_fd)
+    _bpf(BPF_LINK_UPDATE, attr)
 
 
 def link_detach(link_fd: int) -> None:

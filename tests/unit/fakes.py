@@ -25,6 +25,12 @@ class FakeBackend:
     interfaces: dict[str, int] = field(default_factory=lambda: {"lo": 1, "eth0": 2})
     node_links: dict[ProgramRef, dict[str, Attachment]] = field(default_factory=dict)
     refuse_targets: set[str] = field(default_factory=set)
+    # Failures to inject: detaches of these pod UIDs or targets, unloads of these versions.
+    refuse_detach: set[str] = field(default_factory=set)
+    refuse_unload: set[ProgramRef] = field(default_factory=set)
+    refuse_update: set[str] = field(default_factory=set)  # pod UIDs
+    # (old version, new version, pod UID) of every link moved in place.
+    updates: list[tuple[ProgramRef, ProgramRef, str]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -39,6 +45,8 @@ class FakeBackend:
         return program
 
     def unload(self, ref: ProgramRef) -> None:
+        if ref in self.refuse_unload:
+            raise errors.KernelError(f"unpinning {ref.version}: Device or resource busy", 16)
         self.programs.pop(ref, None)
         self.links.pop(ref, None)
         self.node_links.pop(ref, None)
@@ -62,7 +70,22 @@ class FakeBackend:
         self.links.setdefault(ref, {})[pod_uid] = link
         return link
 
+    def update(
+        self, old: ProgramRef, new: ProgramRef, pod_uid: str, cgroup_dir: Path, attach: KernelAttach
+    ) -> Attachment:
+        link = self.links.get(old, {}).get(pod_uid)
+        if pod_uid in self.refuse_update or link is None or new not in self.programs:
+            raise errors.AttachFailed(f"updating the link {pod_uid} in place: Invalid argument")
+        # Like BPF_LINK_UPDATE: the same link, now the new version's; never two, never none.
+        moved = Attachment(new, pod_uid, link.link_id, link.target_id)
+        del self.links[old][pod_uid]
+        self.links.setdefault(new, {})[pod_uid] = moved
+        self.updates.append((old, new, pod_uid))
+        return moved
+
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
+        if pod_uid in self.refuse_detach:
+            raise errors.KernelError(f"detaching {pod_uid}: Operation not permitted", 1)
         self.links.get(ref, {}).pop(pod_uid, None)
 
     def node_interfaces(self) -> list[str]:
@@ -85,6 +108,8 @@ class FakeBackend:
         return link
 
     def detach_node(self, ref: ProgramRef, target: str) -> None:
+        if target in self.refuse_detach:
+            raise errors.KernelError(f"detaching {target}: Operation not permitted", 1)
         self.node_links.get(ref, {}).pop(target, None)
 
     def cgroup_removed(self, pod_uid: str) -> None:

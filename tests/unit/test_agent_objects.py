@@ -9,7 +9,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from bpfleet_api import names, reasons
-from node_agent.agent import HEARTBEAT_SECONDS, Agent
+from node_agent.agent import Agent
 from node_agent.model import Trust
 from node_agent.reconcile import PassResult, Reconciler
 from tests.unit.builders import cluster_program, node_program
@@ -117,4 +117,4 @@ def test_queued_compiles_make_the_next_pass_come_at_once(kernel):
     agent = agent_with(kernel, [])
     assert agent._next_pass_in(PassResult([], waiting=False, queued=True)) == 0.0
     assert agent._next_pass_in(PassResult([], waiting=False, follows_interfaces=True)) == 5.0
-    assert agent._next_pass_in(PassResult([], waiting=False)) == min(agent.resync, HEARTBEAT_SECONDS)
+    assert agent._next_pass_in(PassResult([], waiting=False)) == agent.resync
