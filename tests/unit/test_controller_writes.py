@@ -29,7 +29,8 @@ def refusal(status: int, message: str) -> ApiException:
 
 
 class StubCustom:
-    """Answers what reconcile reads (by default node-a runs an agent); refuses every node-object create with `refuse`."""
+    """Answers what reconcile reads (node-a runs an agent unless `agents` says otherwise); refuses
+    every node-object create with `refuse`."""
 
     def __init__(
         self, program: dict[str, Any], refuse: ApiException, agents: tuple[str, ...] = ("node-a",)
