@@ -173,6 +173,7 @@ def test_an_agent_that_starts_later_gets_its_node_object_and_one_that_goes_holds
     )
     assert node_names(cluster, namespace, "counter") == []
 
+    time.sleep(1)  # past the reconcile its own status write sets off: only a watch brings it back now
     agent_starts(cluster, node)
     took = wait_for("its node object", lambda: node_names(cluster, namespace, "counter") == [node], 10)
     assert took < 10
@@ -181,6 +182,7 @@ def test_an_agent_that_starts_later_gets_its_node_object_and_one_that_goes_holds
     )
 
     # Its agent uninstalled while the node object is there: nobody will detach, so nothing waits.
+    time.sleep(1)
     agent_removed(cluster, node)
     wait_for("its node object released", lambda: node_names(cluster, namespace, "counter") == [], 10)
     wait_for(
@@ -248,6 +250,9 @@ def test_status_follows_node_deletion_within_seconds(cluster: Kube, namespace: s
     report_ready(cluster, namespace, "counter")
     wait_for("Ready on both", lambda: status_says(cluster, namespace, "counter", "True", "2/2", "2 of 2"))
 
+    # Let the reconcile that its own status write sets off pass, so that only the Node's deletion
+    # event can bring the program back in time (the resync is 60 s away).
+    time.sleep(1)
     # Its BpfleetNode stays (nothing collects it here): the Node is what says the node is gone.
     cluster.core.delete_node(goes)
     took = wait_for(
