@@ -303,13 +303,13 @@ class ProgramController:
         nodes, present = self.nodes(), self.agents()
         waiting, given_up = [], []
         for node_program in self.node_programs(key):
-            node = node_program["spec"]["nodeName"]
+            node, held = node_program["spec"]["nodeName"], node_program["metadata"].get("finalizers") or []
             release = deletion.decide(node_program, nodes, present, _now(), DELETE_GRACE_SECONDS)
             self.release_node_program(node_program, drop_finalizer=release is not Release.WAIT)
             if release is Release.WAIT:
                 waiting.append(node)
-            elif release is Release.GRACE_EXPIRED:
-                given_up.append(node)
+            elif release is Release.GRACE_EXPIRED and names.AGENT_FINALIZER in held:
+                given_up.append(node)  # once: the next pass finds the finalizer gone
         return Teardown(sorted(waiting), sorted(given_up))
 
 
