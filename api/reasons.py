@@ -15,6 +15,9 @@ SOURCE_NOT_FOUND: Final = "SourceNotFound"  # the ConfigMap or key named in spec
 INVALID_SPEC: Final = "InvalidSpec"  # spec passed the schema but cannot be served (operator check)
 AGENT_ERROR: Final = "AgentError"  # unexpected failure in the agent; message says what
 AGENT_NOT_REPORTING: Final = "AgentNotReporting"  # the node's agent stopped heartbeating: new pods uncovered
+# A Warning event, never a failure: a program's deletion completed without hearing from these nodes'
+# silent agents (BPFLEET_DELETE_GRACE_SECONDS passed), so it may still run there.
+AGENT_SILENT_ON_DELETE: Final = "DeletedWithSilentAgents"
 # Tenancy: what a program may do depends on its kind (EbpfProgram or ClusterEbpfProgram).
 HELPER_NOT_ALLOWED: Final = "HelperNotAllowed"  # the loaded code calls a helper its kind may not use
 MAP_NOT_ALLOWED: Final = "MapNotAllowed"  # a pinned, shared, public or extern table in a user source
@@ -36,6 +39,7 @@ ALL: Final = (
     INVALID_SPEC,
     AGENT_ERROR,
     AGENT_NOT_REPORTING,
+    AGENT_SILENT_ON_DELETE,
     HELPER_NOT_ALLOWED,
     MAP_NOT_ALLOWED,
     MAP_TOO_LARGE,

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         install_crds(plane.kubeconfig)
         operator = operator_process(plane.kubeconfig, work / "logs").start()
         agent = agent_process(plane.kubeconfig, NODE, cgroup_root, bpffs_root, work / "logs").start()
+        # Only a node whose agent has published its BpfleetNode is targeted.
+        wait_for("the agent to start", lambda: kube.runs_agent(NODE), timeout=60)
         sim = PodSimulator(kube.api, NODE, cgroup_root)
         sim.ensure_node()
         namespace = "bench"

@@ -88,6 +88,8 @@ def up() -> None:
     logs = state_dir() / "logs"
     _start_recorded("operator", operator_process(plane.kubeconfig, logs))
     _start_recorded("agent", agent_process(plane.kubeconfig, NODE, cgroup_root(), BPFFS_ROOT, logs))
+    # Only a node whose agent has published its BpfleetNode is targeted.
+    wait_for("the agent to start", lambda: kube.runs_agent(NODE), timeout=60)
 
     _remove_previous_pods(kube)
     sim = PodSimulator(kube.api, NODE, cgroup_root())

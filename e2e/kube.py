@@ -73,6 +73,23 @@ class Kube:
         cond = self.condition(namespace, name)
         return cond is not None and cond["status"] == "True"
 
+    def runs_agent(self, node: str) -> bool:
+        """Whether the node's agent has published its BpfleetNode: only then does the operator
+        target the node, so a program applied before would be Ready on no node."""
+        try:
+            state = self.custom.get_cluster_custom_object(
+                names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, node
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return bool((state.get("status") or {}).get("agentStartedAt"))
+
+    def forget_agent(self, node: str) -> None:
+        """Deletes the node's BpfleetNode, so that runs_agent() waits for the agent started next."""
+        self.kubectl("delete", names.NODE_STATE_PLURAL, node, "--ignore-not-found", check=False)
+
     # -- ClusterEbpfPrograms: cluster-scoped, their node objects in the system namespace ------------
 
     def cluster_program(self, name: str) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from e2e.harness import (
     free_address,
     install_crds,
     operator_process,
+    wait_for,
 )
 from e2e.kube import Kube, scratch_namespace
 from e2e.podsim import CgroupDriver, PodSimulator, SimPod, cleanup_cgroup_tree, find_cgroup2_mount
@@ -108,7 +109,9 @@ def _start_node(
         control_plane.kubeconfig, name, cgroup_root, bpffs_root, logs_dir, metrics_address=free_address()
     )
     agent.env["BPFLEET_HEARTBEAT_SECONDS"] = "1"
+    kube.forget_agent(name)  # one left by an earlier agent of that name would not prove this one runs
     agent.start()
+    wait_for(f"the agent on {name} to publish its BpfleetNode", lambda: kube.runs_agent(name), timeout=30)
     return Node(name, sim, agent, bpffs_root)
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bpfleet_api import conditions, diagnostics, names, reasons
+from bpfleet_operator import agents
 
 # Failures that will not go away by waiting: the spec has to change (kstatus Stalled).
 _STALLING = {
@@ -40,10 +41,12 @@ def program_status(
     silent_agents: Mapping[str, str] | None = None,
     refused: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    without_agent: int = 0,
 ) -> dict[str, Any]:
     """`silent_agents`: nodes whose agent stopped reporting, with the message to show. `refused`:
     nodes whose node object the API server refused, with its message. `notes`: what the Ready
-    condition's message adds (a namespace annotation that is ignored)."""
+    condition's message adds (a namespace annotation that is ignored). `without_agent`: nodes the
+    nodeSelector matches that run no agent; they are not targeted, so they hold nothing up."""
     silent_agents, refused = silent_agents or {}, refused or {}
     by_node = {np["spec"]["nodeName"]: np for np in node_programs if np["spec"]["nodeName"] in targeted}
     ready_nodes = failed_nodes = pending_nodes = 0
@@ -90,7 +93,8 @@ def program_status(
         "summary": {"nodes": f"{ready_nodes}/{len(targeted)}", "pods": f"{attached}/{selected}"},
         "failures": failures,
     }
-    wanted = _conditions(generation, len(targeted), ready_nodes, pending_nodes, failures)
+    wanted = _conditions(generation, len(targeted), ready_nodes, pending_nodes, failures, without_agent)
+    notes = [note for note in (agents.without_agent_note(without_agent), *notes) if note]
     if notes:
         ready = next(c for c in wanted if c["type"] == conditions.READY)
         ready["message"] = "; ".join([ready["message"], *notes]) if ready["message"] else "; ".join(notes)
@@ -99,7 +103,12 @@ def program_status(
 
 
 def _conditions(
-    generation: int, targeted: int, ready: int, pending: int, failures: list[dict[str, str]]
+    generation: int,
+    targeted: int,
+    ready: int,
+    pending: int,
+    failures: list[dict[str, str]],
+    without_agent: int = 0,
 ) -> list[dict[str, Any]]:
     def cond(kind: str, value: bool, reason: str, message: str) -> dict[str, Any]:
         return conditions.condition(kind, value, reason, message, generation)
@@ -126,7 +135,12 @@ def _conditions(
             cond(conditions.STALLED, False, "Progressing", ""),
             cond(conditions.RECONCILING, True, "Progressing", message),
         ]
-    message = f"running on {ready} of {targeted} nodes" if targeted else "no node matches nodeSelector"
+    if targeted:
+        message = f"running on {ready} of {targeted} nodes"
+    else:
+        message = (
+            "no node with an agent matches nodeSelector" if without_agent else "no node matches nodeSelector"
+        )
     return [
         cond(conditions.READY, True, "Ready", message),
         cond(conditions.STALLED, False, "Ready", ""),

@@ -20,7 +20,9 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, patching, reasons
-from bpfleet_operator import aggregate, fanout, kinds, tenancy
+from bpfleet_operator import agents, aggregate, deletion, fanout, kinds, tenancy
+from bpfleet_operator.agents import Agents
+from bpfleet_operator.deletion import Release
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
 from bpfleet_operator.tenancy import NamespaceInfo
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 # An agent heartbeats every 20 s (BpfleetNode status.lastHeartbeat); after this long without one,
 # its node is reported as not covered.
 AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
+# How long a deletion waits for a silent agent to detach before it completes without it.
+DELETE_GRACE_SECONDS = float(os.environ.get("BPFLEET_DELETE_GRACE_SECONDS", "300"))
 
 # Answers to a node object write that retrying the same write cannot change: an invalid object, or
 # (on create) a namespace that does not exist, whose creation brings the program back here.
@@ -55,8 +59,16 @@ class ClusterView:
     """What every program of a batch shares, read once per batch."""
 
     nodes: dict[str, dict[str, str]]  # name -> labels
-    silent_agents: dict[str, str]  # node -> why its agent counts as gone
+    agents: Agents  # which nodes run an agent, and which agents went silent
     namespaces: dict[str, NamespaceInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """Where a deleted program still waits for an agent, and where it gave up waiting."""
+
+    waiting: list[str]  # nodes whose agent has not detached yet
+    given_up: list[str]  # nodes whose silent agent outlasted the grace period: may still run it
 
 
 @dataclass
@@ -104,23 +116,11 @@ class ProgramController:
             for ns in self.core.list_namespace().items
         }
 
-    def silent_agents(self) -> dict[str, str]:
-        """Nodes whose agent has not heartbeated for AGENT_SILENCE_SECONDS, with what to tell users."""
+    def agents(self) -> Agents:
+        """Nodes with a BpfleetNode; those not heartbeated for AGENT_SILENCE_SECONDS are silent."""
         listed = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
         now = datetime.datetime.now(datetime.UTC)
-        silent = {}
-        for node_state in listed["items"]:
-            last = (node_state.get("status") or {}).get("lastHeartbeat")
-            if not last:
-                continue
-            seen = datetime.datetime.fromisoformat(last.replace("Z", "+00:00"))
-            if (now - seen).total_seconds() > AGENT_SILENCE_SECONDS:
-                node = node_state["metadata"]["name"]
-                silent[node] = (
-                    f"the agent on {node} has not reported since {last}: pods that start there are not "
-                    "covered until it is back (programs already attached keep running)"
-                )
-        return silent
+        return agents.from_node_states(listed["items"], now, AGENT_SILENCE_SECONDS)
 
     def node_programs(self, key: ProgramKey) -> list[dict[str, Any]]:
         """The program's node objects: by label, then by spec, since a long name's label value is
@@ -147,7 +147,7 @@ class ProgramController:
 
     def cluster_view(self) -> ClusterView:
         """What every program of a batch shares: Nodes, agents' heartbeats, Namespaces."""
-        return ClusterView(self.nodes(), self.silent_agents(), self.namespaces())
+        return ClusterView(self.nodes(), self.agents(), self.namespaces())
 
     def reconcile(self, key: ProgramKey, view: ClusterView | None = None) -> Outcome:
         kind = kinds.of(key)
@@ -174,7 +174,8 @@ class ProgramController:
 
         view = view or self.cluster_view()
         reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
-        targeted = fanout.targeted_nodes(spec, view.nodes)
+        # A node that runs no agent gets no node object: nobody there would serve it or detach it.
+        targeted, without_agent = agents.split(fanout.targeted_nodes(spec, view.nodes), view.agents)
         objects = fanout.NodeObjects(program, source, kind=kind, reach=reach)
         wanted = {node: objects.for_node(node) for node in targeted}
         plan = fanout.plan(wanted, self.node_programs(key))
@@ -194,16 +195,18 @@ class ProgramController:
                     f"the API server refused node object {meta['namespace']}/{meta['name']}: {message}"
                 )
         for obj in plan.release:
-            self.release_node_program(obj, node_exists=obj["spec"]["nodeName"] in view.nodes)
+            unattended = deletion.decide(obj, view.nodes, view.agents, _now(), DELETE_GRACE_SECONDS)
+            self.release_node_program(obj, drop_finalizer=unattended is Release.NOBODY)
 
         status = aggregate.program_status(
             generation,
             targeted,
             self.node_programs(key),
             previous,
-            view.silent_agents,
+            view.agents.silent,
             refused=refused,
             notes=reach.notes,
+            without_agent=len(without_agent),
         )
         status["sourceHash"] = source.sha256
         outcome = self._write_status(key, program, status)
@@ -254,8 +257,9 @@ class ProgramController:
             if e.status != 404:  # deleted meanwhile: its deletion event brings the program back here
                 raise
 
-    def release_node_program(self, node_program: dict[str, Any], node_exists: bool) -> None:
-        """Deletes a node object; when its node is gone no agent will detach, so drop its finalizer."""
+    def release_node_program(self, node_program: dict[str, Any], drop_finalizer: bool) -> None:
+        """Deletes a node object; `drop_finalizer` when no agent will detach it (its node is gone or
+        runs no agent, or its silent agent outlasted the grace period)."""
         meta = node_program["metadata"]
         if not meta.get("deletionTimestamp"):
             log.info("deleting node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
@@ -266,8 +270,8 @@ class ProgramController:
             except ApiException as e:
                 if e.status != 404:
                     raise
-        if not node_exists and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
-            log.info("node is gone, releasing its node program", extra={"object": meta["name"]})
+        if drop_finalizer and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
+            log.info("no agent will detach, releasing its node program", extra={"object": meta["name"]})
             finalizers = [f for f in meta["finalizers"] if f != names.AGENT_FINALIZER]
             patching.merge_patch(
                 self.custom,
@@ -291,13 +295,21 @@ class ProgramController:
         outcome.status_written = True
         return outcome
 
-    def teardown(self, key: ProgramKey) -> list[str]:
-        """Deletes every node object of a program; returns the nodes still detaching it."""
-        nodes = self.nodes()
-        remaining = []
+    def teardown(self, key: ProgramKey) -> Teardown:
+        """Deletes every node object of a program. Waits for live agents only: a node that is gone
+        or runs no agent is released at once, one whose agent is silent after DELETE_GRACE_SECONDS."""
+        nodes, present = self.nodes(), self.agents()
+        waiting, given_up = [], []
         for node_program in self.node_programs(key):
-            node = node_program["spec"]["nodeName"]
-            self.release_node_program(node_program, node_exists=node in nodes)
-            if node in nodes:
-                remaining.append(node)
-        return sorted(remaining)
+            node, held = node_program["spec"]["nodeName"], node_program["metadata"].get("finalizers") or []
+            release = deletion.decide(node_program, nodes, present, _now(), DELETE_GRACE_SECONDS)
+            self.release_node_program(node_program, drop_finalizer=release is not Release.WAIT)
+            if release is Release.WAIT:
+                waiting.append(node)
+            elif release is Release.GRACE_EXPIRED and names.AGENT_FINALIZER in held:
+                given_up.append(node)  # once: the next pass finds the finalizer gone
+        return Teardown(sorted(waiting), sorted(given_up))
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

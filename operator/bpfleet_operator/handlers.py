@@ -15,8 +15,9 @@ import kopf
 
 from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
-from bpfleet_operator import events, kinds
-from bpfleet_operator.controller import ClusterView, ProgramController
+from bpfleet_operator import deletion, events, kinds
+from bpfleet_operator.controller import DELETE_GRACE_SECONDS, ClusterView, ProgramController
+from bpfleet_operator.fleet_events import FanoutInputs
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
 from bpfleet_operator.workqueue import WorkQueue
@@ -38,6 +39,7 @@ class _State:
         self.config_map_users: defaultdict[tuple[str, str], set[ProgramKey]] = defaultdict(set)
         # The notes last posted as a Warning event, so that one bad annotation is one event.
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
+        self.fanout_inputs = FanoutInputs()
 
 
 STATE = _State()
@@ -146,11 +148,25 @@ def node_program_event(body: kopf.Body, **_: Any) -> None:
         STATE.queue.add(key)
 
 
-@kopf.on.event("", "v1", "nodes")
-def node_event(**_: Any) -> None:
-    # Nodes joining, leaving or being relabelled change every program's fan-out.
+def _queue_every_program() -> None:
     for key in STATE.programs:
         STATE.queue.add(key)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+    # Nodes joining, leaving or being relabelled change every program's fan-out; heartbeats do not.
+    if STATE.fanout_inputs.node_event(name, meta.get("labels"), deleted=type == "DELETED"):
+        _queue_every_program()
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
+def agent_event(name: str, type: str | None, **_: Any) -> None:
+    # An agent starting (or going away) adds (or removes) its node from every fan-out; a heartbeat
+    # matters only from an agent reported silent, whose nodes' status it clears.
+    was_silent = STATE.view is not None and name in STATE.view.agents.silent
+    if STATE.fanout_inputs.agent_event(name, deleted=type == "DELETED", was_silent=was_silent):
+        _queue_every_program()
 
 
 @kopf.on.event("", "v1", "namespaces")
@@ -182,7 +198,11 @@ def resync(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) 
 async def program_deleted(
     resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> None:
-    remaining = await asyncio.to_thread(STATE.controller.teardown, _key(resource, namespace, name))
-    if remaining:
-        raise kopf.TemporaryError(f"waiting for the agents on {', '.join(remaining)} to detach", delay=1)
+    key = _key(resource, namespace, name)
+    result = await asyncio.to_thread(STATE.controller.teardown, key)
+    if result.given_up:
+        message = deletion.orphan_warning(key, result.given_up, DELETE_GRACE_SECONDS)
+        await _post(dict(body), "Warning", reasons.AGENT_SILENT_ON_DELETE, message)
+    if result.waiting:
+        raise kopf.TemporaryError(f"waiting for the agents on {', '.join(result.waiting)} to detach", delay=1)
     await _post(dict(body), "Normal", "Deleted", "detached from every node")

@@ -1,14 +1,16 @@
-"""What the operator tests against a real API server share: the agents' one part (dropping their
-finalizer), and reads of programs, node objects and events."""
+"""What the operator tests against a real API server share: the agents' parts (their BpfleetNode
+and heartbeat, reporting a node object, dropping their finalizer), and reads of programs, node
+objects and events."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from kubernetes.client import V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import names, patching
+from bpfleet_api import conditions, names, patching
 from e2e.kube import Kube
 
 
@@ -27,6 +29,58 @@ def create_namespace(
         V1Namespace(metadata=V1ObjectMeta(name=name, labels=labels, annotations=annotations))
     )
     return name
+
+
+def heartbeat_at(seconds_ago: float = 0) -> str:
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agent_starts(kube: Kube, node: str, heartbeat: str | None = None) -> None:
+    """What an agent does when it starts: create its node's BpfleetNode, then heartbeat."""
+    body = {"apiVersion": names.API_VERSION, "kind": names.NODE_STATE_KIND, "metadata": {"name": node}}
+    kube.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, body)
+    agent_heartbeats(kube, node, heartbeat or heartbeat_at())
+
+
+def agent_heartbeats(kube: Kube, node: str, heartbeat: str) -> None:
+    patching.merge_patch(
+        kube.custom,
+        names.NODE_STATE_PLURAL,
+        None,
+        node,
+        {"status": {"lastHeartbeat": heartbeat}},
+        status=True,
+    )
+
+
+def agent_removed(kube: Kube, node: str) -> None:
+    """Its BpfleetNode deleted (the agent uninstalled from that node, or its Node collected)."""
+    delete_quietly(
+        lambda: kube.custom.delete_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, node
+        )
+    )
+
+
+def agent_reports_ready(kube: Kube, node_program: dict[str, Any]) -> None:
+    """What an agent writes once its node runs the program's current spec."""
+    meta = node_program["metadata"]
+    ready = conditions.condition(conditions.READY, True, "Ready", "attached", meta["generation"])
+    ready["lastTransitionTime"] = heartbeat_at()
+    status = {
+        "observedGeneration": meta["generation"],
+        "conditions": [ready],
+        "pods": {"selected": 0, "attached": 0, "failed": 0},
+    }
+    patching.merge_patch(
+        kube.custom,
+        names.NODE_PROGRAM_PLURAL,
+        meta["namespace"],
+        meta["name"],
+        {"status": status},
+        status=True,
+    )
 
 
 def agents_detach(kube: Kube) -> None:

@@ -45,6 +45,8 @@ CAN_I = [
     ("operator", "watch namespaces", True),
     ("operator", "patch namespaces", False),
     ("operator", "create events -n default", True),
+    ("operator", "watch bpfleetnodes.bpfleet.io", True),
+    ("operator", "patch bpfleetnodes.bpfleet.io", False),
     ("agent", "watch ebpfnodeprograms.bpfleet.io -A", True),
     ("agent", "patch ebpfnodeprograms.bpfleet.io -n x", True),
     ("agent", "patch ebpfnodeprograms.bpfleet.io --subresource=status -n x", True),

@@ -64,6 +64,11 @@ def test_crd_copies_equal_crds_byte_for_byte():
         pytest.param(
             "agent.metrics.bindAddress=", "at '/agent/metrics/bindAddress'", id="empty bind address"
         ),
+        pytest.param(
+            "operator.deleteGraceSeconds=-1",
+            "at '/operator/deleteGraceSeconds'",
+            id="negative deletion grace",
+        ),
         pytest.param("agent.maxMapBytes=12", "at '/agent/maxMapBytes'", id="map cap under a page"),
     ],
 )
@@ -95,6 +100,7 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     assert operator["args"] == ["--liveness", "http://0.0.0.0:8080/healthz"]
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {"name": "BPFLEET_LOG_LEVEL", "value": "INFO"} in operator["env"]
+    assert env["BPFLEET_DELETE_GRACE_SECONDS"]["value"] == "300"
     assert env["BPFLEET_SYSTEM_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
     daemonset = by_kind[("DaemonSet", "r-bpfleet-agent")]

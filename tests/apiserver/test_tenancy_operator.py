@@ -19,6 +19,8 @@ from e2e.harness import ManagedProcess, operator_process, wait_for
 from e2e.kube import Kube
 from e2e.tests.programs import cluster_program, ebpf_program
 from tests.apiserver.operator_support import (
+    agent_removed,
+    agent_starts,
     agents_detach,
     create_namespace,
     delete_quietly,
@@ -42,15 +44,18 @@ assert len(LONG) == 253
 
 @pytest.fixture(scope="module")
 def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
-    """CRDs, the system namespace, two Nodes and the operator."""
+    """CRDs, the system namespace, two Nodes that run an agent (a BpfleetNode) and the operator."""
     kube = crds
     nodes = [f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"]
     create_namespace(kube, SYSTEM_NAMESPACE)
     for node in nodes:
         kube.core.create_node(V1Node(metadata=V1ObjectMeta(name=node, labels={NODE_LABEL: RUN})))
+        agent_starts(kube, node)
     process = operator_process(kube.kubeconfig, tmp_path_factory.mktemp("tenancy-operator"))
     # No fast resync: following Namespaces and Nodes must come from their watches.
     process.env[names.SYSTEM_NAMESPACE_ENV] = SYSTEM_NAMESPACE
+    # The test's agents heartbeat once: they must not go silent while the module runs.
+    process.env["BPFLEET_AGENT_SILENCE_SECONDS"] = "3600"
     process.start()
     try:
         yield kube
@@ -61,6 +66,7 @@ def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ku
             process.stop()
             for node in [*nodes, LONG]:
                 delete_quietly(lambda node=node: kube.core.delete_node(node))
+                agent_removed(kube, node)
             kube.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--wait=false", check=False)
 
 
@@ -259,6 +265,7 @@ def test_the_namespace_annotation_caps_tenant_maps_and_a_bad_one_is_reported(
 
 def test_programs_and_nodes_of_253_characters_get_valid_names(cluster: Kube, namespaces: list[str]):
     cluster.core.create_node(V1Node(metadata=V1ObjectMeta(name=LONG, labels={f"{NODE_LABEL}-long": RUN})))
+    agent_starts(cluster, LONG)
     namespace = create_namespace(cluster, f"long-{RUN}")
     namespaces.append(namespace)
     on_long_node = {"matchLabels": {f"{NODE_LABEL}-long": RUN}}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import reasons
+from bpfleet_api import names, reasons
 from bpfleet_operator.controller import ProgramController
 from bpfleet_operator.kinds import CLUSTER, NAMESPACED
 
@@ -29,10 +29,13 @@ def refusal(status: int, message: str) -> ApiException:
 
 
 class StubCustom:
-    """Answers what reconcile reads; refuses every node-object create with `refuse`."""
+    """Answers what reconcile reads (node-a runs an agent unless `agents` says otherwise); refuses
+    every node-object create with `refuse`."""
 
-    def __init__(self, program: dict[str, Any], refuse: ApiException) -> None:
-        self.program, self.refuse = program, refuse
+    def __init__(
+        self, program: dict[str, Any], refuse: ApiException, agents: tuple[str, ...] = ("node-a",)
+    ) -> None:
+        self.program, self.refuse, self.agents = program, refuse, agents
         self.statuses: list[dict[str, Any]] = []
 
     def get_namespaced_custom_object(self, *_: Any) -> dict[str, Any]:
@@ -44,7 +47,10 @@ class StubCustom:
     def list_namespaced_custom_object(self, *_: Any, **__: Any) -> dict[str, Any]:
         return {"items": []}
 
-    def list_cluster_custom_object(self, *_: Any, **__: Any) -> dict[str, Any]:
+    def list_cluster_custom_object(self, *args: Any, **__: Any) -> dict[str, Any]:
+        # BpfleetNodes of the agents, not heartbeated yet: their nodes are targeted.
+        if names.NODE_STATE_PLURAL in args:
+            return {"items": [{"metadata": {"name": node}} for node in self.agents]}
         return {"items": []}
 
     def create_namespaced_custom_object(self, *_: Any) -> None:
@@ -108,3 +114,13 @@ def test_a_tenant_spec_the_api_server_let_through_is_refused_before_any_node_obj
     [written] = custom.statuses
     assert written["failures"][0]["reason"] == reasons.INVALID_SPEC
     assert "use a ClusterEbpfProgram" in written["failures"][0]["message"]
+
+
+def test_a_node_without_an_agent_gets_no_node_object_and_is_not_targeted():
+    custom = StubCustom(program(True), refusal(500, "must not be called"), agents=())
+    ProgramController(StubCore(), custom).reconcile(NAMESPACED.key("shop", "p"))  # type: ignore[arg-type]
+    [written] = custom.statuses
+    assert written["nodes"]["targeted"] == 0 and written["failures"] == []
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    assert "1 node matches nodeSelector but runs no agent" in ready["message"]

@@ -1,0 +1,130 @@
+"""The operator at fleet scale, its pure parts: which nodes run an agent, what a deletion does with
+each node object, which Node and BpfleetNode events change a fan-out, and what status says about
+nodes without an agent. tests/apiserver/test_fleet_operator.py runs the real thing."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from bpfleet_api import reasons
+from bpfleet_operator import agents, aggregate, deletion
+from bpfleet_operator.agents import Agents
+from bpfleet_operator.deletion import Release
+from bpfleet_operator.fleet_events import FanoutInputs
+from bpfleet_operator.kinds import CLUSTER, NAMESPACED
+
+NOW = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+def stamp(seconds_ago: float) -> str:
+    return (NOW - datetime.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_state(name: str, heartbeat: str | None) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"lastHeartbeat": heartbeat} if heartbeat else {}}
+
+
+def test_every_bpfleet_node_is_an_agent_and_old_heartbeats_are_silent():
+    found = agents.from_node_states(
+        [node_state("live", stamp(10)), node_state("quiet", stamp(91)), node_state("new", None)], NOW, 90
+    )
+    assert found.present == {"live", "quiet", "new"}
+    assert list(found.silent) == ["quiet"]  # one not heartbeated yet has only just started
+    assert stamp(91) in found.silent["quiet"]
+
+
+def test_matching_nodes_without_an_agent_are_not_targeted():
+    present = Agents(frozenset({"a", "c"}))
+    assert agents.split(["a", "b", "c", "d"], present) == (["a", "c"], ["b", "d"])
+
+
+def ready_of(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+def ready_node_object(node: str) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"nodeName": node},
+        "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_nodes_without_an_agent_are_said_in_ready_and_do_not_hold_it():
+    status = aggregate.program_status(1, ["a"], [ready_node_object("a")], None, without_agent=3)
+    assert status["nodes"]["targeted"] == 1 and status["summary"]["nodes"] == "1/1"
+    ready = ready_of(status)
+    assert ready["status"] == "True"
+    assert ready["message"] == "running on 1 of 1 nodes; 3 nodes match nodeSelector but run no agent"
+
+
+def test_no_node_with_an_agent_is_ready_and_says_so():
+    ready = ready_of(aggregate.program_status(1, [], [], None, without_agent=1))
+    assert ready["status"] == "True"
+    assert ready["message"] == (
+        "no node with an agent matches nodeSelector; 1 node matches nodeSelector but runs no agent"
+    )
+    assert ready_of(aggregate.program_status(1, [], [], None))["message"] == "no node matches nodeSelector"
+
+
+def test_the_agent_note_comes_with_other_notes():
+    status = aggregate.program_status(1, [], [], None, without_agent=2, notes=("annotation ignored",))
+    assert ready_of(status)["message"].endswith(
+        "2 nodes match nodeSelector but run no agent; annotation ignored"
+    )
+
+
+def doomed(node: str, deleted_seconds_ago: float | None) -> dict[str, Any]:
+    meta = {} if deleted_seconds_ago is None else {"deletionTimestamp": stamp(deleted_seconds_ago)}
+    return {"metadata": meta, "spec": {"nodeName": node}}
+
+
+FLEET = Agents(frozenset({"live", "quiet"}), {"quiet": "silent"})
+NODES = {"live", "quiet", "bare"}
+
+
+@pytest.mark.parametrize(
+    ("node", "deleted_ago", "expected"),
+    [
+        ("gone", 0, Release.NOBODY),  # the Node no longer exists
+        ("bare", None, Release.NOBODY),  # the Node runs no agent: not even the first pass waits
+        ("live", 10_000, Release.WAIT),  # a live agent is waited for however long it takes
+        ("quiet", None, Release.WAIT),  # not deleted yet: the grace period starts with the deletion
+        ("quiet", 29, Release.WAIT),
+        ("quiet", 30, Release.GRACE_EXPIRED),
+    ],
+)
+def test_what_a_deletion_waits_for(node: str, deleted_ago: float | None, expected: Release):
+    assert deletion.decide(doomed(node, deleted_ago), NODES, FLEET, NOW, grace_seconds=30) is expected
+
+
+def test_the_orphan_warning_names_the_nodes_and_the_pins_to_remove():
+    message = deletion.orphan_warning(NAMESPACED.key("shop", "web.egress"), ["n2", "n1"], 300)
+    assert "n1, n2" in message and "300 s" in message
+    assert "/sys/fs/bpf/bpfleet/shop/web_egress" in message and "restart their agent" in message
+    assert deletion.pin_directory(CLUSTER.key(None, "audit")) == "/sys/fs/bpf/bpfleet/_cluster/audit"
+
+
+def test_only_joins_leaves_and_relabels_of_nodes_change_the_fanout():
+    seen = FanoutInputs()
+    assert seen.node_event("a", {"zone": "x"}, deleted=False)  # first seen (the initial listing too)
+    assert not seen.node_event("a", {"zone": "x"}, deleted=False)  # a heartbeat or status update
+    assert seen.node_event("a", {"zone": "y"}, deleted=False)
+    assert seen.node_event("a", None, deleted=True)
+    assert not seen.node_event("a", None, deleted=True)
+
+
+def test_agents_starting_and_leaving_change_the_fanout_heartbeats_do_not():
+    seen = FanoutInputs()
+    assert seen.agent_event("a", deleted=False, was_silent=False)  # an agent started
+    assert not seen.agent_event("a", deleted=False, was_silent=False)  # its heartbeat
+    assert seen.agent_event("a", deleted=False, was_silent=True)  # back from silence: status heals
+    assert seen.agent_event("a", deleted=True, was_silent=False)
+    assert not seen.agent_event("a", deleted=True, was_silent=False)
+
+
+def test_the_warning_reason_is_part_of_the_api():
+    assert reasons.AGENT_SILENT_ON_DELETE in reasons.ALL
