@@ -617,12 +617,19 @@ class ControlPlane:
 
     # -- one component at a time (fault tests)
 
-    def stop_component(self, name: str, timeout: float = 15.0) -> None:
-        """SIGTERMs one component of a running control plane; its data and certificates stay."""
+    def stop_component(self, name: str, timeout: float = 15.0, crash: bool = False) -> None:
+        """Stops one component of a running control plane; its data and certificates stay. `crash`
+        SIGKILLs it: no graceful shutdown (a kube-apiserver with open watches drains them >15 s)."""
         with self._locked():
             pid = self.pids().get(name)
             if pid is not None and self.process_alive(name, pid):
-                self._terminate(name, pid, timeout)
+                if crash:
+                    log(f"killing {name}", pid=pid)
+                    self._signal_group(pid, signal.SIGKILL)
+                    if not self._wait_exit(name, pid, 5.0):
+                        raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL")
+                else:
+                    self._terminate(name, pid, timeout)
             self._pid_path(name).unlink(missing_ok=True)
             self._procs.pop(name, None)
 

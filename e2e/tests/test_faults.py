@@ -149,7 +149,7 @@ def _restart_converges(
 ) -> None:
     """Stops one component for a few seconds, starts it again, and checks that a pod created then is
     attached and reported within RECONVERGE_SECONDS, while the traffic counter never stopped."""
-    control_plane.stop_component(component)
+    control_plane.stop_component(component, crash=True)
     try:
         before = traffic_counts(counter)[key]["packets"]
         # Longer than the operator's agent-silence window: the report has to heal, not just hold.
@@ -174,6 +174,7 @@ def _restart_converges(
         lambda: _pods_summary(kube, namespace) == expected and kube.is_ready(namespace, PROGRAM),
         timeout=max(RECONVERGE_SECONDS - (time.monotonic() - back), 0.1),
     )
+    print(f"{component}: converged {time.monotonic() - back:.2f}s after it was back", flush=True)
     # Churn: a pod leaves, and the agent lets go of it.
     node_a.delete_pod(new_pod)
     expected = f"{selected}/{selected}"
