@@ -615,6 +615,46 @@ class ControlPlane:
             seconds=f"{time.monotonic() - started:.1f}",
         )
 
+    # -- one component at a time (fault tests)
+
+    def stop_component(self, name: str, timeout: float = 15.0, crash: bool = False) -> None:
+        """Stops one component of a running control plane; its data and certificates stay. `crash`
+        SIGKILLs it: no graceful shutdown (a kube-apiserver with open watches drains them >15 s)."""
+        with self._locked():
+            pid = self.pids().get(name)
+            if pid is not None and self.process_alive(name, pid):
+                if crash:
+                    log(f"killing {name}", pid=pid)
+                    self._signal_group(pid, signal.SIGKILL)
+                    if not self._wait_exit(name, pid, 5.0):
+                        raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL")
+                else:
+                    self._terminate(name, pid, timeout)
+            self._pid_path(name).unlink(missing_ok=True)
+            self._procs.pop(name, None)
+
+    def start_component(self, name: str, timeout: float = 60.0) -> None:
+        """Starts a stopped component again with the ports, certificates and data of this run, and
+        waits until it serves."""
+        with self._locked():
+            info = self._run_info()
+            pki = self.pki
+            args = {
+                "etcd": lambda: self._etcd_args(info.ports),
+                "kube-apiserver": lambda: self._apiserver_args(info.ports, pki),
+                "kube-controller-manager": lambda: self._controller_manager_args(
+                    info.ports, pki, pki.dir / "controller-manager.kubeconfig"
+                ),
+            }[name]()
+            self._spawn(name, Path(info.bin_dir), args)
+            deadline = time.monotonic() + timeout
+            check = {
+                "etcd": self._etcd_healthy,
+                "kube-apiserver": self._apiserver_ready,
+                "kube-controller-manager": self._controller_manager_healthy,
+            }[name]
+            self._poll(f"{name} serving again", check, deadline)
+
     def _spawn(self, name: str, bin_dir: Path, args: list[str]) -> None:
         log_path = self.log_path(name)
         if log_path.exists():

@@ -28,7 +28,14 @@ RUN_ID = uuid.uuid4().hex[:6]
 BPFFS_BASE = Path(f"/sys/fs/bpf/bpfleet-e2e-{RUN_ID}")
 AGENT_SILENCE = 4  # seconds without a heartbeat before the operator reports a node uncovered
 
-pytestmark = pytest.mark.e2e
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test of this directory e2e: a pytestmark in a conftest applies to no test."""
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @dataclass

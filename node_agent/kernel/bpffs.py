@@ -112,6 +112,7 @@ class BpffsBackend:
                 # A compile worker died between pinning and publishing: nothing uses it.
                 log.info("removing unfinished pins", extra={"path": str(version_dir)})
                 shutil.rmtree(version_dir, ignore_errors=True)
+                self._remove_empty_parents(version_dir)  # its program may have nothing else here
                 continue
             ref = ProgramRef(
                 version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
