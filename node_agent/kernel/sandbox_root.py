@@ -162,6 +162,11 @@ def build(new_root: str, root: RootPlan, tmp_bytes: int) -> None:
     mount("tmpfs", new_root, "tmpfs", MS_NOSUID, "mode=0755,size=4m")
     trees = root.trees()
     try:
+        for name in ("proc", "tmp", "dev"):
+            os.makedirs(f"{new_root}/{name}", exist_ok=True)
+        # /tmp first: a tree below it (a checkout in /tmp, say) gets its mount point on this tmpfs
+        # rather than being hidden by it.
+        mount("tmpfs", f"{new_root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_bytes}")
         # Mount points and symlinks first, all on the bare tmpfs: nothing is created in a bound tree.
         for tree in trees:
             _make_parents(new_root, tree)
@@ -173,8 +178,6 @@ def build(new_root: str, root: RootPlan, tmp_bytes: int) -> None:
             _make_parents(new_root, link)
             if not os.path.lexists(new_root + link):
                 os.symlink(target, new_root + link)
-        for name in ("proc", "tmp", "dev"):
-            os.makedirs(f"{new_root}/{name}", exist_ok=True)
         for name, (major, minor) in _DEVICES.items():
             os.mknod(f"{new_root}/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
     except OSError as e:
@@ -186,7 +189,6 @@ def build(new_root: str, root: RootPlan, tmp_bytes: int) -> None:
         path = f"{new_root}/proc/{name}"
         if os.path.exists(path):
             bind_read_only(path, path)
-    mount("tmpfs", f"{new_root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={tmp_bytes}")
 
 
 def enter(new_root: str) -> None:
