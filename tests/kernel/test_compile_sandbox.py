@@ -235,3 +235,13 @@ def test_a_node_where_the_sandbox_cannot_be_made_fails_the_compile_and_says_why(
     assert "the compile sandbox failed: unshare" in result["message"]
     assert os.strerror(errno.EPERM) in result["message"]
     assert _nothing_pinned(bpffs_root)
+
+
+def test_include_dirs_below_tmp_are_seen(bpffs_root, tmp_path):
+    """The sandbox's own /tmp must not hide the trees it binds below /tmp (a checkout there, say)."""
+    headers = tmp_path / "include"
+    headers.mkdir()
+    (headers / "below_tmp.h").write_text("#define BELOW_TMP 1\n")
+    backend = BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR, headers))
+    source = "#include <below_tmp.h>\nint count_packets(struct __sk_buff *skb) { return BELOW_TMP; }\n"
+    assert backend.load(REF, ProgramBuild(source, "count_packets", EGRESS)).prog_id > 0
