@@ -112,6 +112,13 @@ def _install() -> None:
         raise GuardUnavailable(f"prctl(PR_SET_SECCOMP): {errno.errorcode.get(ctypes.get_errno())}")
 
 
+def guard_this_thread() -> None:
+    """Puts the calling thread, and the threads it starts from now on, under the filter. The compile
+    worker calls it on its main thread in the sandbox, so that code run by a hijacked compile thread
+    through the main thread (they share memory) is held to the same filter."""
+    _install()
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     """Runs fn in a new thread under the filter and returns its result (or raises its exception)."""
     outcome: dict[str, object] = {}

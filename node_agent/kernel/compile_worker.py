@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from node_agent.errors import SandboxError
-from node_agent.kernel import sandbox
+from node_agent.kernel import compile_guard, sandbox
 from node_agent.kernel.bcc_build import BuildFailure, build
 
 # Loaded before the sandbox: what bcc_build imports of the project (syscalls asks ldconfig for libc).
@@ -51,6 +51,14 @@ def _limits(request: dict[str, Any]) -> sandbox.SandboxLimits:
     )
 
 
+def _guard_worker() -> None:
+    """The compile guard on the whole worker, not only on its compile thread."""
+    try:
+        compile_guard.guard_this_thread()
+    except compile_guard.GuardUnavailable as e:
+        raise SandboxError(f"the compile guard: {e}") from e
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compile_worker")
     parser.add_argument("--socket-fd", type=int, required=True)
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             sandbox.enter(
                 list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
             )
+            _guard_worker()
         reply, fds = _reply(request)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []

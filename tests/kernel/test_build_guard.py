@@ -8,13 +8,18 @@ pinned, extern, public or shared are refused with MapNotAllowed, however the sou
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import secrets
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bcc import BPF
 
 from e2e.kube import bpftool
 from node_agent import errors
@@ -240,3 +245,35 @@ def test_private_tables_of_every_usual_kind_build():
         assert set(built.maps) == {"h", "a", "p"}  # the maps the function uses
     finally:
         built.close()
+
+
+_GUARDED_MAIN_THREAD = """
+import json, sys
+from node_agent import errors
+from node_agent.kernel import compile_guard, syscalls
+compile_guard.guard_this_thread()
+try:
+    syscalls.obj_get(sys.argv[1])
+    print(json.dumps("opened"))
+except errors.KernelError as e:
+    print(json.dumps(e.errno))
+"""
+
+
+def test_the_workers_main_thread_can_be_guarded_too(bpffs_root):
+    """The compile worker guards its main thread as well (code run through it by a hijacked compile
+    thread meets the same filter): a pin is out of its reach."""
+    pin = bpffs_root / "pinned"
+    bpf = BPF(text=b"BPF_ARRAY(pinned, u64, 1);")
+    try:
+        syscalls.obj_pin(bpf["pinned"].map_fd, str(pin))
+        proc = subprocess.run(
+            [sys.executable, "-c", _GUARDED_MAIN_THREAD, str(pin)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == errno.EPERM
+    finally:
+        bpf.cleanup()
