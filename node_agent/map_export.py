@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bpfleet_api import names
 from node_agent.errors import KernelError
 from node_agent.kernel import syscalls
 from node_agent.model import Pod
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 POD_CGROUP_ID = "PodCgroupId"
 LABELS = ("namespace", "pod", "program")
+# The program label of a ClusterEbpfProgram's samples: no Kubernetes name contains "/".
+CLUSTER_PROGRAM_PREFIX = "cluster/"
 # The agent's own metrics: a map metric of that name would make the whole scrape invalid.
 RESERVED_PREFIX = "bpfleet_agent_"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -124,6 +127,7 @@ class PodTarget:
     name: str
     uid: str
     qos_class: str | None
+    namespace: str = ""  # the pod's own; a ClusterEbpfProgram's pods are of many namespaces
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ class MapExporter(Collector):
                         pod = pods.get(decode_cgroup_id(key, self.byteorder))
                         if pod is not None:
                             number = decode_value(value, spec.value_offset, spec.value_size, self.byteorder)
-                            family.add_metric([target.namespace, pod, target.program], float(number))
+                            namespace = pod.namespace or target.namespace
+                            family.add_metric([namespace, pod.name, target.program], float(number))
                 except MapExportError as e:
                     self._warn_once(target, spec.name, str(e))
         yield from families.values()
@@ -224,14 +229,14 @@ class MapExporter(Collector):
         owners[spec.family] = owners[spec.sample] = spec.family
         return family
 
-    def _pods_by_cgroup_id(self, pods: Iterable[PodTarget]) -> dict[int, str]:
+    def _pods_by_cgroup_id(self, pods: Iterable[PodTarget]) -> dict[int, PodTarget]:
         found = {}
         for pod in pods:
             path = self.cgroups.find(pod.uid, pod.qos_class)
             if path is None:
                 continue
             try:
-                found[os.stat(path).st_ino] = pod.name  # a cgroup v2 id is its directory's inode
+                found[os.stat(path).st_ino] = pod  # a cgroup v2 id is its directory's inode
             except OSError:
                 continue  # removed since: its entries are skipped like any unknown cgroup
         return found
@@ -268,11 +273,14 @@ def export_targets(
         if report.loaded is None or report.detached or obj is None:
             continue
         program = report.loaded.ref.name
+        if report.loaded.ref.namespace == names.CLUSTER_PIN_NAMESPACE:
+            # Never the labels of a tenant's program of the same name on the same pod.
+            program = f"{CLUSTER_PROGRAM_PREFIX}{program}"
         specs = parse_metrics((obj.get("spec") or {}).get("metrics"), f"{report.namespace}/{program}")
         if not specs:
             continue
         attached = [
-            PodTarget(p.name, p.uid, by_uid[p.uid].qos_class)
+            PodTarget(p.name, p.uid, by_uid[p.uid].qos_class, by_uid[p.uid].namespace)
             for p in report.pods
             if p.state == ATTACHED and p.uid in by_uid
         ]

@@ -20,6 +20,7 @@ from bpfleet_operator.sources import ResolvedSource
 from node_agent import errors
 from node_agent.cgroups import PodCgroupResolver
 from node_agent.compile_queue import CompileQueue
+from node_agent.kernel.backend import LoadedProgram, ProgramRef
 from node_agent.map_export import (
     ExportTarget,
     MapExporter,
@@ -28,11 +29,12 @@ from node_agent.map_export import (
     PodTarget,
     decode_cgroup_id,
     decode_value,
+    export_targets,
     parse_metrics,
 )
 from node_agent.metrics import AgentMetrics
 from node_agent.model import NodeProgram, Pod
-from node_agent.reconcile import Reconciler
+from node_agent.reconcile import ATTACHED, PodReport, ProgramReport, Reconciler
 from tests.unit.builders import node_program, pod
 from tests.unit.fakes import FakeBackend
 
@@ -428,3 +430,46 @@ def test_node_objects_carry_the_metrics():
     assert "metrics" not in fanout.NodeObjects(inline, source).spec("a")
     own = {**program, "spec": {**spec, "source": {"inline": "int x;"}, "metrics": [PACKETS]}}
     assert fanout.NodeObjects(own, source).spec("a")["metrics"] == [PACKETS]
+
+
+def test_a_cluster_programs_samples_carry_each_pods_namespace_and_never_a_tenants_labels(pod_dirs):
+    shop, bank = pod_dirs.make("u-shop"), pod_dirs.make("u-bank")
+    maps = FakeMaps()
+    maps.maps["/pins/_cluster/counter/maps/traffic"] = [
+        (key(shop), traffic_value(4, 40)),
+        (key(bank), traffic_value(6, 60)),
+    ]
+    maps.maps["/pins/shop/counter/maps/traffic"] = [(key(shop), traffic_value(1, 10))]
+    pods = [
+        Pod("shop", "web", "u-shop", {"app": "web"}, None, "Running", False),
+        Pod("bank", "web", "u-bank", {"app": "web"}, None, "Running", False),
+    ]
+    cluster = ProgramReport(
+        "bpfleet-system",
+        "counter-node-a-0123456789",
+        1,
+        "v1",
+        loaded=LoadedProgram(
+            ProgramRef("_cluster", "counter", "v1"), 7, "/pins/_cluster/counter", ("traffic",)
+        ),
+        pods=[
+            PodReport("web", "u-shop", ATTACHED, namespace="shop"),
+            PodReport("web", "u-bank", ATTACHED, namespace="bank"),
+        ],
+    )
+    tenant = ProgramReport(
+        "shop",
+        "counter-node-a-abcdef0123",
+        1,
+        "v1",
+        loaded=LoadedProgram(ProgramRef("shop", "counter", "v1"), 8, "/pins/shop/counter", ("traffic",)),
+        pods=[PodReport("web", "u-shop", ATTACHED)],
+    )
+    objects = {(r.namespace, r.name): {"spec": {"metrics": [PACKETS]}} for r in (cluster, tenant)}
+    registry = exporter_with(pod_dirs, maps, *export_targets([cluster, tenant], objects, pods))
+
+    assert samples(registry, "pod_packets_total") == {
+        labels("shop", "web", "cluster/counter"): 4,
+        labels("bank", "web", "cluster/counter"): 6,
+        labels("shop", "web", "counter"): 1,
+    }
