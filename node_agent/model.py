@@ -10,6 +10,7 @@ from typing import Any
 
 from bpfleet_api import names, selectors
 from node_agent.errors import InvalidSpec, TrustViolation
+from node_agent.kernel import map_memory
 from node_agent.kernel.attach_types import (
     FILTERED_SCOPES,
     HOST_SCOPES,
@@ -22,7 +23,7 @@ from node_agent.kernel.backend import ProgramBuild, ProgramRef
 # The ProgramRef namespace (and pin directory) of ClusterEbpfPrograms: no Kubernetes namespace
 # contains '_', so it never meets an EbpfProgram's.
 CLUSTER_PINS = names.CLUSTER_PIN_NAMESPACE
-DEFAULT_MAX_MAP_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MAP_BYTES = map_memory.DEFAULT_MAX_MAP_BYTES
 RESERVED_PREFIX = "bpfleet_"  # functions of the agent's own (the pod filter's entry point)
 
 

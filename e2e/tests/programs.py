@@ -34,6 +34,18 @@ def _manifest(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": names.API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
+SKB_EGRESS = {"type": "CgroupSkb", "direction": "Egress"}
+
+
+def inline(
+    name: str, source: str, function: str, attach: dict[str, Any], pods: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """An EbpfProgram of an inline source, for the pods labelled app=web unless `pods` says."""
+    spec = {"source": {"inline": source}, "function": function, "attach": attach}
+    spec["podSelector"] = pods if pods is not None else {"matchLabels": {"app": "web"}}
+    return ebpf_program(name, spec)
+
+
 def builtin(name: str, function: str, attach: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return ebpf_program(
         name,

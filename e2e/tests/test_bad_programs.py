@@ -6,10 +6,12 @@ import json
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
+from e2e.tests.programs import inline
 from e2e.tools import REPO_ROOT
 
 COUNTER = REPO_ROOT / "examples" / "pod-traffic-counter.yaml"
 COUNTER_NAME = "web-egress-traffic"
+SKB_INGRESS = {"type": "CgroupSkb", "direction": "Ingress"}
 
 # The error is on line 3 of the user's source.
 DOES_NOT_COMPILE = """\
@@ -30,20 +32,6 @@ int reject(struct __sk_buff *skb)
 """
 
 
-def inline_program(name: str, source: str, function: str) -> dict:
-    return {
-        "apiVersion": "bpfleet.io/v1alpha1",
-        "kind": "EbpfProgram",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"inline": source},
-            "function": function,
-            "attach": {"type": "CgroupSkb", "direction": "Ingress"},
-            "podSelector": {"matchLabels": {"app": "web"}},
-        },
-    }
-
-
 def failure_of(kube: Kube, namespace: str, name: str) -> tuple[dict, dict]:
     status = kube.program(namespace, name)["status"]
     [failure] = status["failures"]
@@ -57,8 +45,8 @@ def test_compile_and_verifier_failures_are_reported_and_harm_nothing(kube: Kube,
     wait_for("counter ready", lambda: kube.is_ready(namespace, COUNTER_NAME), timeout=10)
     counter_id = kube.node_program(namespace, COUNTER_NAME, node_a.name)["status"]["programId"]
 
-    kube.apply(namespace, inline_program("does-not-compile", DOES_NOT_COMPILE, "broken"))
-    kube.apply(namespace, inline_program("verifier-rejects", VERIFIER_REJECTS, "reject"))
+    kube.apply(namespace, inline("does-not-compile", DOES_NOT_COMPILE, "broken", SKB_INGRESS))
+    kube.apply(namespace, inline("verifier-rejects", VERIFIER_REJECTS, "reject", SKB_INGRESS))
     for name, reason in (("does-not-compile", "CompileError"), ("verifier-rejects", "VerifierRejected")):
         wait_for(
             f"{name} failing with {reason}",
@@ -91,7 +79,9 @@ def test_compile_and_verifier_failures_are_reported_and_harm_nothing(kube: Kube,
     assert node_a.agent.alive
 
     # Fixing the source rolls it out.
-    fixed = inline_program("does-not-compile", DOES_NOT_COMPILE.replace("undefined_variable", "1"), "broken")
+    fixed = inline(
+        "does-not-compile", DOES_NOT_COMPILE.replace("undefined_variable", "1"), "broken", SKB_INGRESS
+    )
     kube.apply(namespace, fixed)
     wait_for("fixed program ready", lambda: kube.is_ready(namespace, "does-not-compile"), timeout=15)
     assert len(cgroup_programs(web.pod_cgroup)) == 2
@@ -101,7 +91,7 @@ def test_config_map_source_rolls_when_edited(kube: Kube, node_a, namespace: str)
     web = node_a.create_pod(namespace, "web-1", {"app": "web"})
     source_v1 = "int allow(struct __sk_buff *skb) { return 1; }\n"
     kube.kubectl("create", "configmap", "-n", namespace, "prog", f"--from-literal=prog.c={source_v1}")
-    program = inline_program("from-config-map", "", "allow")
+    program = inline("from-config-map", "", "allow", SKB_INGRESS)
     program["spec"]["source"] = {"configMapRef": {"name": "prog", "key": "prog.c"}}
     kube.apply(namespace, program)
     wait_for("ready", lambda: kube.is_ready(namespace, "from-config-map"), timeout=15)
@@ -120,7 +110,7 @@ def test_config_map_source_rolls_when_edited(kube: Kube, node_a, namespace: str)
 
 
 def test_missing_config_map_stalls_with_a_clear_reason(kube: Kube, node_a, namespace: str):
-    program = inline_program("missing-source", "", "allow")
+    program = inline("missing-source", "", "allow", SKB_INGRESS)
     program["spec"]["source"] = {"configMapRef": {"name": "nowhere", "key": "prog.c"}}
     kube.apply(namespace, program)
     wait_for("stalled", lambda: kube.condition(namespace, "missing-source", "Stalled")["status"] == "True")

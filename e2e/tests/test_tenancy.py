@@ -14,19 +14,7 @@ import pytest
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_programs
-from e2e.tests.programs import apply_ready, ebpf_program
-
-
-def inline(name: str, source: str, function: str, attach: dict, pods: dict | None = None) -> dict:
-    return ebpf_program(
-        name,
-        {
-            "source": {"inline": source},
-            "function": function,
-            "attach": attach,
-            "podSelector": pods if pods is not None else {"matchLabels": {"app": "web"}},
-        },
-    )
+from e2e.tests.programs import SKB_EGRESS, apply_ready, ebpf_program, inline
 
 
 def refused(kube: Kube, namespace: str, name: str, reason: str) -> dict:
@@ -73,9 +61,7 @@ def planted_file() -> Iterator[tuple[Path, str]]:
 def test_including_a_node_file_leaks_nothing(kube: Kube, node_a, namespace: str, planted_file):
     path, marker = planted_file
     source = f'#include "{path}"\nint allow(struct __sk_buff *skb) {{ return 1; }}\n'
-    kube.apply(
-        namespace, inline("include-node-file", source, "allow", {"type": "CgroupSkb", "direction": "Egress"})
-    )
+    kube.apply(namespace, inline("include-node-file", source, "allow", SKB_EGRESS))
     ready = refused(kube, namespace, "include-node-file", "CompileError")
     assert "program.c:1" in ready["message"]  # the user is told which of their lines fails
     assert marker not in everything_said_about(kube, namespace, "include-node-file")
@@ -112,7 +98,7 @@ def test_autoload_never_attaches_anything(kube: Kube, node_a, namespace: str):
         kube,
         node_a,
         namespace,
-        inline("autoload", AUTOLOADED, "allow", {"type": "CgroupSkb", "direction": "Egress"}),
+        inline("autoload", AUTOLOADED, "allow", SKB_EGRESS),
     )
     # The map is shared with the tracepoint function: had it been attached, the compile's own
     # syscalls (and these) would have counted.
@@ -129,9 +115,7 @@ def test_pinned_tables_are_refused_and_pin_nothing(kube: Kube, node_a, namespace
         f'BPF_TABLE_PINNED("hash", u32, u64, stolen, 16, "{target}");\n'
         "int allow(struct __sk_buff *skb) { u32 k = 0; stolen.lookup(&k); return 1; }\n"
     )
-    kube.apply(
-        namespace, inline("pinned-table", source, "allow", {"type": "CgroupSkb", "direction": "Egress"})
-    )
+    kube.apply(namespace, inline("pinned-table", source, "allow", SKB_EGRESS))
     ready = refused(kube, namespace, "pinned-table", "MapNotAllowed")
     assert "stolen" in ready["message"]
     assert not target.exists()
@@ -146,7 +130,7 @@ def test_pinned_tables_are_refused_and_pin_nothing(kube: Kube, node_a, namespace
             {
                 "source": {"builtin": "pod-traffic-counter"},
                 "function": "count_packets",
-                "attach": {"type": "CgroupSkb", "direction": "Egress"},
+                "attach": SKB_EGRESS,
                 "podSelector": {"matchLabels": {"app": "web"}},
             },
         ),
@@ -157,9 +141,7 @@ def test_pinned_tables_are_refused_and_pin_nothing(kube: Kube, node_a, namespace
         f'BPF_TABLE_PINNED("hash", u64, u64, theirs, 10240, "{victim_pin}");\n'
         "int allow(struct __sk_buff *skb) { u64 k = 0, v = 666; theirs.update(&k, &v); return 1; }\n"
     )
-    kube.apply(
-        namespace, inline("open-victim", source, "allow", {"type": "CgroupSkb", "direction": "Egress"})
-    )
+    kube.apply(namespace, inline("open-victim", source, "allow", SKB_EGRESS))
     refused(kube, namespace, "open-victim", "MapNotAllowed")
     assert kube.is_ready(namespace, "victim")
 
@@ -237,9 +219,7 @@ int allow(struct __sk_buff *skb)
 
 def test_map_memory_is_capped_and_the_cap_is_set_per_namespace(kube: Kube, node_a, namespace: str):
     node_a.create_pod(namespace, "web-1", {"app": "web"})
-    kube.apply(
-        namespace, inline("huge-map", HUGE_ARRAY, "allow", {"type": "CgroupSkb", "direction": "Egress"})
-    )
+    kube.apply(namespace, inline("huge-map", HUGE_ARRAY, "allow", SKB_EGRESS))
     ready = refused(kube, namespace, "huge-map", "MapTooLarge")
     # Measured ("needs 800.0 MiB") where the compile's memory limit let the kernel make it, or
     # refused by the kernel within that limit: too large either way, and the cap is named.
@@ -248,7 +228,7 @@ def test_map_memory_is_capped_and_the_cap_is_set_per_namespace(kube: Kube, node_
     # A cluster admin raises this namespace's cap: a 16 MiB map fits under 32 MiB, not under 8 MiB.
     medium = HUGE_ARRAY.replace("104857600); /* 800 MiB */", "2097152); /* 16 MiB */")
     kube.kubectl("annotate", "namespace", namespace, "bpfleet.io/max-map-bytes=8388608", "--overwrite")
-    kube.apply(namespace, inline("medium-map", medium, "allow", {"type": "CgroupSkb", "direction": "Egress"}))
+    kube.apply(namespace, inline("medium-map", medium, "allow", SKB_EGRESS))
     refused(kube, namespace, "medium-map", "MapTooLarge")
     kube.kubectl("annotate", "namespace", namespace, "bpfleet.io/max-map-bytes=33554432", "--overwrite")
     wait_for("medium map fits the raised cap", lambda: kube.is_ready(namespace, "medium-map"), timeout=30)
@@ -263,7 +243,7 @@ def test_long_and_colliding_names_are_all_served(kube: Kube, node_a, namespace: 
             {
                 "source": {"builtin": "pod-traffic-counter"},
                 "function": "count_packets",
-                "attach": {"type": "CgroupSkb", "direction": "Egress"},
+                "attach": SKB_EGRESS,
                 "podSelector": {"matchLabels": {"app": "web"}},
             },
         )

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node_agent.errors import KernelError
 from node_agent.kernel import compile_guard, map_memory, syscalls, table_policy
 from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
 from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
@@ -78,8 +79,7 @@ def build(request: dict[str, Any]) -> BuiltProgram:
     try:
         _load(bpf, request, entry, built)
         sizes = _map_sizes(bpf, built)
-        limit = int(request.get("maxMapBytes") or 0) or map_memory.DEFAULT_MAX_MAP_BYTES
-        too_large = map_memory.over_cap(sizes, limit)
+        too_large = map_memory.over_cap(sizes, map_memory.cap(request.get("maxMapBytes")))
         if too_large:
             raise BuildFailure("MapTooLarge", too_large)
     except BaseException:
@@ -158,7 +158,7 @@ def compile_source(request: dict[str, Any]) -> Any:
         if unallocated:
             # A map so large the kernel could not allocate it within the compile's memory limit:
             # too large, whatever the cap.
-            limit = int(request.get("maxMapBytes") or 0) or map_memory.DEFAULT_MAX_MAP_BYTES
+            limit = map_memory.cap(request.get("maxMapBytes"))
             raise BuildFailure(
                 "MapTooLarge",
                 f"map {unallocated['name']} is larger than the memory a compile may use; this "
@@ -235,7 +235,7 @@ def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:
     map_ids = {map_id for fd in built.progs.values() for map_id in syscalls.prog_info(fd).map_ids}
     for map_id in sorted(map_ids):
         # BCC's own fds where it has one: opening a map by id takes CAP_SYS_ADMIN.
-        map_fd = os.dup(tables[map_id]) if map_id in tables else syscalls.map_fd_by_id(map_id)
+        map_fd = os.dup(tables[map_id]) if map_id in tables else _map_by_id(map_id)
         name = syscalls.map_info(map_fd).name  # the kernel's name (15 characters): the pin's
         if map_id not in tables:
             sizes[name or f"map-{map_id}"] = map_memory.memlock(map_fd)
@@ -244,3 +244,14 @@ def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:
         else:
             os.close(map_fd)
     return sizes
+
+
+def _map_by_id(map_id: int) -> int:
+    """A map of the program that is no BCC table. In the sandbox, opening by id is refused (the
+    guard, and no CAP_SYS_ADMIN): say so to the user rather than crash the worker."""
+    try:
+        return syscalls.map_fd_by_id(map_id)
+    except KernelError as e:
+        raise BuildFailure(
+            "CompileError", f"the program uses a map BCC did not make (id {map_id}): {e}"
+        ) from None

@@ -112,11 +112,17 @@ def _install() -> None:
         raise GuardUnavailable(f"prctl(PR_SET_SECCOMP): {errno.errorcode.get(ctypes.get_errno())}")
 
 
+# Set once the worker's main thread is guarded: threads it starts inherit the filter.
+_process_guarded = False
+
+
 def guard_this_thread() -> None:
     """Puts the calling thread, and the threads it starts from now on, under the filter. The compile
     worker calls it on its main thread in the sandbox, so that code run by a hijacked compile thread
     through the main thread (they share memory) is held to the same filter."""
+    global _process_guarded
     _install()
+    _process_guarded = True
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
@@ -125,7 +131,8 @@ def run_guarded(fn: Callable[[], T]) -> T:
 
     def body() -> None:
         try:
-            _install()
+            if not _process_guarded:  # else the thread inherits the filter: one is enough
+                _install()
             outcome["value"] = fn()
         except BaseException as e:  # handed to the caller's thread
             outcome["error"] = e

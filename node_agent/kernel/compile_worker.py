@@ -51,6 +51,14 @@ def _limits(request: dict[str, Any]) -> sandbox.SandboxLimits:
     )
 
 
+def _capabilities(request: dict[str, Any]) -> frozenset[int]:
+    """What the compile keeps; a request that does not say gets nothing beyond the network set."""
+    privilege = str(request.get("privilege", ""))
+    if privilege not in sandbox.CAPABILITIES_BY_PRIVILEGE:
+        raise SandboxError(f"the request names no known privilege ({privilege!r})")
+    return sandbox.CAPABILITIES_BY_PRIVILEGE[privilege]
+
+
 def _guard_worker() -> None:
     """The compile guard on the whole worker, not only on its compile thread."""
     try:
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     os.dup2(2, 1)
     try:
         if not args.no_sandbox:
-            keep = sandbox.CAPABILITIES_BY_PRIVILEGE[str(request.get("privilege", "cluster"))]
+            keep = _capabilities(request)
             sandbox.enter(
                 list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
             )

@@ -35,7 +35,8 @@ class KernelSymbols:
     call_base: int
     helpers: dict[int, tuple[str, str]]  # address -> (symbol, UAPI helper name)
     source: Path = KALLSYMS
-    _others: dict[int, str] = field(default_factory=dict)  # addresses looked up in a full read
+    # Every function by address, parsed from one full read at the first call that is no helper.
+    _functions: dict[int, str] | None = field(default=None)
 
     @classmethod
     def parse(cls, text: str, source: Path = KALLSYMS) -> KernelSymbols:
@@ -62,18 +63,20 @@ class KernelSymbols:
         return self.helpers.get(self.call_base + offset)
 
     def symbol_at(self, offset: int) -> str | None:
-        """Any function's name at __bpf_call_base + offset (a fresh read of the whole table)."""
+        """Any function's name at __bpf_call_base + offset."""
         address = self.call_base + offset
         if address in self.helpers:
             return self.helpers[address][0]
-        if address not in self._others:
-            self._others[address] = _find_function(self.source.read_text(), address) or ""
-        return self._others[address] or None
+        if self._functions is None:
+            self._functions = _functions(self.source.read_text())
+        return self._functions.get(address)
 
 
-def _find_function(text: str, address: int) -> str | None:
-    match = re.search(rf"^0*{address:x} [tT] (\S+)", text, re.MULTILINE)
-    return match.group(1) if match else None
+def _functions(text: str) -> dict[int, str]:
+    return {int(m.group(1), 16): m.group(2) for m in _FUNCTION.finditer(text)}
+
+
+_FUNCTION = re.compile(r"^([0-9a-f]+) [tT] (\S+)", re.MULTILINE)
 
 
 _cache: KernelSymbols | None = None

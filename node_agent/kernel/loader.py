@@ -8,19 +8,19 @@ and only then publishes the version directory whole (publish).
 from __future__ import annotations
 
 import logging
-import shutil
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from node_agent import errors
-from node_agent.kernel import compile_runner, helper_check, map_memory
+from node_agent.kernel import compile_runner, helper_check, map_memory, syscalls
 from node_agent.kernel.attach_types import FILTERED_SCOPES, NODE_WIDE, TRACING_PROG_TYPES, KernelAttach
 from node_agent.kernel.backend import ProgramBuild
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
-from node_agent.kernel.publish import publish, staging_dir
+from node_agent.kernel.publish import publish
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,11 @@ class Loader:
     def load(self, pin_dir: Path, build: ProgramBuild) -> tuple[int, tuple[str, ...]]:
         """Builds `build` and publishes it at pin_dir; returns its program id and map names.
         Raises a ProgramBuildError for the user."""
-        shutil.rmtree(staging_dir(pin_dir), ignore_errors=True)
         settings = compile_runner.WorkerSettings(
             self.python, self.compile_timeout, self.sandbox, self.compile_limits
         )
         with compile_runner.compiled(self._request(build), settings, self._compile_cgroups()) as received:
-            check_map_memory(received.maps, build)
+            check_program_maps(received.progs, received.maps, build)
             if self.check_loaded is not None:
                 self._check(received.progs, build)
             return publish(received, pin_dir), tuple(sorted(received.maps))
@@ -108,10 +107,28 @@ def _privilege(build: ProgramBuild) -> str:
     return "tracing" if build.attach.prog_type in TRACING_PROG_TYPES else "network"
 
 
+def check_program_maps(progs: dict[str, int], handed: dict[str, int], build: ProgramBuild) -> None:
+    """The maps the received programs really use, as the kernel says (not as the worker says): each
+    map handed over must be one of them, and together they must fit the build's cap. The worker
+    checked too; the agent does not take a sandboxed process's word for it."""
+    used = {map_id for fd in progs.values() for map_id in syscalls.prog_info(fd).map_ids}
+    for name, fd in handed.items():
+        if syscalls.map_info(fd).id not in used:
+            raise errors.CompileError(f"the compile worker handed over map {name}, which no program uses")
+    maps: dict[str, int] = {}
+    try:
+        for map_id in sorted(used):
+            fd = syscalls.map_fd_by_id(map_id)
+            maps[syscalls.map_info(fd).name or f"map-{map_id}"] = fd
+        check_map_memory(maps, build)
+    finally:
+        for fd in maps.values():
+            os.close(fd)
+
+
 def check_map_memory(maps: dict[str, int], build: ProgramBuild) -> None:
-    """Refuses maps whose kernel memory is over the build's cap (MapTooLarge). The worker checked
-    too; the agent does not take a sandboxed process's word for it."""
-    limit = build.max_map_bytes or map_memory.DEFAULT_MAX_MAP_BYTES
-    too_large = map_memory.over_cap({name: map_memory.memlock(fd) for name, fd in maps.items()}, limit)
+    """Refuses maps whose kernel memory is over the build's cap (MapTooLarge)."""
+    sizes = {name: map_memory.memlock(fd) for name, fd in maps.items()}
+    too_large = map_memory.over_cap(sizes, map_memory.cap(build.max_map_bytes))
     if too_large:
         raise errors.MapTooLarge(too_large)

@@ -13,6 +13,11 @@ DEFAULT_MAX_MAP_BYTES = 64 * 1024 * 1024  # the agent's default cap, when a requ
 _SHOWN = 3  # the largest maps a refusal names
 
 
+def cap(limit: int | None) -> int:
+    """A request's or build's cap in bytes: 0 or absent means the default."""
+    return int(limit or 0) or DEFAULT_MAX_MAP_BYTES
+
+
 def memlock(fd: int, proc: Path = Path("/proc")) -> int:
     """The bytes the kernel charges for the map behind fd."""
     for line in (proc / "self" / "fdinfo" / str(fd)).read_text().splitlines():

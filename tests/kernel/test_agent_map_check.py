@@ -4,6 +4,7 @@ figures, instead of taking the sandboxed worker's word that they fit the cap."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from bcc import BPF
@@ -13,7 +14,7 @@ from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
-from node_agent.kernel.loader import check_map_memory
+from node_agent.kernel.loader import check_map_memory, check_program_maps
 from tests.kernel.support import INCLUDE_DIR
 
 pytestmark = pytest.mark.kernel
@@ -44,3 +45,21 @@ def test_a_map_the_compile_has_no_memory_for_is_too_large(bpffs_root):
     with pytest.raises(errors.MapTooLarge, match=r"map huge .*this program's maps may use 64\.0 MiB in all"):
         backend.load(ProgramRef("team-a", "huge", "0000000000000003"), ProgramBuild(source, "f", EGRESS))
     assert not any(p.is_file() for p in bpffs_root.rglob("*"))
+
+
+def test_the_agent_measures_the_maps_the_programs_use_not_the_ones_handed_over():
+    """A hijacked worker that hides a map it uses, or hands over one no program uses, is caught."""
+    bpf = BPF(
+        text=b"BPF_ARRAY(big, u64, 2097152); BPF_ARRAY(stray, u64, 1);"
+        b"int f(struct __sk_buff *s) { int k = 0; big.lookup(&k); return 1; }"
+    )
+    try:
+        prog = bpf.load_func(b"f", BPF.CGROUP_SKB).fd
+        small = ProgramBuild("", "f", EGRESS, max_map_bytes=8 << 20)
+        with pytest.raises(errors.MapTooLarge, match=r"map big needs 16\.\d MiB"):
+            check_program_maps({"prog": prog}, {}, small)  # big hidden from the agent
+        with pytest.raises(errors.CompileError, match="handed over map stray, which no program uses"):
+            check_program_maps({"prog": prog}, {"stray": bpf["stray"].map_fd}, small)
+        check_program_maps({"prog": prog}, {"big": bpf["big"].map_fd}, replace(small, max_map_bytes=32 << 20))
+    finally:
+        bpf.cleanup()
