@@ -36,11 +36,13 @@ class ProgramKind:
         return key.namespace if self.namespaced else None
 
     def config_map_namespace(self, key: ProgramKey, spec: Mapping[str, Any]) -> str:
-        """Where a configMapRef source is read: a tenant's own namespace whatever the spec says,
-        the namespace the reference names for a cluster admin's program."""
+        """Where a configMapRef source is read: a tenant's own namespace whatever the spec says; for a
+        cluster admin's program the namespace it names, which tenancy.problems allows to be the
+        system namespace only."""
         if self.namespaced:
             return key.namespace
-        return ((spec.get("source") or {}).get("configMapRef") or {}).get("namespace", "")
+        ref = (spec.get("source") or {}).get("configMapRef") or {}
+        return str(ref.get("namespace") or names.system_namespace())
 
 
 NAMESPACED = ProgramKind(names.PROGRAM_KIND, names.PROGRAM_PLURAL, True, names.PROGRAM_LABEL)

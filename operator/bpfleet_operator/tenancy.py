@@ -48,6 +48,14 @@ def problems(kind: ProgramKind, spec: Mapping[str, Any]) -> list[str]:
                 "types Kprobe and Kretprobe trace the whole node's kernel, not only this namespace's "
                 "pods: use a ClusterEbpfProgram"
             )
+    else:
+        ref = (spec.get("source") or {}).get("configMapRef")
+        if ref and ref.get("namespace", names.system_namespace()) != names.system_namespace():
+            found.append(
+                f"a ClusterEbpfProgram reads a configMapRef source only from the bpfleet system namespace "
+                f"({names.system_namespace()}): whoever may write ConfigMaps in {ref.get('namespace')} "
+                "would write the code it runs on every node"
+            )
     return found
 
 

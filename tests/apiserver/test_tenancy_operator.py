@@ -212,20 +212,42 @@ def test_a_node_wide_cluster_program_has_no_pod_filter(cluster: Kube):
         assert spec["source"]["origin"] == "builtin:tc-port-drop"
 
 
-def test_a_cluster_program_reads_the_config_map_it_names(cluster: Kube, namespaces: list[str]):
+def test_a_cluster_program_reads_its_config_map_from_the_system_namespace_only(
+    cluster: Kube, namespaces: list[str]
+):
+    # From the system namespace: read, rolled out.
+    config_map = f"probe-{RUN}"
+    cluster.kubectl(
+        "create", "configmap", config_map, "-n", SYSTEM_NAMESPACE, f"--from-literal=main.c={SOURCE}"
+    )
+    name = f"from-config-map-{RUN}"
+    ref = {"name": config_map, "namespace": SYSTEM_NAMESPACE, "key": "main.c"}
+    apply_cluster(cluster, name, podSelector={}, source={"configMapRef": ref})
+    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
+    source = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)[0]["spec"]["source"]
+    assert (source["text"], source["origin"]) == (SOURCE, f"configMap:{SYSTEM_NAMESPACE}/{config_map}/main.c")
+
+    # From a tenant's namespace: whoever may edit ConfigMaps there would write what runs on every
+    # node, so it is refused and nothing reaches a node.
     tools = create_namespace(cluster, f"tools-{RUN}")
     namespaces.append(tools)
     cluster.kubectl("create", "configmap", "probe", "-n", tools, f"--from-literal=main.c={SOURCE}")
-    name = f"from-config-map-{RUN}"
+    tenant_written = f"tenant-source-{RUN}"
     apply_cluster(
         cluster,
-        name,
+        tenant_written,
         podSelector={},
         source={"configMapRef": {"name": "probe", "namespace": tools, "key": "main.c"}},
     )
-    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
-    source = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)[0]["spec"]["source"]
-    assert (source["text"], source["origin"]) == (SOURCE, f"configMap:{tools}/probe/main.c")
+
+    def refusal() -> str:
+        status = (cluster.cluster_program(tenant_written) or {}).get("status") or {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        return ready.get("message", "") if ready.get("reason") == "InvalidSpec" else ""
+
+    wait_for("tenant-written source refused", refusal, 30)
+    assert f"only from the bpfleet system namespace ({SYSTEM_NAMESPACE})" in refusal()
+    assert node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, tenant_written) == []
 
 
 def test_the_namespace_annotation_caps_tenant_maps_and_a_bad_one_is_reported(
