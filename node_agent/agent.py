@@ -227,12 +227,19 @@ class Agent:
                 self._remove_finalizer(obj)
             else:
                 self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
-        for obj in refused:
-            # Nothing of a refused object being deleted runs after the pass (it is not held): the
-            # deletion need not wait for it.
-            if obj["metadata"].get("deletionTimestamp"):
-                self._remove_finalizer(obj)
+        self._release_refused(refused)
         return result
+
+    def _release_refused(self, refused: list[dict[str, Any]]) -> None:
+        """A refused object being deleted is not held, so the pass unloaded what ran of it; its
+        finalizer goes once the kernel shows nothing of it (an unload that failed is retried)."""
+        deleting = [obj for obj in refused if obj["metadata"].get("deletionTimestamp")]
+        if not deleting:
+            return
+        running = {ref.program for ref in self.reconciler.backend.loaded()}
+        for obj in deleting:
+            if held_program(obj, self.trust) not in running:
+                self._remove_finalizer(obj)
 
     def _addressed_here(self, obj: dict[str, Any]) -> bool:
         if addressed_to(obj, self.node):
@@ -253,10 +260,11 @@ class Agent:
 
     def _refuse(self, obj: dict[str, Any], error: Exception) -> None:
         meta = obj["metadata"]
-        log.warning(
-            "refusing a node object",
-            extra={"object": f"{meta['namespace']}/{meta['name']}", "error": str(error)},
-        )
+        if self._first_time(obj, "refused"):  # once, not on every pass
+            log.warning(
+                "refusing a node object",
+                extra={"object": f"{meta['namespace']}/{meta['name']}", "error": str(error)},
+            )
         if not meta.get("deletionTimestamp"):
             self._write_status(obj, self._invalid_status(obj, error))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -103,8 +104,9 @@ class NodeProgram:
     def cluster(self) -> bool:
         return self.kind == names.CLUSTER_PROGRAM_KIND
 
-    @property
+    @functools.cached_property
     def ref(self) -> ProgramRef:
+        # Cached: the version hashes the whole source, and a pass asks for it many times.
         pins = CLUSTER_PINS if self.cluster else self.namespace
         return ProgramRef(pins, self.program, program_version(self.build))
 
@@ -147,13 +149,10 @@ class NodeProgram:
             pod_namespaces = tuple(listed)
         else:
             pod_namespaces = (meta["namespace"],)
-        labels = meta.get("labels") or {}
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
-            program=spec.get("programName")
-            or labels.get(names.PROGRAM_LABEL)
-            or labels[names.CLUSTER_PROGRAM_LABEL],
+            program=_program_name(meta, spec),
             generation=int(meta.get("generation") or 0),
             build=build,
             attach_type=spec["attach"]["type"],
@@ -167,25 +166,31 @@ class NodeProgram:
         )
 
 
+def _program_name(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
+    """The program a node object was made from: its spec says, else its label (KeyError if neither)."""
+    labels = meta.get("labels") or {}
+    name = (
+        spec.get("programName") or labels.get(names.PROGRAM_LABEL) or labels.get(names.CLUSTER_PROGRAM_LABEL)
+    )
+    if not isinstance(name, str) or not name:  # hostile input: a name, or nothing
+        raise KeyError("programName")
+    return name
+
+
 def held_program(obj: Mapping[str, Any], trust: Trust) -> tuple[str, str] | None:
     """The program (pin namespace, name) of a node object the agent could not parse, whose running
     versions are kept; None when even that cannot be read. Hostile input: a node object only ever
     holds programs of its own namespace (the cluster's pins only from the system namespace)."""
     try:
         meta, spec = obj["metadata"], obj.get("spec") or {}
-        labels = meta.get("labels") or {}
         namespace = meta["namespace"]
-        name = (
-            spec.get("programName")
-            or labels.get(names.PROGRAM_LABEL)
-            or labels.get(names.CLUSTER_PROGRAM_LABEL)
-        )
+        name = _program_name(meta, spec)
         cluster = (
             spec.get("programKind") == names.CLUSTER_PROGRAM_KIND and namespace == trust.system_namespace
         )
     except (AttributeError, KeyError, TypeError):
         return None
-    if not isinstance(namespace, str) or not isinstance(name, str) or not name:
+    if not isinstance(namespace, str):
         return None
     return (CLUSTER_PINS if cluster else namespace, name)
 

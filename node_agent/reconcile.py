@@ -164,12 +164,13 @@ class Reconciler:
             waiting = waiting or WAITING in states
             failed = failed or FAILED in states
 
+        still_loaded = {ref.program for ref in serving}
         for ref in sorted(set(loaded) - serving):
             log.info(
                 "unloading program version",
                 extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version},
             )
-            self._isolated(
+            unloaded = self._isolated(
                 f"unloading version {ref.version}",
                 by_program.get(ref.program),
                 ref,
@@ -177,12 +178,12 @@ class Reconciler:
                 self.backend.unload,
                 ref,
             )
-        self._build_failures = {
-            r: e for r, e in self._build_failures.items() if r.program in _programs(programs) | held
-        }
+            if not unloaded:
+                still_loaded.add(ref.program)  # a deleting program keeps its finalizer until it is gone
+        keep = _programs(programs) | held
+        self._build_failures = {r: e for r, e in self._build_failures.items() if r.program in keep}
         self._hooks = {r: a for r, a in self._hooks.items() if r in serving}
 
-        still_loaded = {ref.program for ref in serving}
         for program in programs:
             if program.deleting:
                 reports.append(

@@ -73,6 +73,19 @@ def test_a_failing_unload_leaves_the_other_unloads_and_attaches_to_run():
     assert result.reports[1].cleanup_failures == []
 
 
+def test_a_deleting_program_whose_unload_fails_keeps_its_finalizer_until_it_is_gone():
+    kernel, cgroups = FakeBackend(), FakeCgroups({"uid-web-1"})
+    reconciler = Reconciler(kernel, cgroups)
+    run(reconciler, [node_program()], [pod("web-1", WEB)])
+    [loaded] = list(kernel.programs)
+    kernel.refuse_unload.add(loaded)
+    [report] = run(reconciler, [node_program(deleting=True)], [pod("web-1", WEB)]).reports
+    assert not report.detached and loaded in kernel.programs  # still there: not released
+    kernel.refuse_unload.clear()
+    [report] = run(reconciler, [node_program(deleting=True)], [pod("web-1", WEB)]).reports
+    assert report.detached and loaded not in kernel.programs
+
+
 def test_a_failing_detach_of_a_host_interface_does_not_stop_the_pass():
     kernel = FakeBackend(interfaces={"eth0": 2, "eth1": 3}, refuse_detach={"eth0"})
     reconciler = Reconciler(kernel, FakeCgroups({"uid-web-1"}))
