@@ -178,7 +178,8 @@ class ProgramController:
         targeted, without_agent = agents.split(fanout.targeted_nodes(spec, view.nodes), view.agents)
         objects = fanout.NodeObjects(program, source, kind=kind, reach=reach)
         wanted = {node: objects.for_node(node) for node in targeted}
-        plan = fanout.plan(wanted, self.node_programs(key))
+        existing = self.node_programs(key)
+        plan = fanout.plan(wanted, existing)
         writes = [(body, partial(self._create, body)) for body in plan.create]
         writes += [(body, partial(self._update, current, body)) for current, body in plan.update]
         refused: dict[str, str] = {}
@@ -198,10 +199,12 @@ class ProgramController:
             unattended = deletion.decide(obj, view.nodes, view.agents, _now(), DELETE_GRACE_SECONDS)
             self.release_node_program(obj, drop_finalizer=unattended is Release.NOBODY)
 
+        # Read again only when this reconcile changed them.
+        current = self.node_programs(key) if writes or plan.release else existing
         status = aggregate.program_status(
             generation,
             targeted,
-            self.node_programs(key),
+            current,
             previous,
             view.agents.silent,
             refused=refused,
@@ -297,7 +300,8 @@ class ProgramController:
 
     def teardown(self, key: ProgramKey) -> Teardown:
         """Deletes every node object of a program. Waits for live agents only: a node that is gone
-        or runs no agent is released at once, one whose agent is silent after DELETE_GRACE_SECONDS."""
+        or runs no agent is released at once, one whose agent is silent after DELETE_GRACE_SECONDS.
+        Reads Nodes and agents afresh: a deletion retried on its own is not part of a batch."""
         nodes, present = self.nodes(), self.agents()
         waiting, given_up = [], []
         for node_program in self.node_programs(key):
