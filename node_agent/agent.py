@@ -55,6 +55,8 @@ class Agent:
         self.custom = CustomObjectsApi(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
+        # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
+        reconciler.pool.on_done = self._wake.set
         self.programs = Informer(
             api,
             f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_PROGRAM_PLURAL}",
@@ -159,8 +161,6 @@ class Agent:
         )
 
     def _next_pass_in(self, result: PassResult) -> float:
-        if result.queued:
-            return 0.0  # versions wait for their turn to compile: the next turn is now
         if result.waiting:
             return _WAITING_RECHECK
         soon = [self.resync]

@@ -1,10 +1,11 @@
-"""Which program versions a pass compiles, so that one namespace's compiles cannot starve another's.
+"""Which program versions start compiling next, so that one namespace's compiles cannot starve another's.
 
-Compiles are the expensive step (hundreds of ms to seconds of clang each) and run inside the pass.
-Each pass builds at most `per_namespace` versions of one namespace and `per_pass` in all, taking
+Compiles are the expensive step (hundreds of ms to seconds of clang each) and run in the compile
+pool (compile_pool), which asks this queue whenever it has free slots. Each turn (a `plan`) starts at
+most `per_namespace` versions of one namespace and `per_pass` (or the free slots) in all, taking
 namespaces in turn: the ones served longest ago (or never) first, and in a namespace the versions
-that have waited longest first. What is left waits for the next pass, which the agent runs at once.
-The pins of ClusterEbpfPrograms ("_cluster") count as one namespace. Pure: no I/O.
+that have waited longest first. What is left waits for a later turn. The pins of ClusterEbpfPrograms
+("_cluster") count as one namespace. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from node_agent.kernel.backend import ProgramRef
 
 @dataclass(frozen=True)
 class CompilePlan:
-    now: list[ProgramRef]  # to build in this pass, in this order
-    # The versions that wait for a later pass, with how many builds are ahead of each in line.
+    now: list[ProgramRef]  # to build in this turn, in this order
+    # The versions that wait for a later turn, with how many builds are ahead of each in line.
     later: dict[ProgramRef, int]
 
 
@@ -36,9 +37,11 @@ class CompileQueue:
         if self.per_namespace < 1 or self.per_pass < 0:
             raise ValueError("builds per namespace must be at least 1, builds per pass 0 (no bound) or more")
 
-    def plan(self, wanted: Iterable[ProgramRef]) -> CompilePlan:
+    def plan(self, wanted: Iterable[ProgramRef], limit: int | None = None) -> CompilePlan:
         """`wanted`: the versions that need a build now. Versions no longer wanted (built, failed or
-        deleted) leave the line; ones wanted again later join at its end."""
+        deleted) leave the line; ones wanted again later join at its end. `limit`, when given,
+        bounds this turn instead of `per_pass` (the pool's free slots)."""
+        bound = self.per_pass if limit is None else limit
         pass_number = next(self._passes)
         wanted = list(dict.fromkeys(wanted))  # in the order given: arrivals in one pass keep it
         self._arrival = {ref: self._arrival.get(ref, -1) for ref in wanted}
@@ -58,7 +61,7 @@ class CompileQueue:
         now: list[ProgramRef] = []
         taken: dict[str, int] = {}
         for ref in line:
-            if self.per_pass and len(now) >= self.per_pass:
+            if (bound or limit is not None) and len(now) >= bound:
                 break
             if taken.get(ref.namespace, 0) < self.per_namespace:
                 taken[ref.namespace] = taken.get(ref.namespace, 0) + 1

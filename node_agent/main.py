@@ -7,15 +7,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from types import FrameType
 
 from bpfleet_api import logs, names
 from bpfleet_api.kube_client import api_client
-from node_agent import features
+from node_agent import features, observed
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
+from node_agent.compile_pool import DEFAULT_CONCURRENCY, CompilePool
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
@@ -68,17 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="memory one compile may use (env BPFLEET_COMPILE_MEMORY_BYTES)",
     )
     parser.add_argument(
-        "--builds-per-namespace",
+        "--compile-concurrency",
         type=int,
-        default=int(os.environ.get("BPFLEET_BUILDS_PER_NAMESPACE") or 1),
-        help="compiles of one namespace per pass, so that none starves another "
-        "(env BPFLEET_BUILDS_PER_NAMESPACE)",
-    )
-    parser.add_argument(
-        "--builds-per-pass",
-        type=int,
-        default=int(os.environ.get("BPFLEET_BUILDS_PER_PASS") or 4),
-        help="compiles per pass in all; 0 for no bound (env BPFLEET_BUILDS_PER_PASS)",
+        default=int(os.environ.get("BPFLEET_COMPILE_CONCURRENCY") or DEFAULT_CONCURRENCY),
+        help="compiles at a time, outside the reconcile pass, fair across namespaces "
+        "(env BPFLEET_COMPILE_CONCURRENCY, default 2)",
     )
     parser.add_argument(
         "--metrics-address",
@@ -90,10 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("the node name is required: --node or NODE_NAME")
-    if args.max_map_bytes <= 0 or args.builds_per_namespace < 1 or args.builds_per_pass < 0:
-        parser.error(
-            "--max-map-bytes and --builds-per-namespace must be positive, --builds-per-pass 0 or more"
-        )
+    if args.max_map_bytes <= 0 or args.compile_concurrency < 1:
+        parser.error("--max-map-bytes and --compile-concurrency must be positive")
     return args
 
 
@@ -116,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver)
-    queue = CompileQueue(per_namespace=args.builds_per_namespace, per_pass=args.builds_per_pass)
-    reconciler = Reconciler(metrics.timed(backend), resolver, node_features, queue)
+    timed = metrics.timed(backend)
+    pool = CompilePool(timed.load, concurrency=args.compile_concurrency, queue=CompileQueue())
+    # The observed model is read from the kernel again at every resync, not every pass.
+    resync_due = observed.every(args.resync, time.monotonic)
+    reconciler = Reconciler(timed, resolver, node_features, pool, resync_due)
     agent = Agent(
         api_client(args.kubeconfig),
         args.node,

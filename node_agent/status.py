@@ -6,7 +6,7 @@ from typing import Any
 
 from bpfleet_api import conditions, diagnostics, names, reasons
 from node_agent.kernel.backend import NODE_TARGET
-from node_agent.reconcile import ATTACHED, FAILED, WAITING, ProgramReport
+from node_agent.reports import ATTACHED, FAILED, WAITING, ProgramReport
 
 MAX_POD_STATES = 100
 # Not a failure: the new version waits for its turn to compile on this node (compile_queue).

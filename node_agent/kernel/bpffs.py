@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,6 +82,11 @@ class BpffsBackend:
         compile_cgroups: bool = True,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
+        # load() runs on compile-pool threads while the pass attaches, detaches and unloads: the
+        # version directories being built (their staging pins and parents) are not the pass's to
+        # tidy away, and tidying and creating directories take turns.
+        self._tree = threading.Lock()
+        self._building: set[Path] = set()
         self.root = root
         self.tracefs = tracefs
         self.python = python
@@ -109,10 +115,7 @@ class BpffsBackend:
             return found
         for version_dir in sorted(self.root.glob("*/*/*")):
             if version_dir.name.startswith(STAGING_PREFIX):
-                # A compile worker died between pinning and publishing: nothing uses it.
-                log.info("removing unfinished pins", extra={"path": str(version_dir)})
-                shutil.rmtree(version_dir, ignore_errors=True)
-                self._remove_empty_parents(version_dir)  # its program may have nothing else here
+                self._remove_unfinished(version_dir)
                 continue
             ref = ProgramRef(
                 version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
@@ -123,6 +126,15 @@ class BpffsBackend:
                 continue
             found[ref] = program
         return found
+
+    def _remove_unfinished(self, staging: Path) -> None:
+        with self._tree:
+            if staging.with_name(staging.name.removeprefix(STAGING_PREFIX)) in self._building:
+                return  # being published by a compile right now
+            # A compile worker died between pinning and publishing: nothing uses it.
+            log.info("removing unfinished pins", extra={"path": str(staging)})
+            shutil.rmtree(staging, ignore_errors=True)
+            self._remove_empty_parents(staging)  # its program may have nothing else here
 
     def _read_version(self, ref: ProgramRef) -> LoadedProgram | None:
         """One pinned version as the kernel has it, or None when its program pin is missing."""
@@ -140,12 +152,18 @@ class BpffsBackend:
         existing = self._read_version(ref)  # idempotent: a version already pinned is not rebuilt
         if existing is not None:
             return existing
-        pin_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self._tree:
+            self._building.add(pin_dir)
+            pin_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             prog_id, maps = self.loader.load(pin_dir, build)
-        except errors.ProgramBuildError:
-            self._remove_empty_parents(pin_dir)
+        except BaseException:
+            with self._tree:
+                self._building.discard(pin_dir)
+                self._remove_empty_parents(pin_dir)
             raise
+        with self._tree:
+            self._building.discard(pin_dir)
         return LoadedProgram(ref, prog_id, str(pin_dir), maps)
 
     def unload(self, ref: ProgramRef) -> None:
@@ -154,10 +172,15 @@ class BpffsBackend:
             links.detach(pin)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
-        self._remove_empty_parents(version_dir)
+        with self._tree:
+            self._remove_empty_parents(version_dir)
 
     def _remove_empty_parents(self, version_dir: Path) -> None:
+        """With self._tree held. A directory a compile is about to publish into stays."""
+        busy = {p.parent for p in self._building} | {p.parent.parent for p in self._building}
         for parent in (version_dir.parent, version_dir.parent.parent):
+            if parent in busy:
+                break
             try:
                 parent.rmdir()
             except OSError:

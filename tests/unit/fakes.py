@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,3 +128,21 @@ class FakeCgroups:
 
     def find(self, uid: str, qos_class: str | None) -> Path | None:
         return Path(f"/cgroup/pod{uid}") if uid in self.present else None
+
+
+@dataclass
+class ManualStart:
+    """A compile pool's starter that runs nothing until the test says: builds "take" as long as the
+    test wants, and the pass that submitted them goes on without them."""
+
+    jobs: list[Callable[[], None]] = field(default_factory=list)
+
+    def __call__(self, job: Callable[[], None]) -> None:
+        self.jobs.append(job)
+
+    def finish_one(self) -> None:
+        self.jobs.pop(0)()
+
+    def finish_all(self) -> None:
+        while self.jobs:
+            self.finish_one()

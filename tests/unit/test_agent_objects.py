@@ -10,10 +10,11 @@ from kubernetes.client import ApiClient
 
 from bpfleet_api import names, reasons
 from node_agent.agent import Agent
+from node_agent.compile_pool import CompilePool
 from node_agent.model import Trust
 from node_agent.reconcile import PassResult, Reconciler
 from tests.unit.builders import cluster_program, node_program
-from tests.unit.fakes import FakeBackend, FakeCgroups
+from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
 
 
 class Listed:
@@ -113,8 +114,20 @@ def test_a_cluster_program_in_the_system_namespace_is_served(kernel):
     ]
 
 
-def test_queued_compiles_make_the_next_pass_come_at_once(kernel):
-    agent = agent_with(kernel, [])
-    assert agent._next_pass_in(PassResult([], waiting=False, queued=True)) == 0.0
+def test_queued_compiles_never_make_passes_spin_a_finished_compile_wakes_one(kernel):
+    start = ManualStart()
+    pool = CompilePool(kernel.load, start=start)
+    agent = Agent(
+        ApiClient(), "node-a", Reconciler(kernel, FakeCgroups(), pool=pool), trust=Trust("bpfleet-system")
+    )
+    agent.programs, agent.pods = Listed([node_program()]), Listed([])  # type: ignore[assignment]
+    agent.custom = Recorder()  # type: ignore[assignment]
+    result = agent.reconcile_once()
+    assert result.queued and len(start.jobs) == 1 and kernel.programs == {}
+    assert agent._next_pass_in(result) == agent.resync  # the pool says when, not a timer
+    assert not agent._wake.is_set()
+    start.finish_one()
+    assert agent._wake.is_set() and len(kernel.programs) == 1
+    assert not agent.reconcile_once().queued
     assert agent._next_pass_in(PassResult([], waiting=False, follows_interfaces=True)) == 5.0
     assert agent._next_pass_in(PassResult([], waiting=False)) == agent.resync

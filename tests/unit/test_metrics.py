@@ -19,7 +19,6 @@ from bpfleet_operator.metrics import OperatorMetrics
 from bpfleet_operator.sources import ResolvedSource
 from node_agent import errors
 from node_agent.cgroups import PodCgroupResolver
-from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.backend import LoadedProgram, ProgramRef
 from node_agent.map_export import (
     ExportTarget,
@@ -254,7 +253,7 @@ def test_after_a_pass_gauges_and_map_samples_describe_the_node(pod_dirs):
     metrics = AgentMetrics(pod_dirs.resolver, maps)
     kernel = FakeBackend(broken_sources={"broken": errors.CompileError("program.c:1:1: error: x")})
     kernel.refuse_attach.add("uid-web-3")
-    reconciler = Reconciler(metrics.timed(kernel), pod_dirs.resolver, queue=CompileQueue(per_namespace=3))
+    reconciler = Reconciler(metrics.timed(kernel), pod_dirs.resolver)
     web_1, _ = pod_dirs.make("uid-web-1"), pod_dirs.make("uid-web-2")
     pod_dirs.make("uid-web-3")
     objects = [

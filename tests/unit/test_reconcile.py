@@ -6,7 +6,6 @@ import pytest
 
 from bpfleet_api import reasons
 from node_agent import errors
-from node_agent.compile_queue import CompileQueue
 from node_agent.model import NodeProgram, Pod
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, Reconciler
 from tests.unit.builders import cluster_program, node_program, pod
@@ -123,7 +122,7 @@ def test_defunct_link_of_a_recreated_cgroup_is_replaced(kernel, cgroups):
 def test_build_failure_is_reported_and_others_keep_running(kernel, cgroups):
     cgroups.present |= {"uid-web-1"}
     kernel.broken_sources["broken"] = errors.CompileError("program.c:1:1: error: nope")
-    reconciler = Reconciler(kernel, cgroups, queue=CompileQueue(per_namespace=2))
+    reconciler = Reconciler(kernel, cgroups)
     programs = [node_program("good"), node_program("bad", source="broken")]
     result = run(reconciler, programs, [pod("web-1", WEB)])
     reports = {r.name: r for r in result.reports}

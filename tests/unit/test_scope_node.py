@@ -4,13 +4,14 @@ status, against the in-memory kernel."""
 from __future__ import annotations
 
 from bpfleet_api import reasons
+from node_agent.compile_pool import CompilePool
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.backend import NODE_TARGET
 from node_agent.model import NodeProgram, Pod, Trust
 from node_agent.reconcile import ATTACHED, FAILED, PassResult, Reconciler
 from node_agent.status import QUEUED, node_program_status
 from tests.unit.builders import cluster_program, node_program, pod
-from tests.unit.fakes import FakeBackend, FakeCgroups
+from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
 
 TRUST = Trust(system_namespace="bpfleet-system")
 TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
@@ -55,7 +56,7 @@ def test_node_wide_tracing_has_one_link_and_no_pods():
 
 def test_a_second_pass_changes_nothing():
     kernel = FakeBackend(interfaces={"lo": 1, "eth0": 2, "eth1": 3})
-    reconciler = Reconciler(kernel, FakeCgroups(), queue=CompileQueue(per_namespace=2))
+    reconciler = Reconciler(kernel, FakeCgroups())
     programs = [node_scoped(TRACEPOINT), node_scoped(TC_ETH, name="tc")]
     assert not run(reconciler, programs).queued
     before = {ref: dict(links) for ref, links in kernel.node_links.items()}
@@ -116,47 +117,61 @@ def test_pods_programs_have_no_targets_in_status():
     assert ready(result)["targets"] is None  # a merge patch removes the field
 
 
-# -- the compile queue, as status shows it --------------------------------------------------------
+# -- the compile pool, as status shows it ---------------------------------------------------------
+
+
+def pooled(kernel: FakeBackend, features=None, concurrency: int = 1) -> tuple[Reconciler, ManualStart]:
+    """A reconciler whose compiles run only when the test finishes them."""
+    start = ManualStart()
+    pool = CompilePool(kernel.load, concurrency=concurrency, queue=CompileQueue(), start=start)
+    return Reconciler(kernel, FakeCgroups({"uid-web-1"}), features, pool), start
 
 
 def test_a_version_waiting_for_its_turn_is_queued_not_failed_and_the_old_one_serves():
-    kernel, cgroups = FakeBackend(), FakeCgroups({"uid-web-1"})
-    reconciler = Reconciler(kernel, cgroups, queue=CompileQueue(per_namespace=1))
+    kernel = FakeBackend()
+    reconciler, compiles = pooled(kernel)
     web = [pod("web-1", {"app": "web"})]
-    run(reconciler, [node_program("a", source="a1"), node_program("b", source="b1")], web)
-    assert len(kernel.loads) == 1  # b waits: one build per namespace per pass
-    result = run(
-        reconciler, [node_program("a", source="a2", generation=2), node_program("b", source="b1")], web
-    )
-    assert result.queued
+    first = [node_program("a", source="a1"), node_program("b", source="b1")]
+    run(reconciler, first, web)
+    compiles.finish_all()  # a1, then b1 once a1's slot freed
+    run(reconciler, first, web)
+    assert {r.name for r in kernel.programs} == {"a", "b"}
+    second = [node_program("a", source="a2", generation=2), node_program("b", source="b2", generation=2)]
+    result = run(reconciler, second, web)
+    assert result.queued and len(compiles.jobs) == 1  # one slot: a2 compiles, b2 waits
     reports = {r.name: r for r in result.reports}
-    # b arrived first, so it is built now; a's new version waits, and a1 keeps serving.
-    assert reports["b-node-a"].queued is None and reports["b-node-a"].loaded is not None
-    a = reports["a-node-a"]
-    assert a.queued == 1 and a.serving_version != a.version and a.pods[0].state == ATTACHED
-    status = node_program_status(a, "node-a", None)
-    [condition] = status["conditions"]
-    assert (condition["status"], condition["reason"]) == ("False", QUEUED)
-    assert "waits for its turn to compile" in condition["message"] and "keeps running" in condition["message"]
-    assert status["failures"] == []
+    for name in ("a-node-a", "b-node-a"):
+        report = reports[name]
+        assert report.queued is not None and report.serving_version != report.version
+        assert report.pods[0].state == ATTACHED  # the old version keeps serving meanwhile
+        status = node_program_status(report, "node-a", None)
+        [condition] = status["conditions"]
+        assert (condition["status"], condition["reason"]) == ("False", QUEUED)
+        assert "waits for its turn to compile" in condition["message"]
+        assert "keeps running" in condition["message"] and status["failures"] == []
+    assert reports["a-node-a"].queued == 0 and reports["b-node-a"].queued == 1
 
-    result = run(
-        reconciler, [node_program("a", source="a2", generation=2), node_program("b", source="b1")], web
-    )
+    compiles.finish_all()
+    result = run(reconciler, second, web)
     assert not result.queued and all(r.queued is None for r in result.reports)
-    assert {r.name for r in kernel.loads} == {"a", "b"} and len(kernel.programs) == 2
+    assert {r.version for r in kernel.programs} == {r.version for r in result.reports}
+    assert len(kernel.programs) == 2  # the old versions were unloaded
 
 
 def test_a_tenant_flooding_its_namespace_does_not_hold_up_another_tenant():
     kernel = FakeBackend()
-    reconciler = Reconciler(kernel, FakeCgroups(), queue=CompileQueue(per_namespace=1, per_pass=2))
+    reconciler, compiles = pooled(kernel, concurrency=2)
     flood = [node_program(f"f{i}", namespace="flood", source=f"s{i}") for i in range(10)]
-    result = run(reconciler, [*flood, node_program("mine", namespace="quiet"), node_scoped(TRACEPOINT)])
-    built = {(ref.namespace, ref.name) for ref in kernel.loads}
-    assert ("flood", "f0") in built and ("quiet", "mine") in built and len(built) == 2
-    assert result.queued  # the cluster program is next, then the flood's others
-    run(reconciler, [*flood, node_program("mine", namespace="quiet"), node_scoped(TRACEPOINT)])
-    assert ("_cluster", "admin") in {(ref.namespace, ref.name) for ref in kernel.loads}
+    programs = [*flood, node_program("mine", namespace="quiet"), node_scoped(TRACEPOINT)]
+    result = run(reconciler, programs)
+    started = {(ref.namespace, ref.name) for ref in reconciler.pool.started}
+    assert started == {("flood", "f0"), ("quiet", "mine")}
+    assert result.queued
+    compiles.finish_one()  # f0's slot goes to the cluster program, not to the flood's next
+    assert reconciler.pool.started[-1].program == ("_cluster", "admin")
+    compiles.finish_all()
+    run(reconciler, programs)
+    assert len(kernel.programs) == 12
 
 
 def test_an_unsupported_program_costs_no_turn():
@@ -165,7 +180,14 @@ def test_an_unsupported_program_costs_no_turn():
             return "no tracefs" if api_type == "Tracepoint" else None
 
     kernel = FakeBackend()
-    reconciler = Reconciler(kernel, FakeCgroups(), NoTracepoints(), CompileQueue(per_namespace=1))
+    reconciler, compiles = pooled(kernel, NoTracepoints())
     tracer = node_program("tracer", attach=TRACEPOINT)
+    result = run(reconciler, [tracer, node_program("counter")])
+    assert [r.name for r in reconciler.pool.started] == ["counter"]
+    assert {r.name: r.build_error is not None for r in result.reports} == {
+        "tracer-node-a": True,
+        "counter-node-a": False,
+    }
+    compiles.finish_all()
     result = run(reconciler, [tracer, node_program("counter")])
     assert [r.name for r in kernel.loads] == ["counter"] and not result.queued
