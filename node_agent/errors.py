@@ -85,3 +85,7 @@ BUILD_ERRORS: dict[str, type[ProgramBuildError]] = {
     reasons.MAP_NOT_ALLOWED: MapNotAllowed,
     reasons.MAP_TOO_LARGE: MapTooLarge,
 }
+
+
+class MapNotReadable(KernelError):
+    """A pinned map the agent does not read back (per-CPU maps: one value per CPU)."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from node_agent.headers import check_kernel_headers
 from node_agent.kernel import attach_types as at
-from node_agent.kernel import syscalls
 
 # API attach type -> (program type, expected attach type to load it with).
 _PROGRAM_TYPES = {
@@ -73,20 +72,28 @@ class NodeFeatures:
         }
 
 
-def _tracefs() -> Path | None:
+def tracefs() -> Path | None:
     for candidate in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
         if (candidate / "events").is_dir():
             return candidate
     return None
 
 
-def probe() -> NodeFeatures:
+class ProgramTypeProbe(Protocol):
+    """The part of the kernel backend probing needs (KernelBackend.probe_program_type)."""
+
+    def probe_program_type(self, prog_type: int, expected_attach_type: int = 0) -> bool: ...
+
+
+def probe(kernel: ProgramTypeProbe) -> NodeFeatures:
+    """What this node can run: program types are loaded through the backend, the rest is read from
+    sysfs and the kernel headers."""
     return NodeFeatures(
         kernel=platform.release(),
         btf=Path("/sys/kernel/btf/vmlinux").exists(),
-        tracefs=_tracefs(),
+        tracefs=tracefs(),
         kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
         uprobes=(_EVENT_SOURCES / "uprobe").is_dir(),
         no_headers=check_kernel_headers(),
-        program_types={name: syscalls.prog_load_probe(*args) for name, args in _PROGRAM_TYPES.items()},
+        program_types={name: kernel.probe_program_type(*args) for name, args in _PROGRAM_TYPES.items()},
     )

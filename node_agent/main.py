@@ -95,21 +95,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup(args.log_level)
     include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
-    node_features = features.probe()
-    if node_features.no_headers:
-        log.error(node_features.no_headers, extra={"node": args.node})
     backend = BpffsBackend(
         root=args.bpffs_root,
         include_dirs=(include_dir,),
-        tracefs=node_features.tracefs or Path("/sys/kernel/tracing"),
+        tracefs=features.tracefs() or Path("/sys/kernel/tracing"),
         node_wide_prelude=(include_dir / "node_wide_prelude.h").read_text(),
         proc=args.proc_root,
         compile_limits=CompileLimits(
             cpu_seconds=args.compile_cpu_seconds, memory_bytes=args.compile_memory_bytes
         ),
     )
+    node_features = features.probe(backend)
+    if node_features.no_headers:
+        log.error(node_features.no_headers, extra={"node": args.node})
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
-    metrics = AgentMetrics(resolver)
+    metrics = AgentMetrics(resolver, backend)
     timed = metrics.timed(backend)
     pool = CompilePool(timed.load, concurrency=args.compile_concurrency, queue=CompileQueue())
     # The observed model is read from the kernel again at every resync, not every pass.
@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> None:
         metrics=metrics,
         trust=Trust(system_namespace=names.system_namespace(), max_map_bytes=args.max_map_bytes),
     )
-    serve(args.metrics_address, agent)
+    serve(
+        args.metrics_address,
+        metrics,
+        lambda: agent.programs.synced.is_set() and agent.pods.synced.is_set(),
+        agent.resync,
+    )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         # Programs stay attached: stopping the agent never stops the data plane.

@@ -23,9 +23,8 @@ from prometheus_client.registry import Collector
 
 from bpfleet_api import names
 from node_agent.errors import KernelError
-from node_agent.kernel import syscalls
 from node_agent.model import Pod
-from node_agent.reconcile import ATTACHED, CgroupResolver, ProgramReport
+from node_agent.reports import ATTACHED, CgroupResolver, ProgramReport
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ RESERVED_PREFIX = "bpfleet_agent_"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 # A C identifier, as the kernel keeps map names (15 characters); never a path.
 _MAP = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,14}$")
-# BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH, _PERCPU_CGROUP_STORAGE.
-_PERCPU_MAP_TYPES = frozenset({5, 6, 10, 20})
 
 
 class MapExportError(Exception):
@@ -142,22 +139,11 @@ class ExportTarget:
 
 
 class MapReader(Protocol):
-    def read(self, path: str) -> list[tuple[bytes, bytes]]:
+    """Where map contents come from: the kernel backend (KernelBackend.read_map)."""
+
+    def read_map(self, path: str) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of the map pinned at path; raises MapExportError or KernelError."""
         ...
-
-
-class KernelMapReader:
-    def read(self, path: str) -> list[tuple[bytes, bytes]]:
-        fd = syscalls.obj_get(path)
-        try:
-            info = syscalls.map_info(fd)
-            if info.type in _PERCPU_MAP_TYPES:
-                # A lookup writes one value per CPU: the buffer sized for one would overflow.
-                raise MapExportError("per-CPU maps are not exported")
-            return syscalls.map_items(fd, info.key_size, info.value_size)
-        finally:
-            os.close(fd)
 
 
 class MapExporter(Collector):
@@ -170,7 +156,7 @@ class MapExporter(Collector):
         byteorder: Literal["little", "big"] = sys.byteorder,
     ) -> None:
         self.cgroups = cgroups
-        self.reader: MapReader = reader or KernelMapReader()
+        self.reader = reader  # None: nothing to read from (no map is exported)
         self.byteorder = byteorder
         self._targets: tuple[ExportTarget, ...] = ()
         self._warned: set[tuple[str, ...]] = set()
@@ -243,8 +229,10 @@ class MapExporter(Collector):
 
     def _read(self, target: ExportTarget, map_name: str) -> list[tuple[bytes, bytes]] | None:
         path = os.path.join(target.pin_dir, "maps", map_name)
+        if self.reader is None:
+            return None
         try:
-            return self.reader.read(path)
+            return self.reader.read_map(path)
         except (MapExportError, KernelError) as e:
             self._warn_once(target, map_name, f"cannot read {path}: {e}")
             return None

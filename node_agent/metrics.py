@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,10 +24,7 @@ from node_agent.kernel.attach_types import KernelAttach
 from node_agent.kernel.backend import Attachment, KernelBackend, LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.map_export import MapExporter, MapReader, export_targets
 from node_agent.model import Pod
-from node_agent.reconcile import ATTACHED, FAILED, CgroupResolver, PassResult
-
-if TYPE_CHECKING:
-    from node_agent.agent import Agent
+from node_agent.reports import ATTACHED, FAILED, CgroupResolver, PassResult
 
 # Loopback: the agent is on the host network and its endpoints have no authentication, so by default
 # only the node itself can reach them (docs/metrics.md says how to scrape them).
@@ -203,12 +200,13 @@ class TimedBackend:
         return getattr(self.backend, name)  # what the backend gains later works through this too
 
 
-def serve(address: str, agent: Agent) -> ThreadingHTTPServer | None:
-    """/metrics and /healthz on address ("" disables them)."""
-    metrics = agent.metrics
+def serve(
+    address: str, metrics: AgentMetrics, synced: Callable[[], bool], resync: float
+) -> ThreadingHTTPServer | None:
+    """/metrics and /healthz on address ("" disables them). `synced`: whether the agent's caches
+    are full; the agent is not imported here, so that the agent can import its metrics."""
 
     def health() -> str | None:
-        synced = agent.programs.synced.is_set() and agent.pods.synced.is_set()
-        return metrics.health_problem(synced, agent.resync)
+        return metrics.health_problem(synced(), resync)
 
     return metrics_http.serve(address, metrics.registry, health)

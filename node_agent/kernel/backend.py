@@ -1,7 +1,8 @@
 """The one interface through which the agent changes the kernel.
 
-The reconcile logic talks to a KernelBackend only; BpffsBackend is the real one (bpffs pins, cgroup
-bpf_links), and tests of the pure logic use an in-memory fake with the same behaviour.
+The reconcile logic talks to a KernelBackend only, and so do feature probing (features) and the map
+metrics (map_export); BpffsBackend is the real one (bpffs pins, cgroup bpf_links), and tests of the
+pure logic use an in-memory fake with the same behaviour.
 """
 
 from __future__ import annotations
@@ -123,3 +124,14 @@ class KernelBackend(Protocol):
         ...
 
     def detach_node(self, ref: ProgramRef, target: str) -> None: ...
+
+    # -- what the agent reads besides its pins --------------------------------------------------
+
+    def probe_program_type(self, prog_type: int, expected_attach_type: int = 0) -> bool:
+        """Whether this kernel loads a program of the type (feature probing); nothing stays."""
+        ...
+
+    def read_map(self, path: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a map pinned under the backend's root (map metrics); raises
+        KernelError, MapNotReadable for a map it does not read back (per-CPU)."""
+        ...

@@ -32,6 +32,7 @@ from node_agent.kernel import (
     host_targets,
     link_update,
     links,
+    maps,
     pod_files,
     pod_filter,
     symbol_lookup,
@@ -305,6 +306,16 @@ class BpffsBackend:
 
     def detach_node(self, ref: ProgramRef, target: str) -> None:
         links.detach(self._dir(ref) / "links" / host_targets.link_name(target))
+
+    # -- reads besides the pins ---------------------------------------------------------------
+
+    def probe_program_type(self, prog_type: int, expected_attach_type: int = 0) -> bool:
+        return syscalls.prog_load_probe(prog_type, expected_attach_type)
+
+    def read_map(self, path: str) -> list[tuple[bytes, bytes]]:
+        if not Path(os.path.normpath(path)).is_relative_to(self.root):
+            raise errors.KernelError(f"{path} is not one of bpfleet's pins", errno=1)
+        return maps.read_pinned(path)
 
     # -- node-wide programs ---------------------------------------------------------------------
 

@@ -11,12 +11,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from e2e.podsim import run_in_cgroup
+from node_agent.errors import KernelError, MapNotReadable
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.map_export import (
     ExportTarget,
-    KernelMapReader,
     MapExporter,
-    MapExportError,
     PodTarget,
     parse_metrics,
 )
@@ -86,7 +85,7 @@ def test_the_traffic_counter_map_is_exported_per_pod_and_grows_by_what_a_pod_sen
         backend.attach(COUNTER_REF, pod.uid, pod.pod, EGRESS)
     cgroups = Cgroups()
     cgroups.by_uid = {a.uid: a.pod, b.uid: b.pod}  # c is attached but no pod the exporter knows
-    exporter = MapExporter(cgroups)
+    exporter = MapExporter(cgroups, backend)
     pods = (PodTarget("web-a", a.uid, None), PodTarget("web-b", b.uid, None))
     exporter.set_targets([ExportTarget("team-a", "traffic-counter", loaded.pin_dir, SHIPPED, pods)])
     assert scrape(exporter) == {}  # nothing sent yet: no entries
@@ -128,5 +127,12 @@ int count(struct __sk_buff *skb)
 
 def test_per_cpu_maps_are_refused_not_read(backend):
     loaded = backend.load(COUNTER_REF, ProgramBuild(PERCPU_SOURCE, "count", EGRESS))
-    with pytest.raises(MapExportError, match="per-CPU"):
-        KernelMapReader().read(f"{loaded.pin_dir}/maps/seen")
+    with pytest.raises(MapNotReadable, match="per-CPU"):
+        backend.read_map(f"{loaded.pin_dir}/maps/seen")
+
+
+def test_only_bpfleets_own_pins_are_read(backend, bpffs_root):
+    loaded = backend.load(COUNTER_REF, COUNTER)
+    outside = f"{loaded.pin_dir}/../../../../{bpffs_root.name}-other/maps/x"  # a sibling of the root
+    with pytest.raises(KernelError, match="not one of bpfleet's pins"):
+        backend.read_map(outside)

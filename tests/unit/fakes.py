@@ -32,6 +32,9 @@ class FakeBackend:
     refuse_update: set[str] = field(default_factory=set)  # pod UIDs
     # (old version, new version, pod UID) of every link moved in place.
     updates: list[tuple[ProgramRef, ProgramRef, str]] = field(default_factory=list)
+    # Program types this kernel does not load, and map contents by pin path.
+    missing_program_types: set[int] = field(default_factory=set)
+    maps: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
@@ -112,6 +115,14 @@ class FakeBackend:
         if target in self.refuse_detach:
             raise errors.KernelError(f"detaching {target}: Operation not permitted", 1)
         self.node_links.get(ref, {}).pop(target, None)
+
+    def probe_program_type(self, prog_type: int, expected_attach_type: int = 0) -> bool:
+        return prog_type not in self.missing_program_types
+
+    def read_map(self, path: str) -> list[tuple[bytes, bytes]]:
+        if path not in self.maps:
+            raise errors.KernelError(f"bpf cmd 7: No such file or directory ({path})", errno=2)
+        return self.maps[path]
 
     def cgroup_removed(self, pod_uid: str) -> None:
         """What the kernel does when a pod's cgroup is deleted: its links go defunct."""

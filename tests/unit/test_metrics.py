@@ -57,7 +57,7 @@ class FakeMaps:
         self.maps: dict[str, list[tuple[bytes, bytes]]] = {}
         self.reads: list[str] = []
 
-    def read(self, path: str) -> list[tuple[bytes, bytes]]:
+    def read_map(self, path: str) -> list[tuple[bytes, bytes]]:
         self.reads.append(path)
         if path not in self.maps:
             raise errors.KernelError(f"bpf cmd 7: No such file or directory ({path})", errno=2)
