@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, Pr
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
 from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.kernel.loader import DEFAULT_COMPILE_LIMITS, CheckLoaded, Loader
+from node_agent.kernel.pin_tree import PinTree
 from node_agent.kernel.publish import STAGING_PREFIX
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,7 @@ class BpffsBackend:
         compile_cgroups: bool = True,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
-        # load() runs on compile-pool threads while the pass attaches, detaches and unloads: the
-        # version directories being built (their staging pins and parents) are not the pass's to
-        # tidy away, and tidying and creating directories take turns.
-        self._tree = threading.Lock()
-        self._building: set[Path] = set()
+        self._tree = PinTree()  # load() runs on compile-pool threads beside the pass
         self.root = root
         self.tracefs = tracefs
         self.python = python
@@ -116,7 +112,7 @@ class BpffsBackend:
             return found
         for version_dir in sorted(self.root.glob("*/*/*")):
             if version_dir.name.startswith(STAGING_PREFIX):
-                self._remove_unfinished(version_dir)
+                self._tree.remove_unfinished(version_dir)
                 continue
             ref = ProgramRef(
                 version_dir.parent.parent.name, _decode(version_dir.parent.name), version_dir.name
@@ -127,15 +123,6 @@ class BpffsBackend:
                 continue
             found[ref] = program
         return found
-
-    def _remove_unfinished(self, staging: Path) -> None:
-        with self._tree:
-            if staging.with_name(staging.name.removeprefix(STAGING_PREFIX)) in self._building:
-                return  # being published by a compile right now
-            # A compile worker died between pinning and publishing: nothing uses it.
-            log.info("removing unfinished pins", extra={"path": str(staging)})
-            shutil.rmtree(staging, ignore_errors=True)
-            self._remove_empty_parents(staging)  # its program may have nothing else here
 
     def _read_version(self, ref: ProgramRef) -> LoadedProgram | None:
         """One pinned version as the kernel has it, or None when its program pin is missing."""
@@ -153,18 +140,8 @@ class BpffsBackend:
         existing = self._read_version(ref)  # idempotent: a version already pinned is not rebuilt
         if existing is not None:
             return existing
-        with self._tree:
-            self._building.add(pin_dir)
-            pin_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with self._tree.building(pin_dir):
             prog_id, maps = self.loader.load(pin_dir, build)
-        except BaseException:
-            with self._tree:
-                self._building.discard(pin_dir)
-                self._remove_empty_parents(pin_dir)
-            raise
-        with self._tree:
-            self._building.discard(pin_dir)
         return LoadedProgram(ref, prog_id, str(pin_dir), maps)
 
     def unload(self, ref: ProgramRef) -> None:
@@ -173,19 +150,7 @@ class BpffsBackend:
             links.detach(pin)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
-        with self._tree:
-            self._remove_empty_parents(version_dir)
-
-    def _remove_empty_parents(self, version_dir: Path) -> None:
-        """With self._tree held. A directory a compile is about to publish into stays."""
-        busy = {p.parent for p in self._building} | {p.parent.parent for p in self._building}
-        for parent in (version_dir.parent, version_dir.parent.parent):
-            if parent in busy:
-                break
-            try:
-                parent.rmdir()
-            except OSError:
-                break  # not empty: other versions or programs live there
+        self._tree.removed(version_dir)
 
     # -- attachments ----------------------------------------------------------------------------
     #
