@@ -70,6 +70,9 @@ def test_crd_copies_equal_crds_byte_for_byte():
             id="negative deletion grace",
         ),
         pytest.param("agent.maxMapBytes=12", "at '/agent/maxMapBytes'", id="map cap under a page"),
+        pytest.param(
+            "agent.compile.concurrency=0", "at '/agent/compile/concurrency'", id="a compile pool of no slot"
+        ),
     ],
 )
 def test_schema_refuses_bad_values(helm_home: Path, value: str, error: str):
@@ -121,6 +124,7 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["BPFLEET_SYSTEM_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["BPFLEET_MAX_MAP_BYTES"]["value"] == "67108864"
+    assert env["BPFLEET_COMPILE_CONCURRENCY"]["value"] == "2"
     assert env["BPFLEET_BPFFS_ROOT"]["value"] == "/sys/fs/bpf/bpfleet"
     # Empty means autodetect: the variable is left out, never set to "" (which would mean the cwd).
     assert "BPFLEET_KUBELET_CGROUP_ROOT" not in env
