@@ -71,6 +71,7 @@ class Reconciler:
         # The hook of each version served since the agent started: a link moves to a new version in
         # place only when both hang off the same hook (unknown after a restart: the backend checks).
         self._hooks: dict[ProgramRef, KernelAttach] = {}
+        self._logged_waiting: set[ProgramRef] = set()
 
     def run(
         self,
@@ -146,8 +147,9 @@ class Reconciler:
             self.observed.built(loaded)
         for ref, error in progress.failed.items():
             self._failed(ref, error)
-        if progress.waiting:
-            log.info("compiles wait for the pool", extra={"queued": len(progress.waiting)})
+        if set(progress.waiting) != self._logged_waiting:  # passes come often while one compiles
+            self._logged_waiting = set(progress.waiting)
+            log.info("compiles waiting or running", extra={"queued": len(progress.waiting)})
         wanted = {p.ref for p in active}
         return planner.BuildState(
             self._build_failures,
