@@ -95,3 +95,11 @@ def test_nothing_wanted_builds_nothing():
 def test_bounds_that_would_build_nothing_are_refused(per_namespace, per_pass):
     with pytest.raises(ValueError):
         CompileQueue(per_namespace=per_namespace, per_pass=per_pass)
+
+
+def test_a_limit_bounds_one_turn_to_the_pools_free_slots():
+    queue = CompileQueue()
+    a, b = refs("a", 2), refs("b", 2)
+    assert queue.plan(a + b, limit=1).now == [a[0]]
+    assert queue.plan(a[1:] + b, limit=1).now == [b[0]]  # a was just served: b's turn
+    assert queue.plan(a[1:] + b[1:], limit=0).now == []  # no free slot, nothing starts
