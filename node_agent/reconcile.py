@@ -246,7 +246,13 @@ class Reconciler:
                 "compiling program", extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version}
             )
             try:
-                loaded[ref] = self.backend.load(ref, pending[ref].build)
+                # The newest version already here hands its maps over (map contents carry on).
+                previous = max(
+                    (r for r in loaded if r.program == ref.program),
+                    key=lambda r: loaded[r].prog_id,
+                    default=None,
+                )
+                loaded[ref] = self.backend.load(ref, pending[ref].build, previous=previous)
             except ProgramBuildError as e:
                 self._failed(ref, e)
         if plan.later:

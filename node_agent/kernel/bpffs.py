@@ -135,18 +135,31 @@ class BpffsBackend:
         maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
         return LoadedProgram(ref, prog_id, str(version_dir), maps)
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         pin_dir = self._dir(ref)
         existing = self._read_version(ref)  # idempotent: a version already pinned is not rebuilt
         if existing is not None:
             return existing
+        # Maps move between versions of one program only, never across programs or namespaces.
+        same_program = previous is not None and previous.program == ref.program and previous != ref
+        previous_dir = self._dir(previous) if previous is not None and same_program else None
         pin_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            prog_id, maps = self.loader.load(pin_dir, build)
+            done = self.loader.load(pin_dir, build, previous_dir)
         except errors.ProgramBuildError:
             self._remove_empty_parents(pin_dir)
             raise
-        return LoadedProgram(ref, prog_id, str(pin_dir), maps)
+        if previous_dir is not None:
+            log.info(
+                "maps carried over from the previous version",
+                extra={
+                    "program": f"{ref.namespace}/{ref.name}",
+                    "version": ref.version,
+                    "kept": list(done.kept),
+                    "reset": list(done.reset),
+                },
+            )
+        return LoadedProgram(ref, done.prog_id, str(pin_dir), done.maps, done.kept, done.reset)
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)

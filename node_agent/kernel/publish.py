@@ -4,6 +4,7 @@
     <version>/prog-<role>   every other role (e.g. "user", the user's own function behind the
                             agent's pod-filter entry point)
     <version>/maps/<name>   the maps
+    <version>/layouts/<name>-<digest>   the same maps again, named by their layout (map_reuse)
 
 Everything is pinned under a staging directory next to the version and renamed into place; on any
 failure the staging directory is removed.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from node_agent.kernel import syscalls
+from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_runner import Received
 
 STAGING_PREFIX = "staging-"  # bpffs refuses dots in names, hence a prefix
@@ -38,6 +39,11 @@ def publish(received: Received, pin_dir: Path) -> int:
             syscalls.obj_pin(fd, str(staging / prog_pin_name(role)))
         for name, fd in received.maps.items():
             syscalls.obj_pin(fd, str(staging / "maps" / name))
+        (staging / map_reuse.LAYOUTS_DIR).mkdir()
+        for name, layout in received.layouts.items():
+            if map_reuse.reusable(syscalls.map_info(received.maps[name])):  # what a next version may take
+                pin = staging / map_reuse.LAYOUTS_DIR / map_reuse.layout_pin_name(name, layout)
+                syscalls.obj_pin(received.maps[name], str(pin))
         prog_id = syscalls.prog_info(received.progs["prog"]).id
         staging.rename(pin_dir)
     except BaseException:

@@ -31,13 +31,16 @@ class FakeBackend:
     refuse_update: set[str] = field(default_factory=set)  # pod UIDs
     # (old version, new version, pod UID) of every link moved in place.
     updates: list[tuple[ProgramRef, ProgramRef, str]] = field(default_factory=list)
+    # The previous version each load was given (whose maps the new one takes over).
+    previous: dict[ProgramRef, ProgramRef | None] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
         return dict(self.programs)
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         self.loads.append(ref)
+        self.previous[ref] = previous
         if build.source in self.broken_sources:
             raise self.broken_sources[build.source]
         program = LoadedProgram(ref, next(self._ids), f"/fake/{ref.namespace}/{ref.name}/{ref.version}")
