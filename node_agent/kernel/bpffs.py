@@ -163,7 +163,14 @@ class BpffsBackend:
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)
+        own = self._read_version(ref)
         for pin in (version_dir / "links").glob("*"):
+            info = links.info(pin)
+            if own is not None and info is not None and info.prog_id != own.prog_id:
+                # Moved to another version already (an agent killed before it unpinned it here):
+                # that version's pin holds it; detaching would take it from the pod.
+                pin.unlink(missing_ok=True)
+                continue
             links.detach(pin)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)

@@ -44,7 +44,9 @@ def move(
                 raise errors.AttachFailed(f"the link is on hook {info.attach_type}, not {attach_type}")
             if target_id is not None and info.target_id != target_id:
                 raise errors.AttachFailed(f"the link is on ifindex {info.target_id}, not {target_id}")
-            syscalls.link_update(link_fd, new_fd, old_fd)
+            # Already on new_prog: an agent killed between the update and the re-pin. Only the pin moves.
+            if info.prog_id != syscalls.prog_info(new_fd).id:
+                syscalls.link_update(link_fd, new_fd, old_fd)
             new_pin.parent.mkdir(exist_ok=True)
             new_pin.unlink(missing_ok=True)  # a dead link of the new version, whose target went away
             syscalls.obj_pin(link_fd, str(new_pin))

@@ -158,6 +158,22 @@ def test_every_role_and_map_a_worker_sends_is_pinned_in_the_version_layout(bpffs
             "missing or repeated",
             id="no prog role",
         ),
+        pytest.param(
+            """
+            reply = {"ok": True, "progs": ["prog"], "maps": ["traffic"], "layouts": {"denied": "0" * 64}}
+            fds = [built.progs["prog"], built.maps["traffic"]]
+            """,
+            "layout of 'denied'",
+            id="a layout of a map it did not send",
+        ),
+        pytest.param(
+            """
+            reply = {"ok": True, "progs": ["prog"], "maps": ["traffic"], "layouts": {"traffic": "../x"}}
+            fds = [built.progs["prog"], built.maps["traffic"]]
+            """,
+            "layout of 'traffic'",
+            id="a path for a layout",
+        ),
     ],
 )
 def test_a_hostile_worker_result_is_refused_pins_nothing_and_leaks_no_fd(
