@@ -4,6 +4,7 @@ Layout under the root (default /sys/fs/bpf/bpfleet):
 
     <namespace>/<program>/<version>/prog            the loaded program
     <namespace>/<program>/<version>/maps/<map>      its maps, for bpftool and for readers
+    <namespace>/<program>/<version>/layouts/<map>-<digest>  the same maps by layout (map_reuse)
     <namespace>/<program>/<version>/links/<pod-uid> one cgroup bpf_link per attached pod
     <namespace>/<program>/<version>/links/node      the perf-event link of a tracepoint
     <namespace>/<program>/<version>/links/file-<dev>-<ino>  one uprobe link per binary file
@@ -165,13 +166,7 @@ class BpffsBackend:
         version_dir = self._dir(ref)
         own = self._read_version(ref)
         for pin in (version_dir / "links").glob("*"):
-            info = links.info(pin)
-            if own is not None and info is not None and info.prog_id != own.prog_id:
-                # Moved to another version already (an agent killed before it unpinned it here):
-                # that version's pin holds it; detaching would take it from the pod.
-                pin.unlink(missing_ok=True)
-                continue
-            links.detach(pin)
+            link_update.release(pin, own.prog_id if own is not None else None)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
         self._remove_empty_parents(version_dir)
