@@ -32,6 +32,7 @@ from node_agent.kernel import (
     host_targets,
     link_update,
     links,
+    map_reuse,
     pod_files,
     pod_filter,
     symbol_lookup,
@@ -134,7 +135,7 @@ class BpffsBackend:
         except errors.KernelError:
             return None
         maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
-        return LoadedProgram(ref, prog_id, str(version_dir), maps)
+        return LoadedProgram(ref, prog_id, str(version_dir), maps, *map_reuse.carried_record(version_dir))
 
     def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         pin_dir = self._dir(ref)

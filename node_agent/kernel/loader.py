@@ -74,7 +74,7 @@ class Loader:
                 if self.check_loaded is not None:
                     self._check(received.progs, build)
                 kept, reset = carried.kept_and_reset(received.maps)
-                prog_id = publish(received, pin_dir)
+                prog_id = publish(received, pin_dir, kept, reset)
                 return Loaded(prog_id, tuple(sorted(received.maps)), kept, reset)
         finally:
             carried.close()

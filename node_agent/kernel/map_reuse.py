@@ -32,6 +32,8 @@ from node_agent import errors
 from node_agent.kernel import syscalls
 
 LAYOUTS_DIR = "layouts"
+# The record of what a version took over (kept) and what started empty (reset), for its status.
+KEPT_DIR, RESET_DIR = "kept", "reset"
 RESERVED_PREFIX = "bpfleet_"
 # Hash, array, per-CPU hash and array, LRU hash and per-CPU LRU hash, LPM trie, queue, stack: plain
 # data, whose contents mean the same to the next version when the layout is the same.
@@ -76,6 +78,12 @@ def pinned_layouts(version_dir: Path) -> dict[str, str]:
         if match:
             found[match["name"]] = match["digest"]
     return found
+
+
+def carried_record(version_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(kept, reset) as the version's pins record them."""
+    kept = tuple(sorted(p.name for p in (version_dir / KEPT_DIR).glob("*")))
+    return kept, tuple(sorted(p.name for p in (version_dir / RESET_DIR).glob("*")))
 
 
 @dataclass

@@ -5,6 +5,8 @@
                             agent's pod-filter entry point)
     <version>/maps/<name>   the maps
     <version>/layouts/<name>-<digest>   the same maps again, named by their layout (map_reuse)
+    <version>/kept/<name>, reset/<name> the maps taken over from the previous version, and those
+                            of the same name that start empty (its layout changed)
 
 Everything is pinned under a staging directory next to the version and renamed into place; on any
 failure the staging directory is removed.
@@ -29,7 +31,9 @@ def prog_pin_name(role: str) -> str:
     return "prog" if role == "prog" else f"prog-{role}"
 
 
-def publish(received: Received, pin_dir: Path) -> int:
+def publish(
+    received: Received, pin_dir: Path, kept: tuple[str, ...] = (), reset: tuple[str, ...] = ()
+) -> int:
     """Pins the programs and maps at `pin_dir`; returns the id of the "prog" program."""
     staging = staging_dir(pin_dir)
     shutil.rmtree(staging, ignore_errors=True)
@@ -44,6 +48,10 @@ def publish(received: Received, pin_dir: Path) -> int:
             if map_reuse.reusable(syscalls.map_info(received.maps[name])):  # what a next version may take
                 pin = staging / map_reuse.LAYOUTS_DIR / map_reuse.layout_pin_name(name, layout)
                 syscalls.obj_pin(received.maps[name], str(pin))
+        for kind, names in ((map_reuse.KEPT_DIR, kept), (map_reuse.RESET_DIR, reset)):
+            for name in names:
+                (staging / kind).mkdir(exist_ok=True)
+                syscalls.obj_pin(received.maps[name], str(staging / kind / name))
         prog_id = syscalls.prog_info(received.progs["prog"]).id
         staging.rename(pin_dir)
     except BaseException:

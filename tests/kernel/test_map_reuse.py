@@ -132,6 +132,8 @@ def test_a_restarted_agent_still_finds_the_layouts_and_carries_the_map(
     two = restarted.load(V2, ProgramBuild(COUNTER.source + "\n/* v2 */\n", COUNTER.function, EGRESS), V1)
     assert two.kept_maps == ("traffic",)
     assert counts(two, 7) == (41, 41)
+    # What was kept is read back from the pins, as status reports it after any restart.
+    assert BpffsBackend(bpffs_root).loaded()[V2].kept_maps == ("traffic",)
 
 
 TRAFFIC_DECL = "BPF_HASH(traffic, __u64, struct traffic_counts, 10240);"
@@ -157,6 +159,7 @@ def test_a_map_whose_layout_changed_starts_empty(backend: BpffsBackend, change):
         syscalls.map_update(fd, (7).to_bytes(8, sys.byteorder), (41).to_bytes(8, sys.byteorder) * 2)
     two = backend.load(V2, ProgramBuild(source, COUNTER.function, EGRESS), V1)
     assert (two.kept_maps, two.reset_maps) == ((), ("traffic",))
+    assert (backend.loaded()[V2].kept_maps, backend.loaded()[V2].reset_maps) == ((), ("traffic",))
     assert map_id(two, "traffic") != map_id(one, "traffic")
     assert counts(two, 7) == (0, 0) and counts(one, 7) == (41, 41)
 
