@@ -55,7 +55,6 @@ class BuiltProgram:
     progs: dict[str, int] = field(default_factory=dict)
     maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
     layouts: dict[str, str] = field(default_factory=dict)  # map name -> layout digest (map_reuse)
-    kept: list[str] = field(default_factory=list)  # the previous version's maps this one uses
 
     def close(self) -> None:
         for fd in [*self.progs.values(), *self.maps.values()]:
@@ -84,7 +83,7 @@ def build(request: dict[str, Any], previous: dict[str, tuple[str, int]] | None =
     try:
         layouts = _layouts(bpf)
         # Before any function is loaded: the instructions take the fds as they are then.
-        built.kept = map_reuse.adopt(_kernel_names(bpf), layouts, previous or {})
+        map_reuse.adopt(_kernel_names(bpf), layouts, previous or {})
         _load(bpf, request, entry, built)
         sizes = _map_sizes(bpf, built)
         built.layouts = {name: layouts[name] for name in built.maps if name in layouts}
