@@ -226,6 +226,26 @@ def converged(
     return {"prog_id": prog_id, "version": version}
 
 
+# Where a try kills the agent: at a random moment of the update (which takes about a compile), or
+# a few milliseconds after the agent logs a step: the compile starting, or the new version published
+# (its links move right after it, in the same pass).
+TRIGGERS = ("", "compiling program", "maps carried over from the previous version")
+
+
+def kill_point(log: Path, offset: int, trigger: str, rng: random.Random) -> None:
+    if not trigger:
+        time.sleep(rng.uniform(0.0, 1.5))
+        return
+
+    def logged() -> bool:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return trigger.encode() in f.read()
+
+    wait_for(f"the agent to log {trigger!r}", logged, timeout=30, interval=0.002)
+    time.sleep(rng.uniform(0.0, 0.01))
+
+
 def test_sigkill_at_random_points_of_updates_converges_each_time_to_exactly_one_version(
     kube: Kube, node_a, namespace: str, no_leftover_compile_cgroups: None
 ):
@@ -237,9 +257,9 @@ def test_sigkill_at_random_points_of_updates_converges_each_time_to_exactly_one_
     seen: list[int] = []
     try:
         for attempt in range(1, TRIES + 1):
+            offset = node_a.agent.log_path.stat().st_size
             kube.apply(namespace, counter(attempt))
-            # From the apply to the old version's unload takes about a compile: kill anywhere in it.
-            time.sleep(rng.uniform(0.0, 1.5))
+            kill_point(node_a.agent.log_path, offset, TRIGGERS[attempt % len(TRIGGERS)], rng)
             node_a.agent.kill(signal.SIGKILL)
             assert not node_a.agent.alive
             node_a.agent.start()
