@@ -26,7 +26,8 @@ DEFAULT_CONCURRENCY = 2
 # not in a loop at the pace of the passes it wakes.
 RETRY_SECONDS = 5.0
 
-Build = Callable[[ProgramRef, ProgramBuild], LoadedProgram]
+# (version, its build, the program's version whose maps it takes over) -> the loaded version.
+Build = Callable[[ProgramRef, ProgramBuild, ProgramRef | None], LoadedProgram]
 Job = Callable[[], None]
 # Runs a job: on a thread of its own (the agent), or at once in the caller (tests of pure logic).
 Start = Callable[[Job], None]
@@ -68,17 +69,24 @@ class CompilePool:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._wanted: dict[ProgramRef, ProgramBuild] = {}
+        self._previous: dict[ProgramRef, ProgramRef] = {}
         self._running: set[ProgramRef] = set()
         self._built: dict[ProgramRef, LoadedProgram] = {}
         self._failed: dict[ProgramRef, ProgramBuildError] = {}
         self._retry_at: dict[ProgramRef, float] = {}
         self.started: list[ProgramRef] = []  # every build started, in order (tests and logs)
 
-    def submit(self, wanted: Mapping[ProgramRef, ProgramBuild]) -> Progress:
+    def submit(
+        self,
+        wanted: Mapping[ProgramRef, ProgramBuild],
+        previous: Mapping[ProgramRef, ProgramRef] | None = None,
+    ) -> Progress:
         """Replaces the set of versions the pass needs built, starts what fits, and hands over the
-        builds that ended (wanted or not: the pass unloads what nobody wants)."""
+        builds that ended (wanted or not: the pass unloads what nobody wants). `previous`: for a new
+        version, the loaded version of the same program whose maps it carries on."""
         with self._lock:
             self._wanted = dict(wanted)
+            self._previous = dict(previous or {})
             for ref in set(self._retry_at) - set(wanted):
                 del self._retry_at[ref]
         self._fill()
@@ -125,11 +133,11 @@ class CompilePool:
                 for ref in plan.now:
                     self._running.add(ref)
                     self.started.append(ref)
-                    jobs.append(self._job(ref, self._wanted[ref]))
+                    jobs.append(self._job(ref, self._wanted[ref], self._previous.get(ref)))
             for job in jobs:
                 self._start(job)
 
-    def _job(self, ref: ProgramRef, build: ProgramBuild) -> Job:
+    def _job(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None) -> Job:
         def run() -> None:
             log.info(
                 "compiling program", extra={"program": f"{ref.namespace}/{ref.name}", "version": ref.version}
@@ -137,7 +145,7 @@ class CompilePool:
             loaded: LoadedProgram | None = None
             error: ProgramBuildError | None = None
             try:
-                loaded = self._build(ref, build)
+                loaded = self._build(ref, build, previous)
             except ProgramBuildError as e:
                 error = e
             except Exception:

@@ -171,9 +171,9 @@ class TimedBackend:
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
         return self.backend.loaded()
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         with self.metrics.compiling():
-            return self.backend.load(ref, build)
+            return self.backend.load(ref, build, previous)
 
     def unload(self, ref: ProgramRef) -> None:
         self.backend.unload(ref)

@@ -142,7 +142,20 @@ class Reconciler:
                 self._failed(ref, UnsupportedOnNode(why_not))
                 continue
             pending.setdefault(ref, program.build)
-        progress = self.pool.submit(pending)
+        # The newest version of the program already here hands its maps over (map contents carry on).
+        previous = {
+            ref: newest
+            for ref in pending
+            if (
+                newest := max(
+                    (r for r in self.observed.loaded if r.program == ref.program),
+                    key=lambda r: self.observed.loaded[r].prog_id,
+                    default=None,
+                )
+            )
+            is not None
+        }
+        progress = self.pool.submit(pending, previous)
         for loaded in progress.built.values():
             self.observed.built(loaded)
         for ref, error in progress.failed.items():

@@ -109,6 +109,9 @@ def node_program_status(report: ProgramReport, node: str, previous: dict[str, An
         "programId": report.loaded.prog_id if report.loaded else None,
         "pinPath": report.loaded.pin_dir if report.loaded else None,
         "maps": list(report.loaded.maps) if report.loaded else [],
+        # Taken over from the previous version with their contents, or reset (their layout changed).
+        "mapsKept": list(report.loaded.kept_maps) if report.loaded else [],
+        "mapsReset": list(report.loaded.reset_maps) if report.loaded else [],
         "pods": {"selected": len(report.pods), "attached": attached, "failed": failed},
         "podStates": [{k: v for k, v in vars(p).items() if v} for p in report.pods[:MAX_POD_STATES]],
         # What a scope-Node program is attached to on this node; None removes it.

@@ -50,6 +50,10 @@ class LoadedProgram:
     prog_id: int
     pin_dir: str
     maps: tuple[str, ...] = ()
+    # Set by a load with a previous version: its maps this version took over, contents and all,
+    # and those of the same name whose layout changed, which start empty.
+    kept_maps: tuple[str, ...] = ()
+    reset_maps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,10 @@ class KernelBackend(Protocol):
         """Every program version bpfleet has loaded on this node, read from the kernel."""
         ...
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
-        """Compiles, verifies and pins a version; raises a ProgramBuildError for the user."""
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
+        """Compiles, verifies and pins a version; raises a ProgramBuildError for the user. With
+        `previous` (an older version of the same program), each of its maps whose layout is
+        unchanged is used by the new version itself, so its contents carry over."""
         ...
 
     def unload(self, ref: ProgramRef) -> None:

@@ -9,6 +9,8 @@ The source is hostile input, so a build:
 - keeps tables private: no pinned, extern, public or shared table (table_policy);
 - caps the kernel memory of the program's maps (map_memory);
 - shows the user only diagnostics of their own program.c (compiler_output);
+- with the previous version's maps (`previous`), uses each one whose layout is unchanged instead of
+  a fresh map (map_reuse), so counters carry over;
 - with `entryPoint` (filtered scopes), enforces the pod filter: role "prog", what gets attached, is
   the prelude's bpfleet_entry, which tail-calls the user's function (role "user") for the selected
   pods only (bpf/include/node_wide_prelude.h).
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.errors import KernelError
-from node_agent.kernel import compile_guard, map_memory, syscalls, table_policy
+from node_agent.kernel import compile_guard, map_memory, map_reuse, syscalls, table_policy
 from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
 from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
 
@@ -52,6 +54,7 @@ class BuiltProgram:
     # when "prog" is the agent's pod-filter entry point in front of it.
     progs: dict[str, int] = field(default_factory=dict)
     maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
+    layouts: dict[str, str] = field(default_factory=dict)  # map name -> layout digest (map_reuse)
 
     def close(self) -> None:
         for fd in [*self.progs.values(), *self.maps.values()]:
@@ -64,11 +67,12 @@ class BuiltProgram:
 _MAP_WITHOUT_MEMORY = re.compile(r"could not open bpf map: (?P<name>\w+), error: Cannot allocate memory")
 
 
-def build(request: dict[str, Any]) -> BuiltProgram:
+def build(request: dict[str, Any], previous: dict[str, tuple[str, int]] | None = None) -> BuiltProgram:
     """Compiles and loads request["function"]; raises BuildFailure with what the user should read.
 
     Request fields: source, function, progType, attachType, includeDirs, cflags, prelude,
     entryPoint (bool: put the pod filter in front), maxMapBytes (int > 0; absent or 0: 64 MiB).
+    `previous`: the previous version's maps, name -> (layout digest, fd), still the caller's.
     """
     _check_names(request)
     entry = bool(request.get("entryPoint"))
@@ -77,8 +81,12 @@ def build(request: dict[str, Any]) -> BuiltProgram:
     bpf = compile_source(request)
     built = BuiltProgram()
     try:
+        layouts = _layouts(bpf)
+        # Before any function is loaded: the instructions take the fds as they are then.
+        map_reuse.adopt(_kernel_names(bpf), layouts, previous or {})
         _load(bpf, request, entry, built)
         sizes = _map_sizes(bpf, built)
+        built.layouts = {name: layouts[name] for name in built.maps if name in layouts}
         too_large = map_memory.over_cap(sizes, map_memory.cap(request.get("maxMapBytes")))
         if too_large:
             raise BuildFailure("MapTooLarge", too_large)
@@ -222,6 +230,31 @@ def _bcc_tables(module: int) -> list[tuple[str, int]]:
         if fd >= 0 and name:
             tables.append((name.decode(errors="replace"), fd))
     return tables
+
+
+def _kernel_names(bpf: Any) -> dict[str, int]:
+    """BCC's tables by the kernel's name of their map (pins use it: 15 characters at most)."""
+    by_name: dict[str, list[int]] = {}
+    for _name, fd in _bcc_tables(bpf.module):
+        by_name.setdefault(syscalls.map_info(fd).name, []).append(fd)
+    # Two tables cut to one kernel name are ambiguous: neither takes a previous map over.
+    return {name: fds[0] for name, fds in by_name.items() if len(fds) == 1}
+
+
+def _layouts(bpf: Any) -> dict[str, str]:
+    """Each BCC table's layout digest, by kernel map name: the kernel's figures and BCC's JSON
+    description of its key and value types."""
+    from bcc.libbcc import lib as bcc_lib
+
+    layouts = {}
+    for name, fd in _bcc_tables(bpf.module):
+        info = syscalls.map_info(fd)
+        key = bcc_lib.bpf_table_key_desc(bpf.module, name.encode()) or b""
+        leaf = bcc_lib.bpf_table_leaf_desc(bpf.module, name.encode()) or b""
+        layouts[info.name] = map_reuse.digest(
+            info, key.decode(errors="replace"), leaf.decode(errors="replace")
+        )
+    return layouts
 
 
 def _map_sizes(bpf: Any, built: BuiltProgram) -> dict[str, int]:

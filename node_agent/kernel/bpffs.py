@@ -4,6 +4,7 @@ Layout under the root (default /sys/fs/bpf/bpfleet):
 
     <namespace>/<program>/<version>/prog            the loaded program
     <namespace>/<program>/<version>/maps/<map>      its maps, for bpftool and for readers
+    <namespace>/<program>/<version>/layouts/<map>-<digest>  the same maps by layout (map_reuse)
     <namespace>/<program>/<version>/links/<pod-uid> one cgroup bpf_link per attached pod
     <namespace>/<program>/<version>/links/node      the perf-event link of a tracepoint
     <namespace>/<program>/<version>/links/file-<dev>-<ino>  one uprobe link per binary file
@@ -31,6 +32,7 @@ from node_agent.kernel import (
     host_targets,
     link_update,
     links,
+    map_reuse,
     maps,
     pod_files,
     pod_filter,
@@ -133,21 +135,35 @@ class BpffsBackend:
         except errors.KernelError:
             return None
         maps = tuple(sorted(p.name for p in (version_dir / "maps").glob("*")))
-        return LoadedProgram(ref, prog_id, str(version_dir), maps)
+        return LoadedProgram(ref, prog_id, str(version_dir), maps, *map_reuse.carried_record(version_dir))
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         pin_dir = self._dir(ref)
         existing = self._read_version(ref)  # idempotent: a version already pinned is not rebuilt
         if existing is not None:
             return existing
+        # Maps move between versions of one program only, never across programs or namespaces.
+        same_program = previous is not None and previous.program == ref.program and previous != ref
+        previous_dir = self._dir(previous) if previous is not None and same_program else None
         with self._tree.building(pin_dir):
-            prog_id, maps = self.loader.load(pin_dir, build)
-        return LoadedProgram(ref, prog_id, str(pin_dir), maps)
+            done = self.loader.load(pin_dir, build, previous_dir)
+        if previous_dir is not None:
+            log.info(
+                "maps carried over from the previous version",
+                extra={
+                    "program": f"{ref.namespace}/{ref.name}",
+                    "version": ref.version,
+                    "kept": list(done.kept),
+                    "reset": list(done.reset),
+                },
+            )
+        return LoadedProgram(ref, done.prog_id, str(pin_dir), done.maps, done.kept, done.reset)
 
     def unload(self, ref: ProgramRef) -> None:
         version_dir = self._dir(ref)
+        own = self._read_version(ref)
         for pin in (version_dir / "links").glob("*"):
-            links.detach(pin)
+            link_update.release(pin, own.prog_id if own is not None else None)
         # With the links gone, removing the program and map pins frees them.
         shutil.rmtree(version_dir, ignore_errors=True)
         self._tree.removed(version_dir)

@@ -2,7 +2,9 @@
 
 The worker (compile_worker) gets its request on stdin and one end of an AF_UNIX SOCK_SEQPACKET
 socketpair. It answers with one message: JSON {ok, reason, message, progs: [roles], maps: [names]}
-and the fds of those programs then maps by SCM_RIGHTS. The worker never touches bpffs: the agent
+and the fds of those programs then maps by SCM_RIGHTS, plus `layouts` ({map name: digest},
+map_reuse). Before the request, the agent may send the previous version's maps the other way, for
+the build to take over. The worker never touches bpffs: the agent
 checks and pins what it receives. Everything the worker sends is treated as hostile (a compiler
 exploit runs there): roles and names must be plain, every fd must be a BPF program or map of that
 name, and every received fd is closed whatever happens.
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from node_agent import errors
-from node_agent.kernel import syscalls
+from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
 
@@ -43,6 +45,7 @@ class Received:
 
     progs: dict[str, int] = field(default_factory=dict)  # role -> program fd
     maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
+    layouts: dict[str, str] = field(default_factory=dict)  # map name -> layout digest
 
     def close(self) -> None:
         for fd in [*self.progs.values(), *self.maps.values()]:
@@ -70,12 +73,18 @@ def worker_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def compiled(
-    request: dict[str, Any], settings: WorkerSettings, cgroups: CgroupPlacement | None
+    request: dict[str, Any],
+    settings: WorkerSettings,
+    cgroups: CgroupPlacement | None,
+    carried: map_reuse.Carried | None = None,
 ) -> Iterator[Received]:
     """Runs a worker for `request`; yields what it loaded and closes those fds after the block.
+    `carried`: the previous version's maps, handed to the worker (the fds stay the caller's).
     Raises a ProgramBuildError for the user when the worker refused, failed, crashed or timed out."""
     request = {**request, "limits": _limits_field(settings.limits, memory_cgroup=cgroups is not None)}
-    received = _run(request, settings, cgroups)
+    previous = carried.maps if carried is not None else {}
+    request["previousMaps"] = sorted(previous)
+    received = _run(request, settings, cgroups, previous)
     try:
         yield received
     finally:
@@ -91,8 +100,18 @@ def _limits_field(limits: CompileLimits, *, memory_cgroup: bool) -> dict[str, An
     }
 
 
-def _run(request: dict[str, Any], settings: WorkerSettings, cgroups: CgroupPlacement | None) -> Received:
+def _run(
+    request: dict[str, Any],
+    settings: WorkerSettings,
+    cgroups: CgroupPlacement | None,
+    previous: dict[str, tuple[str, int]],
+) -> Received:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if previous:
+        # Queued before the worker exists: it reads them once it has its request.
+        names = sorted(previous)
+        entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
+        socket.send_fds(ours, [entries], [previous[name][1] for name in names])
     cgroup: CompileCgroup | None = None
     with ours, tempfile.TemporaryFile() as output:
         try:
@@ -183,12 +202,15 @@ def _decode(message: bytes, fds: list[int]) -> Received:
         try:
             reply = json.loads(message)
             ok, roles, names = reply["ok"], list(reply.get("progs", [])), list(reply.get("maps", []))
+            layouts = dict(reply.get("layouts", {}))
         except (ValueError, KeyError, TypeError) as e:
             raise errors.CompileError(f"the compile worker sent an unreadable result: {e}") from None
         if not ok:
             error = errors.BUILD_ERRORS.get(str(reply.get("reason")), errors.CompileError)
             raise error(str(reply.get("message", "")))
         _check_shape(roles, names, fds)
+        _check_layouts(layouts, names)
+        received.layouts = layouts
         received.progs = dict(zip(roles, fds[: len(roles)], strict=True))
         received.maps = dict(zip(names, fds[len(roles) :], strict=True))
         fds = []  # owned by `received` from here
@@ -214,6 +236,12 @@ def _check_shape(roles: list[Any], names: list[Any], fds: list[int]) -> None:
     for name in names:
         if not isinstance(name, str) or not _MAP_NAME.fullmatch(name):
             raise bad(f"map name {name!r}")
+
+
+def _check_layouts(layouts: dict[Any, Any], names: list[str]) -> None:
+    for name, layout in layouts.items():
+        if name not in names or not map_reuse.is_digest(layout):
+            raise errors.CompileError(f"the compile worker sent an invalid result: layout of {name!r}")
 
 
 def _kind(fd: int) -> str:

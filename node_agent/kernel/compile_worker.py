@@ -5,7 +5,9 @@ Run by the agent (compile_runner) as
 stdin. BCC brings LLVM into the process (~120 MB) and the source is hostile, so the long-lived
 agent never compiles itself: this worker enters the sandbox (sandbox.py), builds the program
 (bcc_build), and sends one message on the socket: JSON {ok, reason, message, progs, maps} with the
-program and map fds by SCM_RIGHTS. It never touches bpffs; the agent checks and pins the fds.
+program and map fds by SCM_RIGHTS. When the request names `previousMaps`, the agent has sent the
+previous version's maps on the same socket first (JSON [[name, layout], ...] and their fds), for the
+build to take over (map_reuse). It never touches bpffs; the agent checks and pins the fds.
 --no-sandbox exists only so the benchmark can measure what the sandbox costs.
 """
 
@@ -30,14 +32,39 @@ from node_agent.kernel import stderr_capture, syscalls  # noqa: F401  isort: ski
 MAX_MESSAGE_CHARS = 32 << 10
 
 
-def _reply(request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+def _reply(request: dict[str, Any], channel_fd: int) -> tuple[dict[str, Any], list[int]]:
+    previous = _previous_maps(request, channel_fd)
     try:
-        built = build(request)
+        built = build(request, previous)
     except BuildFailure as e:
         return {"ok": False, "reason": e.reason, "message": e.message}, []
+    finally:
+        for _layout, fd in previous.values():
+            os.close(fd)  # built's maps are dups where they were taken over
     roles, names = sorted(built.progs), sorted(built.maps)
     fds = [built.progs[r] for r in roles] + [built.maps[n] for n in names]
-    return {"ok": True, "progs": roles, "maps": names}, fds
+    return {"ok": True, "progs": roles, "maps": names, "layouts": built.layouts}, fds
+
+
+def _previous_maps(request: dict[str, Any], channel_fd: int) -> dict[str, tuple[str, int]]:
+    """The previous version's maps the agent sent before the request: name -> (layout, fd)."""
+    if not request.get("previousMaps"):
+        return {}
+    try:
+        with socket.socket(fileno=os.dup(channel_fd)) as channel:
+            # Already queued: the agent sends them before it writes the request.
+            message, fds, _flags, _ = socket.recv_fds(channel, 1 << 16, 64, socket.MSG_DONTWAIT)
+    except OSError as e:
+        raise SandboxError(f"the previous version's maps did not arrive: {e}") from None
+    try:
+        entries = json.loads(message)
+        if len(entries) != len(fds):
+            raise ValueError(f"{len(fds)} fds for {len(entries)} maps")
+        return {str(name): (str(layout), fd) for (name, layout), fd in zip(entries, fds, strict=True)}
+    except (ValueError, TypeError) as e:
+        for fd in fds:
+            os.close(fd)
+        raise SandboxError(f"the previous version's maps came garbled: {e}") from None
 
 
 def _limits(request: dict[str, Any]) -> sandbox.SandboxLimits:
@@ -82,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                 list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
             )
             _guard_worker()
-        reply, fds = _reply(request)
+        reply, fds = _reply(request, args.socket_fd)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []
     message = str(reply.get("message", ""))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from node_agent import errors, netns
-from node_agent.kernel import syscalls
+from node_agent.kernel import links, syscalls
 from node_agent.kernel.attach_types import PER_POD_CGROUP, PER_POD_NETDEV, PROG_TYPE_XDP, KernelAttach
 
 # The link types whose program the kernel can replace in place.
@@ -44,7 +44,9 @@ def move(
                 raise errors.AttachFailed(f"the link is on hook {info.attach_type}, not {attach_type}")
             if target_id is not None and info.target_id != target_id:
                 raise errors.AttachFailed(f"the link is on ifindex {info.target_id}, not {target_id}")
-            syscalls.link_update(link_fd, new_fd, old_fd)
+            # Already on new_prog: an agent killed between the update and the re-pin. Only the pin moves.
+            if info.prog_id != syscalls.prog_info(new_fd).id:
+                syscalls.link_update(link_fd, new_fd, old_fd)
             new_pin.parent.mkdir(exist_ok=True)
             new_pin.unlink(missing_ok=True)  # a dead link of the new version, whose target went away
             syscalls.obj_pin(link_fd, str(new_pin))
@@ -77,3 +79,14 @@ def move_pod_link(
         attach_type=None if attach.prog_type == PROG_TYPE_XDP else attach.attach_type,
         target_id=target_id,
     )
+
+
+def release(pin: Path, prog_id: int | None) -> None:
+    """Detaches the link pinned at `pin` as its version goes, unless it runs another program than
+    `prog_id`: then it was moved already (an agent killed before it unpinned it here), the new
+    version's pin holds it, and only this pin goes; detaching would take it from the pod."""
+    info = links.info(pin)
+    if prog_id is not None and info is not None and info.prog_id != prog_id:
+        pin.unlink(missing_ok=True)
+        return
+    links.detach(pin)

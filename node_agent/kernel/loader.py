@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent import errors
-from node_agent.kernel import compile_runner, helper_check, map_memory, syscalls
+from node_agent.kernel import compile_runner, helper_check, map_memory, map_reuse, syscalls
 from node_agent.kernel.attach_types import FILTERED_SCOPES, NODE_WIDE, TRACING_PROG_TYPES, KernelAttach
 from node_agent.kernel.backend import ProgramBuild
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
@@ -29,6 +29,17 @@ UNFILTERED_PRELUDE = "#include <bpfleet_unfiltered.h>"
 DEFAULT_COMPILE_LIMITS = CompileLimits()
 # A check of the loaded programs (role -> fd) before they are pinned; raises a ProgramBuildError.
 CheckLoaded = Callable[[dict[str, int], ProgramBuild], None]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A version just published: its program id, its maps, and which of them are the previous
+    version's maps (kept, contents and all) or replaced ones that start empty (reset)."""
+
+    prog_id: int
+    maps: tuple[str, ...]
+    kept: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
 
 
 @dataclass
@@ -46,17 +57,27 @@ class Loader:
     _cgroups: CgroupPlacement | None = field(default=None, init=False)
     _cgroups_looked_for: bool = field(default=False, init=False)
 
-    def load(self, pin_dir: Path, build: ProgramBuild) -> tuple[int, tuple[str, ...]]:
-        """Builds `build` and publishes it at pin_dir; returns its program id and map names.
-        Raises a ProgramBuildError for the user."""
+    def load(self, pin_dir: Path, build: ProgramBuild, previous_dir: Path | None = None) -> Loaded:
+        """Builds `build` and publishes it at pin_dir, taking over the maps of the version at
+        previous_dir (the same program's) whose layout is unchanged. Raises a ProgramBuildError for
+        the user."""
         settings = compile_runner.WorkerSettings(
             self.python, self.compile_timeout, self.sandbox, self.compile_limits
         )
-        with compile_runner.compiled(self._request(build), settings, self._compile_cgroups()) as received:
-            check_program_maps(received.progs, received.maps, build)
-            if self.check_loaded is not None:
-                self._check(received.progs, build)
-            return publish(received, pin_dir), tuple(sorted(received.maps))
+        carried = map_reuse.carried_from(previous_dir)
+        try:
+            with compile_runner.compiled(
+                self._request(build), settings, self._compile_cgroups(), carried
+            ) as received:
+                # The same checks whatever was carried over: the cap counts every map used.
+                check_program_maps(received.progs, received.maps, build)
+                if self.check_loaded is not None:
+                    self._check(received.progs, build)
+                kept, reset = carried.kept_and_reset(received.maps)
+                prog_id = publish(received, pin_dir, kept, reset)
+                return Loaded(prog_id, tuple(sorted(received.maps)), kept, reset)
+        finally:
+            carried.close()
 
     def _request(self, build: ProgramBuild) -> dict[str, Any]:
         return {

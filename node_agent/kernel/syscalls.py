@@ -396,10 +396,11 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    flags: int = 0
 
 
 def map_info(fd: int) -> MapInfo:
     info = _info(fd, 96)
-    map_type, map_id, key_size, value_size, max_entries = struct.unpack_from("=IIIII", info, 0)
+    map_type, map_id, key_size, value_size, max_entries, flags = struct.unpack_from("=IIIIII", info, 0)
     name = bytes(info[24:40]).split(b"\0", 1)[0].decode(errors="replace")
-    return MapInfo(map_id, map_type, key_size, value_size, max_entries, name)
+    return MapInfo(map_id, map_type, key_size, value_size, max_entries, name, flags)

@@ -45,7 +45,10 @@ def test_the_check_hook_sees_the_loaded_program_before_it_is_pinned(bpffs_root):
     loaded = backend.load(REF, COUNTER)
 
     assert seen == [({"prog": "anon_inode:bpf-prog"}, loaded.prog_id, COUNTER)]
-    assert pins(bpffs_root) == [f"team-a/counter/{REF.version}/{p}" for p in ("maps/traffic", "prog")]
+    [layout, *rest] = pins(bpffs_root)
+    assert rest == [f"team-a/counter/{REF.version}/{p}" for p in ("maps/traffic", "prog")]
+    # The map again, under its layout: what a next version checks before it takes the map over.
+    assert layout.startswith(f"team-a/counter/{REF.version}/layouts/traffic-")
     assert open_fds() == before  # every received fd closed; the pins keep the program alive
     assert backend.loaded()[REF].prog_id == loaded.prog_id
 
@@ -154,6 +157,22 @@ def test_every_role_and_map_a_worker_sends_is_pinned_in_the_version_layout(bpffs
             """,
             "missing or repeated",
             id="no prog role",
+        ),
+        pytest.param(
+            """
+            reply = {"ok": True, "progs": ["prog"], "maps": ["traffic"], "layouts": {"denied": "0" * 64}}
+            fds = [built.progs["prog"], built.maps["traffic"]]
+            """,
+            "layout of 'denied'",
+            id="a layout of a map it did not send",
+        ),
+        pytest.param(
+            """
+            reply = {"ok": True, "progs": ["prog"], "maps": ["traffic"], "layouts": {"traffic": "../x"}}
+            fds = [built.progs["prog"], built.maps["traffic"]]
+            """,
+            "layout of 'traffic'",
+            id="a path for a layout",
         ),
     ],
 )

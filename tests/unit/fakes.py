@@ -35,13 +35,16 @@ class FakeBackend:
     # Program types this kernel does not load, and map contents by pin path.
     missing_program_types: set[int] = field(default_factory=set)
     maps: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    # The previous version each load was given (whose maps the new one takes over).
+    previous: dict[ProgramRef, ProgramRef | None] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def loaded(self) -> dict[ProgramRef, LoadedProgram]:
         return dict(self.programs)
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         self.loads.append(ref)
+        self.previous[ref] = previous
         if build.source in self.broken_sources:
             raise self.broken_sources[build.source]
         program = LoadedProgram(ref, next(self._ids), f"/fake/{ref.namespace}/{ref.name}/{ref.version}")

@@ -56,10 +56,10 @@ class StuckCompile(FakeBackend):
         self.compiling = threading.Event()
         self.release = threading.Event()
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         self.compiling.set()
         self.release.wait(10)
-        return super().load(ref, build)
+        return super().load(ref, build, previous)
 
 
 def test_heartbeats_continue_while_a_compile_blocks_the_pass():

@@ -109,6 +109,15 @@ def test_status_of_a_healthy_program():
     )
     assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
     assert status["programId"] == 42 and status["maps"] == ["traffic"]
+    assert (status["mapsKept"], status["mapsReset"]) == ([], [])
+
+
+def test_status_says_which_maps_an_update_kept_and_which_it_reset():
+    loaded = LoadedProgram(
+        None, 43, "/sys/fs/bpf/bpfleet/shop/p/v3", ("hits", "traffic"), ("traffic",), ("hits",)
+    )  # type: ignore[arg-type]
+    status = node_program_status(report(loaded=loaded, serving_version="v2"), "node-a", None)
+    assert (status["mapsKept"], status["mapsReset"]) == (["traffic"], ["hits"])
     assert status["observedGeneration"] == 4
     [ready] = status["conditions"]
     assert (ready["type"], ready["status"]) == ("Ready", "True")

@@ -88,3 +88,16 @@ def test_tracing_links_are_not_updated():
     assert kernel.updates == []
     [v2] = kernel.programs
     assert set(kernel.links[v2]) == {"uid-web-1"}
+
+
+def test_a_new_version_is_loaded_with_the_serving_one_as_its_previous_and_a_first_with_none():
+    kernel, reconciler, _ = setup()
+    [v1] = kernel.programs
+    assert kernel.previous == {v1: None}
+    run(reconciler, node_program(source=V2))
+    [v2] = kernel.programs
+    assert kernel.previous[v2] == v1  # its maps are the ones v2 takes over
+    # Another program of the namespace, same source: never handed this program's maps.
+    run(reconciler, node_program(name="other", source=V2))
+    [other] = [ref for ref in kernel.previous if ref.name == "other"]
+    assert kernel.previous[other] is None

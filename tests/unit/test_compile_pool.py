@@ -33,7 +33,7 @@ class SlowKernel(FakeBackend):
         self.lock = threading.Lock()
         self.running = self.most = 0
 
-    def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+    def load(self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None) -> LoadedProgram:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
@@ -95,7 +95,9 @@ def test_a_build_error_is_the_versions_and_an_unexpected_error_is_retried_later(
     class Kernel(FakeBackend):
         crashes = 1
 
-        def load(self, ref: ProgramRef, build: ProgramBuild) -> LoadedProgram:
+        def load(
+            self, ref: ProgramRef, build: ProgramBuild, previous: ProgramRef | None = None
+        ) -> LoadedProgram:
             if ref.name == "bad":
                 raise errors.CompileError("program.c:1:1: error: nope")
             if self.crashes:
