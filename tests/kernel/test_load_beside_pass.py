@@ -9,6 +9,7 @@ from pathlib import Path
 
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
+from node_agent.kernel.loader import Loaded
 from node_agent.kernel.publish import staging_dir
 from tests.kernel.support import COUNTER, EGRESS
 
@@ -21,11 +22,11 @@ class PausedLoader:
         self.staged = threading.Event()
         self.release = threading.Event()
 
-    def load(self, pin_dir: Path, build: ProgramBuild) -> tuple[int, tuple[str, ...]]:
+    def load(self, pin_dir: Path, build: ProgramBuild, previous_dir: Path | None = None) -> Loaded:
         staging_dir(pin_dir).mkdir()  # what publish makes first
         self.staged.set()
         assert self.release.wait(60)
-        return self.loader.load(pin_dir, build)  # publish clears and remakes its staging dir
+        return self.loader.load(pin_dir, build, previous_dir)  # publish clears and remakes its staging dir
 
 
 def test_a_pass_beside_a_compile_leaves_its_pins_and_directories(
