@@ -36,7 +36,9 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 _TREE_MASK = _IN_CREATE | _IN_DELETE_SELF | _IN_ONLYDIR
-_POD_MASK = _TREE_MASK | _IN_MODIFY  # cgroup.events is modified when the pod gets its first process
+# cgroup.events is modified when the pod gets its first process. kernfs notifies only inodes in
+# memory, so the file is watched itself (a watch keeps its inode), not through its directory.
+_EVENTS_FILE = "cgroup.events"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class CgroupWatch:
         self._inotify = _Inotify()
         # wd -> (directory relative to the root, the pod UID when it is a pod cgroup)
         self._watched: dict[int, tuple[PurePath, str]] = {}
+        self._events: dict[int, tuple[PurePath, str]] = {}  # wd of a pod's cgroup.events -> the same
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
 
@@ -127,18 +130,15 @@ class CgroupWatch:
     def _handle(self, wd: int, mask: int, name: str) -> None:
         if mask & _IN_IGNORED:
             self._watched.pop(wd, None)  # the directory went away
+            self._events.pop(wd, None)
+            return
+        if wd in self._events and mask & _IN_MODIFY:
+            rel, pod_uid = self._events[wd]
+            self.listener.populated(pod_uid, self.root / rel)
             return
         where = self._watched.get(wd)
-        if where is None:
-            return
-        rel, pod_uid = where
-        if pod_uid:
-            if mask & _IN_MODIFY and name == "cgroup.events":
-                self.listener.populated(pod_uid, self.root / rel)
-            elif mask & _IN_CREATE and mask & _IN_ISDIR:
-                self._child(rel / name)
-        elif mask & _IN_CREATE and mask & _IN_ISDIR:
-            self._child(rel / name)
+        if where is not None and mask & _IN_CREATE and mask & _IN_ISDIR:
+            self._child(where[0] / name)
 
     def _child(self, rel: PurePath) -> None:
         """A directory appeared (or was found by a listing): watch it if it matters, and tell."""
@@ -148,10 +148,10 @@ class CgroupWatch:
             return
         uid = pod_uid_of(parent, name)
         if uid is not None:
-            path = self.root / rel
-            # Watched before the listener is told, so a container made meanwhile is reported.
+            # Told first (its programs attach now), then watched: the listing after the watch is
+            # added reports a container made meanwhile.
+            self.listener.pod(uid, self.root / rel)
             self._watch(rel, uid)
-            self.listener.pod(uid, path)
             return
         parent_uid = self._pod_of(parent)
         container = container_id_of(name)
@@ -164,7 +164,9 @@ class CgroupWatch:
     def _watch(self, rel: PurePath, pod_uid: str = "") -> None:
         path = self.root / rel
         try:
-            wd = self._inotify.add(path, _POD_MASK if pod_uid else _TREE_MASK)
+            wd = self._inotify.add(path, _TREE_MASK)
+            if pod_uid:
+                self._events[self._inotify.add(path / _EVENTS_FILE, _IN_MODIFY)] = (rel, pod_uid)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # gone already: nothing to follow
                 log.warning("cannot watch a cgroup", extra={"cgroup": str(path), "error": str(e)})
