@@ -95,9 +95,10 @@ class CgroupWatch:
         self._events: dict[int, tuple[PurePath, str]] = {}  # wd of a pod's cgroup.events -> the same
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
+        self._root_watched = False
 
     def start(self) -> None:
-        self._watch(PurePath("."))
+        self._root_watched = self._watch(PurePath("."))
         self._thread = threading.Thread(target=self._loop, name="cgroup-watch", daemon=True)
         self._thread.start()
 
@@ -118,9 +119,13 @@ class CgroupWatch:
         poller.register(self._inotify.fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            # Kubelet's root not there yet (the agent started first): look for it once a second
+            # until it is; from then on, only events wake this thread.
+            ready = {fd for fd, _ in poller.poll(None if self._root_watched else 1000)}
             if self._stop_r in ready:
                 return
+            if not self._root_watched:
+                self._root_watched = self._watch(PurePath("."))
             for wd, mask, name in self._inotify.read():
                 try:
                     self._handle(wd, mask, name)
@@ -129,8 +134,10 @@ class CgroupWatch:
 
     def _handle(self, wd: int, mask: int, name: str) -> None:
         if mask & _IN_IGNORED:
-            self._watched.pop(wd, None)  # the directory went away
+            gone = self._watched.pop(wd, None)  # the directory went away
             self._events.pop(wd, None)
+            if gone is not None and gone[0] == PurePath("."):
+                self._root_watched = False  # kubelet's root itself: look for it again
             return
         if wd in self._events and mask & _IN_MODIFY:
             rel, pod_uid = self._events[wd]
@@ -161,7 +168,8 @@ class CgroupWatch:
     def _pod_of(self, rel: PurePath) -> str:
         return pod_uid_of(rel.parent, rel.name) or ""
 
-    def _watch(self, rel: PurePath, pod_uid: str = "") -> None:
+    def _watch(self, rel: PurePath, pod_uid: str = "") -> bool:
+        """Watches a directory and reports what it holds already; False when it is not there."""
         path = self.root / rel
         try:
             wd = self._inotify.add(path, _TREE_MASK)
@@ -170,11 +178,12 @@ class CgroupWatch:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # gone already: nothing to follow
                 log.warning("cannot watch a cgroup", extra={"cgroup": str(path), "error": str(e)})
-            return
+            return False
         if wd in self._watched:
-            return  # watched already (inotify gives the same wd for the same inode)
+            return True  # watched already (inotify gives the same wd for the same inode)
         self._watched[wd] = (rel, pod_uid)
         self._list(rel)
+        return True
 
     def _list(self, rel: PurePath) -> None:
         try:

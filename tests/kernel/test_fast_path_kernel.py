@@ -125,6 +125,19 @@ def test_pods_made_before_the_watch_started_are_reported_from_the_listing(kubele
     assert Path("system.slice") not in watch.watched()
 
 
+def test_a_kubelet_root_made_after_the_watch_started_is_followed(kubelet_root):
+    recorder = Recorder()
+    watch = CgroupWatch(kubelet_root / "later", recorder.listener())
+    watch.start()
+    try:
+        uid = str(uuid.uuid4())
+        pod = kubelet_root / "later" / pod_cgroup_relpath(uid, "BestEffort", "systemd")
+        pod.mkdir(parents=True)
+        recorder.wait_for(("pod", uid, str(pod)))
+    finally:
+        watch.stop()
+
+
 def _pending_pod(uid: str, labels: dict[str, str]) -> Pod:
     return Pod.from_object(
         {
