@@ -29,7 +29,14 @@ class FastPathRuntime:
             self.fast_path.pod_cgroup, self.fast_path.container_cgroup, self.fast_path.populated
         )
         self.watch: CgroupWatch | None = CgroupWatch(reconciler.cgroups.kubelet_root, listener)
-        self.server = HookServer(hook_socket, self.fast_path) if hook_socket else None
+        self.server: HookServer | None = None
+        if hook_socket is not None:
+            try:
+                self.server = HookServer(hook_socket, self.fast_path)
+            except OSError as e:  # no writable /run, say: hooks then fail open, the rest works
+                log.warning(
+                    "no container-start hook socket", extra={"socket": str(hook_socket), "error": str(e)}
+                )
 
     def start(self) -> None:
         sys.setswitchinterval(_SWITCH_INTERVAL)

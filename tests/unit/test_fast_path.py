@@ -16,7 +16,7 @@ from node_agent import hook
 from node_agent.cgroups import QOS_PARENTS, container_id_of, pod_uid_of
 from node_agent.compile_queue import CompileQueue
 from node_agent.fast_path import FastPath
-from node_agent.hook_server import answer
+from node_agent.hook_server import HookServer, answer
 from node_agent.model import NodeProgram, Pod
 from node_agent.pod_registry import AT_CGROUP, AT_NETWORK, PASS_ONLY, entries_from_pass, merged
 from node_agent.reconcile import Reconciler
@@ -292,3 +292,25 @@ def test_a_fast_path_attach_waits_while_the_pass_mutates_the_kernel(kernel, cgro
     assert done.wait(5)
     thread.join()
     assert any(kernel.links.values())
+
+
+def test_the_hook_asks_the_agent_over_its_socket(kernel, cgroups, tmp_path):
+    reconciler, fast, _ = _fast(kernel, cgroups)
+    web = pod("web-1", WEB, phase="Pending")
+    web["metadata"]["uid"] = UID
+    fast.registered(*_run(reconciler, [node_program()], [web]))
+    server = HookServer(tmp_path / "run" / "agent.sock", fast)
+    server.start()
+    try:
+        assert (tmp_path / "run" / "agent.sock").stat().st_mode & 0o777 == 0o600
+        assert hook.ask(server.path, UID, "app", 0.1) == {
+            "ready": False,
+            "known": True,
+            "missing": ["shop/counter"],
+            "waited": pytest.approx(0.1, abs=0.5),
+        }
+        cgroups.present.add(UID)  # kubelet made the cgroup: the question itself attaches
+        assert hook.ask(server.path, UID, "app", 5)["ready"] is True
+    finally:
+        server.stop()
+    assert not server.path.exists()
