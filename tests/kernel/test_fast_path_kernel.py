@@ -232,3 +232,29 @@ def test_tc_is_attached_once_the_pod_has_a_process_in_its_network_namespace(agen
             sandbox.kill()
             sandbox.wait()
         podnet.delete(net)
+
+
+def test_a_tracing_program_gets_the_pods_cgroup_id_in_its_filter_on_cgroup_creation(
+    agent_parts, kubelet_root
+):
+    reconciler, fast, _ = agent_parts
+    uid = str(uuid.uuid4())
+    source = (Path(__file__).resolve().parents[2] / "bpf" / "programs" / "exec-counter.c").read_text()
+    execs = node_program(
+        "execs",
+        source=source,
+        function="count_execs",
+        selector={},
+        attach={"type": "Tracepoint", "name": "sched:sched_process_exec"},
+    )
+    _pass(reconciler, fast, [execs], [_pending_pod(uid, {})])
+    [ref] = reconciler.backend.loaded()
+    pod = kubelet_root / pod_cgroup_relpath(uid, "Burstable", "systemd")
+    container = pod / container_cgroup_name(new_container_id(), "systemd")
+    container.mkdir(parents=True)
+    wait_until(lambda: uid in reconciler.backend.attachments(ref), "in the pod filter")
+    assert reconciler.backend.attachments(ref)[uid].target_id == pod.stat().st_ino
+    # The first exec in the pod is counted.
+    assert run_in_cgroup(["true"], container, 30).returncode == 0
+    counts = {int(e["formatted"]["key"]): e["formatted"]["value"] for e in _dump(reconciler, ref, "execs")}
+    assert counts[pod.stat().st_ino] >= 1
