@@ -24,7 +24,16 @@ from pathlib import Path
 from node_agent.errors import AgentError
 from node_agent.kernel.backend import KernelBackend
 from node_agent.model import NodeProgram, Pod
-from node_agent.pod_registry import AT_CGROUP, AT_NETWORK, PodEntry, entries_from_pass, merged
+from node_agent.pod_registry import (
+    AT_CGROUP,
+    AT_NETWORK,
+    PodEntry,
+    Serving,
+    entries_from_pass,
+    entry_for,
+    merged,
+    serving_from_pass,
+)
 from node_agent.reconcile import CgroupResolver, PassResult
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,10 @@ class FastPath:
         self.backend, self.cgroups, self.wake = backend, cgroups, wake
         self._entries: dict[str, PodEntry] = {}
         self._changed = threading.Condition()
+        # What each program served at the last pass, and the pod watch's cache: a pod the watch
+        # has shown but no pass has registered yet gets its entry from these, without a pass.
+        self._serving: list[Serving] | None = None
+        self.pod_lookup: Callable[[str], Pod | None] | None = None
 
     # -- from the pass ------------------------------------------------------------------------
 
@@ -56,6 +69,7 @@ class FastPath:
         ran is attached here, not one pass later."""
         programs, pods = list(programs), list(pods)
         with self._changed:
+            self._serving = serving_from_pass(programs, result)
             self._entries = merged(self._entries, entries_from_pass(programs, pods, result))
             # Pending pods only: a running pod's failed attachment is the pass's to retry, at its pace.
             incomplete = [e for e in self._entries.values() if e.pending and e.todo((AT_CGROUP, AT_NETWORK))]
@@ -67,7 +81,18 @@ class FastPath:
 
     def entry(self, uid: str) -> PodEntry | None:
         with self._changed:
-            return self._entries.get(uid)
+            entry = self._entries.get(uid)
+            serving = self._serving
+        if entry is not None or serving is None or self.pod_lookup is None:
+            return entry  # before a first pass nothing is known: no entry, rather than an empty one
+        pod = self.pod_lookup(uid)
+        if pod is None:
+            return None
+        new = entry_for(pod, serving)
+        with self._changed:
+            entry = self._entries.setdefault(uid, new)  # a pass may have registered it meanwhile
+            self._changed.notify_all()
+        return entry
 
     # -- from the cgroup watch (its thread) ---------------------------------------------------
 
@@ -104,8 +129,8 @@ class FastPath:
                 cgroup = self.cgroups.find(uid, entry.qos_class)
                 if cgroup is not None:
                     self._attach(uid, cgroup, (AT_CGROUP, AT_NETWORK))
+            entry = self.entry(uid)
             with self._changed:
-                entry = self._entries.get(uid)
                 now = time.monotonic()
                 if entry is not None and entry.ready():
                     return Readiness(True, True, waited=now - start)

@@ -11,6 +11,7 @@ from node_agent.agent import Agent
 from node_agent.cgroup_watch import CgroupListener, CgroupWatch
 from node_agent.fast_path import FastPath
 from node_agent.hook_server import HookServer
+from node_agent.model import Pod
 from node_agent.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class FastPathRuntime:
         # The reconciler's backend is the serialized one: the fast path shares its lock.
         self.fast_path = FastPath(reconciler.backend, reconciler.cgroups, agent.wake)
         agent.pass_listeners.append(self.fast_path.registered)
+        self.fast_path.pod_lookup = lambda uid: _watched_pod(agent, uid)
         listener = CgroupListener(
             self.fast_path.pod_cgroup, self.fast_path.container_cgroup, self.fast_path.populated
         )
@@ -54,3 +56,11 @@ class FastPathRuntime:
             self.watch.stop()
         if self.server is not None:
             self.server.stop()
+
+
+def _watched_pod(agent: Agent, uid: str) -> Pod | None:
+    """The pod as the agent's pod watch has it now, if it has it."""
+    for obj in agent.pods.objects():
+        if obj["metadata"].get("uid") == uid:
+            return Pod.from_object(obj)
+    return None

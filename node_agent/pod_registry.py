@@ -71,35 +71,64 @@ class PodEntry:
         return not self.missing()
 
 
-def entries_from_pass(
-    programs: Iterable[NodeProgram], pods: Iterable[Pod], result: PassResult
-) -> dict[str, PodEntry]:
-    """Every pod the pass saw, with what serves it: the version each selecting program serves now
-    (the previous one while a new one fails or waits), and whether the pass found it attached."""
+@dataclass(frozen=True)
+class Serving:
+    """What one program serves after a pass: a version, or none yet (compiling) or ever (failed)."""
+
+    program: NodeProgram
+    ref: ProgramRef | None
+    failed: bool = False
+
+
+def serving_from_pass(programs: Iterable[NodeProgram], result: PassResult) -> list[Serving]:
+    """The version each program for pods serves now: the desired one, or the previous one while a
+    new one fails or waits."""
     reports: dict[tuple[str, str], ProgramReport] = {
         (r.namespace, r.name): r for r in result.reports if not r.detached
     }
-    active = [p for p in programs if not p.deleting and p.scope == "Pods"]
-    states: dict[tuple[str, str], set[str]] = {
-        key: {p.uid for p in report.pods if p.state == ATTACHED} for key, report in reports.items()
+    serving = []
+    for program in programs:
+        report = reports.get((program.namespace, program.name))
+        if program.deleting or program.scope != "Pods" or report is None:
+            continue
+        if report.serving_version is None:
+            serving.append(Serving(program, None, failed=report.build_error is not None))
+            continue
+        ref = ProgramRef(program.ref.namespace, program.ref.name, report.serving_version)
+        serving.append(Serving(program, ref))
+    return serving
+
+
+def entry_for(
+    pod: Pod, serving: Iterable[Serving], attached: Mapping[tuple[str, str], set[str]] | None = None
+) -> PodEntry:
+    """The pod's entry: every program selecting it, and (from a pass) whether it is attached."""
+    entry = PodEntry(pod.uid, pod.namespace, pod.name, pod.qos_class, pod.phase == "Pending")
+    for item in serving:
+        program = item.program
+        if not program.selects(pod):
+            continue
+        if item.ref is None:
+            if not item.failed:  # a failed build never comes: it holds nothing
+                entry.unserved.append(f"{program.ref.namespace}/{program.ref.name}")
+            continue
+        entry.wanted[item.ref] = Wanted(item.ref, program.build.attach)
+        if attached is not None and pod.uid in attached.get((program.namespace, program.name), set()):
+            entry.attached.add(item.ref)
+    return entry
+
+
+def entries_from_pass(
+    programs: Iterable[NodeProgram], pods: Iterable[Pod], result: PassResult
+) -> dict[str, PodEntry]:
+    """Every pod the pass saw, with what serves it and whether the pass found it attached."""
+    attached = {
+        (r.namespace, r.name): {p.uid for p in r.pods if p.state == ATTACHED}
+        for r in result.reports
+        if not r.detached
     }
-    entries: dict[str, PodEntry] = {}
-    for pod in pods:
-        entry = PodEntry(pod.uid, pod.namespace, pod.name, pod.qos_class, pod.phase == "Pending")
-        for program in active:
-            report = reports.get((program.namespace, program.name))
-            if report is None or not program.selects(pod):
-                continue
-            if report.serving_version is None:
-                if report.build_error is None:  # a failed build never comes: it holds nothing
-                    entry.unserved.append(f"{program.ref.namespace}/{program.ref.name}")
-                continue
-            ref = ProgramRef(program.ref.namespace, program.ref.name, report.serving_version)
-            entry.wanted[ref] = Wanted(ref, program.build.attach)
-            if pod.uid in states[(program.namespace, program.name)]:
-                entry.attached.add(ref)
-        entries[pod.uid] = entry
-    return entries
+    serving = serving_from_pass(programs, result)
+    return {pod.uid: entry_for(pod, serving, attached) for pod in pods}
 
 
 def merged(old: Mapping[str, PodEntry], new: dict[str, PodEntry]) -> dict[str, PodEntry]:

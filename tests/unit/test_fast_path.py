@@ -314,3 +314,17 @@ def test_the_hook_asks_the_agent_over_its_socket(kernel, cgroups, tmp_path):
     finally:
         server.stop()
     assert not server.path.exists()
+
+
+def test_a_pod_the_watch_shows_before_any_pass_registered_it_is_attached_on_cgroup_creation(kernel, cgroups):
+    reconciler, fast, _ = _fast(kernel, cgroups)
+    watched: dict[str, Pod] = {}
+    fast.pod_lookup = watched.get
+    watched["uid-web-1"] = Pod.from_object(pod("web-1", WEB, phase="Pending"))
+    assert fast.entry("uid-web-1") is None  # no pass yet: what serves it is not known
+    fast.registered(*_run(reconciler, [node_program()], []))  # a pass that did not see the pod
+    cgroups.present.add("uid-web-1")
+    fast.pod_cgroup("uid-web-1", Path("/cgroup/poduid-web-1"))
+    assert [set(links) for links in kernel.links.values()] == [{"uid-web-1"}]
+    assert fast.entry("uid-web-1").ready()
+    assert fast.entry("uid-unknown") is None
