@@ -64,6 +64,8 @@ def denied_listener() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
+# Compiles of every program, then pods one after the other: more than the suite's default.
+@pytest.mark.timeout(120 + 6 * PROGRAMS + 2 * PODS)
 def test_no_first_packet_or_connect_escapes(
     kube: Kube, node_a, namespace: str, logs_dir: Path, denied_listener
 ):
