@@ -4,7 +4,8 @@ every program selecting its pod.
 
 It reads the OCI state JSON on stdin; the pod UID comes from the annotations the CRI runtimes set
 (containerd: io.kubernetes.cri.sandbox-uid; CRI-O: io.kubernetes.pod.uid, or inside
-io.kubernetes.cri-o.Labels). A container of no pod (no such annotation) is let through at once.
+io.kubernetes.cri-o.Labels). A container of no pod (no such annotation), and a pod's sandbox, are
+let through at once.
 Fail-open by default: an agent that does not answer in time, or is not running, lets the container
 start (and the pass attaches moments later); --fail-closed refuses the start instead (exit 1, so
 the runtime fails the container and kubelet retries it).
@@ -26,12 +27,18 @@ DEFAULT_SOCKET = Path("/run/bpfleet/agent.sock")
 _UID_ANNOTATIONS = ("io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid")
 _CRIO_LABELS = "io.kubernetes.cri-o.Labels"
 _NAME_ANNOTATIONS = ("io.kubernetes.cri.container-name", "io.kubernetes.container.name")
+_TYPE_ANNOTATIONS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType")
 
 
 def pod_of(state: Any) -> tuple[str, str]:
-    """(pod UID, container name) from an OCI state; ("", "") for a container of no pod."""
+    """(pod UID, container name) from an OCI state; ("", "") for a container of no pod, or a
+    pod's sandbox."""
     annotations = state.get("annotations") if isinstance(state, dict) else None
     if not isinstance(annotations, dict):
+        return "", ""
+    if any(annotations.get(k) == "sandbox" for k in _TYPE_ANNOTATIONS):
+        # The pause container sends nothing; holding it would only delay the pod's own containers,
+        # whose hooks find the sandbox running (so Tc and Xdp can attach then).
         return "", ""
     uid = next((annotations[k] for k in _UID_ANNOTATIONS if isinstance(annotations.get(k), str)), "")
     if not uid and isinstance(annotations.get(_CRIO_LABELS), str):

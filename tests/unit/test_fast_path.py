@@ -256,6 +256,12 @@ def test_the_hook_reads_the_pod_uid_from_both_runtimes_annotations(annotations):
     assert hook.pod_of({"ociVersion": "1.0.2", "id": "x", "annotations": annotations}) == (UID, "app")
 
 
+@pytest.mark.parametrize("kind", ["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"])
+def test_a_pods_sandbox_is_not_held(kind):
+    annotations = {"io.kubernetes.cri.sandbox-uid": UID, "io.kubernetes.pod.uid": UID, kind: "sandbox"}
+    assert hook.pod_of({"annotations": annotations}) == ("", "")
+
+
 def test_a_container_of_no_pod_is_let_through_at_once(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO(json.dumps({"id": "x", "annotations": {}})))
     assert hook.main(["--socket", "/nonexistent/agent.sock", "--fail-closed"]) == 0
