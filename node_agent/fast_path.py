@@ -147,6 +147,7 @@ class FastPath:
             self.wake()  # a pod the pass has not registered yet: let it look now
             return
         done = []
+        started = time.monotonic()
         for wanted in entry.todo(moments):
             try:
                 self.backend.attach(wanted.ref, uid, cgroup, wanted.attach)
@@ -164,6 +165,11 @@ class FastPath:
             self._changed.notify_all()
         log.info(
             "attached on cgroup creation",
-            extra={"pod": f"{entry.namespace}/{entry.name}", "programs": len(done), "cgroup": str(cgroup)},
+            extra={
+                "pod": f"{entry.namespace}/{entry.name}",
+                "programs": len(done),
+                "seconds": round(time.monotonic() - started, 4),
+                "cgroup": str(cgroup),
+            },
         )
         self.wake()  # the pass finds the links and reports Attached
