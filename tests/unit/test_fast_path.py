@@ -334,3 +334,31 @@ def test_a_pod_the_watch_shows_before_any_pass_registered_it_is_attached_on_cgro
     assert [set(links) for links in kernel.links.values()] == [{"uid-web-1"}]
     assert fast.entry("uid-web-1").ready()
     assert fast.entry("uid-unknown") is None
+
+
+def test_xdp_waits_for_the_network_like_tc():
+    program = NodeProgram.from_object(node_program("xdp", attach={"type": "Xdp"}))
+    entries = entries_from_pass(
+        [program],
+        [Pod.from_object(pod("web-1", WEB, phase="Pending"))],
+        Reconciler(FakeBackend(), FakeCgroups()).run([program], []),
+    )
+    assert [w.when for w in entries["uid-web-1"].wanted.values()] == [AT_NETWORK]
+
+
+def test_a_container_cgroup_wakes_the_pass_for_what_only_it_can_attach(kernel, cgroups):
+    reconciler, fast, wakes = _fast(kernel, cgroups)
+    fast.registered(
+        *_run(reconciler, [node_program("probe", attach=UPROBE)], [pod("web-1", WEB, phase="Pending")])
+    )
+    fast.registered(
+        *_run(reconciler, [node_program("probe", attach=UPROBE)], [pod("web-1", WEB, phase="Pending")])
+    )
+    before = wakes.count
+    fast.container_cgroup("uid-web-1", "a" * 64, Path("/cgroup/poduid-web-1/" + "a" * 64))
+    assert kernel.links == {}  # the uprobe is the pass's (it needs the container's process)
+    assert wakes.count == before + 1
+    _, plain, plain_wakes = _fast(FakeBackend(), cgroups)
+    plain.registered(*_run(reconciler, [node_program()], [pod("web-2", WEB, phase="Pending")]))
+    plain.container_cgroup("uid-unknown-pod", "a" * 64, Path("/c/" + "a" * 64))
+    assert plain_wakes.count == 1  # a pod no pass has seen: only the pass can tell
