@@ -24,7 +24,7 @@ lint: deps
 test: control-plane lint  ## every tier: unit, kernel, API server, end to end
 	$(PYTHON) -m pytest
 
-bench: control-plane  ## prints apply-to-Ready, pod-to-attached and sandboxed vs plain compile times
+bench: control-plane  ## prints apply-to-Ready, pod-to-attached, cgroup-to-attached (1 and 50 programs) and compile times
 	$(PYTHON) -m e2e.bench
 
 .PHONY: images

@@ -1,9 +1,12 @@
 """Latency benchmark of the full path on this host; prints figures, asserts nothing.
 
   python -m e2e.bench [--programs 5] [--pods 20] [--loads 10] [--compile-only]
+                      [--fast-programs 1 50] [--fast-pods 100]
 
 apply -> Ready        from `kubectl apply` of a new EbpfProgram to READY True (includes the compile)
 pod -> attached       from the Pod's creation to its cgroup showing the program (bpftool)
+cgroup -> attached    from kubelet making a Pending pod's cgroup to every program's link, with 1
+                      and with 50 programs (--fast-programs), p50 and p99 (e2e/bench_fast_path.py)
 compile               median wall time of a load (compile worker, verifier, pins) of the
                       pod-traffic-counter builtin, sandboxed and not, and the sandbox's overhead;
                       --compile-only measures just this, without the control plane
@@ -22,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from e2e import bench_fast_path
 from e2e.controlplane import ControlPlane
-from e2e.harness import agent_process, install_crds, log, operator_process, wait_for
+from e2e.harness import agent_process, hook_socket, install_crds, log, operator_process, wait_for
 from e2e.kube import Kube, cgroup_programs
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
 from e2e.tools import REPO_ROOT
@@ -42,6 +46,13 @@ def summary(name: str, samples: list[float]) -> str:
         f"{name:20} n={len(ms):3}  min {ms[0]:7.1f} ms  median {statistics.median(ms):7.1f} ms  "
         f"p90 {p90:7.1f} ms  max {ms[-1]:7.1f} ms"
     )
+
+
+def percentiles(name: str, samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    median = statistics.median(ms)
+    return f"{name:28} n={len(ms):3}  p50 {median:7.2f} ms  p99 {p99:7.2f} ms  max {ms[-1]:7.2f} ms"
 
 
 def measure_apply_to_ready(kube: Kube, namespace: str, count: int) -> list[float]:
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--loads", type=int, default=10, help="loads per compile figure")
     parser.add_argument("--compile-only", action="store_true", help="only the compile figures")
+    parser.add_argument("--fast-programs", type=int, nargs="+", default=[1, 50], help="program counts")
+    parser.add_argument("--fast-pods", type=int, default=100, help="pods per cgroup -> attached figure")
     args = parser.parse_args(argv)
     log("measuring compile, sandboxed and not", loads=args.loads)
     compiles = compile_cost(args.loads)
@@ -132,11 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         kube = Kube(plane.kubeconfig)
         install_crds(plane.kubeconfig)
         operator = operator_process(plane.kubeconfig, work / "logs").start()
+        # The simulator first: kubelet's cgroup root exists before the agent starts, as on a node.
+        sim = PodSimulator(kube.api, NODE, cgroup_root)
+        sim.ensure_node()
         agent = agent_process(plane.kubeconfig, NODE, cgroup_root, bpffs_root, work / "logs").start()
         # Only a node whose agent has published its BpfleetNode is targeted.
         wait_for("the agent to start", lambda: kube.runs_agent(NODE), timeout=60)
-        sim = PodSimulator(kube.api, NODE, cgroup_root)
-        sim.ensure_node()
         namespace = "bench"
         kube.kubectl("create", "namespace", namespace)
         sim.create_pod(namespace, "web-seed", {"app": "web"})
@@ -145,9 +159,15 @@ def main(argv: list[str] | None = None) -> None:
         ready = measure_apply_to_ready(kube, namespace, args.programs)
         log("measuring pod -> attached", pods=args.pods, programs_attaching=args.programs)
         attached = measure_pod_to_attached(sim, namespace, args.pods)
+        log("measuring cgroup -> attached", programs=args.fast_programs, pods=args.fast_pods)
+        fast = bench_fast_path.measure(
+            kube, sim, NODE, hook_socket(work / "logs", NODE), args.fast_programs, args.fast_pods
+        )
         print()
         print(summary("apply -> Ready", ready))
         print(summary("pod -> attached", attached))
+        for count, samples in sorted(fast.items()):
+            print(percentiles(f"cgroup -> attached, {count} prog", samples))
         print(compiles)
         kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
     finally:

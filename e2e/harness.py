@@ -141,9 +141,16 @@ def agent_process(
             "BPFLEET_KUBELET_CGROUP_ROOT": str(kubelet_cgroup_root),
             "BPFLEET_BPFFS_ROOT": str(bpffs_root),
             "BPFLEET_METRICS_ADDRESS": metrics_address,
+            # One container-start hook socket per agent: several agents share this host.
+            "BPFLEET_HOOK_SOCKET": str(hook_socket(log_dir, node)),
         },
         log_dir / f"agent-{node}.log",
     )
+
+
+def hook_socket(log_dir: Path, node: str) -> Path:
+    """Where the agent of `node` started by agent_process answers container-start hooks."""
+    return log_dir / f"hook-{node}.sock"
 
 
 def wait_for(what: str, predicate: object, timeout: float = 10.0, interval: float = 0.05) -> float:

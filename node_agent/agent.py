@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
@@ -64,6 +65,8 @@ class Agent:
             label_selector=f"{names.NODE_LABEL}={names.label_value(node)}",
         )
         self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
+        # Called after each pass with what it saw (the fast path registers pods' programs here).
+        self.pass_listeners: list[Callable[[list[NodeProgram], list[Pod], PassResult], None]] = []
 
     def run(self) -> None:
         log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
@@ -194,6 +197,10 @@ class Agent:
         self.stop_event.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Runs a pass soon (after the debounce), from any thread."""
+        self._wake.set()
+
     def reconcile_once(self) -> PassResult:
         listed = self.programs.objects()
         self._logged &= {_log_key(o, why) for o in listed for why in ("ignored", "refused")}
@@ -221,6 +228,11 @@ class Agent:
         started = time.monotonic()
         result = self.reconciler.run(programs, pods, held)
         self.metrics.pass_done(result, objects, pods, time.monotonic() - started)
+        for listener in self.pass_listeners:
+            try:
+                listener(programs, pods, result)
+            except Exception:  # never the end of the pass: the fast path is an optimisation
+                log.exception("pass listener failed", extra={"node": self.node})
         for report in result.reports:
             obj = objects[(report.namespace, report.name)]
             if report.detached:

@@ -8,6 +8,7 @@ Guaranteed pods have no QoS level. Attaching at the pod level covers every conta
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePath
 
 _QOS_CLASSES = ("Guaranteed", "Burstable", "BestEffort")
@@ -66,3 +67,54 @@ def processes(cgroup: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+# -- reading kubelet's names back (the fast path sees directories appear, not pods) ----------------
+
+# The directories that hold pod cgroups, for both drivers: kubelet's root parent (Guaranteed pods)
+# and the Burstable and BestEffort QoS parents below it.
+QOS_PARENTS: tuple[PurePath, ...] = (
+    PurePath("kubepods"),
+    PurePath("kubepods", "burstable"),
+    PurePath("kubepods", "besteffort"),
+    PurePath("kubepods.slice"),
+    PurePath("kubepods.slice", "kubepods-burstable.slice"),
+    PurePath("kubepods.slice", "kubepods-besteffort.slice"),
+)
+# Pod UIDs are RFC 4122 UUIDs: anything else in a directory name is not a pod of kubelet's.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SYSTEMD_POD = re.compile(r"kubepods-(?:(?:burstable|besteffort)-)?pod([0-9a-f_]{36})\.slice")
+# Container cgroups: cgroupfs names them by id; systemd by runtime-prefixed scope units.
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+_SYSTEMD_CONTAINER = re.compile(r"(?:cri-containerd|crio|docker)-([0-9a-f]{64})\.scope")
+
+
+def pod_uid_of(parent: PurePath, name: str) -> str | None:
+    """The pod UID a directory `name` created in `parent` (relative to the kubelet root) stands
+    for, or None when it is no pod cgroup (a QoS parent, a stray directory)."""
+    if parent not in QOS_PARENTS:
+        return None
+    if parent.parts[0] == "kubepods":
+        uid = name[3:] if name.startswith("pod") else ""
+        return uid if _UUID.fullmatch(uid) else None
+    match = _SYSTEMD_POD.fullmatch(name)
+    if match is None or not _qos_matches(parent, name):
+        return None
+    uid = match.group(1).replace("_", "-")
+    return uid if _UUID.fullmatch(uid) else None
+
+
+def _qos_matches(parent: PurePath, name: str) -> bool:
+    # kubepods-burstable-pod<uid>.slice belongs in kubepods-burstable.slice, and so on.
+    if len(parent.parts) == 1:
+        return name.startswith("kubepods-pod")
+    qos = parent.name.removeprefix("kubepods-").removesuffix(".slice")
+    return name.startswith(f"kubepods-{qos}-pod")
+
+
+def container_id_of(name: str) -> str | None:
+    """The container id in a container cgroup's directory name (either driver), else None."""
+    if _CONTAINER_ID.fullmatch(name):
+        return name
+    match = _SYSTEMD_CONTAINER.fullmatch(name)
+    return match.group(1) if match else None

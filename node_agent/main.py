@@ -19,11 +19,14 @@ from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.compile_pool import DEFAULT_CONCURRENCY, CompilePool
 from node_agent.compile_queue import CompileQueue
+from node_agent.fast_wiring import FastPathRuntime
+from node_agent.hook import DEFAULT_SOCKET
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
 from node_agent.reconcile import Reconciler
+from node_agent.serialized_backend import SerializedBackend
 
 log = logging.getLogger("node_agent")
 
@@ -82,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="host:port of /metrics and /healthz (no authentication; default loopback only); empty "
         "disables (env BPFLEET_METRICS_ADDRESS)",
     )
+    parser.add_argument(
+        "--hook-socket",
+        default=os.environ.get("BPFLEET_HOOK_SOCKET", str(DEFAULT_SOCKET)),
+        help="unix socket where container-start hooks ask whether a pod is ready; empty disables "
+        "(env BPFLEET_HOOK_SOCKET)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.node:
@@ -110,11 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         log.error(node_features.no_headers, extra={"node": args.node})
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver, backend)
-    timed = metrics.timed(backend)
-    pool = CompilePool(timed.load, concurrency=args.compile_concurrency, queue=CompileQueue())
+    # One lock around kernel changes: the pass and the fast path attach through the same backend;
+    # compiles (load) run beside both, in the pool.
+    kernel = SerializedBackend(metrics.timed(backend))
+    pool = CompilePool(kernel.load, concurrency=args.compile_concurrency, queue=CompileQueue())
     # The observed model is read from the kernel again at every resync, not every pass.
     resync_due = observed.every(args.resync, time.monotonic)
-    reconciler = Reconciler(timed, resolver, node_features, pool, resync_due)
+    reconciler = Reconciler(kernel, resolver, node_features, pool, resync_due)
     agent = Agent(
         api_client(args.kubeconfig),
         args.node,
@@ -138,7 +149,12 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    agent.run()
+    fast = FastPathRuntime(agent, reconciler, Path(args.hook_socket) if args.hook_socket else None)
+    fast.start()
+    try:
+        agent.run()
+    finally:
+        fast.stop()
     sys.exit(0)
 
 

@@ -203,10 +203,11 @@ class BpffsBackend:
             return self._select_pod(ref, pod_uid, cgroup_dir, attach)
         if attach.scope == PER_BINARY_FILTERED:
             return self._select_pod_in_binary(ref, pod_uid, cgroup_dir, attach, container_id)
-        current = self.attachments(ref).get(pod_uid)
-        if current is not None and current.live:
-            return current
         pin = self._dir(ref) / "links" / pod_uid
+        # This pod's pin only: reading every attachment would make each attach cost O(pods).
+        current = links.info(pin)
+        if current is not None and current.target_id != 0:
+            return Attachment(ref, pod_uid, current.id, current.target_id)
         pin.unlink(missing_ok=True)  # a link whose cgroup or interface went away: replace it
         pin.parent.mkdir(exist_ok=True)
         try:
