@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_agent import errors, netns
+from node_agent import errors, fault_points, netns
 from node_agent.kernel import syscalls
 from node_agent.kernel.attach_types import PER_POD_CGROUP, PER_POD_NETDEV, PROG_TYPE_XDP, KernelAttach
 
@@ -45,9 +45,11 @@ def move(
             if target_id is not None and info.target_id != target_id:
                 raise errors.AttachFailed(f"the link is on ifindex {info.target_id}, not {target_id}")
             syscalls.link_update(link_fd, new_fd, old_fd)
+            fault_points.reached("update-repin")
             new_pin.parent.mkdir(exist_ok=True)
             new_pin.unlink(missing_ok=True)  # a dead link of the new version, whose target went away
             syscalls.obj_pin(link_fd, str(new_pin))
+            fault_points.reached("update-unpin")
             old_pin.unlink()
             return syscalls.link_info(link_fd)
     except (OSError, errors.KernelError) as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from node_agent import fault_points
 from node_agent.kernel import syscalls
 from node_agent.kernel.compile_runner import Received
 
@@ -39,6 +40,7 @@ def publish(received: Received, pin_dir: Path) -> int:
         for name, fd in received.maps.items():
             syscalls.obj_pin(fd, str(staging / "maps" / name))
         prog_id = syscalls.prog_info(received.progs["prog"]).id
+        fault_points.reached("publish")
         staging.rename(pin_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
