@@ -91,8 +91,8 @@ class Informer(threading.Thread):
         timing: WatchTiming | None = None,
         since: str | None = None,
     ) -> None:
-        """`since` resumes from a resourceVersion kept from before (the first watch starts there,
-        and the informer lists only if the server no longer has it); None lists first."""
+        """`since` starts with a watch from that resourceVersion instead of a list (as after a
+        long disconnection; tests use it to meet a real 410). The cache is synced by a list only."""
         super().__init__(name=f"informer {path}", daemon=True)
         self.api, self.path, self.on_change = api, path, on_change
         self.selectors = {
@@ -122,6 +122,8 @@ class Informer(threading.Thread):
                 if self._version is None:
                     self._version = self._list()
                 self._version = self._watch(self._version)
+                if not self.synced.is_set():
+                    self._version = None  # resumed with an empty cache: only a list fills it
             except Expired as e:
                 # Relisting is what a whole fleet does after a restart: spread it a little too.
                 self.stats.expired += 1

@@ -64,6 +64,7 @@ class Cycles:
         self.kube, self.node, self.namespace, self.pause_file = kube, node, namespace, pause_file
         self.generation = 0
         self.made = 0
+        self.restarted_at = 0  # the agent log's size when it was last started
         self.rng = random.Random(SEED)
 
     @property
@@ -129,6 +130,7 @@ class Cycles:
         tree = bpf_census.process_tree(self.agent.process.pid) if self.agent.process else set()
         self.agent.kill(signal.SIGKILL)
         self.pause_file.write_text("")
+        self.restarted_at = self.agent.log_path.stat().st_size
         wait_for(
             "no process of the killed agent left (its compile workers included)",
             lambda: not any(bpf_census.alive(pid) for pid in tree),
@@ -238,6 +240,12 @@ def test_agent_killed_at_random_points_leaves_one_attachment_and_nothing_else(
         at = time.monotonic()
         what = cycles.kill_at(point)
         killed = time.monotonic()
+        # A judge satisfied before the new agent's first pass would prove nothing of that agent.
+        wait_for(
+            "the restarted agent's first pass",
+            lambda: "initial reconcile done" in _log_since(cycles.agent, cycles.restarted_at),
+            timeout=60,
+        )
         cycles.converged(f"cycle {n}: killed at {what}")
         print(f"cycle {n} {what}: killed in {killed - at:.1f}s, converged {time.monotonic() - killed:.1f}s")
         done[point or "random"] = done.get(point or "random", 0) + 1
