@@ -1,6 +1,7 @@
 """The agent SIGKILLed at random points, over many cycles (BPFLEET_KILL_CYCLES, default 100): at a
 named fault point (mid-compile, mid-publish, between attach and pin, mid-detach, mid-update; see
-node_agent/fault_points.py) or after a random delay. After each restart, with bpftool as the judge:
+node_agent/fault_points.py) or after a random delay; with its process group, or alone (its compile
+worker then outlives it). After each restart, with bpftool as the judge:
 one attachment per selected pod, none on the others, no program, map, link or pin of any earlier
 version, no staging directory, no compile worker left, and the program's status right."""
 
@@ -128,13 +129,19 @@ class Cycles:
                 timeout=30,
             )
         tree = bpf_census.process_tree(self.agent.process.pid) if self.agent.process else set()
-        self.agent.kill(signal.SIGKILL)
+        if self.rng.random() < 0.5 and self.agent.process is not None:
+            # The agent alone, as the OOM killer would: a compile worker outlives it, and must go.
+            os.kill(self.agent.process.pid, signal.SIGKILL)
+            self.agent.process.wait(timeout=30)
+        else:
+            self.agent.kill(signal.SIGKILL)  # its whole process group, as a container's end does
+        self.agent.stop()  # a no-op on the process, which is gone; closes its log
         self.pause_file.write_text("")
         self.restarted_at = self.agent.log_path.stat().st_size
         wait_for(
             "no process of the killed agent left (its compile workers included)",
             lambda: not any(bpf_census.alive(pid) for pid in tree),
-            timeout=10,
+            timeout=30,
         )
         self.agent.start()
         return f"{point or 'random'} ({action})"
