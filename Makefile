@@ -27,6 +27,14 @@ test: control-plane lint  ## every tier: unit, kernel, API server, end to end
 bench: control-plane  ## prints apply-to-Ready, pod-to-attached, cgroup-to-attached (1 and 50 programs) and compile times
 	$(PYTHON) -m e2e.bench
 
+SOAK_MINUTES ?= 60
+.PHONY: soak fault-figures
+soak: control-plane  ## pod churn and program updates on 2 nodes for SOAK_MINUTES (60); fails if anything grows
+	$(PYTHON) -m e2e.soak --minutes $(SOAK_MINUTES)
+
+fault-figures: control-plane  ## recovery times (API server, etcd, agent kill, watch stall), then a SOAK_MINUTES soak
+	$(PYTHON) -m e2e.fault_figures --soak-minutes $(SOAK_MINUTES)
+
 .PHONY: images
 images:  ## bpfleet/operator:dev and bpfleet/agent:dev from their Dockerfiles, with podman (docs/images.md)
 	bash e2e/scripts/build-images.sh

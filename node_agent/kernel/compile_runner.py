@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from node_agent import errors
+from node_agent import errors, fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
@@ -153,6 +153,7 @@ def _talk(
             proc.stdin.write(json.dumps(request).encode())
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
+        fault_points.reached("compile")
         reply = _receive(ours, deadline)
         timed_out = reply is None and time.monotonic() >= deadline
         if not timed_out:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node_agent import errors, netns
+from node_agent import errors, fault_points, netns
 from node_agent.kernel import links, syscalls
 from node_agent.kernel.attach_types import PER_POD_CGROUP, PER_POD_NETDEV, PROG_TYPE_XDP, KernelAttach
 
@@ -47,9 +47,11 @@ def move(
             # Already on new_prog: an agent killed between the update and the re-pin. Only the pin moves.
             if info.prog_id != syscalls.prog_info(new_fd).id:
                 syscalls.link_update(link_fd, new_fd, old_fd)
+                fault_points.reached("update-repin")
             new_pin.parent.mkdir(exist_ok=True)
             new_pin.unlink(missing_ok=True)  # a dead link of the new version, whose target went away
             syscalls.obj_pin(link_fd, str(new_pin))
+            fault_points.reached("update-unpin")
             old_pin.unlink()
             return syscalls.link_info(link_fd)
     except (OSError, errors.KernelError) as e:

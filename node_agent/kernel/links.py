@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from node_agent import errors
+from node_agent import errors, fault_points
 from node_agent.kernel import syscalls
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def pin_new(prog_pin: Path, pin: Path, create: Callable[[int], int]) -> syscalls
         syscalls.closing_fd(syscalls.obj_get(str(prog_pin))) as prog_fd,
         syscalls.closing_fd(create(prog_fd)) as link_fd,
     ):
+        fault_points.reached("attach-pin")
         syscalls.obj_pin(link_fd, str(pin))
         return syscalls.link_info(link_fd)
 
@@ -44,6 +45,7 @@ def detach(pin: Path) -> None:
     try:
         with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
             syscalls.link_detach(fd)
+        fault_points.reached("detach")
     except errors.KernelError as e:
         if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
             log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})

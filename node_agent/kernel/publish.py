@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from node_agent import fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_runner import Received
 
@@ -53,6 +54,7 @@ def publish(
                 (staging / kind).mkdir(exist_ok=True)
                 syscalls.obj_pin(received.maps[name], str(staging / kind / name))
         prog_id = syscalls.prog_info(received.progs["prog"]).id
+        fault_points.reached("publish")
         staging.rename(pin_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

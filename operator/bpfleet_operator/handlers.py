@@ -15,7 +15,7 @@ import kopf
 
 from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
-from bpfleet_operator import deletion, events, kinds
+from bpfleet_operator import deletion, events, kinds, watch_settings
 from bpfleet_operator.backoff import capped_backoffs
 from bpfleet_operator.controller import DELETE_GRACE_SECONDS, ClusterView, ProgramController
 from bpfleet_operator.fleet_events import FanoutInputs
@@ -55,6 +55,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.networking.error_backoffs = capped_backoffs()  # back within ~2 s of the API server
+    watch_settings.apply(settings)  # a stalled watch is noticed within 35 s
     STATE.controller = ProgramController.from_client(api_client())
     STATE.queue = WorkQueue(reconcile, before_batch=refresh_view)
     STATE.worker = asyncio.create_task(STATE.queue.run())
