@@ -1,12 +1,14 @@
 """Latency benchmark of the full path on this host; prints figures, asserts nothing.
 
   python -m e2e.bench [--programs 5] [--pods 20] [--loads 10] [--compile-only]
-                      [--fast-programs 1 50] [--fast-pods 100]
+                      [--fast-programs 1 50] [--fast-pods 100] [--load-programs 50] [--load-pods 200]
 
 apply -> Ready        from `kubectl apply` of a new EbpfProgram to READY True (includes the compile)
 pod -> attached       from the Pod's creation to its cgroup showing the program (bpftool)
 cgroup -> attached    from kubelet making a Pending pod's cgroup to every program's link, with 1
                       and with 50 programs (--fast-programs), p50 and p99 (e2e/bench_fast_path.py)
+load                  --load-programs programs applied at once on --load-pods pods -> all Ready, the
+                      agent's RSS then, and its CPU when idle (e2e/bench_load.py)
 compile               median wall time of a load (compile worker, verifier, pins) of the
                       pod-traffic-counter builtin, sandboxed and not, and the sandbox's overhead;
                       --compile-only measures just this, without the control plane
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from e2e import bench_fast_path
+from e2e import bench_fast_path, bench_load
 from e2e.controlplane import ControlPlane
 from e2e.harness import agent_process, hook_socket, install_crds, log, operator_process, wait_for
 from e2e.kube import Kube, cgroup_programs
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-only", action="store_true", help="only the compile figures")
     parser.add_argument("--fast-programs", type=int, nargs="+", default=[1, 50], help="program counts")
     parser.add_argument("--fast-pods", type=int, default=100, help="pods per cgroup -> attached figure")
+    parser.add_argument("--load-programs", type=int, default=50, help="programs of the load figure")
+    parser.add_argument("--load-pods", type=int, default=200, help="pods of the load figure")
     args = parser.parse_args(argv)
     log("measuring compile, sandboxed and not", loads=args.loads)
     compiles = compile_cost(args.loads)
@@ -163,11 +167,15 @@ def main(argv: list[str] | None = None) -> None:
         fast = bench_fast_path.measure(
             kube, sim, NODE, hook_socket(work / "logs", NODE), args.fast_programs, args.fast_pods
         )
+        log("measuring the agent under load", programs=args.load_programs, pods=args.load_pods)
+        assert agent.process is not None
+        load = bench_load.measure(kube, sim, agent.process.pid, args.load_programs, args.load_pods)
         print()
         print(summary("apply -> Ready", ready))
         print(summary("pod -> attached", attached))
         for count, samples in sorted(fast.items()):
             print(percentiles(f"cgroup -> attached, {count} prog", samples))
+        print("\n".join(load.lines()))
         print(compiles)
         kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
     finally:

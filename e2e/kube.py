@@ -67,7 +67,7 @@ class Kube:
 
     def condition(self, namespace: str, name: str, kind: str = "Ready") -> dict[str, Any] | None:
         """The condition, if the status speaks of the current generation."""
-        return _current_condition(self.program(namespace, name), kind)
+        return current_condition(self.program(namespace, name), kind)
 
     def is_ready(self, namespace: str, name: str) -> bool:
         cond = self.condition(namespace, name)
@@ -114,7 +114,7 @@ class Kube:
         return found
 
     def cluster_condition(self, name: str, kind: str = "Ready") -> dict[str, Any] | None:
-        return _current_condition(self.cluster_program(name), kind)
+        return current_condition(self.cluster_program(name), kind)
 
     def cluster_is_ready(self, name: str) -> bool:
         cond = self.cluster_condition(name)
@@ -134,7 +134,7 @@ def _unless_missing(get: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         raise
 
 
-def _current_condition(program: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+def current_condition(program: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     """A program's condition of that type, if its status speaks of the current generation."""
     if program is None:
         return None
