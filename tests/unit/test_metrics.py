@@ -33,9 +33,9 @@ from node_agent.map_export import (
     parse_metrics,
 )
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import ATTACHED, PodReport, ProgramReport, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend
 
 WEB = {"app": "web"}
@@ -244,7 +244,7 @@ def counter_object(metrics: list[dict] | None = None, name: str = "counter") -> 
 def agent_pass(metrics: AgentMetrics, reconciler: Reconciler, objects: list[dict], pods: list[dict]):
     by_key = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
     parsed_pods = [Pod.from_object(p) for p in pods]
-    result = reconciler.run([NodeProgram.from_object(o) for o in objects], parsed_pods)
+    result = reconciler.run([parsed(o) for o in objects], parsed_pods)
     metrics.pass_done(result, by_key, parsed_pods, 0.01)
     return result
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from bpfleet_api import reasons
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.backend import NODE_TARGET
-from node_agent.model import NodeProgram, Pod, Trust
+from node_agent.model import Pod, Trust
 from node_agent.reconcile import ATTACHED, FAILED, PassResult, Reconciler
-from node_agent.status import QUEUED, node_program_status
-from tests.unit.builders import cluster_program, node_program, pod
+from node_agent.status import QUEUED
+from tests.unit.builders import cluster_program, node_program, parsed, pod, report_entry
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 TRUST = Trust(system_namespace="bpfleet-system")
@@ -22,9 +22,7 @@ def node_scoped(attach: dict, name: str = "admin", **kwargs) -> dict:
 
 
 def run(reconciler: Reconciler, programs: list[dict], pods: list[dict] | None = None) -> PassResult:
-    return reconciler.run(
-        [NodeProgram.from_object(p, TRUST) for p in programs], [Pod.from_object(p) for p in pods or []]
-    )
+    return reconciler.run([parsed(p, TRUST) for p in programs], [Pod.from_object(p) for p in pods or []])
 
 
 def targets(result: PassResult) -> list[tuple[str, str]]:
@@ -34,8 +32,8 @@ def targets(result: PassResult) -> list[tuple[str, str]]:
 
 def ready(result: PassResult) -> dict:
     [report] = result.reports
-    status = node_program_status(report, "node-a", None)
-    [condition] = status["conditions"]
+    status = report_entry(report)
+    condition = {"status": str(status["ready"]), "reason": status["reason"], "message": status["message"]}
     return {**status, "ready": condition}
 
 
@@ -113,7 +111,7 @@ def test_a_failed_interface_is_a_failure_others_stay_attached():
 def test_pods_programs_have_no_targets_in_status():
     kernel = FakeBackend()
     result = run(Reconciler(kernel, FakeCgroups()), [node_program()])
-    assert ready(result)["targets"] is None  # a merge patch removes the field
+    assert "targets" not in ready(result)  # scope Node only
 
 
 # -- the compile queue, as status shows it --------------------------------------------------------
@@ -131,13 +129,12 @@ def test_a_version_waiting_for_its_turn_is_queued_not_failed_and_the_old_one_ser
     assert result.queued
     reports = {r.name: r for r in result.reports}
     # b arrived first, so it is built now; a's new version waits, and a1 keeps serving.
-    assert reports["b-node-a"].queued is None and reports["b-node-a"].loaded is not None
-    a = reports["a-node-a"]
+    assert reports["b-v1"].queued is None and reports["b-v1"].loaded is not None
+    a = reports["a-v1"]
     assert a.queued == 1 and a.serving_version != a.version and a.pods[0].state == ATTACHED
-    status = node_program_status(a, "node-a", None)
-    [condition] = status["conditions"]
-    assert (condition["status"], condition["reason"]) == ("False", QUEUED)
-    assert "waits for its turn to compile" in condition["message"] and "keeps running" in condition["message"]
+    status = report_entry(a)
+    assert (status["ready"], status["reason"]) == (False, QUEUED)
+    assert "waits for its turn to compile" in status["message"] and "keeps running" in status["message"]
     assert status["failures"] == []
 
     result = run(
