@@ -51,7 +51,7 @@ def program_entry(report: ProgramReport, entry: Entry, serving: str | None) -> d
         "servingVersion": serving if report.loaded else None,
         "ready": ready,
         "reason": reason,
-        "message": message,
+        "message": conditions.truncate(message, names.MAX_MESSAGE_CHARS),
         "pods": {"selected": len(report.pods), "attached": attached, "failed": failed},
         # What a scope-Node program is attached to on this node.
         "targets": [{k: v for k, v in vars(t).items() if v} for t in report.targets[:MAX_TARGETS]]
@@ -72,6 +72,7 @@ def refused_entry(
 ) -> dict[str, Any]:
     """The status entry of an entry the agent does not serve this pass. What ran of it (previous
     counts, serving version) is carried over when it keeps running."""
+    message = conditions.truncate(message, names.MAX_MESSAGE_CHARS)
     status: dict[str, Any] = {**_keys(entry), "ready": False, "reason": reason, "message": message}
     for kept in ("servingVersion", "pods", "targets", "programId"):
         if previous and kept in previous:
