@@ -39,7 +39,11 @@ def test_two_nodes_then_one_then_a_dead_node(kube: Kube, node_a, node_b, namespa
     )
     assert nodes_status(kube, namespace) == {"targeted": 1, "ready": 1, "failed": 0}
     wait_for("node-a detached", lambda: not cgroup_programs(pod_a.pod_cgroup), timeout=10)
-    assert [np["spec"]["nodeName"] for np in kube.node_programs(namespace, PROGRAM)] == [node_b.name]
+    wait_for(
+        "node-a's status entry gone",
+        lambda: [np["node"] for np in kube.node_programs(namespace, PROGRAM)] == [node_b.name],
+        timeout=10,
+    )
 
     # Back to both nodes; then node-b's agent dies and its Node object is deleted.
     program["spec"].pop("nodeSelector")
