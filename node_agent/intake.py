@@ -16,7 +16,7 @@ from typing import Any
 
 from bpfleet_api import reasons
 from node_agent.errors import InvalidSpec, TrustViolation
-from node_agent.model import EntryKey, NodeProgram, Trust, check_entry, version_namespace
+from node_agent.model import EntryKey, NodeProgram, Trust, check_entry, check_hash, version_namespace
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class VersionReader:
 
     def __init__(self, fetch: Fetch, trust: Trust) -> None:
         self.fetch, self.trust = fetch, trust
-        self._cache: dict[tuple[str, str], Mapping[str, Any]] = {}
+        # By (namespace, name): the object, or why it is refused.
+        self._cache: dict[tuple[str, str], Mapping[str, Any] | InvalidSpec] = {}
 
     def read(self, entries: list[Entry]) -> Intake:
         intake = Intake(entries={e.key: e for e in entries})
@@ -119,14 +120,17 @@ class VersionReader:
                 continue
             intake.programs.append(program)
             intake.keys[(program.namespace, program.name)] = entry.key
-            intake.objects[(program.namespace, program.name)] = self._cache[where]
+            intake.objects[(program.namespace, program.name)] = self._version(where)
         # Versions no entry names any more are dropped: the operator deletes them soon.
         self._cache = {k: v for k, v in self._cache.items() if k in wanted}
         return intake
 
     def _version(self, where: tuple[str, str]) -> Mapping[str, Any]:
         if where in self._cache:
-            return self._cache[where]
+            cached = self._cache[where]
+            if isinstance(cached, InvalidSpec):
+                raise cached
+            return cached
         namespace, name = where
         if not _DNS_LABEL.fullmatch(name):
             raise InvalidSpec(f"version {name!r} is not a version object's name")
@@ -139,6 +143,11 @@ class VersionReader:
                 f"version object {namespace}/{name} not found; what ran of it on this node keeps running"
             )
             raise _Unread(Refusal(reasons.SOURCE_NOT_FOUND, message, False))
+        try:
+            check_hash(found)  # once: the object never changes
+        except InvalidSpec as e:
+            self._cache[where] = e
+            raise
         self._cache[where] = found
         return found
 

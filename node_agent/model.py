@@ -117,9 +117,10 @@ class NodeProgram:
     def from_entry(
         cls, entry: EntryKey, generation: int, version: Mapping[str, Any], trust: Trust | None = None
     ) -> NodeProgram:
-        """Parses the EbpfProgramVersion an EbpfNodeState entry names. Raises TrustViolation when the
-        pair breaks a trust rule, InvalidSpec when the version cannot be served (KeyError or
-        TypeError when it does not have the shape of the CRD at all)."""
+        """Parses the EbpfProgramVersion an EbpfNodeState entry names, whose contentHash the caller
+        checked (check_hash: once per object, it never changes). Raises TrustViolation when the pair
+        breaks a trust rule, InvalidSpec when the version cannot be served (KeyError or TypeError
+        when it does not have the shape of the CRD at all)."""
         trust = trust or Trust()
         meta, spec = version["metadata"], version["spec"]
         kind = entry.kind
@@ -128,8 +129,6 @@ class NodeProgram:
             raise TrustViolation(f"a {kind}'s version is read from namespace {namespace!r} only")
         if (spec.get("programKind") or names.PROGRAM_KIND) != kind:
             raise TrustViolation(f"the version is of a {spec.get('programKind')!r}, the entry of a {kind}")
-        if not versions.matches(spec):
-            raise InvalidSpec("version object does not match its hash")
         if spec.get("programName", entry.name) != entry.name:
             raise InvalidSpec(f"the version is of program {spec.get('programName')!r}, not {entry.name!r}")
         scope = spec.get("scope") or "Pods"
@@ -187,6 +186,13 @@ class EntryKey:
     def pins(self) -> tuple[str, str]:
         """The ProgramRef.program of what runs of it."""
         return (CLUSTER_PINS if self.kind == names.CLUSTER_PROGRAM_KIND else self.namespace, self.name)
+
+
+def check_hash(version: Mapping[str, Any]) -> None:
+    """A version is served only as what its contentHash names: a changed one is refused."""
+    spec = version.get("spec")
+    if not isinstance(spec, Mapping) or not versions.matches(spec):
+        raise InvalidSpec("version object does not match its hash")
 
 
 def check_entry(entry: EntryKey) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from bpfleet_api import names, versions
 from node_agent.intake import Entry
-from node_agent.model import EntryKey, NodeProgram, Trust
+from node_agent.model import EntryKey, NodeProgram, Trust, check_hash
 from node_agent.reconcile import ProgramReport
 from node_agent.status import program_entry
 
@@ -72,6 +72,7 @@ def entry_of(version: dict[str, Any]) -> dict[str, Any]:
 def parsed(version: dict[str, Any], trust: Trust | None = None) -> NodeProgram:
     """The NodeProgram the agent makes of the entry that names this version."""
     entry = entry_of(hashed(version))
+    check_hash(version)
     key = EntryKey(entry["kind"], entry["namespace"], entry["name"])
     return NodeProgram.from_entry(key, entry["generation"], version, trust or Trust())
 
