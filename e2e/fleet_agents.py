@@ -191,7 +191,9 @@ class SimulatedFleet:
         reported = [self.entry_status(e) for e in entries]
         if any(e["reason"] == reasons.SOURCE_NOT_FOUND for e in reported):
             # No watch says when a version appears: look again, as the agent does.
-            threading.Timer(1.0, self._recheck, (node,)).start()
+            timer = threading.Timer(1.0, self._recheck, (node,))
+            timer.daemon = True
+            timer.start()
         status = node_state_status(state["metadata"].get("generation"), reported)
         if (state.get("status") or {}) == status:
             return
