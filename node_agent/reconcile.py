@@ -1,7 +1,7 @@
 """Desired vs actual for one node: the agent's whole job, free of Kubernetes and of the kernel.
 
-Each pass reads what the kernel runs (through the backend), compares it with the EbpfNodePrograms
-and pods of this node, and applies the difference. A pass that finds nothing to do changes nothing.
+Each pass reads what the kernel runs (through the backend), compares it with the programs and pods
+of this node, and applies the difference. A pass that finds nothing to do changes nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class TargetReport:
 
 @dataclass
 class ProgramReport:
-    """What one pass found for one EbpfNodeProgram; the agent turns it into status."""
+    """What one pass found for one program of the node; the agent turns it into its status entry."""
 
     namespace: str
     name: str
@@ -123,7 +123,7 @@ class Reconciler:
         pods: Iterable[Pod],
         held: Iterable[tuple[str, str]] = (),
     ) -> PassResult:
-        """`held`: programs whose node object the agent could not read this pass; what runs of them
+        """`held`: programs whose entry the agent could not read this pass; what runs of them
         is kept as it is (no attach, no detach, no unload) until a readable spec says otherwise."""
         programs, pods = list(programs), list(pods)
         loaded = self.backend.loaded()
