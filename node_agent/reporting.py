@@ -10,7 +10,14 @@ from node_agent.intake import Intake
 from node_agent.kernel.backend import ProgramRef
 from node_agent.model import EntryKey
 from node_agent.reconcile import PassResult
-from node_agent.status import entry_key, node_state_status, program_entry, refused_entry, unloading_entry
+from node_agent.status import (
+    entry_key,
+    node_state_status,
+    program_entry,
+    refused_entry,
+    serving_version,
+    unloading_entry,
+)
 
 # The programs (pin namespace, name) the kernel runs now.
 Running = Callable[[], set[tuple[str, str]]]
@@ -38,7 +45,8 @@ class Reporter:
             name = None
             if report.loaded is not None:
                 serving.add(report.loaded.ref)
-                name = self._names.get(report.loaded.ref) or (previous.get(key) or {}).get("servingVersion")
+                before = previous.get(key)
+                name = self._names.get(report.loaded.ref) or (serving_version(before) if before else None)
             entries.append(program_entry(report, intake.entries[key], name))
         self._names = {
             r: n for r, n in self._names.items() if r in serving or r in {p.ref for p in intake.programs}

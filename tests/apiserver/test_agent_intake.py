@@ -17,6 +17,7 @@ from e2e.kube import Kube
 from node_agent.agent import Agent
 from node_agent.model import Trust
 from node_agent.reconcile import Reconciler
+from node_agent.status import serving_version
 from node_agent.watch import wait_synced
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
@@ -160,7 +161,7 @@ def test_the_agent_serves_its_own_state_and_writes_a_status_the_crd_accepts(clus
     status = cluster.state(agent.node)["status"]
     [reported] = status["programs"]
     assert (reported["name"], reported["generation"], reported["ready"]) == (f"counter-{RUN}", 3, True)
-    assert reported["servingVersion"] == counter["metadata"]["name"]
+    assert serving_version(reported) == counter["metadata"]["name"]
     assert status["observedGeneration"] == cluster.state(agent.node)["metadata"]["generation"]
     assert not cluster.state(f"elsewhere-{RUN}").get("status")
 

@@ -9,7 +9,7 @@ from bpfleet_api import names, reasons
 from node_agent.agent import Agent
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.reconcile import PassResult, Reconciler
-from node_agent.status import UNLOADING
+from node_agent.status import UNLOADING, serving_version
 from tests.unit.agent_harness import Node
 from tests.unit.builders import cluster_program, hashed, node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
@@ -48,7 +48,8 @@ def test_a_program_is_served_and_reported_in_one_entry():
         "version": "counter-v1",
         "generation": 3,
     }
-    assert (entry["ready"], entry["reason"], entry["servingVersion"]) == (True, "Attached", "counter-v1")
+    assert (entry["ready"], entry["reason"], serving_version(entry)) == (True, "Attached", "counter-v1")
+    assert "servingVersion" not in entry and "failures" not in entry  # said by their absence
     assert entry["pods"] == {"selected": 1, "attached": 1, "failed": 0}
     assert entry["programId"] and "podStates" not in entry
 
@@ -148,7 +149,7 @@ def test_a_refused_tenant_program_stops_running_and_says_why():
     assert node.kernel.programs == {}
     entry = node.entry("counter")
     assert "Kprobe" in entry["message"] and "use a ClusterEbpfProgram" in entry["message"]
-    assert "servingVersion" not in entry and entry["pods"]["attached"] == 0
+    assert entry["servingVersion"] == "" and entry["pods"]["attached"] == 0  # nothing runs
 
 
 def test_a_cluster_program_in_the_system_namespace_is_served():

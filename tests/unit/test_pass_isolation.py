@@ -43,7 +43,7 @@ def test_a_failing_detach_is_reported_and_the_other_detaches_still_happen():
     kernel.refuse_detach.clear()
     result = run(reconciler, [node_program(), node_program("other")], gone)
     assert linked(kernel) == set() and not result.failed
-    assert report_entry(result.reports[0])["failures"] == []
+    assert "failures" not in report_entry(result.reports[0])
 
 
 def test_a_failing_unload_leaves_the_other_unloads_and_attaches_to_run():
