@@ -56,7 +56,10 @@ def test_two_nodes_then_one_then_a_dead_node(kube: Kube, node_a, node_b, namespa
         kube.kubectl("delete", "node", node_b.name)
         kube.kubectl("delete", "ebpfprogram", "-n", namespace, PROGRAM, "--wait=true", "--timeout=20s")
         assert kube.program(namespace, PROGRAM) is None
-        assert kube.node_programs(namespace, PROGRAM) == []
+        # node-a's entry is gone; the dead node's EbpfNodeState goes with its Node (garbage
+        # collection), holding nothing up meanwhile.
+        wait_for("node-b's state collected", lambda: kube.node_programs(namespace, PROGRAM) == [], timeout=15)
+        assert node_b.name not in {s["metadata"]["name"] for s in kube.node_states()}
         assert not cgroup_programs(pod_a.pod_cgroup)
     finally:
         node_b.sim.ensure_node(labels={"bpfleet.test/node": node_b.name})
