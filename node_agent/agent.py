@@ -55,6 +55,9 @@ class Agent:
         self.versions = VersionReader(self._read_version, self.trust)
         self.reporter = Reporter()
         self._retry_versions = False
+        # (resourceVersion the status was written over, the status): a pass before the watch
+        # delivers that write would write it again.
+        self._written: tuple[str, dict[str, Any]] | None = None
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self.custom = CustomObjectsApi(api)
@@ -275,9 +278,12 @@ class Agent:
             log.warning(message, extra={"node": self.node, **extra})
 
     def _write_status(self, state: dict[str, Any], status: dict[str, Any]) -> None:
-        """One write per pass at most, and none when nothing changed."""
-        if (state.get("status") or {}) == status:
+        """One write per pass at most, and none when nothing changed: neither against the cache nor,
+        while the cache has not seen it yet, against the last write."""
+        seen = str(state["metadata"].get("resourceVersion"))
+        if (state.get("status") or {}) == status or self._written == (seen, status):
             return
         patching.merge_patch(
             self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, self.node, {"status": status}, status=True
         )
+        self._written = (seen, status)

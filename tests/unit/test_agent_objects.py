@@ -242,3 +242,13 @@ def test_the_entry_build_is_the_versions():
     program = parsed(version)
     assert isinstance(program.build, ProgramBuild) and dict(program.build.defines) == {"PORT": "80"}
     assert (program.namespace, program.name, program.program) == ("shop", "counter-v1", "counter")
+
+
+def test_a_pass_before_the_watch_shows_the_last_write_does_not_write_it_again():
+    node = web_node()
+    node.serve(node_program())
+    node.agent.reconcile_once()  # written; the cache (the state here) does not show it yet
+    node.agent.reconcile_once()
+    assert len(node.api.writes) == 1
+    node.reconcile()  # the watch delivers it
+    assert len(node.api.writes) == 1
