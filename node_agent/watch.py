@@ -55,6 +55,8 @@ class Informer(threading.Thread):
                     version = self._list()
                 version = self._watch(version)
             except Exception as e:
+                if self._stop.is_set():
+                    break  # the connection ended with the informer: nothing to retry
                 # Expired resource versions (410) and broken connections alike: start from a list.
                 log.warning("watch failed, listing again", extra={"path": self.path, "error": str(e)})
                 version = None
