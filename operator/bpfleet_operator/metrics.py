@@ -24,7 +24,7 @@ class OperatorMetrics(Collector):
         self.registry = CollectorRegistry()
         self.reconcile_seconds = Histogram(
             "bpfleet_operator_reconcile_seconds",
-            "Reconciling one program (EbpfProgram or ClusterEbpfProgram): its node objects, then its status",
+            "Reconciling one program (EbpfProgram or ClusterEbpfProgram): its version, its nodes' entries, then its status",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
