@@ -95,7 +95,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.controller = ProgramController(
         CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
     )
-    STATE.writer = NodeWriter(custom, desired, STATE.cache)
+    STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
     count = workers()
     STATE.queue = WorkQueue(reconcile, workers=count)
     STATE.nodes = WorkQueue(write_node, delay=0.05, workers=count, name="node")

@@ -18,6 +18,7 @@ from bpfleet_operator.cluster_cache import AgentInfo, ClusterView, NodeState
 from bpfleet_operator.controller import ProgramController
 from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import CLUSTER, NAMESPACED, ProgramKey
+from bpfleet_operator.metrics import OperatorMetrics
 from bpfleet_operator.node_writer import NodeWriter
 from bpfleet_operator.tenancy import NamespaceInfo
 
@@ -197,7 +198,10 @@ def fifty_programs() -> DesiredTable:
 def test_fifty_programs_are_one_create_owned_by_the_nodes_bpfleet_node():
     custom = WriterCustom()
     cache = WriterCache({}, {"node-a": AgentInfo("agent-uid", None)})
-    NodeWriter(custom, fifty_programs(), cache).write("node-a")  # type: ignore[arg-type]
+    metrics = OperatorMetrics()
+    NodeWriter(custom, fifty_programs(), cache, metrics.node_state_writes).write("node-a")  # type: ignore[arg-type]
+    samples = {"operation": "create"}
+    assert metrics.registry.get_sample_value("bpfleet_operator_node_state_writes_total", samples) == 1
     [(call, body)] = custom.calls
     assert call == "create" and len(body["spec"]["programs"]) == 50
     assert body["metadata"]["name"] == body["spec"]["nodeName"] == "node-a"

@@ -420,16 +420,16 @@ def test_builtins_bring_their_metrics_unless_the_program_sets_its_own():
     assert metrics_for({"source": {"inline": "int x;"}}) == []
 
 
-def test_node_objects_carry_the_metrics():
+def test_versions_carry_the_metrics():
     spec = {"function": "count_packets", "attach": {"type": "CgroupSkb", "direction": "Egress"}}
     program = {"metadata": {"name": "p", "namespace": "shop", "uid": "u"}}
     source = ResolvedSource("int x;", "builtin:pod-traffic-counter")
     builtin = {**program, "spec": {**spec, "source": {"builtin": "pod-traffic-counter"}}}
-    assert len(fanout.NodeObjects(builtin, source).spec("a")["metrics"]) == 2
+    assert len(fanout.Version(builtin, source).spec()["metrics"]) == 2
     inline = {**program, "spec": {**spec, "source": {"inline": "int x;"}}}
-    assert "metrics" not in fanout.NodeObjects(inline, source).spec("a")
+    assert "metrics" not in fanout.Version(inline, source).spec()
     own = {**program, "spec": {**spec, "source": {"inline": "int x;"}, "metrics": [PACKETS]}}
-    assert fanout.NodeObjects(own, source).spec("a")["metrics"] == [PACKETS]
+    assert fanout.Version(own, source).spec()["metrics"] == [PACKETS]
 
 
 def test_a_cluster_programs_samples_carry_each_pods_namespace_and_never_a_tenants_labels(pod_dirs):
