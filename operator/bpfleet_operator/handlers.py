@@ -38,6 +38,9 @@ DEFAULT_WORKERS = 4
 # only aggregate status (most of them, on a busy fleet) change nothing there and delay nothing.
 QUIET_SECONDS = 1.0
 MAX_COALESCE_SECONDS = 5.0
+# Agents' reports wake their programs this late: on a fleet, a program's status is summed up once
+# a second over every node that reported meanwhile, not once per node.
+REPORT_DELAY_SECONDS = 1.0
 
 
 class _State:
@@ -55,6 +58,9 @@ class _State:
         self.programs: set[ProgramKey] = set()
         # (namespace, ConfigMap name) -> programs whose source is in it: editing it rolls them.
         self.config_map_users: defaultdict[tuple[str, str], set[ProgramKey]] = defaultdict(set)
+        # What of each program its reconcile depends on, as last seen: its own status writes
+        # (one per node report, on a busy fleet) change none of it and queue nothing.
+        self.seen: dict[ProgramKey, tuple[Any, ...]] = {}
         # The notes last posted as a Warning event, so that one bad annotation is one event.
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
         self.open = asyncio.Event()  # the node writer may write: every program was reconciled once
@@ -206,7 +212,7 @@ def _queue_every_program() -> None:
 def _queue_programs(keys: Collection[ProgramKey]) -> None:
     for key in keys:
         if key in STATE.programs:
-            STATE.queue.add(key)
+            STATE.queue.add(key, REPORT_DELAY_SECONDS)
 
 
 def _queue_namespace(name: str) -> None:
@@ -230,13 +236,20 @@ async def program_event(
     namespace: str | None,
     name: str,
     spec: dict[str, Any],
+    meta: kopf.Meta,
     type: str | None,
     **_: Any,
 ) -> None:
     key = _key(resource, namespace, name)
+    if type != "DELETED":
+        seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        if STATE.seen.get(key) == seen:
+            return  # a status or metadata write: nothing the reconcile reads changed
+        STATE.seen[key] = seen
     _forget(key)
     if type == "DELETED":
         STATE.programs.discard(key)
+        STATE.seen.pop(key, None)
         STATE.noted.pop(key, None)
         METRICS.forget(key)
     else:
