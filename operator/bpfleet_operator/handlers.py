@@ -132,15 +132,28 @@ def _soon(callback: Any, *args: Any) -> None:
     STATE.loop.call_soon_threadsafe(callback, *args)
 
 
+async def _programs_at_start(custom: CustomObjectsApi) -> set[ProgramKey]:
+    """Every program there is, LISTed once (again after a failure: nothing is written without it)."""
+    while True:
+        try:
+            found: set[ProgramKey] = set()
+            for kind in kinds.ALL:
+                listed = await asyncio.to_thread(
+                    custom.list_cluster_custom_object, names.GROUP, names.VERSION, kind.plural
+                )
+                found |= {
+                    kind.key(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in listed["items"]
+                }
+            return found
+        except Exception:
+            log.warning("listing the programs failed; retrying", exc_info=True)
+            await asyncio.sleep(1)
+
+
 async def _open_when_seen(custom: CustomObjectsApi) -> None:
     """Opens the node writer once the caches are synced and every program that existed at start was
     reconciled: before that, the desired table lacks programs, and writing it would unload them."""
-    existing: set[ProgramKey] = set()
-    for kind in kinds.ALL:
-        listed = await asyncio.to_thread(
-            custom.list_cluster_custom_object, names.GROUP, names.VERSION, kind.plural
-        )
-        existing |= {kind.key(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in listed["items"]}
+    existing = await _programs_at_start(custom)
     await asyncio.to_thread(STATE.cache.wait_synced)
     for key in existing:
         STATE.queue.add(key)
