@@ -193,6 +193,7 @@ class ProgramController:
             rollout=plan if rollout.staged(spec.get("rollout")) else None,
         )
         status["sourceHash"] = source.sha256
+        status.setdefault("rollout", None)  # a rollout spec removed: its status goes too (merge patch)
         outcome = self._write_status(key, program, status)
         outcome.notes = reach.notes
         return outcome

@@ -38,6 +38,9 @@ DEFAULT_WORKERS = 4
 # only aggregate status (most of them, on a busy fleet) change nothing there and delay nothing.
 QUIET_SECONDS = 1.0
 MAX_COALESCE_SECONDS = 5.0
+# Agents' reports wake their programs this late: on a fleet, a program's status is summed up once
+# a second over every node that reported meanwhile, not once per node.
+REPORT_DELAY_SECONDS = 1.0
 
 
 class _State:
@@ -55,6 +58,9 @@ class _State:
         self.programs: set[ProgramKey] = set()
         # (namespace, ConfigMap name) -> programs whose source is in it: editing it rolls them.
         self.config_map_users: defaultdict[tuple[str, str], set[ProgramKey]] = defaultdict(set)
+        # What of each program its reconcile depends on, as last seen: its own status writes
+        # (one per node report, on a busy fleet) change none of it and queue nothing.
+        self.seen: dict[ProgramKey, tuple[Any, ...]] = {}
         # The notes last posted as a Warning event, so that one bad annotation is one event.
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
         self.open = asyncio.Event()  # the node writer may write: every program was reconciled once
@@ -95,7 +101,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.controller = ProgramController(
         CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
     )
-    STATE.writer = NodeWriter(custom, desired, STATE.cache)
+    STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
     count = workers()
     STATE.queue = WorkQueue(reconcile, workers=count)
     STATE.nodes = WorkQueue(write_node, delay=0.05, workers=count, name="node")
@@ -126,15 +132,28 @@ def _soon(callback: Any, *args: Any) -> None:
     STATE.loop.call_soon_threadsafe(callback, *args)
 
 
+async def _programs_at_start(custom: CustomObjectsApi) -> set[ProgramKey]:
+    """Every program there is, LISTed once (again after a failure: nothing is written without it)."""
+    while True:
+        try:
+            found: set[ProgramKey] = set()
+            for kind in kinds.ALL:
+                listed = await asyncio.to_thread(
+                    custom.list_cluster_custom_object, names.GROUP, names.VERSION, kind.plural
+                )
+                found |= {
+                    kind.key(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in listed["items"]
+                }
+            return found
+        except Exception:
+            log.warning("listing the programs failed; retrying", exc_info=True)
+            await asyncio.sleep(1)
+
+
 async def _open_when_seen(custom: CustomObjectsApi) -> None:
     """Opens the node writer once the caches are synced and every program that existed at start was
     reconciled: before that, the desired table lacks programs, and writing it would unload them."""
-    existing: set[ProgramKey] = set()
-    for kind in kinds.ALL:
-        listed = await asyncio.to_thread(
-            custom.list_cluster_custom_object, names.GROUP, names.VERSION, kind.plural
-        )
-        existing |= {kind.key(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in listed["items"]}
+    existing = await _programs_at_start(custom)
     await asyncio.to_thread(STATE.cache.wait_synced)
     for key in existing:
         STATE.queue.add(key)
@@ -206,7 +225,7 @@ def _queue_every_program() -> None:
 def _queue_programs(keys: Collection[ProgramKey]) -> None:
     for key in keys:
         if key in STATE.programs:
-            STATE.queue.add(key)
+            STATE.queue.add(key, REPORT_DELAY_SECONDS)
 
 
 def _queue_namespace(name: str) -> None:
@@ -230,13 +249,20 @@ async def program_event(
     namespace: str | None,
     name: str,
     spec: dict[str, Any],
+    meta: kopf.Meta,
     type: str | None,
     **_: Any,
 ) -> None:
     key = _key(resource, namespace, name)
+    if type != "DELETED":
+        seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        if STATE.seen.get(key) == seen:
+            return  # a status or metadata write: nothing the reconcile reads changed
+        STATE.seen[key] = seen
     _forget(key)
     if type == "DELETED":
         STATE.programs.discard(key)
+        STATE.seen.pop(key, None)
         STATE.noted.pop(key, None)
         METRICS.forget(key)
     else:

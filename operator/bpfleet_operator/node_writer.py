@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
 
 from bpfleet_api import names, patching
 from bpfleet_operator.cluster_cache import ClusterCache
@@ -32,8 +33,14 @@ class WriteCounts:
 
 
 class NodeWriter:
-    def __init__(self, custom: CustomObjectsApi, desired: DesiredTable, cache: ClusterCache) -> None:
-        self.custom, self.desired, self.cache = custom, desired, cache
+    def __init__(
+        self,
+        custom: CustomObjectsApi,
+        desired: DesiredTable,
+        cache: ClusterCache,
+        writes: Counter | None = None,
+    ) -> None:
+        self.custom, self.desired, self.cache, self.writes = custom, desired, cache, writes
         # node -> (spec written, resourceVersion the watch showed before): the watch lags a write,
         # and a node queued again meanwhile must not write the same spec twice.
         self._written: dict[str, tuple[list[Entry], str | None]] = {}
@@ -86,6 +93,8 @@ class NodeWriter:
                 names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, body
             )
             self.counts.created += 1
+            if self.writes is not None:
+                self.writes.labels("create").inc()
         except ApiException as e:
             if e.status != 409:  # created meanwhile: its watch event brings the node back here
                 raise
@@ -97,3 +106,5 @@ class NodeWriter:
             self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, node, {"spec": {"programs": programs}}
         ):
             self.counts.patched += 1
+            if self.writes is not None:
+                self.writes.labels("patch").inc()

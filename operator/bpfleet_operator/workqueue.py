@@ -26,7 +26,7 @@ class WorkQueue:
         name: str = "program",
     ) -> None:
         self.handle, self.delay, self.retry, self.workers, self.name = handle, delay, retry, workers, name
-        self._pending: dict[Hashable, float] = {}  # key -> when it was first queued (loop time)
+        self._pending: dict[Hashable, float] = {}  # key -> when it is due (time.monotonic())
         self._order: asyncio.Queue[Hashable] | None = None
         self._active: set[Hashable] = set()
         self._again: set[Hashable] = set()  # queued while active: back on the queue when done
@@ -39,14 +39,18 @@ class WorkQueue:
             self._changed = asyncio.Event()
         return self._order
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, delay: float | None = None) -> None:
+        """Queues `key` to be handled `delay` seconds from now (the queue's delay by default), or
+        sooner if it was queued sooner already."""
         if key in self._active:
             self._again.add(key)
             return
+        ready = time.monotonic() + (self.delay if delay is None else delay)
         if key in self._pending:
+            self._pending[key] = min(self._pending[key], ready)
             return
         queue = self._queue()
-        self._pending[key] = time.monotonic()
+        self._pending[key] = ready
         queue.put_nowait(key)
 
     def idle(self) -> bool:
@@ -73,9 +77,8 @@ class WorkQueue:
             key = await queue.get()
             if self._stopped or key is None:
                 break
-            # Let a burst gather: every add() within `delay` of the first is this one handling.
-            wait = self._pending[key] + self.delay - time.monotonic()
-            if wait > 0:
+            # Let a burst gather: every add() until it is due is this one handling.
+            while (wait := self._pending[key] - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
             del self._pending[key]
             self._active.add(key)

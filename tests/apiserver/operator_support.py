@@ -169,3 +169,31 @@ def wait_operator_ready(log_path: Path, timeout: float = 90) -> None:
         timeout,
         0.2,
     )
+
+
+def version_objects(kube: Kube, label: str, program: str) -> list[dict[str, Any]]:
+    """A program's EbpfProgramVersions in every namespace, by its label."""
+    listed = kube.custom.list_cluster_custom_object(
+        names.GROUP,
+        names.VERSION,
+        names.VERSION_PLURAL,
+        label_selector=f"{label}={names.label_value(program)}",
+    )
+    return list(listed["items"])
+
+
+def served_versions(
+    kube: Kube, kind: str, namespace: str, program: str, version_namespace: str
+) -> dict[str, dict[str, Any]]:
+    """node -> the EbpfProgramVersion its EbpfNodeState names for the program (read where the agent
+    reads it: `version_namespace`); nodes whose version is missing are left out."""
+    found = {}
+    for node, name in program_versions(kube, namespace, program, kind).items():
+        try:
+            found[node] = kube.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, version_namespace, names.VERSION_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    return found

@@ -71,3 +71,28 @@ def test_workers_share_the_keys_and_a_key_is_never_handled_twice_at_once():
     assert peak == 4
     assert handled.count("k0") == 2 and len(handled) == 9
     assert took < 0.35  # 9 handlings of 50 ms in parallel, not one after another (0.45 s)
+
+
+def test_a_key_queued_late_waits_and_one_queued_again_sooner_goes_sooner():
+    handled: list[tuple[str, float]] = []
+
+    async def handle(key: str) -> None:
+        handled.append((key, asyncio.get_running_loop().time()))
+
+    async def scenario() -> float:
+        queue = WorkQueue(handle, delay=0.01, workers=2)
+        worker = asyncio.create_task(queue.run())
+        start = asyncio.get_running_loop().time()
+        queue.add("report", 0.3)  # a node report: gathered for a while
+        queue.add("later", 0.3)
+        queue.add("later", 0.3)
+        queue.add("report")  # then the program itself changed: now
+        await asyncio.wait_for(queue.wait_idle(), timeout=2)
+        queue.stop()
+        await asyncio.wait_for(worker, timeout=1)
+        return start
+
+    start = asyncio.run(scenario())
+    when = {key: at - start for key, at in handled}
+    assert [k for k, _ in handled] == ["report", "later"]
+    assert when["report"] < 0.15 and 0.3 <= when["later"] < 0.6
