@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: deps control-plane demo demo-down test lint bench chart-lint chart-crds
+.PHONY: deps control-plane demo demo-down test lint bench bench-fleet chart-lint chart-crds
 
 deps:  ## host packages, kernel headers, bpffs, kubectl + helm, the virtualenv
 	bash e2e/scripts/install-host-deps.sh
@@ -24,8 +24,13 @@ lint: deps
 test: control-plane lint  ## every tier: unit, kernel, API server, end to end
 	$(PYTHON) -m pytest
 
-bench: control-plane  ## prints apply-to-Ready, pod-to-attached, cgroup-to-attached (1 and 50 programs) and compile times
+bench: control-plane  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
 	$(PYTHON) -m e2e.bench
+	$(MAKE) bench-fleet
+
+bench-fleet: control-plane  ## the operator at fleet scale with simulated agents: 1,000 nodes x 50 programs, 5,000 x 1
+	$(PYTHON) -m e2e.fleet_bench --nodes 1000 --programs 50 --source-bytes 65536
+	$(PYTHON) -m e2e.fleet_bench --nodes 5000 --programs 1 --source-bytes 65536
 
 SOAK_MINUTES ?= 60
 .PHONY: soak fault-figures

@@ -16,38 +16,42 @@ PROGRAM_PLURAL: Final = "ebpfprograms"
 CLUSTER_PROGRAM_KIND: Final = "ClusterEbpfProgram"
 CLUSTER_PROGRAM_PLURAL: Final = "clusterebpfprograms"
 PROGRAM_KINDS: Final = (PROGRAM_KIND, CLUSTER_PROGRAM_KIND)
-NODE_PROGRAM_KIND: Final = "EbpfNodeProgram"
-NODE_PROGRAM_PLURAL: Final = "ebpfnodeprograms"
+# A node's agent: its presence, kernel features and heartbeat.
 NODE_STATE_KIND: Final = "BpfleetNode"
 NODE_STATE_PLURAL: Final = "bpfleetnodes"
+# What one node should run (spec, the operator's) and runs (status, its agent's): one per node,
+# named after it, cluster-scoped.
+NODE_STATE_PROGRAMS_KIND: Final = "EbpfNodeState"
+NODE_STATE_PROGRAMS_PLURAL: Final = "ebpfnodestates"
+# One immutable, content-addressed version of a program: its source and build inputs, stored once.
+VERSION_KIND: Final = "EbpfProgramVersion"
+VERSION_PLURAL: Final = "ebpfprogramversions"
 
-# Labels on every EbpfNodeProgram, with label_value() of a name: agents watch their own with a
-# server-side selector on NODE_LABEL. PROGRAM_LABEL names an EbpfProgram, CLUSTER_PROGRAM_LABEL a
+# Labels, with label_value() of a name. NODE_LABEL on an EbpfNodeState names its node;
+# PROGRAM_LABEL on an EbpfProgramVersion names its EbpfProgram, CLUSTER_PROGRAM_LABEL its
 # ClusterEbpfProgram.
 NODE_LABEL: Final = f"{GROUP}/node"
 PROGRAM_LABEL: Final = f"{GROUP}/program"
 CLUSTER_PROGRAM_LABEL: Final = f"{GROUP}/cluster-program"
 
-# Node objects of ClusterEbpfPrograms live in the system namespace (the chart's release namespace).
+# Versions of ClusterEbpfPrograms live in the system namespace (the chart's release namespace).
 SYSTEM_NAMESPACE_ENV: Final = "BPFLEET_SYSTEM_NAMESPACE"
 DEFAULT_SYSTEM_NAMESPACE: Final = "bpfleet-system"
 # What a ClusterEbpfProgram's pins and ProgramRefs use as their namespace: no Kubernetes namespace
 # can contain '_', so it never meets an EbpfProgram's.
 CLUSTER_PIN_NAMESPACE: Final = "_cluster"
 
-# spec.scope of a ClusterEbpfProgram and of node objects (absent means SCOPE_PODS).
+# spec.scope of a ClusterEbpfProgram and of versions (absent means SCOPE_PODS).
 SCOPE_PODS: Final = "Pods"
 SCOPE_NODE: Final = "Node"
 
 # Set by cluster admins on a Namespace: the map memory cap of its EbpfPrograms, in bytes.
 MAX_MAP_BYTES_ANNOTATION: Final = f"{GROUP}/max-map-bytes"
 
-# The agent holds this on an EbpfNodeProgram until it has detached and unpinned it on its node.
-AGENT_FINALIZER: Final = f"{GROUP}/agent"
-# The operator holds this on a program until every live node has detached it.
+# The operator holds this on a program until no live node reports it any more.
 OPERATOR_FINALIZER: Final = f"{GROUP}/operator"
 
-# Failures kept in a node object's status, and in a program's (all nodes; the CRD's maxItems).
+# Failures kept in a node's status entry, and in a program's (all nodes; the CRD's maxItems).
 MAX_NODE_FAILURES: Final = 10
 MAX_PROGRAM_FAILURES: Final = 20
 MAX_MESSAGE_CHARS: Final = 2048
@@ -64,17 +68,17 @@ def _digest(text: str) -> str:
 
 
 def system_namespace() -> str:
-    """Where ClusterEbpfPrograms' node objects live (env BPFLEET_SYSTEM_NAMESPACE)."""
+    """Where ClusterEbpfPrograms' versions live (env BPFLEET_SYSTEM_NAMESPACE)."""
     return os.environ.get(SYSTEM_NAMESPACE_ENV) or DEFAULT_SYSTEM_NAMESPACE
 
 
-def node_program_name(kind: str, namespace: str, program: str, node: str) -> str:
-    """The EbpfNodeProgram of (program, node): a DNS-1123 label of at most 63 characters.
-
-    The readable part may be cut or shared by two pairs ("a-b" on "c", "a" on "b-c"); the hash of
-    the whole identity (namespace "" for a ClusterEbpfProgram) keeps the names apart."""
-    readable = f"{program}-{node}".replace(".", "-")[:_KEPT].rstrip("-")
-    return f"{readable}-{_digest(f'{kind}/{namespace}/{program}/{node}')}"
+def version_name(kind: str, namespace: str, program: str, content_hash: str) -> str:
+    """The EbpfProgramVersion of a program with this content hash: a DNS-1123 label of at most 63
+    characters. `kind` and `namespace` need not be in it: the content hash covers the kind and the
+    program name, and versions live in the program's namespace (the system one for cluster kinds)."""
+    del kind, namespace  # part of the signature so that callers name the whole identity
+    readable = program.replace(".", "-")[:_KEPT].rstrip("-")
+    return f"{readable}-{content_hash[:_HASH_CHARS]}"
 
 
 def label_value(value: str) -> str:

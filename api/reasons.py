@@ -27,6 +27,9 @@ MAP_TOO_LARGE: Final = "MapTooLarge"  # the program's maps need more memory than
 INVALID_ANNOTATION: Final = "InvalidAnnotation"
 # A detach or an unload the kernel refused: it is retried, and the rest of the pass went on.
 DETACH_FAILED: Final = "DetachFailed"
+# A staged rollout stopped: nodes of its current step failed the new version (which ones, and why,
+# are in the message); every node not yet on it keeps the previous version.
+ROLLOUT_HALTED: Final = "RolloutHalted"
 
 ALL: Final = (
     COMPILE_ERROR,
@@ -45,4 +48,5 @@ ALL: Final = (
     MAP_TOO_LARGE,
     INVALID_ANNOTATION,
     DETACH_FAILED,
+    ROLLOUT_HALTED,
 )

@@ -76,14 +76,15 @@ def _remove_previous_pods(kube: Kube) -> None:
 
 
 def _attached_uids(kube: Kube) -> set[str]:
-    states = kube.node_program(NAMESPACE, PROGRAM, NODE)["status"]["podStates"]
-    return {state["uid"] for state in states if state["state"] == "Attached"}
+    """The pods whose link the agent pinned (the status counts pods; the pins name them)."""
+    return {link.name for link in BPFFS_ROOT.glob(f"{NAMESPACE}/{PROGRAM}/*/links/*")}
 
 
 def up() -> None:
     plane = ControlPlane(state_dir=state_dir())
     plane.start()
     kube = Kube(plane.kubeconfig)
+    kube.bpffs_roots[NODE] = BPFFS_ROOT
     install_crds(plane.kubeconfig)
     logs = state_dir() / "logs"
     _start_recorded("operator", operator_process(plane.kubeconfig, logs))
@@ -115,8 +116,8 @@ def up() -> None:
     print()
     print(f"$ kubectl get ebpf -n {NAMESPACE} -o wide")
     print(kube.kubectl("get", "ebpf", "-n", NAMESPACE, "-o", "wide"))
-    print(f"$ kubectl get ebpfnode -n {NAMESPACE}")
-    print(kube.kubectl("get", "ebpfnode", "-n", NAMESPACE))
+    print("$ kubectl get ebpfnodestate   (what each node should run and runs)")
+    print(kube.kubectl("get", "ebpfnodestate"))
     print("$ kubectl get bpfnode   (what each node's kernel can run)")
     print(kube.kubectl("get", "bpfnode"))
     pin = Path(kube.node_program(NAMESPACE, PROGRAM, NODE)["status"]["pinPath"]) / "maps" / "traffic"

@@ -27,6 +27,9 @@ class Kube:
         self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        # Each node's bpffs root, where known: a status entry read through node_programs() then
+        # also says where its version is pinned (pinPath, maps), read from the kernel.
+        self.bpffs_roots: dict[str, Path] = {}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         return kubectl(self.kubeconfig, *args, input=input, check=check)
@@ -51,19 +54,42 @@ class Kube:
         )
         return list(listed["items"])
 
-    def node_programs(self, namespace: str, program: str) -> list[dict[str, Any]]:
-        listed = self.custom.list_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            namespace,
-            names.NODE_PROGRAM_PLURAL,
-            label_selector=f"{names.PROGRAM_LABEL}={names.label_value(program)}",
+    def node_states(self) -> list[dict[str, Any]]:
+        """Every node's EbpfNodeState: what it should run (spec) and runs (status)."""
+        listed = self.custom.list_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL
         )
         return list(listed["items"])
 
+    def node_programs(
+        self, namespace: str, program: str, kind: str = names.PROGRAM_KIND
+    ) -> list[dict[str, Any]]:
+        """The program on each node whose EbpfNodeState names it, in spec or in status:
+        {"node", "spec": its spec entry or None, "status": its status entry or None}. Empty once no
+        node should run it and no agent reports it any more."""
+        found = []
+        for state in self.node_states():
+            spec = _entry((state.get("spec") or {}).get("programs"), kind, namespace, program)
+            status = _entry((state.get("status") or {}).get("programs"), kind, namespace, program)
+            node = state["metadata"]["name"]
+            if status is not None and node in self.bpffs_roots:
+                pins = names.CLUSTER_PIN_NAMESPACE if kind == names.CLUSTER_PROGRAM_KIND else namespace
+                # bpffs refuses dots: the agent writes them as "_".
+                program_dir = self.bpffs_roots[node] / pins / program.replace(".", "_")
+                status.update(_pinned(program_dir, status.get("programId")))
+            if spec is not None or status is not None:
+                found.append({"node": node, "spec": spec, "status": status})
+        return sorted(found, key=lambda f: f["node"])
+
     def node_program(self, namespace: str, program: str, node: str) -> dict[str, Any]:
-        [found] = [np for np in self.node_programs(namespace, program) if np["spec"]["nodeName"] == node]
+        [found] = [np for np in self.node_programs(namespace, program) if np["node"] == node]
         return found
+
+    def program_versions(self, namespace: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.VERSION_PLURAL
+        )
+        return list(listed["items"])
 
     def condition(self, namespace: str, name: str, kind: str = "Ready") -> dict[str, Any] | None:
         """The condition, if the status speaks of the current generation."""
@@ -90,7 +116,7 @@ class Kube:
         """Deletes the node's BpfleetNode, so that runs_agent() waits for the agent started next."""
         self.kubectl("delete", names.NODE_STATE_PLURAL, node, "--ignore-not-found", check=False)
 
-    # -- ClusterEbpfPrograms: cluster-scoped, their node objects in the system namespace ------------
+    # -- ClusterEbpfPrograms: cluster-scoped, their versions in the system namespace ---------------
 
     def cluster_program(self, name: str) -> dict[str, Any] | None:
         return _unless_missing(
@@ -100,17 +126,10 @@ class Kube:
         )
 
     def cluster_node_programs(self, name: str) -> list[dict[str, Any]]:
-        listed = self.custom.list_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            names.system_namespace(),
-            names.NODE_PROGRAM_PLURAL,
-            label_selector=f"{names.CLUSTER_PROGRAM_LABEL}={names.label_value(name)}",
-        )
-        return list(listed["items"])
+        return self.node_programs("", name, names.CLUSTER_PROGRAM_KIND)
 
     def cluster_node_program(self, name: str, node: str) -> dict[str, Any]:
-        [found] = [np for np in self.cluster_node_programs(name) if np["spec"]["nodeName"] == node]
+        [found] = [np for np in self.cluster_node_programs(name) if np["node"] == node]
         return found
 
     def cluster_condition(self, name: str, kind: str = "Ready") -> dict[str, Any] | None:
@@ -132,6 +151,34 @@ def _unless_missing(get: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         if e.status == 404:
             return None
         raise
+
+
+def _entry(listed: Any, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    for entry in listed or []:
+        if (entry.get("kind"), entry.get("namespace"), entry.get("name")) == (kind, namespace, name):
+            return dict(entry)
+    return None
+
+
+def _pinned(program_dir: Path, prog_id: int | None) -> dict[str, Any]:
+    """Where the version that runs as `prog_id` is pinned, and its maps' names: the API does not
+    carry them (a node's one status object holds counts only)."""
+    for version_dir in sorted(program_dir.glob("*")) if prog_id else []:
+        if version_dir.name.startswith("staging-") or not (version_dir / "prog").exists():
+            continue
+        shown = subprocess.run(
+            ["bpftool", "-j", "prog", "show", "pinned", str(version_dir / "prog")],
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0 and json.loads(shown.stdout).get("id") == prog_id:
+            maps = (
+                sorted(m.name for m in (version_dir / "maps").iterdir())
+                if (version_dir / "maps").exists()
+                else []
+            )
+            return {"pinPath": str(version_dir), "maps": maps}
+    return {}
 
 
 def current_condition(program: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:

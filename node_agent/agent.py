@@ -1,4 +1,4 @@
-"""The node agent: follows this node's EbpfNodePrograms and pods, reconciles, reports status."""
+"""The node agent: follows this node's EbpfNodeState and pods, reconciles, reports status."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Any
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import conditions, names, patching, reasons
-from node_agent.errors import InvalidSpec, TrustViolation
+from bpfleet_api import conditions, names, patching
 from node_agent.features import NodeFeatures
+from node_agent.intake import Intake, VersionReader, parse_entries
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod, Trust, addressed_to, held_program
+from node_agent.model import NodeProgram, Pod, Trust
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
-from node_agent.status import node_program_status
+from node_agent.reporting import Reporter
 from node_agent.watch import Informer, wait_synced
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _WAITING_RECHECK = 0.2
 # Failed attachments (a missing symbol, a refused attach) are retried this often, not in a tight loop.
 _FAILED_RETRY = 5.0
+# A version object an entry names could not be read: no watch says when it appears, so look again.
+_VERSION_RETRY = 1.0
 # Programs on host interfaces by pattern look for new and vanished interfaces this often.
 _INTERFACE_RECHECK = 5.0
 # How often the agent says it is alive (BpfleetNode status.lastHeartbeat).
@@ -49,8 +51,14 @@ class Agent:
         self.api, self.node, self.reconciler, self.resync = api, node, reconciler, resync
         self.heartbeat_seconds = heartbeat
         self.trust = trust or Trust()
-        # Objects refused or ignored, by resourceVersion: each is logged once, not every pass.
+        # Entries refused and states ignored: each is logged once, not every pass.
         self._logged: set[tuple[str, ...]] = set()
+        self.versions = VersionReader(self._read_version, self.trust)
+        self.reporter = Reporter()
+        self._retry_versions = False
+        # (resourceVersion the status was written over, the status): a pass before the watch
+        # delivers that write would write it again.
+        self._written: tuple[str, dict[str, Any]] | None = None
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self.custom = CustomObjectsApi(api)
@@ -58,11 +66,12 @@ class Agent:
         self.stop_event = threading.Event()
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
         reconciler.pool.on_done = self._wake.set
+        # Exactly one object: this node's EbpfNodeState, named after it.
         self.programs = Informer(
             api,
-            f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_PROGRAM_PLURAL}",
+            f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}",
             self._wake.set,
-            label_selector=f"{names.NODE_LABEL}={names.label_value(node)}",
+            field_selector=f"metadata.name={node}",
         )
         self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
         # Called after each pass with what it saw (the fast path registers pods' programs here).
@@ -167,6 +176,8 @@ class Agent:
         if result.waiting:
             return _WAITING_RECHECK
         soon = [self.resync]
+        if self._retry_versions:
+            soon.append(_VERSION_RETRY)
         if result.failed:
             soon.append(_FAILED_RETRY)
         if result.follows_interfaces:
@@ -202,136 +213,92 @@ class Agent:
         self._wake.set()
 
     def reconcile_once(self) -> PassResult:
-        listed = self.programs.objects()
-        self._logged &= {_log_key(o, why) for o in listed for why in ("ignored", "refused")}
-        objects = {
-            (o["metadata"]["namespace"], o["metadata"]["name"]): o for o in listed if self._addressed_here(o)
-        }
-        programs = []
-        refused = []
-        held: set[tuple[str, str]] = set()
-        for obj in objects.values():
-            try:
-                programs.append(NodeProgram.from_object(obj, self.trust))
-            except (AttributeError, KeyError, TypeError, ValueError, InvalidSpec) as e:
-                refused.append(obj)
-                self._refuse(obj, e)
-                # Unreadable is not "gone": what runs of it keeps running, unless it is being deleted
-                # or breaks a trust rule.
-                keep = not isinstance(e, TrustViolation) and not obj["metadata"].get("deletionTimestamp")
-                if keep and (key := held_program(obj, self.trust)):
-                    held.add(key)
+        state = self._node_state()
+        if state is None:
+            # No spec yet is "not known yet", not "run nothing": the operator makes it for every
+            # node with an agent. What runs keeps running until it says otherwise.
+            self._retry_versions = False
+            return PassResult([], waiting=False)
+        entries, problems = parse_entries(state)
+        for problem in problems:
+            self._log_once("refusing an entry it cannot name", ("unnamed", problem), error=problem)
+        intake = self.versions.read(entries)
+        self._log_refusals(intake)
+        self._retry_versions = intake.retry
         pods = [Pod.from_object(o) for o in self.pods.objects()]
-        for program in programs:
-            if not program.deleting and names.AGENT_FINALIZER not in program.finalizers:
-                self._add_finalizer(objects[(program.namespace, program.name)])
         started = time.monotonic()
-        result = self.reconciler.run(programs, pods, held)
-        self.metrics.pass_done(result, objects, pods, time.monotonic() - started)
+        result = self.reconciler.run(intake.programs, pods, intake.held)
+        self.metrics.pass_done(result, intake.objects, pods, time.monotonic() - started)
         for listener in self.pass_listeners:
             try:
-                listener(programs, pods, result)
+                listener(intake.programs, pods, result)
             except Exception:  # never the end of the pass: the fast path is an optimisation
                 log.exception("pass listener failed", extra={"node": self.node})
-        for report in result.reports:
-            obj = objects[(report.namespace, report.name)]
-            if report.detached:
-                self._remove_finalizer(obj)
-            else:
-                self._write_status(obj, node_program_status(report, self.node, obj.get("status")))
-        self._release_refused(refused)
+        status = self.reporter.status(state, intake, result, self._running)
+        self._write_status(state, status)
         return result
 
-    def _release_refused(self, refused: list[dict[str, Any]]) -> None:
-        """A refused object being deleted is not held, so the pass unloaded what ran of it; its
-        finalizer goes once the kernel shows nothing of it (an unload that failed is retried)."""
-        deleting = [obj for obj in refused if obj["metadata"].get("deletionTimestamp")]
-        if not deleting:
-            return
-        running = {ref.program for ref in self.reconciler.backend.loaded()}
-        for obj in deleting:
-            if held_program(obj, self.trust) not in running:
-                self._remove_finalizer(obj)
+    def _node_state(self) -> dict[str, Any] | None:
+        """This node's EbpfNodeState, or None while there is none (or one addressed elsewhere)."""
+        for state in self.programs.objects():
+            meta, spec = state.get("metadata") or {}, state.get("spec") or {}
+            if meta.get("name") != self.node:
+                continue
+            if spec.get("nodeName") not in (None, self.node):
+                key = ("ignored", str(meta.get("resourceVersion")))
+                self._log_once(
+                    "ignoring a node state addressed to another node", key, nodeName=spec.get("nodeName")
+                )
+                return None
+            return state
+        return None
 
-    def _addressed_here(self, obj: dict[str, Any]) -> bool:
-        if addressed_to(obj, self.node):
-            return True
-        if self._first_time(obj, "ignored"):
-            log.warning(
-                "ignoring a node object labelled for this node but addressed to another",
-                extra={"object": _name(obj), "nodeName": (obj.get("spec") or {}).get("nodeName")},
+    def _read_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.VERSION_PLURAL, name
             )
-        return False
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return found
 
-    def _first_time(self, obj: dict[str, Any], why: str) -> bool:
-        key = _log_key(obj, why)
-        if key in self._logged:
-            return False
-        self._logged.add(key)
-        return True
+    def _running(self) -> set[tuple[str, str]]:
+        """Programs of which something is loaded, or is being compiled: a compile still running for
+        an entry removed from spec pins its version when it ends, and the pass then unloads it."""
+        loaded = {ref.program for ref in self.reconciler.backend.loaded()}
+        return loaded | {ref.program for ref in self.reconciler.pool.building()}
 
-    def _refuse(self, obj: dict[str, Any], error: Exception) -> None:
-        meta = obj["metadata"]
-        if self._first_time(obj, "refused"):  # once, not on every pass
-            log.warning(
-                "refusing a node object",
-                extra={"object": f"{meta['namespace']}/{meta['name']}", "error": str(error)},
+    def _log_refusals(self, intake: Intake) -> None:
+        for key, refusal in intake.refused.items():
+            entry = intake.entries[key]
+            self._log_once(
+                "refusing an entry",
+                ("refused", key.kind, key.namespace, key.name, entry.version, refusal.reason),
+                entry=f"{key.kind}/{key.namespace}/{key.name}",
+                version=entry.version,
+                error=refusal.message,
             )
-        if not meta.get("deletionTimestamp"):
-            self._write_status(obj, self._invalid_status(obj, error))
-
-    def _invalid_status(self, obj: dict[str, Any], error: Exception) -> dict[str, Any]:
-        generation = obj["metadata"].get("generation")
-        message = f"this agent cannot serve the spec: {error}"
-        if not isinstance(error, TrustViolation):
-            message += "; what ran of it on this node keeps running"
-        ready = conditions.condition(conditions.READY, False, reasons.INVALID_SPEC, message, generation)
-        return {
-            "observedGeneration": generation,
-            "node": self.node,
-            "failures": [{"reason": reasons.INVALID_SPEC, "message": message}],
-            "conditions": conditions.merge((obj.get("status") or {}).get("conditions"), [ready]),
+        # Forget what is no longer refused, so that a refusal that comes back is logged again.
+        current = {
+            ("refused", k.kind, k.namespace, k.name, intake.entries[k].version, r.reason)
+            for k, r in intake.refused.items()
         }
+        self._logged = {k for k in self._logged if k[0] != "refused" or k in current}
 
-    def _write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
-        # A merge patch deletes the fields it sets to None: what the status becomes is the rest.
-        if (obj.get("status") or {}) == {k: v for k, v in status.items() if v is not None}:
-            return  # nothing changed: no write
-        meta = obj["metadata"]
+    def _log_once(self, message: str, key: tuple[str, ...], **extra: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(message, extra={"node": self.node, **extra})
+
+    def _write_status(self, state: dict[str, Any], status: dict[str, Any]) -> None:
+        """One write per pass at most, and none when nothing changed: neither against the cache nor,
+        while the cache has not seen it yet, against the last write."""
+        seen = str(state["metadata"].get("resourceVersion"))
+        if (state.get("status") or {}) == status or self._written == (seen, status):
+            return
         patching.merge_patch(
-            self.custom,
-            names.NODE_PROGRAM_PLURAL,
-            meta["namespace"],
-            meta["name"],
-            {"status": status},
-            status=True,
+            self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, self.node, {"status": status}, status=True
         )
-
-    def _patch_finalizers(self, obj: dict[str, Any], finalizers: list[str]) -> None:
-        meta = obj["metadata"]
-        # resourceVersion makes this a compare-and-swap: never drop someone else's finalizer.
-        body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
-        applied = patching.merge_patch(
-            self.custom, names.NODE_PROGRAM_PLURAL, meta["namespace"], meta["name"], body, ignore=(404, 409)
-        )
-        if not applied:
-            self._wake.set()  # changed under us: the next pass sees the new object
-
-    def _add_finalizer(self, obj: dict[str, Any]) -> None:
-        self._patch_finalizers(obj, [*(obj["metadata"].get("finalizers") or []), names.AGENT_FINALIZER])
-
-    def _remove_finalizer(self, obj: dict[str, Any]) -> None:
-        finalizers = obj["metadata"].get("finalizers") or []
-        if names.AGENT_FINALIZER in finalizers:
-            log.info(
-                "detached everywhere on this node, releasing", extra={"program": obj["metadata"]["name"]}
-            )
-            self._patch_finalizers(obj, [f for f in finalizers if f != names.AGENT_FINALIZER])
-
-
-def _name(obj: dict[str, Any]) -> str:
-    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-
-
-def _log_key(obj: dict[str, Any], why: str) -> tuple[str, ...]:
-    return (why, _name(obj), str(obj["metadata"].get("resourceVersion")))
+        self._written = (seen, status)

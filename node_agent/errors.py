@@ -54,7 +54,7 @@ class MapTooLarge(ProgramBuildError):
 
 
 class InvalidSpec(AgentError):
-    """A node object this agent refuses to serve: its spec breaks a trust rule or cannot be run."""
+    """An entry this agent refuses to serve: its version breaks a trust rule or cannot be run."""
 
     reason = reasons.INVALID_SPEC
 

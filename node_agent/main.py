@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-map-bytes",
         type=int,
         default=int(os.environ.get("BPFLEET_MAX_MAP_BYTES") or DEFAULT_MAX_MAP_BYTES),
-        help="the cap on a program's map memory where its node object names none "
+        help="the cap on a program's map memory where its version names none "
         "(env BPFLEET_MAX_MAP_BYTES, default 64 MiB)",
     )
     parser.add_argument(

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfleet_api import names, selectors
+from bpfleet_api import names, selectors, versions
 from node_agent.errors import InvalidSpec, TrustViolation
 from node_agent.kernel import map_memory
 from node_agent.kernel.attach_types import (
@@ -69,21 +69,16 @@ def program_version(build: ProgramBuild) -> str:
 
 @dataclass(frozen=True)
 class Trust:
-    """What node objects are checked against: where a ClusterEbpfProgram's node objects may live,
-    and the map memory cap of programs that name none."""
+    """What entries are checked against: where a ClusterEbpfProgram's versions may live, and the
+    map memory cap of programs that name none."""
 
     system_namespace: str = field(default_factory=names.system_namespace)
     max_map_bytes: int = DEFAULT_MAX_MAP_BYTES
 
 
-def addressed_to(obj: Mapping[str, Any], node: str) -> bool:
-    """Whether the node object is this node's: the label selects it, spec.nodeName confirms it."""
-    return bool((obj.get("spec") or {}).get("nodeName") == node)
-
-
 @dataclass(frozen=True)
 class NodeProgram:
-    """One EbpfNodeProgram addressed to this node."""
+    """One EbpfNodeState entry of this node, with the version it names."""
 
     namespace: str
     name: str
@@ -92,9 +87,9 @@ class NodeProgram:
     build: ProgramBuild
     attach_type: str
     pod_selector: Mapping[str, Any]
-    deleting: bool
-    finalizers: tuple[str, ...] = ()
-    status: Mapping[str, Any] = field(default_factory=dict)
+    # Never set by intake: an entry absent from spec is what makes a program go. Kept for the
+    # reconciler, which still unloads deleting programs.
+    deleting: bool = False
     kind: str = names.PROGRAM_KIND
     scope: str = "Pods"
     # The namespaces whose pods it may select: its own for an EbpfProgram, whatever spec says.
@@ -119,19 +114,32 @@ class NodeProgram:
         )
 
     @classmethod
-    def from_object(cls, obj: Mapping[str, Any], trust: Trust | None = None) -> NodeProgram:
-        """Parses a node object; raises InvalidSpec when it breaks a trust rule (KeyError or
-        TypeError when it does not have the shape of the CRD at all)."""
+    def from_entry(
+        cls, entry: EntryKey, generation: int, version: Mapping[str, Any], trust: Trust | None = None
+    ) -> NodeProgram:
+        """Parses the EbpfProgramVersion an EbpfNodeState entry names, whose contentHash the caller
+        checked (check_hash: once per object, it never changes). Raises TrustViolation when the pair
+        breaks a trust rule, InvalidSpec when the version cannot be served (KeyError or TypeError
+        when it does not have the shape of the CRD at all)."""
         trust = trust or Trust()
-        meta, spec = obj["metadata"], obj["spec"]
-        kind = spec.get("programKind") or names.PROGRAM_KIND
+        meta, spec = version["metadata"], version["spec"]
+        kind = entry.kind
+        namespace = version_namespace(entry, trust)
+        if meta.get("namespace") != namespace:
+            raise TrustViolation(f"a {kind}'s version is read from namespace {namespace!r} only")
+        if (spec.get("programKind") or names.PROGRAM_KIND) != kind:
+            raise TrustViolation(f"the version is of a {spec.get('programKind')!r}, the entry of a {kind}")
+        if spec.get("programName", entry.name) != entry.name:
+            raise InvalidSpec(f"the version is of program {spec.get('programName')!r}, not {entry.name!r}")
         scope = spec.get("scope") or "Pods"
-        _check_trust(meta["namespace"], kind, scope, spec, trust)
+        _check_trust(namespace, kind, scope, spec, trust)
         try:
             attach = kernel_attach(spec["attach"], scope)
         except UnknownAttach as e:
             raise InvalidSpec(str(e)) from None
         params = spec.get("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise InvalidSpec("parameters must be a map of names to values")
         build = ProgramBuild(
             source=spec["source"]["text"],
             function=spec["function"],
@@ -140,6 +148,8 @@ class NodeProgram:
             cluster=kind == names.CLUSTER_PROGRAM_KIND,
             max_map_bytes=_max_map_bytes(spec, trust),
         )
+        if not isinstance(build.source, str) or not isinstance(build.function, str):
+            raise InvalidSpec("source.text and function must be strings")
         if scope == "Node":
             pod_namespaces: tuple[str, ...] = ()
         elif kind == names.CLUSTER_PROGRAM_KIND:
@@ -148,51 +158,58 @@ class NodeProgram:
                 raise InvalidSpec("namespaces must be a list of namespace names")
             pod_namespaces = tuple(listed)
         else:
-            pod_namespaces = (meta["namespace"],)
+            pod_namespaces = (namespace,)  # its own, whatever spec.namespaces says
         return cls(
-            namespace=meta["namespace"],
+            namespace=namespace,
+            # The version object's name: unique per (namespace, kind), unlike the program's name.
             name=meta["name"],
-            program=_program_name(meta, spec),
-            generation=int(meta.get("generation") or 0),
+            program=entry.name,
+            generation=generation,
             build=build,
             attach_type=spec["attach"]["type"],
             pod_selector=spec.get("podSelector") or {},
-            deleting=bool(meta.get("deletionTimestamp")),
-            finalizers=tuple(meta.get("finalizers") or ()),
-            status=obj.get("status") or {},
             kind=kind,
             scope=scope,
             pod_namespaces=pod_namespaces,
         )
 
 
-def _program_name(meta: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
-    """The program a node object was made from: its spec says, else its label (KeyError if neither)."""
-    labels = meta.get("labels") or {}
-    name = (
-        spec.get("programName") or labels.get(names.PROGRAM_LABEL) or labels.get(names.CLUSTER_PROGRAM_LABEL)
-    )
-    if not isinstance(name, str) or not name:  # hostile input: a name, or nothing
-        raise KeyError("programName")
-    return name
+@dataclass(frozen=True, order=True)
+class EntryKey:
+    """An EbpfNodeState entry's identity: its list-map keys."""
+
+    kind: str
+    namespace: str  # "" for a ClusterEbpfProgram
+    name: str
+
+    @property
+    def pins(self) -> tuple[str, str]:
+        """The ProgramRef.program of what runs of it."""
+        return (CLUSTER_PINS if self.kind == names.CLUSTER_PROGRAM_KIND else self.namespace, self.name)
 
 
-def held_program(obj: Mapping[str, Any], trust: Trust) -> tuple[str, str] | None:
-    """The program (pin namespace, name) of a node object the agent could not parse, whose running
-    versions are kept; None when even that cannot be read. Hostile input: a node object only ever
-    holds programs of its own namespace (the cluster's pins only from the system namespace)."""
-    try:
-        meta, spec = obj["metadata"], obj.get("spec") or {}
-        namespace = meta["namespace"]
-        name = _program_name(meta, spec)
-        cluster = (
-            spec.get("programKind") == names.CLUSTER_PROGRAM_KIND and namespace == trust.system_namespace
-        )
-    except (AttributeError, KeyError, TypeError):
-        return None
-    if not isinstance(namespace, str):
-        return None
-    return (CLUSTER_PINS if cluster else namespace, name)
+def check_hash(version: Mapping[str, Any]) -> None:
+    """A version is served only as what its contentHash names: a changed one is refused."""
+    spec = version.get("spec")
+    if not isinstance(spec, Mapping) or not versions.matches(spec):
+        raise InvalidSpec("version object does not match its hash")
+
+
+def check_entry(entry: EntryKey) -> None:
+    """The trust rules an entry breaks by its keys alone."""
+    if entry.kind not in names.PROGRAM_KINDS:
+        raise TrustViolation(f"kind {entry.kind!r} is neither EbpfProgram nor ClusterEbpfProgram")
+    if entry.kind == names.CLUSTER_PROGRAM_KIND and entry.namespace:
+        raise TrustViolation("a ClusterEbpfProgram entry has no namespace")
+    if entry.kind == names.PROGRAM_KIND and not entry.namespace:
+        raise TrustViolation("an EbpfProgram entry names its namespace")
+
+
+def version_namespace(entry: EntryKey, trust: Trust) -> str:
+    """Where the version of an entry is read: an EbpfProgram's own namespace, whatever else says;
+    a ClusterEbpfProgram's from the system namespace, where tenants write nothing."""
+    check_entry(entry)
+    return trust.system_namespace if entry.kind == names.CLUSTER_PROGRAM_KIND else entry.namespace
 
 
 def _check_trust(namespace: str, kind: str, scope: str, spec: Mapping[str, Any], trust: Trust) -> None:
@@ -207,7 +224,7 @@ def _check_trust(namespace: str, kind: str, scope: str, spec: Mapping[str, Any],
     if kind == names.CLUSTER_PROGRAM_KIND:
         if namespace != trust.system_namespace:
             raise TrustViolation(
-                f"a ClusterEbpfProgram's node objects live in {trust.system_namespace}, not in {namespace}"
+                f"a ClusterEbpfProgram's versions live in {trust.system_namespace}, not in {namespace}"
             )
         return
     attach = spec.get("attach") or {}

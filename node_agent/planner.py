@@ -59,7 +59,7 @@ def plan(
     held: Iterable[tuple[str, str]] = (),
     hooks: Mapping[ProgramRef, KernelAttach] | None = None,
 ) -> Plan:
-    """`held`: programs whose node object could not be read; what runs of them is left alone.
+    """`held`: programs whose entry could not be read; what runs of them is left alone.
     `hooks`: the hook each version was served on since the agent started (a link moves in place
     only between versions of the same hook)."""
     active, pods = list(active), list(pods)

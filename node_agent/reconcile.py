@@ -79,7 +79,7 @@ class Reconciler:
         pods: Iterable[Pod],
         held: Iterable[tuple[str, str]] = (),
     ) -> PassResult:
-        """`held`: programs whose node object the agent could not read this pass; what runs of them
+        """`held`: programs whose entry the agent could not read this pass; what runs of them
         is kept as it is (no attach, no detach, no unload) until a readable spec says otherwise."""
         programs, pods = list(programs), list(pods)
         self.observed.refresh(full=self._resync_due())

@@ -46,7 +46,7 @@ class TargetReport:
 
 @dataclass
 class ProgramReport:
-    """What one pass found for one EbpfNodeProgram; the agent turns it into status."""
+    """What one pass found for one program of the node; the agent turns it into its status entry."""
 
     namespace: str
     name: str

@@ -139,6 +139,8 @@ class Informer(threading.Thread):
                     extra={"path": self.path, "silentSeconds": self.timing.stall_seconds},
                 )
             except Exception as e:
+                if self._stopping.is_set():
+                    break  # the connection ended with the informer: nothing to retry
                 self.stats.failures += 1
                 self._failures += 1
                 delay = self._jitter.delay(self._failures)

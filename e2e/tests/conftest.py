@@ -119,6 +119,7 @@ def _start_node(
     kube.forget_agent(name)  # one left by an earlier agent of that name would not prove this one runs
     agent.start()
     wait_for(f"the agent on {name} to publish its BpfleetNode", lambda: kube.runs_agent(name), timeout=30)
+    kube.bpffs_roots[name] = bpffs_root
     return Node(name, sim, agent, bpffs_root)
 
 

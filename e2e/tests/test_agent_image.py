@@ -217,8 +217,7 @@ def test_agent_image_denies_port_then_detaches(
 
     assert web.connect_tcp("127.0.0.1", denied_port) == errno.EPERM
     status = kube.node_program(ns, PROGRAM, node)["status"]
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert (ready["status"], ready["reason"]) == ("True", "Attached"), ready
+    assert (status["ready"], status["reason"]) == (True, "Attached"), status
     assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
     assert [p["id"] for p in cgroup_programs(web.pod_cgroup)] == [status["programId"]]
     # Pinned from inside the container, in the host's bpffs.

@@ -1,21 +1,23 @@
-"""ClusterEbpfPrograms as the agent sees them: node objects in the system namespace, written here the
-way the operator writes them (SHARED CONTRACT: programKind, scope, namespaces), served by the real
-agent on the real kernel; and node objects the agent must refuse or ignore.
+"""ClusterEbpfPrograms as the agent sees them: entries of its node's EbpfNodeState naming versions in
+the system namespace, written here the way the operator writes them (SHARED CONTRACT: programKind,
+scope, namespaces, contentHash), served by the real agent on the real kernel; and entries and
+versions the agent must refuse or ignore. The operator is stopped meanwhile: these entries are no
+program's, and it would rightly remove them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import names, reasons
-from e2e.harness import wait_for
+from bpfleet_api import names, reasons, versions
+from e2e.harness import ManagedProcess, wait_for
 from e2e.kube import Kube, bpftool, scratch_namespace
 from e2e.netdev import host_veths, ip
 from e2e.tests.programs import EXECS_BY_PID
@@ -27,80 +29,148 @@ TC_PORT_DROP = (REPO / "bpf" / "programs" / "tc-port-drop.c").read_text()
 TC_PASS = "#include <uapi/linux/pkt_cls.h>\nint pass(struct __sk_buff *skb) { return TC_ACT_OK; }\n"
 TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
 
-NodeObjects = Callable[..., tuple[str, str]]
+Key = tuple[str, str, str]  # an entry's (kind, namespace, name)
+
+
+class NodeEntries:
+    """Writes entries into node-a's EbpfNodeState spec, and their version objects, as the operator
+    would; undoes it all afterwards."""
+
+    def __init__(self, kube: Kube, node: str) -> None:
+        self.kube, self.node = kube, node
+        self.keys: list[Key] = []
+        self.versions: list[tuple[str, str]] = []
+
+    def __call__(
+        self,
+        program: str,
+        spec: dict[str, Any],
+        version_namespace: str = SYSTEM,
+        kind: str = names.CLUSTER_PROGRAM_KIND,
+        entry_namespace: str = "",
+    ) -> Key:
+        """A version of a ClusterEbpfProgram `program` (in the system namespace unless told
+        otherwise) and the entry that names it; returns the entry's key."""
+        spec = dict(spec)
+        text = spec.pop("source")
+        body = versions.with_hash(
+            {
+                "programKind": names.CLUSTER_PROGRAM_KIND,
+                "programName": program,
+                "source": {"text": text, "sha256": hashlib.sha256(text.encode()).hexdigest()},
+                **spec,
+            }
+        )
+        name = names.version_name(kind, entry_namespace, program, body["contentHash"])
+        try:
+            self.kube.custom.create_namespaced_custom_object(
+                names.GROUP,
+                names.VERSION,
+                version_namespace,
+                names.VERSION_PLURAL,
+                {
+                    "apiVersion": names.API_VERSION,
+                    "kind": names.VERSION_KIND,
+                    "metadata": {"name": name},
+                    "spec": body,
+                },
+            )
+        except ApiException as e:
+            if e.status != 409:  # the same content is the same version: already there
+                raise
+        self.versions.append((version_namespace, name))
+        key = (kind, entry_namespace, program)
+        entry = {
+            "kind": kind,
+            "namespace": entry_namespace,
+            "name": program,
+            "generation": 1,
+            "version": name,
+        }
+        self._set_entries([e for e in self._entries() if _key(e) != key] + [entry])
+        if key not in self.keys:
+            self.keys.append(key)
+        return key
+
+    def status(self, key: Key) -> dict[str, Any] | None:
+        """The agent's status entry (with where it is pinned, from the kernel)."""
+        kind, namespace, name = key
+        found = [
+            np["status"] for np in self.kube.node_programs(namespace, name, kind) if np["node"] == self.node
+        ]
+        return found[0] if found else None
+
+    def remove_all(self) -> None:
+        self._set_entries([e for e in self._entries() if _key(e) not in self.keys])
+        wait_for(
+            "the agent reporting none of them",
+            lambda: all(self.status(k) is None for k in self.keys),
+            timeout=20,
+        )
+        for namespace, name in self.versions:
+            self.kube.kubectl("delete", "ebpfprogramversion", "-n", namespace, name, "--ignore-not-found")
+
+    def _state(self) -> dict[str, Any]:
+        return self.kube.custom.get_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, self.node
+        )
+
+    def _entries(self) -> list[dict[str, Any]]:
+        return list((self._state().get("spec") or {}).get("programs") or [])
+
+    def _set_entries(self, entries: list[dict[str, Any]]) -> None:
+        self.kube.custom.patch_cluster_custom_object(
+            names.GROUP,
+            names.VERSION,
+            names.NODE_STATE_PROGRAMS_PLURAL,
+            self.node,
+            {"spec": {"programs": entries}},
+            _content_type="application/merge-patch+json",
+        )
+
+
+def _key(entry: dict[str, Any]) -> Key:
+    return (entry["kind"], entry["namespace"], entry["name"])
+
+
+NodeObjects = NodeEntries
 
 
 @pytest.fixture
-def node_objects(kube: Kube, node_a, system_namespace: str) -> Iterator[NodeObjects]:
-    """make(program, spec, namespace=SYSTEM, node=node-a) -> (namespace, name): a cluster program's
-    node object. Afterwards every one is deleted and waited for (the agent detaches first)."""
-    made: list[tuple[str, str]] = []
-
-    def make(program: str, spec: dict[str, Any], namespace: str = SYSTEM, node: str = node_a.name):
-        text = spec.pop("source")
-        name = f"{program}-{node}-{secrets.token_hex(3)}"
-        body = {
-            "apiVersion": names.API_VERSION,
-            "kind": names.NODE_PROGRAM_KIND,
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {
-                    names.NODE_LABEL: names.label_value(node_a.name),
-                    names.CLUSTER_PROGRAM_LABEL: names.label_value(program),
-                },
-            },
-            "spec": {
-                "programKind": names.CLUSTER_PROGRAM_KIND,
-                "programName": program,
-                "nodeName": node,
-                "source": {"text": text, "sha256": hashlib.sha256(text.encode()).hexdigest()},
-                **spec,
-            },
-        }
-        kube.custom.create_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.NODE_PROGRAM_PLURAL, body
-        )
-        made.append((namespace, name))
-        return namespace, name
-
-    try:
-        yield make
-    finally:
-        for namespace, name in made:
-            kube.kubectl("delete", "ebpfnodeprogram", "-n", namespace, name, "--wait=true", "--timeout=20s")
-
-
-def node_object(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    return kube.custom.get_namespaced_custom_object(
-        names.GROUP, names.VERSION, namespace, names.NODE_PROGRAM_PLURAL, name
+def node_objects(
+    kube: Kube, node_a, system_namespace: str, operator: ManagedProcess
+) -> Iterator[NodeEntries]:
+    wait_for(
+        "node-a's EbpfNodeState",
+        lambda: any(s["metadata"]["name"] == node_a.name for s in kube.node_states()),
+        timeout=20,
     )
+    operator.stop()
+    entries = NodeEntries(kube, node_a.name)
+    try:
+        yield entries
+    finally:
+        try:
+            entries.remove_all()
+        finally:
+            operator.start()
 
 
-def reported(kube: Kube, key: tuple[str, str], predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Waits until the agent's status of the node object satisfies `predicate`; returns it."""
+def reported(entries: NodeEntries, key: Key, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Waits until the agent's status entry satisfies `predicate`; returns it."""
     found: dict[str, Any] = {}
 
     def check() -> bool:
-        found.update(node_object(kube, *key).get("status") or {})
+        found.clear()
+        found.update(entries.status(key) or {})
         return bool(found) and predicate(found)
 
-    wait_for(f"status of {key[1]}", check, timeout=20)
+    wait_for(f"status of {key[2]}", check, timeout=20)
     return found
 
 
-def ready(status: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in status.get("conditions", []) if c["type"] == "Ready")
-
-
 def is_ready(status: dict[str, Any]) -> bool:
-    return ready(status)["status"] == "True"
-
-
-def patch_spec(kube: Kube, key: tuple[str, str], spec: dict[str, Any]) -> None:
-    kube.custom.patch_namespaced_custom_object(
-        names.GROUP, names.VERSION, key[0], names.NODE_PROGRAM_PLURAL, key[1], {"spec": spec}
-    )
+    return status.get("ready") is True
 
 
 def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a, namespace, node_objects):
@@ -111,33 +181,25 @@ def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a
     with scratch_namespace(kube, "t2", remove_pods) as other:
         mine = node_a.create_pod(namespace, "web-1", {"app": "web"}, network=True)
         theirs = node_a.create_pod(other, "web-2", {"app": "web"}, network=True)
-        key = node_objects(
-            "host-drop",
-            {
-                "source": TC_PORT_DROP,
-                "function": "drop_port",
-                "attach": {"type": "Tc", "direction": "Egress", "side": "Host"},
-                "parameters": {"PORT": DROPPED_PORT},
-                "podSelector": {"matchLabels": {"app": "web"}},
-                "namespaces": [namespace],
-            },
-        )
-        status = reported(kube, key, is_ready)
+        host_drop = {
+            "source": TC_PORT_DROP,
+            "function": "drop_port",
+            "attach": {"type": "Tc", "direction": "Egress", "side": "Host"},
+            "parameters": {"PORT": DROPPED_PORT},
+            "podSelector": {"matchLabels": {"app": "web"}},
+        }
+        key = node_objects("host-drop", {**host_drop, "namespaces": [namespace]})
+        status = reported(node_objects, key, is_ready)
         assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
-        assert status["podStates"] == [
-            {"name": "web-1", "uid": mine.uid, "state": "Attached", "namespace": namespace}
-        ]
         assert status["pinPath"].startswith(str(node_a.bpffs_root / "_cluster" / "host-drop"))
         assert delivered(mine, DROPPED_PORT) == 0 and delivered(mine, OPEN_PORT) == 10
         assert delivered(theirs, DROPPED_PORT) == 10
 
-        # The operator widens `namespaces` (a namespace got the selected label): the agent follows.
-        patch_spec(kube, key, {"namespaces": [namespace, other]})
-        status = reported(kube, key, lambda s: s.get("pods", {}).get("attached") == 2)
-        assert {(p["namespace"], p["name"]) for p in status["podStates"]} == {
-            (namespace, "web-1"),
-            (other, "web-2"),
-        }
+        # The operator widens `namespaces` (a namespace got the selected label): a new version
+        # object, the same compiled program; the agent follows.
+        node_objects("host-drop", {**host_drop, "namespaces": [namespace, other]})
+        status = reported(node_objects, key, lambda s: s.get("pods", {}).get("attached") == 2)
+        assert status["pods"] == {"selected": 2, "attached": 2, "failed": 0}
         assert delivered(theirs, DROPPED_PORT) == 0
 
 
@@ -146,10 +208,10 @@ def test_node_wide_tracing_counts_every_process_of_the_node(kube: Kube, node_a, 
         "all-execs",
         {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"},
     )
-    status = reported(kube, key, is_ready)
+    status = reported(node_objects, key, is_ready)
     assert status["pods"] == {"selected": 0, "attached": 0, "failed": 0}
     assert status["targets"] == [{"name": "node", "state": "Attached"}]
-    assert "sched:sched_process_exec for every process of this node" in ready(status)["message"]
+    assert "sched:sched_process_exec for every process of this node" in status["message"]
     assert "bpfleet_pods" not in status["maps"]
 
     child = subprocess.Popen(["/bin/true"])  # the test's own process: in no pod at all
@@ -170,15 +232,15 @@ def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, nod
     prefix = veth_pair
     attach = {"type": "Tc", "direction": "Ingress", "interface": f"{prefix}*"}
     key = node_objects("edge", {"source": TC_PASS, "function": "pass", "attach": attach, "scope": "Node"})
-    status = reported(kube, key, is_ready)
+    status = reported(node_objects, key, is_ready)
     assert [t["name"] for t in status["targets"]] == [f"{prefix}a", f"{prefix}b"]
-    assert f"attached to interfaces {prefix}a, {prefix}b" in ready(status)["message"]
+    assert f"attached to interfaces {prefix}a, {prefix}b" in status["message"]
     links = Path(status["pinPath"]) / "links"
     assert sorted(p.name for p in links.iterdir()) == [f"if-{prefix}a", f"if-{prefix}b"]
 
     ip("link", "del", f"{prefix}a")
-    status = reported(kube, key, lambda s: s.get("targets") == [])
-    assert is_ready(status) and f"no interface of this node matches '{prefix}*'" in ready(status)["message"]
+    status = reported(node_objects, key, lambda s: "targets" in s and s["targets"] == [])
+    assert is_ready(status) and f"no interface of this node matches '{prefix}*'" in status["message"]
     assert list(links.iterdir()) == []
 
 
@@ -186,16 +248,22 @@ def test_the_cluster_kind_outside_the_system_namespace_is_refused(
     kube: Kube, node_a, namespace, node_objects
 ):
     spec = {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"}
-    # Labelled for node-a, addressed to node-z: made first, so that the pass that answers the
-    # forged one below has it in its cache too (a watch delivers in order).
-    elsewhere = node_objects("elsewhere", dict(spec), node="node-z")
-    forged = node_objects("forged", dict(spec), namespace=namespace)
-    status = reported(kube, forged, lambda s: ready(s)["reason"] == reasons.INVALID_SPEC)
+    # A cluster kind's version in a tenant's namespace, named by a cluster entry: the agent reads a
+    # cluster entry's version from the system namespace only, so it finds none.
+    unread = node_objects("forged", dict(spec), version_namespace=namespace)
+    status = reported(node_objects, unread, lambda s: s["reason"] == reasons.SOURCE_NOT_FOUND)
+    assert SYSTEM in status["message"] and not status["ready"]
+    # The same version named by an entry of the tenant's namespace: refused, it is a cluster kind's.
+    tenant = node_objects(
+        "forged", dict(spec), version_namespace=namespace, kind=names.PROGRAM_KIND, entry_namespace=namespace
+    )
+    status = reported(node_objects, tenant, lambda s: s["reason"] == reasons.INVALID_SPEC)
     [failure] = status["failures"]
-    assert failure["reason"] == reasons.INVALID_SPEC
-    assert "ClusterEbpfProgram" in failure["message"] and SYSTEM in failure["message"]
-    assert names.AGENT_FINALIZER not in (node_object(kube, *forged)["metadata"].get("finalizers") or [])
-    assert not node_object(kube, *elsewhere).get("status")  # ignored, not served
+    assert failure["reason"] == reasons.INVALID_SPEC and "ClusterEbpfProgram" in failure["message"]
+    assert "keeps running" not in failure["message"]
     assert not (node_a.bpffs_root / "_cluster").exists() or not list(
         (node_a.bpffs_root / "_cluster").glob("*/*")
+    )
+    assert not (node_a.bpffs_root / namespace).exists() or not list(
+        (node_a.bpffs_root / namespace).glob("*/*")
     )

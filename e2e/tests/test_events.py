@@ -42,4 +42,4 @@ def test_accepted_rolled_out_failed_and_deleted(kube: Kube, node_a, namespace: s
 
     kube.kubectl("delete", "ebpf", "-n", namespace, "dns-query-counter", "--wait=true", "--timeout=20s")
     wait_for("Deleted", lambda: "Deleted" in reasons(kube, namespace, "dns-query-counter"))
-    assert reasons(kube, namespace, "dns-query-counter")["Deleted"] == ("Normal", "detached from every node")
+    assert reasons(kube, namespace, "dns-query-counter")["Deleted"] == ("Normal", "unloaded from every node")

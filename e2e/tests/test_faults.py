@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 
-from bpfleet_api import names
 from e2e.controlplane import ControlPlane
 from e2e.harness import ManagedProcess, wait_for
 from e2e.kube import Kube, bpftool, cgroup_id, cgroup_programs, traffic_counts
@@ -48,12 +47,13 @@ def _pods_summary(kube: Kube, namespace: str, program: str = PROGRAM) -> str:
     return (status.get("summary") or {}).get("pods", "")
 
 
-def _all_node_objects(kube: Kube, namespace: str) -> list[dict[str, Any]]:
-    """Every node object of the namespace, whatever its labels say."""
-    listed = kube.custom.list_namespaced_custom_object(
-        names.GROUP, names.VERSION, namespace, names.NODE_PROGRAM_PLURAL
-    )
-    return list(listed["items"])
+def _spec_entries(kube: Kube, namespace: str) -> dict[str, str]:
+    """The nodes whose EbpfNodeState spec names the program: node -> version object name."""
+    return {np["node"]: np["spec"]["version"] for np in kube.node_programs(namespace, PROGRAM) if np["spec"]}
+
+
+def _version_uids(kube: Kube, namespace: str) -> set[str]:
+    return {v["metadata"]["uid"] for v in kube.program_versions(namespace)}
 
 
 def _links(program_id: int) -> dict[int, int]:
@@ -109,37 +109,36 @@ def _sending(cgroup: Path) -> Iterator[None]:
 # -- 1. the operator killed mid-rollout ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kill_at", ["apply", "second-create"])
+@pytest.mark.parametrize("kill_at", ["apply", "first-node"])
 def test_operator_killed_mid_rollout_converges_without_duplicates(
     kube: Kube, operator: ManagedProcess, node_a, node_b, namespace: str, kill_at: str
 ):
     pods = [node_a.create_pod(namespace, "web-a", {"app": "web"})]
     pods.append(node_b.create_pod(namespace, "web-b", {"app": "web"}))
-    offset = _log_size(operator)
     kube.apply(namespace, _manifest(PROGRAM))
     try:
-        if kill_at == "second-create":
-            # Creates are one after the other: when the second is announced the first is done.
+        if kill_at == "first-node":
             wait_for(
-                "the operator creating the second node object",
-                lambda: _log_since(operator, offset).count('"creating node program"') >= 2,
+                "the operator writing a first node's spec",
+                lambda: len(_spec_entries(kube, namespace)) >= 1,
                 timeout=15,
                 interval=0.001,
             )
         operator.kill(signal.SIGKILL)
         assert not operator.alive
-        at_kill = {o["metadata"]["uid"] for o in _all_node_objects(kube, namespace)}
-        assert kill_at == "apply" or len(at_kill) >= 1
+        at_kill = _version_uids(kube, namespace)
+        assert kill_at == "apply" or len(at_kill) == 1
     finally:
         operator.stop()  # closes its log; a no-op on the process, which is gone
         operator.start()
 
     wait_for("READY True after the restart", lambda: kube.is_ready(namespace, PROGRAM), timeout=30)
-    objects = _all_node_objects(kube, namespace)
-    assert sorted(o["spec"]["nodeName"] for o in objects) == [node_a.name, node_b.name], (
-        f"{len(at_kill)} node objects existed at the kill"
-    )
-    assert at_kill <= {o["metadata"]["uid"] for o in objects}  # adopted, not deleted and made again
+    entries = _spec_entries(kube, namespace)
+    assert sorted(entries) == [node_a.name, node_b.name]
+    assert len(set(entries.values())) == 1  # one version for both nodes
+    versions = _version_uids(kube, namespace)
+    assert len(versions) == 1, f"{len(at_kill)} versions existed at the kill"
+    assert at_kill <= versions  # adopted, not deleted and made again
     status = kube.program(namespace, PROGRAM)["status"]
     assert status["nodes"] == {"targeted": 2, "ready": 2, "failed": 0}
     assert status["pods"] == {"selected": 2, "attached": 2, "failed": 0}
@@ -264,11 +263,15 @@ def test_deletions_while_the_agent_is_down_are_cleaned_up_at_start(kube: Kube, n
     try:
         kube.kubectl("delete", "ebpfprogram", "-n", namespace, "doomed", "--wait=false")
         node_a.delete_pod(leaving)
-        # Nobody detaches meanwhile: the agent's finalizer holds the node object.
-        time.sleep(1)
+        # Nobody detaches meanwhile: out of the node's spec, still in its status, so the program's
+        # deletion waits (for the grace of a silent agent at most).
+        wait_for(
+            "the entry removed from spec",
+            lambda: [np["spec"] for np in kube.node_programs(namespace, "doomed")] == [None],
+            timeout=10,
+        )
         [held] = kube.node_programs(namespace, "doomed")
-        assert held["metadata"].get("deletionTimestamp")
-        assert names.AGENT_FINALIZER in held["metadata"]["finalizers"]
+        assert held["status"] is not None and kube.program(namespace, "doomed") is not None
         assert [p["id"] for p in cgroup_programs(staying.pod_cgroup)].count(doomed["programId"]) == 1
     finally:
         _restarted_and_reconciled(node_a.agent)
@@ -283,8 +286,7 @@ def test_deletions_while_the_agent_is_down_are_cleaned_up_at_start(kube: Kube, n
     wait_for("the deleted pod's pin removed", lambda: not (leaving_pin / leaving.uid).exists(), timeout=10)
     assert not _link_exists(leaving_link)
     wait_for("status 1/1", lambda: _pods_summary(kube, namespace) == "1/1", timeout=10)
-    pod_states = kube.node_program(namespace, PROGRAM, node_a.name)["status"]["podStates"]
-    assert [p["uid"] for p in pod_states] == [staying.uid]
+    assert kube.node_program(namespace, PROGRAM, node_a.name)["status"]["pods"]["selected"] == 1
     assert [p["id"] for p in cgroup_programs(staying.pod_cgroup)] == [kept_id]
 
 

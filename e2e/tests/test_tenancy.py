@@ -31,7 +31,7 @@ def refused(kube: Kube, namespace: str, name: str, reason: str) -> dict:
 
 
 def everything_said_about(kube: Kube, namespace: str, name: str) -> str:
-    """The program's status, its node objects' status and its events, as one text."""
+    """The program's status, its nodes' status entries and its events, as one text."""
     said = [json.dumps(kube.program(namespace, name).get("status"))]
     said += [json.dumps(np.get("status")) for np in kube.node_programs(namespace, name)]
     said += [f"{e.reason} {e.message}" for e in kube.events(namespace, name)]
@@ -249,5 +249,7 @@ def test_long_and_colliding_names_are_all_served(kube: Kube, node_a, namespace: 
         )
         apply_ready(kube, node_a, namespace, program)
     assert len(cgroup_programs(web.pod_cgroup)) == 3
-    for np in kube.node_programs(namespace, long_name):
-        assert len(np["metadata"]["name"]) <= 63
+    [np] = kube.node_programs(namespace, long_name)
+    assert len(np["spec"]["version"]) <= 63  # the version object's name is a DNS-1123 label
+    [version] = [v for v in kube.program_versions(namespace) if v["spec"]["programName"] == long_name]
+    assert version["metadata"]["name"] == np["spec"]["version"]

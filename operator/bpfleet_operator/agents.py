@@ -18,7 +18,7 @@ class Agents:
     silent: Mapping[str, str] = field(default_factory=dict)  # node -> what to tell users
 
 
-def _silence_message(node: str, last: str) -> str:
+def silence_message(node: str, last: str) -> str:
     return (
         f"the agent on {node} has not reported since {last}: pods that start there are not "
         "covered until it is back (programs already attached keep running)"
@@ -38,7 +38,7 @@ def from_node_states(
             continue
         seen = datetime.datetime.fromisoformat(last.replace("Z", "+00:00"))
         if (now - seen).total_seconds() > silence_seconds:
-            silent[node] = _silence_message(node, last)
+            silent[node] = silence_message(node, last)
     return Agents(frozenset(present), silent)
 
 

@@ -1,43 +1,35 @@
-"""Reconciles one program, of either kind: its node objects, then its status. Level-triggered and
-idempotent.
-
-kopf handlers only put program keys on a queue (workqueue.py); one worker drains it, so a burst of
-events for a program (node objects reporting, nodes changing) becomes one reconcile and at most one
-status write.
+"""Reconciles one program, of either kind: its version object, which version each of its nodes
+should run (desired.py, rollout.py), then its status from the nodes' reports. Level-triggered and
+idempotent. Reads come from the watch caches (cluster_cache.py); the node writer (node_writer.py)
+turns the desired table into EbpfNodeState specs, one write per node for every program at once.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
-from dataclasses import dataclass, field
-from functools import partial
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import names, patching, reasons
-from bpfleet_operator import agents, aggregate, deletion, fanout, kinds, tenancy
-from bpfleet_operator.agents import Agents
+from bpfleet_api import names, patching, reasons, selectors
+from bpfleet_operator import aggregate, deletion, fanout, kinds, rollout, tenancy
+from bpfleet_operator.cluster_cache import ClusterCache
 from bpfleet_operator.deletion import Release
+from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
-from bpfleet_operator.tenancy import NamespaceInfo
+from bpfleet_operator.version_store import VersionRefused, VersionStore
 
 log = logging.getLogger(__name__)
 
-# An agent heartbeats every 20 s (BpfleetNode status.lastHeartbeat); after this long without one,
-# its node is reported as not covered.
-AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
-# How long a deletion waits for a silent agent to detach before it completes without it.
+# How long a deletion waits for a silent agent to unload before it completes without it.
 DELETE_GRACE_SECONDS = float(os.environ.get("BPFLEET_DELETE_GRACE_SECONDS", "300"))
-
-# Answers to a node object write that retrying the same write cannot change: an invalid object, or
-# (on create) a namespace that does not exist, whose creation brings the program back here.
-_REFUSED = (400, 404, 422)
 
 
 def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -47,27 +39,11 @@ def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | N
     return None, None
 
 
-def _api_message(e: ApiException) -> str:
-    try:
-        return str(json.loads(e.body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"{e.status} {e.reason}"
-
-
-@dataclass(frozen=True)
-class ClusterView:
-    """What every program of a batch shares, read once per batch."""
-
-    nodes: dict[str, dict[str, str]]  # name -> labels
-    agents: Agents  # which nodes run an agent, and which agents went silent
-    namespaces: dict[str, NamespaceInfo] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class Teardown:
     """Where a deleted program still waits for an agent, and where it gave up waiting."""
 
-    waiting: list[str]  # nodes whose agent has not detached yet
+    waiting: list[str]  # nodes whose agent has not unloaded it yet
     given_up: list[str]  # nodes whose silent agent outlasted the grace period: may still run it
 
 
@@ -83,12 +59,20 @@ class Outcome:
 
 
 class ProgramController:
-    def __init__(self, core: CoreV1Api, custom: CustomObjectsApi) -> None:
-        self.core, self.custom = core, custom
-
-    @classmethod
-    def from_client(cls, api: ApiClient) -> ProgramController:
-        return cls(CoreV1Api(api), CustomObjectsApi(api))
+    def __init__(
+        self,
+        core: CoreV1Api,
+        custom: CustomObjectsApi,
+        cache: ClusterCache,
+        desired: DesiredTable,
+        nodes_changed: Callable[[Collection[str]], None],
+    ) -> None:
+        self.core, self.custom, self.cache, self.desired = core, custom, cache, desired
+        self.nodes_changed = nodes_changed
+        self.versions = VersionStore(custom)
+        self._lock = threading.Lock()
+        self.reconciled: set[ProgramKey] = set()  # programs reconciled at least once since start
+        self._given_up: dict[ProgramKey, set[str]] = {}  # deletions' warned nodes, warned once
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -105,36 +89,6 @@ class ProgramController:
                 return None
             raise
 
-    def nodes(self) -> dict[str, dict[str, str]]:
-        return {n.metadata.name: dict(n.metadata.labels or {}) for n in self.core.list_node().items}
-
-    def namespaces(self) -> dict[str, NamespaceInfo]:
-        return {
-            ns.metadata.name: NamespaceInfo(
-                dict(ns.metadata.labels or {}), dict(ns.metadata.annotations or {})
-            )
-            for ns in self.core.list_namespace().items
-        }
-
-    def agents(self) -> Agents:
-        """Nodes with a BpfleetNode; those not heartbeated for AGENT_SILENCE_SECONDS are silent."""
-        listed = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
-        now = datetime.datetime.now(datetime.UTC)
-        return agents.from_node_states(listed["items"], now, AGENT_SILENCE_SECONDS)
-
-    def node_programs(self, key: ProgramKey) -> list[dict[str, Any]]:
-        """The program's node objects: by label, then by spec, since a long name's label value is
-        a hash that another name could be made to equal."""
-        kind = kinds.of(key)
-        listed = self.custom.list_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            kind.node_namespace(key),
-            names.NODE_PROGRAM_PLURAL,
-            label_selector=f"{kind.label}={names.label_value(key.name)}",
-        )
-        return [np for np in listed["items"] if kinds.key_of_node_program(np) == key]
-
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
@@ -143,20 +97,40 @@ class ProgramController:
                 return None
             raise
 
+    def _mark(self, key: ProgramKey) -> None:
+        with self._lock:
+            self.reconciled.add(key)
+
+    def seen(self, keys: Collection[ProgramKey]) -> bool:
+        """Whether every one of `keys` was reconciled since the operator started."""
+        with self._lock:
+            return all(k in self.reconciled for k in keys)
+
     # -- reconcile ----------------------------------------------------------------------------
 
-    def cluster_view(self) -> ClusterView:
-        """What every program of a batch shares: Nodes, agents' heartbeats, Namespaces."""
-        return ClusterView(self.nodes(), self.agents(), self.namespaces())
+    def forget(self, key: ProgramKey) -> None:
+        """The program is gone or going: no node should run it any more."""
+        self.nodes_changed(self.desired.drop_program(key))
 
-    def reconcile(self, key: ProgramKey, view: ClusterView | None = None) -> Outcome:
-        kind = kinds.of(key)
+    def reconcile(self, key: ProgramKey) -> Outcome:
         program = self.get_program(key)
         if program is None or program["metadata"].get("deletionTimestamp"):
-            return Outcome()  # deletion is the finalizer handler's job
+            self.forget(key)  # deletion itself is the finalizer handler's job
+            if program is None:
+                self.versions.forget(key)
+            self._mark(key)
+            return Outcome()
+        try:
+            return self._reconcile(key, program)
+        finally:
+            self._mark(key)
+
+    def _reconcile(self, key: ProgramKey, program: dict[str, Any]) -> Outcome:
+        kind = kinds.of(key)
         generation = program["metadata"]["generation"]
         previous = program.get("status") or {}
         spec = program["spec"]
+        view = self.cache.view()
         try:
             if problems := tenancy.problems(kind, spec):
                 raise SourceError(reasons.INVALID_SPEC, "; ".join(problems))
@@ -166,123 +140,63 @@ class ProgramController:
                 self.read_config_map,
                 origin_namespace=not kind.namespaced,
             )
-        except SourceError as e:
-            # Leave the node objects as they are: what runs keeps running until the spec is fixed.
+            reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
+            version = fanout.Version(program, source, kind=kind, reach=reach).body()
+            self.versions.ensure(key, version)
+        except (SourceError, VersionRefused) as e:
+            # What runs keeps running until the spec is fixed: after a restart, what the nodes have.
+            if not self.desired.knows(key):
+                self.nodes_changed(self.desired.set_program(key, self.cache.spec_entries(key)))
+            reason = e.reason if isinstance(e, SourceError) else reasons.INVALID_SPEC
             return self._write_status(
-                key, program, aggregate.stalled_status(generation, e.reason, str(e), previous)
+                key, program, aggregate.stalled_status(generation, reason, str(e), previous)
             )
 
-        view = view or self.cluster_view()
-        reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
-        # A node that runs no agent gets no node object: nobody there would serve it or detach it.
-        targeted, without_agent = agents.split(fanout.targeted_nodes(spec, view.nodes), view.agents)
-        objects = fanout.NodeObjects(program, source, kind=kind, reach=reach)
-        wanted = {node: objects.for_node(node) for node in targeted}
-        existing = self.node_programs(key)
-        plan = fanout.plan(wanted, existing)
-        writes = [(body, partial(self._create, body)) for body in plan.create]
-        writes += [(body, partial(self._update, current, body)) for current, body in plan.update]
-        refused: dict[str, str] = {}
-        for body, write in writes:
-            try:
-                write()
-            except ApiException as e:
-                # One the API server refuses goes to status instead of being retried for ever.
-                if e.status not in _REFUSED:
-                    raise
-                meta, message = body["metadata"], _api_message(e)
-                log.warning("node object refused", extra={"object": meta["name"], "error": message})
-                refused[body["spec"]["nodeName"]] = (
-                    f"the API server refused node object {meta['namespace']}/{meta['name']}: {message}"
-                )
-        for obj in plan.release:
-            unattended = deletion.decide(obj, view.nodes, view.agents, _now(), DELETE_GRACE_SECONDS)
-            self.release_node_program(obj, drop_finalizer=unattended is Release.NOBODY)
+        # A node that runs no agent gets no entry: nobody there would serve it or unload it.
+        matching = fanout.targeted_nodes(spec, view.nodes)
+        targeted = [n for n in matching if n in view.agents.present]
+        without_agent = len(matching) - len(targeted)
+        known = self.desired.program(key) if self.desired.knows(key) else self.cache.spec_entries(key)
+        reports = self.cache.reports(key)
+        canary_selector = ((spec.get("rollout") or {}).get("canary") or {}).get("nodeSelector")
+        canary = (
+            {n for n in targeted if selectors.matches(canary_selector, view.nodes.get(n, {}))}
+            if canary_selector is not None
+            else set()
+        )
+        name = version["metadata"]["name"]
+        plan = rollout.plan(
+            name,
+            targeted,
+            {n: e["version"] for n, e in known.items()},
+            reports,
+            spec.get("rollout"),
+            canary,
+        )
+        entries = {n: entry(key, generation, v) for n, v in plan.assign.items()}
+        self.nodes_changed(self.desired.set_program(key, entries))
+        written = self.cache.spec_entries(key)
+        keep = {name, *(e["version"] for e in entries.values()), *(e["version"] for e in written.values())}
+        if plan.previous:
+            keep.add(plan.previous)
+        self.versions.collect(key, keep)
 
-        # Read again only when this reconcile changed them.
-        current = self.node_programs(key) if writes or plan.release else existing
         status = aggregate.program_status(
             generation,
             targeted,
-            current,
+            entries,
+            reports,
             previous,
             view.agents.silent,
-            refused=refused,
             notes=reach.notes,
-            without_agent=len(without_agent),
+            without_agent=without_agent,
+            rollout=plan if rollout.staged(spec.get("rollout")) else None,
         )
         status["sourceHash"] = source.sha256
+        status.setdefault("rollout", None)  # a rollout spec removed: its status goes too (merge patch)
         outcome = self._write_status(key, program, status)
         outcome.notes = reach.notes
         return outcome
-
-    def _create(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        log.info("creating node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
-        try:
-            self.custom.create_namespaced_custom_object(
-                names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, body
-            )
-        except ApiException as e:
-            if e.status != 409:  # created meanwhile: the next pass compares specs
-                raise
-
-    def _update(self, current: dict[str, Any], wanted: dict[str, Any]) -> None:
-        meta, wanted_meta = current["metadata"], wanted["metadata"]
-        log.info("updating node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
-        # A JSON merge patch would merge selector maps; replace spec whole with a JSON patch. An
-        # adopted object (named the old way) gets the labels and the owner it lacks.
-        owners = [ref for ref in meta.get("ownerReferences") or [] if not ref.get("controller")]
-        ops = [
-            {"op": "replace", "path": "/spec", "value": wanted["spec"]},
-            {
-                "op": "add",
-                "path": "/metadata/labels",
-                "value": {**(meta.get("labels") or {}), **wanted_meta["labels"]},
-            },
-            {
-                "op": "add",
-                "path": "/metadata/ownerReferences",
-                "value": owners + wanted_meta["ownerReferences"],
-            },
-        ]
-        try:
-            self.custom.patch_namespaced_custom_object(
-                names.GROUP,
-                names.VERSION,
-                meta["namespace"],
-                names.NODE_PROGRAM_PLURAL,
-                meta["name"],
-                ops,
-                _content_type="application/json-patch+json",
-            )
-        except ApiException as e:
-            if e.status != 404:  # deleted meanwhile: its deletion event brings the program back here
-                raise
-
-    def release_node_program(self, node_program: dict[str, Any], drop_finalizer: bool) -> None:
-        """Deletes a node object; `drop_finalizer` when no agent will detach it (its node is gone or
-        runs no agent, or its silent agent outlasted the grace period)."""
-        meta = node_program["metadata"]
-        if not meta.get("deletionTimestamp"):
-            log.info("deleting node program", extra={"namespace": meta["namespace"], "object": meta["name"]})
-            try:
-                self.custom.delete_namespaced_custom_object(
-                    names.GROUP, names.VERSION, meta["namespace"], names.NODE_PROGRAM_PLURAL, meta["name"]
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-        if drop_finalizer and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
-            log.info("no agent will detach, releasing its node program", extra={"object": meta["name"]})
-            finalizers = [f for f in meta["finalizers"] if f != names.AGENT_FINALIZER]
-            patching.merge_patch(
-                self.custom,
-                names.NODE_PROGRAM_PLURAL,
-                meta["namespace"],
-                meta["name"],
-                {"metadata": {"finalizers": finalizers}},
-            )
 
     def _write_status(self, key: ProgramKey, program: dict[str, Any], status: dict[str, Any]) -> Outcome:
         previous = program.get("status") or {}
@@ -298,22 +212,25 @@ class ProgramController:
         outcome.status_written = True
         return outcome
 
-    def teardown(self, key: ProgramKey) -> Teardown:
-        """Deletes every node object of a program. Waits for live agents only: a node that is gone
-        or runs no agent is released at once, one whose agent is silent after DELETE_GRACE_SECONDS.
-        Reads Nodes and agents afresh: a deletion retried on its own is not part of a batch."""
-        nodes, present = self.nodes(), self.agents()
+    def teardown(self, key: ProgramKey, deleted_at: str | None) -> Teardown:
+        """Removes the program from every node's spec, then waits for the nodes whose EbpfNodeState
+        still lists it: a live agent is unloading it there. A node that is gone or runs no agent is
+        never waited for; one whose agent is silent, DELETE_GRACE_SECONDS at most."""
+        self.forget(key)
+        view = self.cache.view()
+        holding = set(self.cache.reports(key)) | set(self.cache.spec_entries(key))
         waiting, given_up = [], []
-        for node_program in self.node_programs(key):
-            node, held = node_program["spec"]["nodeName"], node_program["metadata"].get("finalizers") or []
-            release = deletion.decide(node_program, nodes, present, _now(), DELETE_GRACE_SECONDS)
-            self.release_node_program(node_program, drop_finalizer=release is not Release.WAIT)
+        now = datetime.datetime.now(datetime.UTC)
+        for node in sorted(holding):
+            release = deletion.decide(node, view.nodes, view.agents, deleted_at, now, DELETE_GRACE_SECONDS)
             if release is Release.WAIT:
                 waiting.append(node)
-            elif release is Release.GRACE_EXPIRED and names.AGENT_FINALIZER in held:
-                given_up.append(node)  # once: the next pass finds the finalizer gone
-        return Teardown(sorted(waiting), sorted(given_up))
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+            elif release is Release.GRACE_EXPIRED:
+                given_up.append(node)
+        with self._lock:
+            warned = self._given_up.setdefault(key, set())
+            new = [n for n in given_up if n not in warned]  # once: deletion may be retried again
+            warned.update(new)
+            if not waiting:
+                self._given_up.pop(key, None)
+        return Teardown(waiting, new)

@@ -1,17 +1,16 @@
-"""What a program's deletion does with each of its node objects. Pure: no API calls.
+"""What a program's deletion waits for on each node. Pure: no API calls.
 
-The agent's finalizer on a node object means "this node still runs it". The operator removes that
-finalizer itself when nobody will ever detach (the Node is gone, or it runs no agent), and when the
-node's agent has been silent past the grace period: then deletion completes and a Warning event
-says which nodes may still run the program.
+Once the operator has removed a program's entry from every node's EbpfNodeState spec, a node whose
+status still lists the program still runs it: its agent is unloading it. Nobody will ever unload it
+where the Node is gone or runs no agent, so those never hold a deletion; a silent agent holds it for
+the grace period, then deletion completes and a Warning event says which nodes may still run it.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection
 
 from bpfleet_api import names
 from bpfleet_operator.agents import Agents
@@ -25,22 +24,20 @@ class Release(enum.Enum):
 
 
 def decide(
-    node_program: Mapping[str, Any],
+    node: str,
     nodes: Collection[str],
     agents: Agents,
+    deleted_at: str | None,
     now: datetime.datetime,
     grace_seconds: float,
 ) -> Release:
-    node = node_program["spec"]["nodeName"]
+    """`node`: one whose EbpfNodeState still lists the program; `deleted_at`: the program's
+    deletionTimestamp (the grace period runs from it; none yet means now)."""
     if node not in nodes or node not in agents.present:
         return Release.NOBODY
-    if node not in agents.silent:
+    if node not in agents.silent or not deleted_at:
         return Release.WAIT
-    # The grace period runs from when the node object was deleted; one not yet deleted is now.
-    since = node_program["metadata"].get("deletionTimestamp")
-    if not since:
-        return Release.WAIT
-    deleted = datetime.datetime.fromisoformat(since.replace("Z", "+00:00"))
+    deleted = datetime.datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
     return Release.GRACE_EXPIRED if (now - deleted).total_seconds() >= grace_seconds else Release.WAIT
 
 

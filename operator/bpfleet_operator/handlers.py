@@ -1,6 +1,8 @@
-"""kopf registrations. Handlers only note what changed; the controller does the work.
+"""kopf registrations. Handlers only note what changed; the controller and the node writer do the work.
 
 Both program kinds go through the same handlers: the kind comes from the resource of the event.
+Nodes, agents, Namespaces and EbpfNodeStates are not kopf's: the operator's own watch caches
+(cluster_cache.py) follow them, and only what changes a fan-out or a program's entries queues work.
 """
 
 from __future__ import annotations
@@ -9,41 +11,67 @@ import asyncio
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import kopf
+from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
 from bpfleet_operator import deletion, events, kinds, watch_settings
 from bpfleet_operator.backoff import capped_backoffs
-from bpfleet_operator.controller import DELETE_GRACE_SECONDS, ClusterView, ProgramController
-from bpfleet_operator.fleet_events import FanoutInputs
+from bpfleet_operator.cluster_cache import ClusterCache, Hooks
+from bpfleet_operator.controller import DELETE_GRACE_SECONDS, ProgramController
+from bpfleet_operator.desired import DesiredTable
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
+from bpfleet_operator.node_writer import NodeWriter
 from bpfleet_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+
+WORKERS_ENV = "BPFLEET_WORKERS"
+DEFAULT_WORKERS = 4
+# Node writes wait until no reconcile changed the desired table for this long (or until
+# MAX_COALESCE_SECONDS passed), so that a burst of programs is one write per node. Reconciles that
+# only aggregate status (most of them, on a busy fleet) change nothing there and delay nothing.
+QUIET_SECONDS = 1.0
+MAX_COALESCE_SECONDS = 5.0
+# Agents' reports wake their programs this late: on a fleet, a program's status is summed up once
+# a second over every node that reported meanwhile, not once per node.
+REPORT_DELAY_SECONDS = 1.0
 
 
 class _State:
     """What the handlers share in this process."""
 
     controller: ProgramController
-    view: ClusterView | None = None  # Nodes, heartbeats, Namespaces, read once per batch of reconciles
-    queue: WorkQueue
-    worker: asyncio.Task[None]
+    cache: ClusterCache
+    writer: NodeWriter
+    queue: WorkQueue  # program keys
+    nodes: WorkQueue  # node names, for the node writer
+    loop: asyncio.AbstractEventLoop
+    tasks: list[asyncio.Task[Any]]
 
     def __init__(self) -> None:
         self.programs: set[ProgramKey] = set()
         # (namespace, ConfigMap name) -> programs whose source is in it: editing it rolls them.
         self.config_map_users: defaultdict[tuple[str, str], set[ProgramKey]] = defaultdict(set)
+        # What of each program its reconcile depends on, as last seen: its own status writes
+        # (one per node report, on a busy fleet) change none of it and queue nothing.
+        self.seen: dict[ProgramKey, tuple[Any, ...]] = {}
         # The notes last posted as a Warning event, so that one bad annotation is one event.
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
-        self.fanout_inputs = FanoutInputs()
+        self.open = asyncio.Event()  # the node writer may write: every program was reconciled once
+        self.last_desired_change = 0.0  # loop time
 
 
 STATE = _State()
+
+
+def workers() -> int:
+    return max(int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS), 1)
 
 
 @kopf.on.startup()
@@ -56,20 +84,97 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.networking.error_backoffs = capped_backoffs()  # back within ~2 s of the API server
     watch_settings.apply(settings)  # a stalled watch is noticed within 35 s
-    STATE.controller = ProgramController.from_client(api_client())
-    STATE.queue = WorkQueue(reconcile, before_batch=refresh_view)
-    STATE.worker = asyncio.create_task(STATE.queue.run())
-    log.info("node objects of ClusterEbpfPrograms live here", extra={"namespace": names.system_namespace()})
+    STATE.loop = asyncio.get_running_loop()
+    STATE.open = asyncio.Event()
+    api = api_client()
+    custom = CustomObjectsApi(api)
+    STATE.cache = ClusterCache(
+        api,
+        Hooks(
+            fanout_changed=lambda: _soon(_queue_every_program),
+            programs_changed=lambda keys: _soon(_queue_programs, keys),
+            namespace_changed=lambda name: _soon(_queue_namespace, name),
+            node_state_changed=lambda node: _soon(STATE.nodes.add, node),
+            agent_changed=lambda node: _soon(STATE.nodes.add, node),
+        ),
+    )
+    desired = DesiredTable()
+    STATE.controller = ProgramController(
+        CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
+    )
+    STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
+    count = workers()
+    STATE.queue = WorkQueue(reconcile, workers=count)
+    STATE.nodes = WorkQueue(write_node, delay=0.05, workers=count, name="node")
+    STATE.cache.start()
+    STATE.tasks = [
+        asyncio.create_task(STATE.queue.run()),
+        asyncio.create_task(STATE.nodes.run()),
+        asyncio.create_task(_open_when_seen(custom)),
+    ]
+    log.info(
+        "versions of ClusterEbpfPrograms live here",
+        extra={"namespace": names.system_namespace(), "workers": count},
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     STATE.queue.stop()
-    await STATE.worker
+    STATE.nodes.stop()
+    STATE.cache.stop()
+    for task in STATE.tasks:
+        task.cancel()
+    await asyncio.gather(*STATE.tasks, return_exceptions=True)
 
 
-async def refresh_view() -> None:
-    STATE.view = await asyncio.to_thread(STATE.controller.cluster_view)
+def _soon(callback: Any, *args: Any) -> None:
+    """Runs `callback` on the event loop: watch hooks are called on the watches' threads."""
+    STATE.loop.call_soon_threadsafe(callback, *args)
+
+
+async def _programs_at_start(custom: CustomObjectsApi) -> set[ProgramKey]:
+    """Every program there is, LISTed once (again after a failure: nothing is written without it)."""
+    while True:
+        try:
+            found: set[ProgramKey] = set()
+            for kind in kinds.ALL:
+                listed = await asyncio.to_thread(
+                    custom.list_cluster_custom_object, names.GROUP, names.VERSION, kind.plural
+                )
+                found |= {
+                    kind.key(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in listed["items"]
+                }
+            return found
+        except Exception:
+            log.warning("listing the programs failed; retrying", exc_info=True)
+            await asyncio.sleep(1)
+
+
+async def _open_when_seen(custom: CustomObjectsApi) -> None:
+    """Opens the node writer once the caches are synced and every program that existed at start was
+    reconciled: before that, the desired table lacks programs, and writing it would unload them."""
+    existing = await _programs_at_start(custom)
+    await asyncio.to_thread(STATE.cache.wait_synced)
+    for key in existing:
+        STATE.queue.add(key)
+    while not STATE.controller.seen(existing):
+        await asyncio.sleep(0.05)
+    log.info("every program reconciled once: writing node states", extra={"programs": len(existing)})
+    STATE.open.set()
+    for node in set(STATE.cache.agents.snapshot()) | set(STATE.cache.states.snapshot()):
+        STATE.nodes.add(node)
+
+
+async def write_node(node: str) -> None:
+    await STATE.open.wait()
+    loop, started = asyncio.get_running_loop(), asyncio.get_running_loop().time()
+    while (
+        loop.time() - started < MAX_COALESCE_SECONDS
+        and loop.time() - STATE.last_desired_change < QUIET_SECONDS
+    ):
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(STATE.writer.write, node)
 
 
 async def _post(program: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -78,7 +183,7 @@ async def _post(program: dict[str, Any], kind: str, reason: str, message: str) -
 
 async def reconcile(key: ProgramKey) -> None:
     with METRICS.reconcile_seconds.time():
-        outcome = await asyncio.to_thread(STATE.controller.reconcile, key, STATE.view)
+        outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
     METRICS.observe(key, outcome)
     notes_changed = outcome.status is not None and STATE.noted.get(key, ()) != outcome.notes
     ready_changed = outcome.status is not None and outcome.ready_before != outcome.ready_after
@@ -113,27 +218,59 @@ def _forget(key: ProgramKey) -> None:
         users.discard(key)
 
 
+def _queue_every_program() -> None:
+    for key in STATE.programs:
+        STATE.queue.add(key)
+
+
+def _queue_programs(keys: Collection[ProgramKey]) -> None:
+    for key in keys:
+        if key in STATE.programs:
+            STATE.queue.add(key, REPORT_DELAY_SECONDS)
+
+
+def _queue_namespace(name: str) -> None:
+    # Labels pick a ClusterEbpfProgram's namespaces; an annotation caps an EbpfProgram's maps.
+    for key in STATE.programs:
+        if key.kind == names.CLUSTER_PROGRAM_KIND or key.namespace == name:
+            STATE.queue.add(key)
+
+
+def _queue_nodes(nodes: Collection[str]) -> None:
+    if nodes:
+        STATE.last_desired_change = asyncio.get_running_loop().time()
+    for node in nodes:
+        STATE.nodes.add(node)
+
+
 @kopf.on.event(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
 @kopf.on.event(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
-def program_event(
+async def program_event(
     resource: kopf.Resource,
     namespace: str | None,
     name: str,
     spec: dict[str, Any],
+    meta: kopf.Meta,
     type: str | None,
     **_: Any,
 ) -> None:
     key = _key(resource, namespace, name)
+    if type != "DELETED":
+        seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
+        if STATE.seen.get(key) == seen:
+            return  # a status or metadata write: nothing the reconcile reads changed
+        STATE.seen[key] = seen
     _forget(key)
     if type == "DELETED":
         STATE.programs.discard(key)
+        STATE.seen.pop(key, None)
         STATE.noted.pop(key, None)
         METRICS.forget(key)
-        return
-    STATE.programs.add(key)
-    if (spec.get("source") or {}).get("configMapRef"):
-        ref_namespace = kinds.of(key).config_map_namespace(key, spec)
-        STATE.config_map_users[(ref_namespace, spec["source"]["configMapRef"]["name"])].add(key)
+    else:
+        STATE.programs.add(key)
+        if (spec.get("source") or {}).get("configMapRef"):
+            ref_namespace = kinds.of(key).config_map_namespace(key, spec)
+            STATE.config_map_users[(ref_namespace, spec["source"]["configMapRef"]["name"])].add(key)
     STATE.queue.add(key)
 
 
@@ -144,44 +281,8 @@ def program_created(body: kopf.Body, **_: Any) -> None:
     events.post(STATE.controller.core, dict(body), "Normal", "Accepted", message)
 
 
-@kopf.on.event(names.GROUP, names.VERSION, names.NODE_PROGRAM_PLURAL)
-def node_program_event(body: kopf.Body, **_: Any) -> None:
-    key = kinds.key_of_node_program(body)
-    if key is not None:
-        STATE.queue.add(key)
-
-
-def _queue_every_program() -> None:
-    for key in STATE.programs:
-        STATE.queue.add(key)
-
-
-@kopf.on.event("", "v1", "nodes")
-def node_event(name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
-    # Nodes joining, leaving or being relabelled change every program's fan-out; heartbeats do not.
-    if STATE.fanout_inputs.node_event(name, meta.get("labels"), deleted=type == "DELETED"):
-        _queue_every_program()
-
-
-@kopf.on.event(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
-def agent_event(name: str, type: str | None, **_: Any) -> None:
-    # An agent starting (or going away) adds (or removes) its node from every fan-out; a heartbeat
-    # matters only from an agent reported silent, whose nodes' status it clears.
-    was_silent = STATE.view is not None and name in STATE.view.agents.silent
-    if STATE.fanout_inputs.agent_event(name, deleted=type == "DELETED", was_silent=was_silent):
-        _queue_every_program()
-
-
-@kopf.on.event("", "v1", "namespaces")
-def namespace_event(name: str, **_: Any) -> None:
-    # Labels pick a ClusterEbpfProgram's namespaces; an annotation caps an EbpfProgram's maps.
-    for key in STATE.programs:
-        if key.kind == names.CLUSTER_PROGRAM_KIND or key.namespace == name:
-            STATE.queue.add(key)
-
-
 @kopf.on.event("", "v1", "configmaps")
-def config_map_event(namespace: str, name: str, **_: Any) -> None:
+async def config_map_event(namespace: str, name: str, **_: Any) -> None:
     for key in STATE.config_map_users.get((namespace, name), ()):
         STATE.queue.add(key)
 
@@ -192,20 +293,20 @@ RESYNC_SECONDS = float(os.environ.get("BPFLEET_RESYNC_SECONDS", "60"))
 
 @kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS)
 @kopf.timer(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, interval=RESYNC_SECONDS)
-def resync(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
+async def resync(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
     STATE.queue.add(_key(resource, namespace, name))
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
 @kopf.on.delete(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
 async def program_deleted(
-    resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, **_: Any
+    resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
 ) -> None:
     key = _key(resource, namespace, name)
-    result = await asyncio.to_thread(STATE.controller.teardown, key)
+    result = await asyncio.to_thread(STATE.controller.teardown, key, meta.get("deletionTimestamp"))
     if result.given_up:
         message = deletion.orphan_warning(key, result.given_up, DELETE_GRACE_SECONDS)
         await _post(dict(body), "Warning", reasons.AGENT_SILENT_ON_DELETE, message)
     if result.waiting:
-        raise kopf.TemporaryError(f"waiting for the agents on {', '.join(result.waiting)} to detach", delay=1)
-    await _post(dict(body), "Normal", "Deleted", "detached from every node")
+        raise kopf.TemporaryError(f"waiting for the agents on {', '.join(result.waiting)} to unload", delay=1)
+    await _post(dict(body), "Normal", "Deleted", "unloaded from every node")

@@ -22,13 +22,13 @@ class ProgramKind:
     kind: str
     plural: str
     namespaced: bool
-    label: str  # the label of its node objects that names the program (label_value of the name)
+    label: str  # the label of its versions that names the program (label_value of the name)
 
     def key(self, namespace: str | None, name: str) -> ProgramKey:
         return ProgramKey(self.kind, (namespace or "") if self.namespaced else "", name)
 
     def node_namespace(self, key: ProgramKey) -> str:
-        """Where its node objects live: the program's namespace, or the bpfleet system namespace."""
+        """Where its versions live: the program's namespace, or the bpfleet system namespace."""
         return key.namespace if self.namespaced else names.system_namespace()
 
     def api_namespace(self, key: ProgramKey) -> str | None:
@@ -60,16 +60,3 @@ def of(key: ProgramKey) -> ProgramKind:
 
 def by_plural(plural: str) -> ProgramKind:
     return _BY_PLURAL[plural]
-
-
-def key_of_node_program(obj: Mapping[str, Any]) -> ProgramKey | None:
-    """The program a node object was made from; None for one that no program of ours can own (a
-    ClusterEbpfProgram's outside the system namespace, which the agents refuse as well)."""
-    spec, namespace = obj.get("spec") or {}, obj["metadata"]["namespace"]
-    program = spec.get("programName")
-    if not program:
-        return None
-    kind = _BY_KIND.get(spec.get("programKind") or names.PROGRAM_KIND)
-    if kind is None or (not kind.namespaced and namespace != names.system_namespace()):
-        return None
-    return kind.key(namespace, program)

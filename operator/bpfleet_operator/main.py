@@ -50,10 +50,19 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("POD_NAMESPACE", "default"),
         help="namespace of the leader Lease (env POD_NAMESPACE)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("BPFLEET_WORKERS") or 4),
+        help="programs reconciled at once, and node states written at once (env BPFLEET_WORKERS)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    os.environ["BPFLEET_WORKERS"] = str(args.workers)  # read by the handlers when they start
     logs.setup(args.log_level)
     logging.getLogger("kopf.objects").addFilter(_QuietWatchers())
     from bpfleet_operator import handlers  # noqa: F401  (registers the handlers)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,8 +24,14 @@ class OperatorMetrics(Collector):
         self.registry = CollectorRegistry()
         self.reconcile_seconds = Histogram(
             "bpfleet_operator_reconcile_seconds",
-            "Reconciling one program (EbpfProgram or ClusterEbpfProgram): its node objects, then its status",
+            "Reconciling one program (EbpfProgram or ClusterEbpfProgram): its version, nodes and status",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.node_state_writes = Counter(
+            "bpfleet_operator_node_state_writes",
+            "EbpfNodeState spec writes (create or patch): one per node for every program changed at once",
+            labelnames=("operation",),
             registry=self.registry,
         )
         self._lock = threading.Lock()  # written by the event loop, read by the HTTP thread

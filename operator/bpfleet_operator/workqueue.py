@@ -1,63 +1,96 @@
-"""The operator's work queue: program keys, coalesced, reconciled one at a time, retried on failure."""
+"""The operator's work queues: keys (programs, or nodes), coalesced, handled by several workers with
+each key handled by one worker at a time, retried on failure."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
-
-from bpfleet_operator.kinds import ProgramKey
 
 log = logging.getLogger(__name__)
 
-Key = ProgramKey
-
 
 class WorkQueue:
-    """Coalesces keys: each key queued any number of times during the delay is reconciled once."""
+    """Call add() on the event loop's thread only. Each key queued any number of times while it
+    waits is handled once. A key queued while a worker handles it is handled again afterwards, by
+    one worker: never two at once."""
 
     def __init__(
         self,
-        handle: Callable[[Key], Awaitable[Any]],
+        handle: Callable[[Any], Awaitable[Any]],
         delay: float = 0.1,
         retry: float = 2.0,
-        before_batch: Callable[[], Awaitable[Any]] | None = None,
+        workers: int = 1,
+        name: str = "program",
     ) -> None:
-        self.handle, self.delay, self.retry = handle, delay, retry
-        # Reads shared by every key of a batch happen once, here, not once per key.
-        self.before_batch = before_batch
-        self._pending: set[Key] = set()
-        self._wake = asyncio.Event()
+        self.handle, self.delay, self.retry, self.workers, self.name = handle, delay, retry, workers, name
+        self._pending: dict[Hashable, float] = {}  # key -> when it is due (time.monotonic())
+        self._order: asyncio.Queue[Hashable] | None = None
+        self._active: set[Hashable] = set()
+        self._again: set[Hashable] = set()  # queued while active: back on the queue when done
         self._stopped = False
+        self._changed: asyncio.Event | None = None  # set whenever the queue may have gone idle
 
-    def add(self, key: Key) -> None:
-        self._pending.add(key)
-        self._wake.set()
+    def _queue(self) -> asyncio.Queue[Hashable]:
+        if self._order is None:
+            self._order = asyncio.Queue()
+            self._changed = asyncio.Event()
+        return self._order
+
+    def add(self, key: Hashable, delay: float | None = None) -> None:
+        """Queues `key` to be handled `delay` seconds from now (the queue's delay by default), or
+        sooner if it was queued sooner already."""
+        if key in self._active:
+            self._again.add(key)
+            return
+        ready = time.monotonic() + (self.delay if delay is None else delay)
+        if key in self._pending:
+            self._pending[key] = min(self._pending[key], ready)
+            return
+        queue = self._queue()
+        self._pending[key] = ready
+        queue.put_nowait(key)
+
+    def idle(self) -> bool:
+        return not (self._pending or self._active or self._again)
+
+    async def wait_idle(self) -> None:
+        self._queue()
+        assert self._changed is not None
+        while not self.idle():
+            self._changed.clear()
+            await self._changed.wait()
 
     def stop(self) -> None:
         self._stopped = True
-        self._wake.set()
+        for _ in range(self.workers):
+            self._queue().put_nowait(None)
 
     async def run(self) -> None:
+        await asyncio.gather(*(self._work() for _ in range(self.workers)))
+
+    async def _work(self) -> None:
+        queue = self._queue()
         while not self._stopped:
-            await self._wake.wait()
-            if self._stopped:
+            key = await queue.get()
+            if self._stopped or key is None:
                 break
-            await asyncio.sleep(self.delay)
-            self._wake.clear()
-            keys, self._pending = self._pending, set()
-            if self.before_batch is not None:
-                try:
-                    await self.before_batch()
-                except Exception:
-                    log.exception("preparing a batch failed; retrying it")
-                    for key in keys:
-                        asyncio.get_running_loop().call_later(self.retry, self.add, key)
-                    continue
-            for key in sorted(keys):
-                try:
-                    await self.handle(key)
-                except Exception:
-                    log.exception("reconcile failed; retrying", extra={"program": "/".join(key)})
-                    asyncio.get_running_loop().call_later(self.retry, self.add, key)
+            # Let a burst gather: every add() until it is due is this one handling.
+            while (wait := self._pending[key] - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            del self._pending[key]
+            self._active.add(key)
+            try:
+                await self.handle(key)
+            except Exception:
+                log.exception(f"{self.name} reconcile failed; retrying", extra={"key": str(key)})
+                asyncio.get_running_loop().call_later(self.retry, self.add, key)
+            finally:
+                self._active.discard(key)
+                if key in self._again:
+                    self._again.discard(key)
+                    self.add(key)
+                assert self._changed is not None
+                self._changed.set()

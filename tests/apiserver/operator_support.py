@@ -1,16 +1,17 @@
 """What the operator tests against a real API server share: the agents' parts (their BpfleetNode
-and heartbeat, reporting a node object, dropping their finalizer), and reads of programs, node
-objects and events."""
+and heartbeat, reporting on their EbpfNodeState), and reads of programs, node states and events."""
 
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes.client import V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import conditions, names, patching
+from bpfleet_api import names, patching
+from e2e.harness import wait_for
 from e2e.kube import Kube
 
 
@@ -63,51 +64,87 @@ def agent_removed(kube: Kube, node: str) -> None:
     )
 
 
-def agent_reports_ready(kube: Kube, node_program: dict[str, Any]) -> None:
-    """What an agent writes once its node runs the program's current spec."""
-    meta = node_program["metadata"]
-    ready = conditions.condition(conditions.READY, True, "Ready", "attached", meta["generation"])
-    ready["lastTransitionTime"] = heartbeat_at()
-    status = {
-        "observedGeneration": meta["generation"],
-        "conditions": [ready],
+def node_state(kube: Kube, node: str) -> dict[str, Any] | None:
+    try:
+        return kube.custom.get_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, node
+        )
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def node_states(kube: Kube) -> list[dict[str, Any]]:
+    listed = kube.custom.list_cluster_custom_object(
+        names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL
+    )
+    return list(listed["items"])
+
+
+def entry_matches(item: dict[str, Any], kind: str, namespace: str, name: str) -> bool:
+    return (item["kind"], item["namespace"], item["name"]) == (kind, namespace, name)
+
+
+def program_versions(
+    kube: Kube, namespace: str, program: str, kind: str = names.PROGRAM_KIND
+) -> dict[str, str]:
+    """node -> the version its EbpfNodeState spec names for the program."""
+    found = {}
+    for state in node_states(kube):
+        for item in (state.get("spec") or {}).get("programs") or []:
+            if entry_matches(item, kind, namespace, program):
+                found[state["metadata"]["name"]] = item["version"]
+    return found
+
+
+def program_nodes(kube: Kube, namespace: str, program: str, kind: str = names.PROGRAM_KIND) -> list[str]:
+    """Nodes whose EbpfNodeState spec lists the program."""
+    return sorted(program_versions(kube, namespace, program, kind))
+
+
+def ready_report(item: dict[str, Any]) -> dict[str, Any]:
+    """An agent's status entry for a spec entry it serves."""
+    return {
+        **item,
+        "servingVersion": item["version"],
+        "ready": True,
+        "reason": "Attached",
+        "message": "attached to 0 of 0 pods",
         "pods": {"selected": 0, "attached": 0, "failed": 0},
     }
+
+
+def agent_reports(
+    kube: Kube, node: str, report: Any = ready_report, keep: tuple[tuple[str, str, str], ...] = ()
+) -> None:
+    """What a node's agent writes after a pass: one status entry per spec entry, made by
+    `report(entry)` (an entry it has unloaded is gone); `keep`: (kind, namespace, name) of entries
+    removed from spec that it still reports (not unloaded yet)."""
+    state = node_state(kube, node)
+    if state is None:
+        return
+    spec_items = (state.get("spec") or {}).get("programs") or []
+    reported = [report(item) for item in spec_items]
+    old = ((state.get("status") or {}).get("programs")) or []
+    listed = {(i["kind"], i["namespace"], i["name"]) for i in spec_items}
+    reported += [
+        {**i, "reason": "Unloading", "ready": False}
+        for i in old
+        if (i["kind"], i["namespace"], i["name"]) in keep
+        and (i["kind"], i["namespace"], i["name"]) not in listed
+    ]
+    status = {"observedGeneration": state["metadata"]["generation"], "programs": reported}
     patching.merge_patch(
-        kube.custom,
-        names.NODE_PROGRAM_PLURAL,
-        meta["namespace"],
-        meta["name"],
-        {"status": status},
-        status=True,
+        kube.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, node, {"status": status}, status=True
     )
 
 
-def agents_detach(kube: Kube) -> None:
-    """What the agents do once they have detached: drop their finalizer from deleted node objects."""
-    listed = kube.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_PROGRAM_PLURAL)
-    for obj in listed["items"]:
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and names.AGENT_FINALIZER in (meta.get("finalizers") or []):
-            finalizers = [f for f in meta["finalizers"] if f != names.AGENT_FINALIZER]
-            patching.merge_patch(
-                kube.custom,
-                names.NODE_PROGRAM_PLURAL,
-                meta["namespace"],
-                meta["name"],
-                {"metadata": {"finalizers": finalizers}},
-            )
-
-
-def node_objects(kube: Kube, label: str, program: str) -> list[dict[str, Any]]:
-    """Node objects of a program in every namespace, by its label."""
-    listed = kube.custom.list_cluster_custom_object(
-        names.GROUP,
-        names.VERSION,
-        names.NODE_PROGRAM_PLURAL,
-        label_selector=f"{label}={names.label_value(program)}",
-    )
-    return sorted(listed["items"], key=lambda o: o["spec"]["nodeName"])
+def agents_report(kube: Kube, nodes: list[str] | None = None, report: Any = ready_report) -> None:
+    """Every agent (or those on `nodes`) reports: ready on what its spec lists, the rest unloaded."""
+    for state in node_states(kube):
+        if nodes is None or state["metadata"]["name"] in nodes:
+            agent_reports(kube, state["metadata"]["name"], report)
 
 
 def reconciled(program: dict[str, Any] | None) -> bool:
@@ -121,3 +158,42 @@ def ready_message(program: dict[str, Any]) -> str:
 
 def events_of(kube: Kube, namespace: str, name: str) -> list[tuple[str, str]]:
     return [(e.type, e.reason) for e in kube.events(namespace, name)]
+
+
+def wait_operator_ready(log_path: Path, timeout: float = 90) -> None:
+    """Until the operator has reconciled every program once and writes node states (a loaded
+    machine takes a while to import it)."""
+    wait_for(
+        "the operator writing node states",
+        lambda: log_path.exists() and "writing node states" in log_path.read_text(errors="replace"),
+        timeout,
+        0.2,
+    )
+
+
+def version_objects(kube: Kube, label: str, program: str) -> list[dict[str, Any]]:
+    """A program's EbpfProgramVersions in every namespace, by its label."""
+    listed = kube.custom.list_cluster_custom_object(
+        names.GROUP,
+        names.VERSION,
+        names.VERSION_PLURAL,
+        label_selector=f"{label}={names.label_value(program)}",
+    )
+    return list(listed["items"])
+
+
+def served_versions(
+    kube: Kube, kind: str, namespace: str, program: str, version_namespace: str
+) -> dict[str, dict[str, Any]]:
+    """node -> the EbpfProgramVersion its EbpfNodeState names for the program (read where the agent
+    reads it: `version_namespace`); nodes whose version is missing are left out."""
+    found = {}
+    for node, name in program_versions(kube, namespace, program, kind).items():
+        try:
+            found[node] = kube.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, version_namespace, names.VERSION_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    return found

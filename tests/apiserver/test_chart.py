@@ -47,6 +47,7 @@ from tests.apiserver.chart import (
     unique,
 )
 from tests.apiserver.listening import connect_refused, non_loopback_ipv4, tcp_listeners
+from tests.apiserver.operator_support import node_state
 
 pytestmark = pytest.mark.apiserver
 
@@ -253,7 +254,7 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
     control_plane: ControlPlane, crds: Kube, release: Release, helm_home: Path, tmp_path: Path
 ):
     """The operator and an agent authenticated as the chart's ServiceAccounts run a program end to end
-    (node object created, attached, status written, deleted and detached) with nothing refused. The
+    (node state written, attached, status reported, deleted and detached) with nothing refused. The
     agent holds what its pod would: the token bound to its Pod on the node, which the node-binding
     policies require, and the environment of the chart's DaemonSet, so its metrics are on loopback."""
     kube = crds
@@ -316,13 +317,15 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
                 refused = refusals(processes)
                 assert not refused, f"refused while waiting for {what}:\n" + "\n".join(refused[:10])
 
-            def node_program_ready() -> bool:
-                [found] = kube.node_programs(program_namespace, name)
-                status = found.get("status") or {}
-                ready = next(c for c in status.get("conditions", []) if c["type"] == "Ready")
-                return ready["status"] == "True" and status["pods"]["attached"] == 1
+            def reported() -> list[dict[str, Any]]:
+                items = ((node_state(kube, node) or {}).get("status") or {}).get("programs") or []
+                return [i for i in items if (i["namespace"], i["name"]) == (program_namespace, name)]
 
-            wait("the operator to create the node object, the agent to attach it", node_program_ready, 90)
+            def node_program_ready() -> bool:
+                found = reported()
+                return bool(found) and found[0].get("ready") is True and found[0]["pods"]["attached"] == 1
+
+            wait("the operator to write the node's state, the agent to attach it", node_program_ready, 90)
             wait("the operator to report Ready", lambda: kube.is_ready(program_namespace, name), 30)
             features = kube.custom.get_cluster_custom_object(
                 names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, node
@@ -332,12 +335,12 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
 
             kube.kubectl("delete", "ebpfprogram", name, "-n", program_namespace, "--wait=false")
             wait("the program to be detached and deleted", lambda: not kube.programs(program_namespace), 60)
-            assert not kube.node_programs(program_namespace, name)
+            assert not reported()
 
             for process in processes:
                 assert process.alive, f"{process.name} exited:\n{process.log_tail()}"
             # This operator did the work, not another one sharing the control plane.
-            assert "creating node program" in processes[0].log_path.read_text()
+            assert "creating node state" in processes[0].log_path.read_text()
             assert not refusals(processes)
         finally:
             for process in processes:
@@ -350,6 +353,7 @@ def test_rbac_is_enough_for_the_real_operator_and_agent(
             shutil.rmtree(bpffs_root, ignore_errors=True)
             kube.kubectl("delete", "namespace", program_namespace, "--wait=false", check=False)
             kube.kubectl("delete", names.NODE_STATE_PLURAL, node, "--ignore-not-found", check=False)
+            kube.kubectl("delete", names.NODE_STATE_PROGRAMS_PLURAL, node, "--ignore-not-found", check=False)
 
 
 def daemonset_env(home: Path, release: Release, *flags: str) -> dict[str, str]:
@@ -383,20 +387,7 @@ def refusals(processes: list[ManagedProcess]) -> list[str]:
 
 
 def _force_remove_program(kube: Kube, namespace: str, name: str) -> None:
-    """After a failure: with the components stopped, nobody would release the finalizers."""
+    """After a failure: with the components stopped, nobody would release the finalizer."""
     patch = json.dumps({"metadata": {"finalizers": None}})
-    for node_program in kube.node_programs(namespace, name):
-        node_program_name = node_program["metadata"]["name"]
-        kube.kubectl(
-            "patch",
-            "ebpfnodeprogram",
-            node_program_name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            patch,
-            check=False,
-        )
     if kube.program(namespace, name) is not None:
         kube.kubectl("patch", "ebpfprogram", name, "-n", namespace, "--type=merge", "-p", patch, check=False)

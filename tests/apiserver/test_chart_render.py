@@ -235,7 +235,7 @@ def test_node_binding_policies_bind_the_agents_service_account(helm_home: Path, 
         for rule in p["spec"]["matchConstraints"]["resourceRules"]
         for r in rule["resources"]
     }
-    assert resources == {"ebpfnodeprograms", "ebpfnodeprograms/status", "bpfleetnodes", "bpfleetnodes/status"}
+    assert resources == {"ebpfnodestates", "ebpfnodestates/status", "bpfleetnodes", "bpfleetnodes/status"}
 
 
 def test_node_binding_can_be_left_out(helm_home: Path):
@@ -246,7 +246,9 @@ def test_node_binding_can_be_left_out(helm_home: Path):
 # --- the roles of a namespace's users --------------------------------------------------------------
 
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
-ADMINS_ONLY = {"ebpfnodeprograms", "ebpfnodeprograms/status", "bpfleetnodes", "bpfleetnodes/status"}
+ADMINS_ONLY = {"ebpfnodestates", "ebpfnodestates/status", "bpfleetnodes", "bpfleetnodes/status"}
+# Not even read access: a version holds a program's whole source, a node state every program's entry.
+UNSEEN = {"ebpfprogramversions", "ebpfnodestates", "ebpfnodestates/status"}
 
 
 def aggregated(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -273,6 +275,7 @@ def test_tenant_roles_aggregate_programs_and_nothing_of_the_admins(helm_home: Pa
             assert not any(r.startswith("clusterebpfprograms") for r in resources), name
             if resources & (ADMINS_ONLY | {"ebpfprograms/status"}):
                 assert not verbs & WRITES, f"{name}: {rule}"
+            assert not resources & UNSEEN, f"{name}: {rule}"
     edit = roles["r-bpfleet-edit"]["rules"]
     assert {"ebpfprograms"} in [set(r["resources"]) for r in edit if WRITES <= set(r["verbs"])]
 

@@ -1,8 +1,9 @@
 """The operator for real, against the control plane, on a fleet where not every node runs an agent
 and agents come, go and fall silent: only nodes with an agent are targeted, a silent agent holds a
-deletion for the grace period at most, and status follows Nodes and agents within seconds. The test
-plays the agents: it writes their BpfleetNodes and heartbeats, reports node objects Ready and drops
-their finalizer from node objects being deleted.
+deletion for the grace period at most, and status follows Nodes and agents within seconds; and 50
+programs applied at once cost about one EbpfNodeState write per node. The test plays the agents: it
+writes their BpfleetNodes and heartbeats, and their EbpfNodeState status (ready on what the spec
+lists, the rest unloaded).
 
 Every wait here is far shorter than the operator's 60 s resync, so what it sees comes from watches.
 """
@@ -13,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -23,14 +25,17 @@ from e2e.harness import install_crds, operator_process, wait_for
 from e2e.kube import Kube
 from tests.apiserver.operator_support import (
     agent_removed,
-    agent_reports_ready,
+    agent_reports,
     agent_starts,
-    agents_detach,
+    agents_report,
     create_namespace,
     delete_quietly,
     heartbeat_at,
+    node_state,
+    program_nodes,
     ready_message,
     reconciled,
+    wait_operator_ready,
 )
 
 pytestmark = pytest.mark.apiserver
@@ -51,6 +56,7 @@ def cluster(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ku
     process.env["BPFLEET_AGENT_SILENCE_SECONDS"] = "600"
     process.start()
     try:
+        wait_operator_ready(process.log_path)
         yield kube
     finally:
         process.stop()
@@ -66,7 +72,7 @@ def namespace(cluster: Kube) -> Iterator[str]:
         cluster.kubectl("delete", "ebpf", "--all", "-n", name, "--wait=false", check=False)
         wait_for(
             "programs deleted",
-            lambda: agents_detach(cluster) or not cluster.programs(name),
+            lambda: agents_report(cluster) or not cluster.programs(name),
             timeout=30,
             interval=0.2,
         )
@@ -110,12 +116,11 @@ def apply(kube: Kube, namespace: str, name: str, label: str) -> None:
 
 
 def node_names(kube: Kube, namespace: str, program: str) -> list[str]:
-    return sorted(o["spec"]["nodeName"] for o in kube.node_programs(namespace, program))
+    return program_nodes(kube, namespace, program)
 
 
 def report_ready(kube: Kube, namespace: str, program: str) -> None:
-    for obj in kube.node_programs(namespace, program):
-        agent_reports_ready(kube, obj)
+    agents_report(kube, node_names(kube, namespace, program))
 
 
 def status_says(kube: Kube, namespace: str, name: str, ready: str, nodes: str, message: str) -> bool:
@@ -140,7 +145,7 @@ def test_nodes_without_an_agent_block_neither_ready_nor_deletion(cluster: Kube, 
     fleet("c", label, agent=None)
     apply(cluster, namespace, "counter", label)
 
-    wait_for("a node object for the node with an agent", lambda: node_names(cluster, namespace, "counter"))
+    wait_for("an entry on the node with an agent", lambda: node_names(cluster, namespace, "counter"))
     assert node_names(cluster, namespace, "counter") == [with_agent]
     report_ready(cluster, namespace, "counter")
     wait_for(
@@ -153,13 +158,14 @@ def test_nodes_without_an_agent_block_neither_ready_nor_deletion(cluster: Kube, 
     assert program is not None and program["status"]["nodes"]["targeted"] == 1
 
     cluster.kubectl("delete", "ebpf", "counter", "-n", namespace, "--wait=false")
-    # Only the one agent detaches; the Nodes without one have nothing to wait for.
+    # Only the one agent unloads; the Nodes without one have nothing to wait for (nor any state).
+    assert node_state(cluster, with_agent) is not None
     wait_for(
-        "deleted", lambda: agents_detach(cluster) or cluster.program(namespace, "counter") is None, 10, 0.2
+        "deleted", lambda: agents_report(cluster) or cluster.program(namespace, "counter") is None, 10, 0.2
     )
 
 
-def test_an_agent_that_starts_later_gets_its_node_object_and_one_that_goes_holds_nothing(
+def test_an_agent_that_starts_later_gets_its_entry_and_one_that_goes_holds_nothing(
     cluster: Kube, namespace: str, fleet
 ):
     label = f"late-{RUN}"
@@ -175,16 +181,17 @@ def test_an_agent_that_starts_later_gets_its_node_object_and_one_that_goes_holds
 
     time.sleep(1)  # past the reconcile its own status write sets off: only a watch brings it back now
     agent_starts(cluster, node)
-    took = wait_for("its node object", lambda: node_names(cluster, namespace, "counter") == [node], 10)
+    took = wait_for("its entry", lambda: node_names(cluster, namespace, "counter") == [node], 10)
     assert took < 10
     wait_for(
         "the node counted", lambda: status_says(cluster, namespace, "counter", "False", "0/1", "waiting")
     )
 
-    # Its agent uninstalled while the node object is there: nobody will detach, so nothing waits.
+    agent_reports(cluster, node)  # it runs the program now
+    # Its agent uninstalled while its state lists the program: nobody will unload, so nothing waits.
+    # (Garbage collection would delete its EbpfNodeState with the BpfleetNode; none runs here.)
     time.sleep(1)
     agent_removed(cluster, node)
-    wait_for("its node object released", lambda: node_names(cluster, namespace, "counter") == [], 10)
     wait_for(
         "no longer counted",
         lambda: status_says(cluster, namespace, "counter", "True", "0/0", "runs no agent"),
@@ -193,13 +200,15 @@ def test_an_agent_that_starts_later_gets_its_node_object_and_one_that_goes_holds
     wait_for("deleted without any agent", lambda: cluster.program(namespace, "counter") is None, 10, 0.2)
 
 
-def held_by(kube: Kube, namespace: str, program: str) -> list[str]:
-    """Nodes whose node object still carries the agent's finalizer."""
-    return sorted(
-        o["spec"]["nodeName"]
-        for o in kube.node_programs(namespace, program)
-        if names.AGENT_FINALIZER in (o["metadata"].get("finalizers") or [])
-    )
+def held_by(kube: Kube, namespace: str, program: str, nodes: list[str]) -> list[str]:
+    """Nodes whose EbpfNodeState status still lists the program."""
+    held = []
+    for node in nodes:
+        state = node_state(kube, node) or {}
+        items = (state.get("status") or {}).get("programs") or []
+        if any((i["namespace"], i["name"]) == (namespace, program) for i in items):
+            held.append(node)
+    return held
 
 
 def test_a_silent_agent_holds_a_deletion_for_the_grace_period_at_most(cluster: Kube, namespace: str, fleet):
@@ -216,15 +225,18 @@ def test_a_silent_agent_holds_a_deletion_for_the_grace_period_at_most(cluster: K
 
     cluster.kubectl("delete", "ebpf", "counter", "-n", namespace, "--wait=false")
     deleted = time.monotonic()
-    wait_for(
-        "node objects deleted",
-        lambda: all(
-            o["metadata"].get("deletionTimestamp") for o in cluster.node_programs(namespace, "counter")
-        ),
-    )
+    wait_for("the entries removed from both specs", lambda: node_names(cluster, namespace, "counter") == [])
+    # Neither agent has unloaded yet: both states still list it.
+    assert held_by(cluster, namespace, "counter", [live, silent]) == [live, silent]
     time.sleep(1.5)
-    assert held_by(cluster, namespace, "counter") == [live, silent], "the silent agent is waited for a while"
-    wait_for("the silent node released", lambda: held_by(cluster, namespace, "counter") == [live], 15, 0.2)
+    assert cluster.program(namespace, "counter") is not None, "the silent agent is waited for a while"
+    assert not warnings(cluster, namespace, "counter", reasons.AGENT_SILENT_ON_DELETE)
+    wait_for(
+        "given up on the silent agent",
+        lambda: warnings(cluster, namespace, "counter", reasons.AGENT_SILENT_ON_DELETE),
+        15,
+        0.2,
+    )
     assert time.monotonic() - deleted <= GRACE_SECONDS + 4
 
     [warning] = warnings(cluster, namespace, "counter", reasons.AGENT_SILENT_ON_DELETE)
@@ -233,11 +245,9 @@ def test_a_silent_agent_holds_a_deletion_for_the_grace_period_at_most(cluster: K
     # A live agent is still waited for, however long the grace period.
     time.sleep(1)
     assert cluster.program(namespace, "counter") is not None
+    agent_reports(cluster, live)  # it has unloaded: its status no longer lists the program
     wait_for(
-        "deleted once the live agent detached",
-        lambda: agents_detach(cluster) or cluster.program(namespace, "counter") is None,
-        10,
-        0.2,
+        "deleted once the live agent unloaded", lambda: cluster.program(namespace, "counter") is None, 10, 0.2
     )
 
 
@@ -261,7 +271,61 @@ def test_status_follows_node_deletion_within_seconds(cluster: Kube, namespace: s
         10,
     )
     assert took < 5
-    wait_for("its node object released", lambda: node_names(cluster, namespace, "counter") == [stays], 5)
+    # Its EbpfNodeState stays (nothing collects it here), and so may its entry: nothing runs there.
     program: dict[str, Any] | None = cluster.program(namespace, "counter")
     assert program is not None and program["status"]["nodes"]["targeted"] == 1
     assert "run no agent" not in ready_message(program)
+
+
+def test_fifty_programs_applied_at_once_are_about_one_spec_write_per_node(
+    cluster: Kube, namespace: str, fleet
+):
+    label = f"burst-{RUN}"
+    nodes = [fleet(f"burst{i}", label) for i in range(5)]
+    wait_for("a state per node", lambda: all(node_state(cluster, n) for n in nodes), 10)
+    # A spec write bumps metadata.generation (status has its own subresource): count those.
+    before = {n: (node_state(cluster, n) or {})["metadata"]["generation"] for n in nodes}
+    programs = [
+        {
+            "apiVersion": names.API_VERSION,
+            "kind": names.PROGRAM_KIND,
+            "metadata": {"name": f"p{i:02}", "namespace": namespace},
+            "spec": {
+                "source": {"inline": SOURCE.replace("return 1", f"return {i % 2}")},
+                "function": "f",
+                "attach": {"type": "CgroupSkb", "direction": "Egress"},
+                "podSelector": {},
+                "nodeSelector": {"matchLabels": {NODE_LABEL: label}},
+            },
+        }
+        for i in range(50)
+    ]
+    # At once: side by side, as a GitOps tool's parallel apply would.
+    with ThreadPoolExecutor(10) as pool:
+        list(
+            pool.map(
+                lambda body: cluster.custom.create_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, body
+                ),
+                programs,
+            )
+        )
+
+    def listed() -> bool:
+        return all(
+            len(((node_state(cluster, n) or {}).get("spec") or {}).get("programs") or []) == 50 for n in nodes
+        )
+
+    wait_for("50 entries on every node", listed, 30, 0.2)
+    time.sleep(2.5)  # any late write would land within the writer's coalescing window
+    writes = {n: (node_state(cluster, n) or {})["metadata"]["generation"] - before[n] for n in nodes}
+    assert all(1 <= w <= 2 for w in writes.values()), writes
+    agents_report(cluster, nodes)
+    wait_for(
+        "all Ready",
+        lambda: all(
+            status_says(cluster, namespace, p["metadata"]["name"], "True", "5/5", "") for p in programs
+        ),
+        30,
+        0.5,
+    )

@@ -1,7 +1,7 @@
-"""The operator for real, against the control plane, without agents: where node objects of each kind
-go, what they say, how they follow Namespaces, that long names work, that old ones are adopted, and
-that deleting a program cleans up. The test plays the agents' one part here: it drops their
-finalizer from node objects being deleted."""
+"""The operator for real, against the control plane, without agents: where the versions of each kind
+go, what they say, how they follow Namespaces, that long names work, and that deleting a program
+cleans up. The test plays the agents' one part here: reporting on their EbpfNodeState what they run
+(ready on what the spec lists, the rest unloaded)."""
 
 from __future__ import annotations
 
@@ -14,20 +14,23 @@ import pytest
 from kubernetes.client import V1Node, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
-from bpfleet_api import names
+from bpfleet_api import names, versions
 from e2e.harness import ManagedProcess, operator_process, wait_for
 from e2e.kube import Kube
 from e2e.tests.programs import cluster_program, ebpf_program
 from tests.apiserver.operator_support import (
     agent_removed,
     agent_starts,
-    agents_detach,
+    agents_report,
     create_namespace,
     delete_quietly,
     events_of,
-    node_objects,
+    program_nodes,
     ready_message,
     reconciled,
+    served_versions,
+    version_objects,
+    wait_operator_ready,
 )
 
 pytestmark = pytest.mark.apiserver
@@ -58,6 +61,7 @@ def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ku
     process.env["BPFLEET_AGENT_SILENCE_SECONDS"] = "3600"
     process.start()
     try:
+        wait_operator_ready(process.log_path)
         yield kube
     finally:
         try:
@@ -80,7 +84,7 @@ def namespaces(cluster: Kube) -> Iterator[list[str]]:
     for namespace in created:
         wait_for(
             f"programs of {namespace} deleted",
-            lambda namespace=namespace: agents_detach(cluster) or not cluster.programs(namespace),
+            lambda namespace=namespace: agents_report(cluster) or not cluster.programs(namespace),
             timeout=30,
             interval=0.2,
         )
@@ -92,7 +96,7 @@ def remove_programs(kube: Kube, process: ManagedProcess) -> None:
     for name in cluster_programs(kube):
         kube.kubectl("delete", "cebpf", name, "--wait=false", check=False)
     if process.alive:
-        wait_for("cluster programs deleted", lambda: agents_detach(kube) or not cluster_programs(kube), 30)
+        wait_for("cluster programs deleted", lambda: agents_report(kube) or not cluster_programs(kube), 30)
 
 
 def cluster_programs(kube: Kube) -> list[str]:
@@ -121,6 +125,17 @@ def tenant_manifest(name: str, **spec: Any) -> dict[str, Any]:
     return ebpf_program(name, program_spec(**{"podSelector": {}, **spec}))
 
 
+def cluster_versions(kube: Kube, name: str) -> list[dict[str, Any]]:
+    """The version each node runs of a ClusterEbpfProgram, by node name."""
+    served = served_versions(kube, names.CLUSTER_PROGRAM_KIND, "", name, SYSTEM_NAMESPACE)
+    return [served[n] for n in sorted(served)]
+
+
+def tenant_versions(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    served = served_versions(kube, names.PROGRAM_KIND, namespace, name, namespace)
+    return [served[n] for n in sorted(served)]
+
+
 def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster: Kube, namespaces: list[str]):
     team = f"team-{RUN}"
     first = create_namespace(cluster, f"web-{RUN}", labels={TEAM_LABEL: team})
@@ -135,24 +150,23 @@ def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster:
     )
 
     def made(expected: list[str]) -> bool:
-        objs = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
-        return len(objs) == 2 and all(o["spec"].get("namespaces") == expected for o in objs)
+        found = cluster_versions(cluster, name)
+        return len(found) == 2 and all(v["spec"].get("namespaces") == expected for v in found)
 
-    wait_for("node objects in the system namespace", lambda: made([first]), timeout=30)
-    objs = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
+    wait_for("a version in the system namespace, on both nodes", lambda: made([first]), timeout=30)
+    [version] = {v["metadata"]["uid"]: v for v in cluster_versions(cluster, name)}.values()
     uid = cluster.cluster_program(name)["metadata"]["uid"]
-    for obj, node in zip(objs, [f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"], strict=True):
-        meta, spec = obj["metadata"], obj["spec"]
-        assert meta["namespace"] == SYSTEM_NAMESPACE
-        assert meta["name"] == names.node_program_name(names.CLUSTER_PROGRAM_KIND, "", name, node)
-        assert meta["labels"] == {names.NODE_LABEL: node, names.CLUSTER_PROGRAM_LABEL: name}
-        assert [(r["kind"], r["uid"]) for r in meta["ownerReferences"]] == [(names.CLUSTER_PROGRAM_KIND, uid)]
-        assert (spec["programKind"], spec["scope"], spec["nodeName"]) == (
-            names.CLUSTER_PROGRAM_KIND,
-            "Pods",
-            node,
-        )
-        assert spec["podSelector"] == {"matchLabels": {"app": "web"}}
+    meta, spec = version["metadata"], version["spec"]
+    assert meta["namespace"] == SYSTEM_NAMESPACE
+    assert meta["name"] == names.version_name(names.CLUSTER_PROGRAM_KIND, "", name, spec["contentHash"])
+    assert meta["labels"] == {names.CLUSTER_PROGRAM_LABEL: name}
+    assert [(r["kind"], r["uid"]) for r in meta["ownerReferences"]] == [(names.CLUSTER_PROGRAM_KIND, uid)]
+    assert (spec["programKind"], spec["programName"], spec["scope"]) == (
+        names.CLUSTER_PROGRAM_KIND,
+        name,
+        "Pods",
+    )
+    assert spec["podSelector"] == {"matchLabels": {"app": "web"}}
     wait_for("its status", lambda: reconciled(cluster.cluster_program(name)), timeout=20)
     assert cluster.cluster_program(name)["status"]["nodes"]["targeted"] == 2
 
@@ -168,26 +182,24 @@ def test_a_cluster_program_follows_its_namespace_selector_and_cleans_up(cluster:
     # Events about a cluster-scoped object go to the default namespace.
     wait_for("Accepted event", lambda: ("Normal", "Accepted") in events_of(cluster, "default", name), 20)
 
+    agents_report(cluster)  # the agents run it: their states list it
     cluster.kubectl("delete", "cebpf", name, "--wait=false")
     wait_for(
-        "node objects deleted",
-        lambda: all(
-            o["metadata"].get("deletionTimestamp")
-            for o in node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
-        ),
+        "its entries removed",
+        lambda: program_nodes(cluster, "", name, names.CLUSTER_PROGRAM_KIND) == [],
         timeout=20,
     )
-    assert cluster.cluster_program(name) is not None  # held until the agents have detached
+    assert cluster.cluster_program(name) is not None  # held until the agents have unloaded
     wait_for(
-        "the program and its node objects gone",
-        lambda: (
-            agents_detach(cluster)
-            or (
-                cluster.cluster_program(name) is None
-                and not node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)
-            )
-        ),
+        "the program gone once the agents unloaded",
+        lambda: agents_report(cluster) or cluster.cluster_program(name) is None,
         timeout=30,
+    )
+    wait_for(
+        "its versions collected with it",
+        lambda: not version_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name),
+        timeout=60,
+        interval=0.5,
     )
     wait_for("Deleted event", lambda: ("Normal", "Deleted") in events_of(cluster, "default", name), 20)
 
@@ -204,9 +216,9 @@ def test_a_node_wide_cluster_program_has_no_pod_filter(cluster: Kube):
         parameters={"PORT": 23},
         maxMapBytes=1 << 20,
     )
-    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
-    for obj in node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name):
-        spec = obj["spec"]
+    wait_for("a version on both nodes", lambda: len(cluster_versions(cluster, name)) == 2, 30)
+    for version in cluster_versions(cluster, name):
+        spec = version["spec"]
         assert (spec["scope"], spec["attach"]["interface"], spec["maxMapBytes"]) == ("Node", "eth*", 1 << 20)
         assert "podSelector" not in spec and "namespaces" not in spec
         assert spec["source"]["origin"] == "builtin:tc-port-drop"
@@ -223,8 +235,8 @@ def test_a_cluster_program_reads_its_config_map_from_the_system_namespace_only(
     name = f"from-config-map-{RUN}"
     ref = {"name": config_map, "namespace": SYSTEM_NAMESPACE, "key": "main.c"}
     apply_cluster(cluster, name, podSelector={}, source={"configMapRef": ref})
-    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
-    source = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)[0]["spec"]["source"]
+    wait_for("a version on both nodes", lambda: len(cluster_versions(cluster, name)) == 2, 30)
+    source = cluster_versions(cluster, name)[0]["spec"]["source"]
     assert (source["text"], source["origin"]) == (SOURCE, f"configMap:{SYSTEM_NAMESPACE}/{config_map}/main.c")
 
     # From a tenant's namespace: whoever may edit ConfigMaps there would write what runs on every
@@ -247,7 +259,8 @@ def test_a_cluster_program_reads_its_config_map_from_the_system_namespace_only(
 
     wait_for("tenant-written source refused", refusal, 30)
     assert f"only from the bpfleet system namespace ({SYSTEM_NAMESPACE})" in refusal()
-    assert node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, tenant_written) == []
+    assert program_nodes(cluster, "", tenant_written, names.CLUSTER_PROGRAM_KIND) == []
+    assert version_objects(cluster, names.CLUSTER_PROGRAM_LABEL, tenant_written) == []
 
 
 def test_the_namespace_annotation_caps_tenant_maps_and_a_bad_one_is_reported(
@@ -260,13 +273,9 @@ def test_the_namespace_annotation_caps_tenant_maps_and_a_bad_one_is_reported(
     cluster.apply(namespace, tenant_manifest("counter"))
 
     def caps() -> list[Any]:
-        return [
-            o["spec"].get("maxMapBytes")
-            for o in node_objects(cluster, names.PROGRAM_LABEL, "counter")
-            if o["metadata"]["namespace"] == namespace
-        ]
+        return [v["spec"].get("maxMapBytes") for v in tenant_versions(cluster, namespace, "counter")]
 
-    wait_for("capped node objects", lambda: caps() == [1048576, 1048576], timeout=30)
+    wait_for("a capped version on both nodes", lambda: caps() == [1048576, 1048576], timeout=30)
     cluster.kubectl(
         "annotate", "namespace", namespace, "--overwrite", f"{names.MAX_MAP_BYTES_ANNOTATION}=lots"
     )
@@ -294,16 +303,19 @@ def test_programs_and_nodes_of_253_characters_get_valid_names(cluster: Kube, nam
     cluster.apply(namespace, tenant_manifest(LONG, nodeSelector=on_long_node))
     apply_cluster(cluster, LONG, podSelector={}, nodeSelector=on_long_node)
     try:
-        for label in (names.PROGRAM_LABEL, names.CLUSTER_PROGRAM_LABEL):
-            wait_for(
-                f"node objects by {label}",
-                lambda label=label: len(node_objects(cluster, label, LONG)) == 1,
-                30,
-            )
-            [obj] = node_objects(cluster, label, LONG)
-            assert len(obj["metadata"]["name"]) <= 63
-            assert obj["metadata"]["labels"][names.NODE_LABEL] == names.label_value(LONG)
-            assert (obj["spec"]["programName"], obj["spec"]["nodeName"]) == (LONG, LONG)
+        for served in (
+            lambda: tenant_versions(cluster, namespace, LONG),
+            lambda: cluster_versions(cluster, LONG),
+        ):
+            wait_for("a version on the long node", lambda served=served: len(served()) == 1, 30)
+            [version] = served()
+            assert len(version["metadata"]["name"]) <= 63
+            assert version["spec"]["programName"] == LONG
+        state = cluster.custom.get_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, LONG
+        )
+        assert state["spec"]["nodeName"] == LONG
+        assert state["metadata"]["labels"][names.NODE_LABEL] == names.label_value(LONG)
         for read in (lambda: cluster.program(namespace, LONG), lambda: cluster.cluster_program(LONG)):
             wait_for("its status", lambda read=read: reconciled(read()), timeout=20)
             status = read()["status"]
@@ -312,82 +324,35 @@ def test_programs_and_nodes_of_253_characters_get_valid_names(cluster: Kube, nam
         cluster.kubectl("delete", "cebpf", LONG, "--wait=false", check=False)
 
 
-def test_node_objects_named_the_old_way_are_adopted(cluster: Kube, namespaces: list[str]):
-    namespace = create_namespace(cluster, f"upgraded-{RUN}")
-    namespaces.append(namespace)
-    node_a, node_b = f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"
-    old_name = f"counter-{node_a}"
-    # What the operator before tenancy made for node a: named <program>-<node>, no owner yet here.
-    old = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.NODE_PROGRAM_KIND,
-        "metadata": {
-            "name": old_name,
-            "labels": {names.NODE_LABEL: node_a, names.PROGRAM_LABEL: "counter"},
-            "finalizers": [names.AGENT_FINALIZER],
-        },
-        "spec": {
-            "programName": "counter",
-            "nodeName": node_a,
-            "source": {"text": "int old;", "sha256": "0", "origin": "inline"},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "podSelector": {},
-        },
-    }
-    cluster.custom.create_namespaced_custom_object(
-        names.GROUP, names.VERSION, namespace, names.NODE_PROGRAM_PLURAL, old
-    )
-    cluster.apply(namespace, tenant_manifest("counter"))
-
-    def adopted() -> bool:
-        objs = node_objects(cluster, names.PROGRAM_LABEL, "counter")
-        objs = [o for o in objs if o["metadata"]["namespace"] == namespace]
-        return [o["spec"]["nodeName"] for o in objs] == [node_a, node_b] and all(
-            o["spec"]["source"]["text"] == SOURCE and o["metadata"].get("ownerReferences") for o in objs
-        )
-
-    wait_for("the old object adopted and the other node served", adopted, timeout=30)
-    objs = [
-        o
-        for o in node_objects(cluster, names.PROGRAM_LABEL, "counter")
-        if o["metadata"]["namespace"] == namespace
-    ]
-    assert [o["metadata"]["name"] for o in objs] == [
-        old_name,
-        names.node_program_name(names.PROGRAM_KIND, namespace, "counter", node_b),
-    ]
-    uid = cluster.program(namespace, "counter")["metadata"]["uid"]
-    assert objs[0]["metadata"]["ownerReferences"][0]["uid"] == uid  # garbage collection covers it now
-
-
 def test_garbage_collection_follows_a_cluster_scoped_owner(cluster: Kube):
-    """The backstop: a node object the operator no longer sees goes with its ClusterEbpfProgram."""
+    """The backstop: a version the operator no longer sees goes with its ClusterEbpfProgram."""
     name = f"collected-{RUN}"
     apply_cluster(cluster, name, podSelector={})
-    wait_for("node objects", lambda: len(node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)) == 2, 30)
-    owners = node_objects(cluster, names.CLUSTER_PROGRAM_LABEL, name)[0]["metadata"]["ownerReferences"]
+    wait_for("a version on both nodes", lambda: len(cluster_versions(cluster, name)) == 2, 30)
+    owners = cluster_versions(cluster, name)[0]["metadata"]["ownerReferences"]
     # Unlabelled, so that only the garbage collector can find it; owned as the operator owns its own.
     orphan = {
         "apiVersion": names.API_VERSION,
-        "kind": names.NODE_PROGRAM_KIND,
+        "kind": names.VERSION_KIND,
         "metadata": {"name": f"orphan-{RUN}", "ownerReferences": owners},
-        "spec": {
-            "programName": name,
-            "nodeName": "elsewhere",
-            "source": {"text": SOURCE, "sha256": "0"},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-        },
+        "spec": versions.with_hash(
+            {
+                "programKind": names.CLUSTER_PROGRAM_KIND,
+                "programName": name,
+                "source": {"text": SOURCE, "sha256": "0"},
+                "function": "f",
+                "attach": {"type": "CgroupSkb", "direction": "Egress"},
+            }
+        ),
     }
     cluster.custom.create_namespaced_custom_object(
-        names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.NODE_PROGRAM_PLURAL, orphan
+        names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.VERSION_PLURAL, orphan
     )
 
     def collected() -> bool:
         try:
             cluster.custom.get_namespaced_custom_object(
-                names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.NODE_PROGRAM_PLURAL, f"orphan-{RUN}"
+                names.GROUP, names.VERSION, SYSTEM_NAMESPACE, names.VERSION_PLURAL, f"orphan-{RUN}"
             )
         except ApiException as e:
             return e.status == 404
@@ -395,6 +360,6 @@ def test_garbage_collection_follows_a_cluster_scoped_owner(cluster: Kube):
 
     assert not collected()
     cluster.kubectl("delete", "cebpf", name, "--wait=false")
-    wait_for("the program gone", lambda: agents_detach(cluster) or cluster.cluster_program(name) is None, 30)
+    wait_for("the program gone", lambda: agents_report(cluster) or cluster.cluster_program(name) is None, 30)
 
     wait_for("the garbage collector removes the orphan", collected, timeout=60, interval=0.5)

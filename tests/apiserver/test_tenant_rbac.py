@@ -90,7 +90,7 @@ def tenancy(crds: Kube, helm_home: Path) -> Iterator[Tenancy]:
             "edit and view to aggregate the chart's roles",
             lambda: (
                 can_i(tenancy, "edit", "create ebpfprograms.bpfleet.io")
-                and can_i(tenancy, "view", "list ebpfnodeprograms.bpfleet.io")
+                and can_i(tenancy, "view", "list ebpfprograms.bpfleet.io")
             ),
             timeout=30,
             interval=0.2,
@@ -101,7 +101,7 @@ def tenancy(crds: Kube, helm_home: Path) -> Iterator[Tenancy]:
 def can_i(tenancy: Tenancy, role: str, ask: str) -> bool:
     args = ask.split()
     # As the real requests are: cluster-scoped objects in no namespace, the others in the tenants'.
-    cluster_scoped = args[1].split(".")[0] in ("bpfleetnodes", "clusterebpfprograms")
+    cluster_scoped = args[1].split(".")[0] in ("bpfleetnodes", "clusterebpfprograms", "ebpfnodestates")
     if not cluster_scoped and not any(a in ("-n", "-A") for a in args):
         args += ["-n", tenancy.namespace]
     if "neighbour" in args:
@@ -133,35 +133,41 @@ CAN_I = [
     ("edit", "get ebpfprograms.bpfleet.io --subresource=status", True),
     ("edit", "patch ebpfprograms.bpfleet.io --subresource=status", False),
     ("edit", "create ebpfprograms.bpfleet.io -n neighbour", False),
-    ("edit", "list ebpfnodeprograms.bpfleet.io", True),
-    ("edit", "create ebpfnodeprograms.bpfleet.io", False),
-    ("edit", "patch ebpfnodeprograms.bpfleet.io", False),
-    ("edit", "patch ebpfnodeprograms.bpfleet.io --subresource=status", False),
-    ("edit", "delete ebpfnodeprograms.bpfleet.io", False),
+    # Versions and node states are cluster admins' alone: not even read.
+    ("edit", "get ebpfprogramversions.bpfleet.io", False),
+    ("edit", "create ebpfprogramversions.bpfleet.io", False),
+    ("edit", "delete ebpfprogramversions.bpfleet.io", False),
+    ("edit", "list ebpfnodestates.bpfleet.io", False),
+    ("edit", "patch ebpfnodestates.bpfleet.io", False),
+    ("edit", "patch ebpfnodestates.bpfleet.io --subresource=status", False),
     ("edit", "create clusterebpfprograms.bpfleet.io", False),
     ("edit", "list clusterebpfprograms.bpfleet.io", False),
     ("edit", "patch bpfleetnodes.bpfleet.io --subresource=status", False),
     ("admin", "create ebpfprograms.bpfleet.io", True),
     ("admin", "deletecollection ebpfprograms.bpfleet.io", True),
     ("admin", "patch ebpfprograms.bpfleet.io --subresource=status", False),
-    ("admin", "create ebpfnodeprograms.bpfleet.io", False),
-    ("admin", "delete ebpfnodeprograms.bpfleet.io", False),
+    ("admin", "create ebpfprogramversions.bpfleet.io", False),
+    ("admin", "list ebpfprogramversions.bpfleet.io", False),
+    ("admin", "create ebpfnodestates.bpfleet.io", False),
     ("admin", "create clusterebpfprograms.bpfleet.io", False),
     ("admin", "create bpfleetnodes.bpfleet.io", False),
     ("view", "watch ebpfprograms.bpfleet.io", True),
-    ("view", "get ebpfnodeprograms.bpfleet.io", True),
+    ("view", "get ebpfprogramversions.bpfleet.io", False),
     ("view", "create ebpfprograms.bpfleet.io", False),
     ("view", "delete ebpfprograms.bpfleet.io", False),
     # A RoleBinding does not reach cluster-scoped objects; a ClusterRoleBinding to view does.
     ("view", "list bpfleetnodes.bpfleet.io", False),
     ("cluster-view", "list bpfleetnodes.bpfleet.io", True),
-    ("cluster-view", "list ebpfnodeprograms.bpfleet.io -A", True),
+    ("cluster-view", "list ebpfprogramversions.bpfleet.io -A", False),
+    ("cluster-view", "list ebpfnodestates.bpfleet.io", False),
     ("cluster-view", "patch bpfleetnodes.bpfleet.io --subresource=status", False),
     ("cluster-view", "list clusterebpfprograms.bpfleet.io", False),
     ("cluster-programs", "create clusterebpfprograms.bpfleet.io", True),
     ("cluster-programs", "patch clusterebpfprograms.bpfleet.io --subresource=status", False),
-    ("cluster-programs", "list ebpfnodeprograms.bpfleet.io -A", True),
-    ("cluster-programs", "patch ebpfnodeprograms.bpfleet.io -A", False),
+    ("cluster-programs", "list ebpfprogramversions.bpfleet.io -A", True),
+    ("cluster-programs", "list ebpfnodestates.bpfleet.io", True),
+    ("cluster-programs", "patch ebpfnodestates.bpfleet.io", False),
+    ("cluster-programs", "delete ebpfprogramversions.bpfleet.io -A", False),
 ]
 
 
@@ -174,20 +180,21 @@ def test_edit_creates_programs_and_nothing_of_the_admins(tenancy: Tenancy):
     created, output = create_as(tenancy, "edit", program(unique("mine")))
     assert created, output
 
-    node_object = {
+    version = {
         "apiVersion": "bpfleet.io/v1alpha1",
-        "kind": "EbpfNodeProgram",
+        "kind": "EbpfProgramVersion",
         "metadata": {"name": unique("forged")},
         "spec": {
+            "programKind": "EbpfProgram",
             "programName": "x",
-            "nodeName": "any",
             "source": {"text": "x", "sha256": "0" * 64},
             "function": "f",
             "attach": {"type": "CgroupSkb", "direction": "Egress"},
             "podSelector": {},
+            "contentHash": "0" * 64,
         },
     }
-    for manifest, plural in ((node_object, "ebpfnodeprograms"), (NODE_WIDE, "clusterebpfprograms")):
+    for manifest, plural in ((version, "ebpfprogramversions"), (NODE_WIDE, "clusterebpfprograms")):
         created, output = create_as(tenancy, "edit", manifest)
         assert not created
         assert "Forbidden" in output and f'cannot create resource "{plural}"' in output, output

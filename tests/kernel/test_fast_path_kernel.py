@@ -29,11 +29,11 @@ from node_agent.cgroup_watch import CgroupListener, CgroupWatch
 from node_agent.cgroups import PodCgroupResolver
 from node_agent.fast_path import FastPath
 from node_agent.kernel.bpffs import BpffsBackend
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import Reconciler
 from node_agent.serialized_backend import SerializedBackend
 from tests.kernel.support import COUNTER, bpftool, wait_until
-from tests.unit.builders import node_program
+from tests.unit.builders import node_program, parsed
 
 pytestmark = pytest.mark.kernel
 
@@ -159,7 +159,7 @@ def agent_parts(backend: BpffsBackend, kubelet_root: Path, watch_of: Any) -> Ite
 
 
 def _pass(reconciler: Reconciler, fast: FastPath, programs: list[dict[str, Any]], pods: list[Pod]) -> None:
-    parsed = [NodeProgram.from_object(p) for p in programs]
+    parsed = [parsed(p) for p in programs]
     fast.registered(parsed, pods, reconciler.run(parsed, pods))
 
 

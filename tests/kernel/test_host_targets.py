@@ -24,7 +24,7 @@ from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.model import NodeProgram, Trust
 from node_agent.reconcile import ATTACHED, PassResult, ProgramReport, Reconciler
 from tests.kernel.support import bpftool, links_of, wait_until
-from tests.unit.builders import cluster_program
+from tests.unit.builders import cluster_program, parsed
 
 pytestmark = pytest.mark.kernel
 
@@ -58,7 +58,7 @@ def reconciler(backend: BpffsBackend, tmp_path: Path) -> Reconciler:
 def node_program(attach: dict[str, Any], source: str, function: str) -> NodeProgram:
     obj = cluster_program("host", scope="Node", attach=attach, source=source)
     obj["spec"]["function"] = function
-    return NodeProgram.from_object(obj, TRUST)
+    return parsed(obj, TRUST)
 
 
 def one_report(result: PassResult) -> ProgramReport:

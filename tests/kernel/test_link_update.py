@@ -26,7 +26,7 @@ from node_agent.kernel import syscalls
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import Reconciler
 from tests.unit import builders
 
@@ -159,7 +159,7 @@ def test_the_reconciler_moves_the_pods_link_to_the_new_version(backend: BpffsBac
     def serve(source: str) -> int:
         obj = builders.node_program(source=source, attach=builders.SKB_EGRESS)
         obj["spec"]["function"] = "count_packets"
-        reconciler.run([NodeProgram.from_object(obj)], pods)
+        reconciler.run([builders.parsed(obj)], pods)
         [(ref, loaded)] = backend.loaded().items()
         assert [p["id"] for p in bpftool("cgroup", "show", str(pod.pod))] == [loaded.prog_id]
         return backend.attachments(ref)[pod.uid].link_id

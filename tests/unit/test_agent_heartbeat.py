@@ -11,10 +11,11 @@ from node_agent.agent import Agent
 from node_agent.kernel.backend import LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.model import Trust
 from node_agent.reconcile import Reconciler
-from tests.unit.builders import node_program
+from tests.unit.builders import node_program, node_state
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 PERIOD = 0.05
+VERSION = node_program()
 
 
 class SyncedList:
@@ -43,9 +44,8 @@ class BeatRecorder:
             with self.lock:
                 self.beats += 1
 
-    def patch_namespaced_custom_object_status(self, *args, **_): ...
-
-    def patch_namespaced_custom_object(self, *args, **_): ...
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **_):
+        return VERSION
 
 
 class StuckCompile(FakeBackend):
@@ -71,7 +71,8 @@ def test_heartbeats_continue_while_a_compile_blocks_the_pass():
         trust=Trust("bpfleet-system"),
         heartbeat=PERIOD,
     )
-    agent.programs, agent.pods = SyncedList([node_program()]), SyncedList([])  # type: ignore[assignment]
+    state = node_state([VERSION])
+    agent.programs, agent.pods = SyncedList([state]), SyncedList([])  # type: ignore[assignment]
     recorder = BeatRecorder()
     agent.custom = recorder  # type: ignore[assignment]
     runner = threading.Thread(target=agent.run)

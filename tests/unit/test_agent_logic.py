@@ -10,10 +10,9 @@ from bpfleet_api import diagnostics, reasons, selectors
 from node_agent import errors
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount, pod_cgroup_candidates
 from node_agent.kernel.backend import LoadedProgram
-from node_agent.model import NodeProgram
 from node_agent.reconcile import ATTACHED, FAILED, PodReport, ProgramReport
-from node_agent.status import node_program_status
-from tests.unit.builders import cluster_program, node_program
+from node_agent.status import MAX_BUILD_LOG
+from tests.unit.builders import cluster_program, node_program, parsed, report_entry
 
 
 @pytest.mark.parametrize(
@@ -34,18 +33,18 @@ def test_label_selectors(selector, labels, expected):
 
 
 def test_parameters_become_defines_never_source_text():
-    parsed = NodeProgram.from_object(node_program(parameters={"PORT": 80, "NAME": 'a"b'}))
-    assert dict(parsed.build.defines) == {"PORT": "80", "NAME": '"a\\"b"'}
-    assert "PORT" not in parsed.build.source
+    program = parsed(node_program(parameters={"PORT": 80, "NAME": 'a"b'}))
+    assert dict(program.build.defines) == {"PORT": "80", "NAME": '"a\\"b"'}
+    assert "PORT" not in program.build.source
 
 
 def test_version_changes_with_anything_compiled_and_only_then():
-    base = NodeProgram.from_object(node_program()).ref.version
-    assert NodeProgram.from_object(node_program(selector={})).ref.version == base
-    assert NodeProgram.from_object(node_program(source="other")).ref.version != base
-    assert NodeProgram.from_object(node_program(parameters={"X": 1})).ref.version != base
+    base = parsed(node_program()).ref.version
+    assert parsed(node_program(selector={})).ref.version == base
+    assert parsed(node_program(source="other")).ref.version != base
+    assert parsed(node_program(parameters={"X": 1})).ref.version != base
     ingress = {"type": "CgroupSkb", "direction": "Ingress"}
-    assert NodeProgram.from_object(node_program(attach=ingress)).ref.version != base
+    assert parsed(node_program(attach=ingress)).ref.version != base
 
 
 def test_pod_cgroup_layouts_for_both_drivers():
@@ -104,49 +103,49 @@ def report(**kwargs) -> ProgramReport:
 
 def test_status_of_a_healthy_program():
     loaded = LoadedProgram(ref=None, prog_id=42, pin_dir="/sys/fs/bpf/bpfleet/shop/p/v2", maps=("traffic",))  # type: ignore[arg-type]
-    status = node_program_status(
-        report(loaded=loaded, serving_version="v2", pods=[PodReport("a", "u1", ATTACHED)]), "node-a", None
-    )
+    status = report_entry(report(loaded=loaded, serving_version="v2", pods=[PodReport("a", "u1", ATTACHED)]))
     assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
-    assert status["programId"] == 42 and status["maps"] == ["traffic"]
-    assert (status["mapsKept"], status["mapsReset"]) == ([], [])
+    assert status["programId"] == 42 and "servingVersion" not in status  # it is `version`
+    assert status["generation"] == 4
+    assert (status["ready"], status["reason"]) == (True, "Attached")
+    assert "failures" not in status
+    assert "buildLog" not in status
+    assert "mapsKept" not in status and "mapsReset" not in status  # no update: left out
 
 
 def test_status_says_which_maps_an_update_kept_and_which_it_reset():
     loaded = LoadedProgram(
         None, 43, "/sys/fs/bpf/bpfleet/shop/p/v3", ("hits", "traffic"), ("traffic",), ("hits",)
     )  # type: ignore[arg-type]
-    status = node_program_status(report(loaded=loaded, serving_version="v2"), "node-a", None)
+    status = report_entry(report(loaded=loaded, serving_version="v2"))
     assert (status["mapsKept"], status["mapsReset"]) == (["traffic"], ["hits"])
-    assert status["observedGeneration"] == 4
-    [ready] = status["conditions"]
-    assert (ready["type"], ready["status"]) == ("Ready", "True")
+    assert (status["ready"], status["reason"]) == (True, "Attached")
 
 
 def test_status_of_a_verifier_rejection_keeps_the_end_of_a_long_log():
     long_log = "noise line\n" * 1000 + VERIFIER_LOG
-    status = node_program_status(report(build_error=errors.VerifierRejected(long_log)), "node-a", None)
+    status = report_entry(report(build_error=errors.VerifierRejected(long_log)))
     [failure] = status["failures"]
     assert failure["reason"] == reasons.VERIFIER_REJECTED
     assert len(failure["message"]) <= 2048 and "invalid mem access" in failure["message"]
-    [ready] = status["conditions"]
-    assert ready["status"] == "False" and "invalid mem access" in ready["message"]
+    assert status["ready"] is False and "invalid mem access" in status["message"]
+    assert status["servingVersion"] == ""  # nothing runs
 
 
 def test_status_lists_failed_pods():
     pods = [PodReport("a", "u1", ATTACHED), PodReport("b", "u2", FAILED, reasons.ATTACH_FAILED, "EPERM")]
-    status = node_program_status(report(pods=pods, serving_version="v2"), "node-a", None)
+    status = report_entry(report(pods=pods, serving_version="v2"))
     assert status["failures"] == [{"pod": "b", "reason": reasons.ATTACH_FAILED, "message": "EPERM"}]
     assert status["pods"]["failed"] == 1
 
 
 def test_status_carries_the_whole_build_log_bounded():
     log = "line\n" * 30000 + "R1 invalid mem access 'scalar'\n"
-    status = node_program_status(report(build_error=errors.VerifierRejected(log)), "node-a", None)
-    assert len(status["buildLog"]) <= 64 * 1024
+    status = report_entry(report(build_error=errors.VerifierRejected(log)))
+    assert len(status["buildLog"]) <= MAX_BUILD_LOG == 8 * 1024
     assert status["buildLog"].endswith("R1 invalid mem access 'scalar'\n")
-    healthy = node_program_status(report(pods=[], serving_version="v2"), "node-a", None)
-    assert healthy["buildLog"] is None  # a merge patch removes an old log
+    healthy = report_entry(report(pods=[], serving_version="v2"))
+    assert "buildLog" not in healthy
 
 
 def test_a_node_without_kernel_headers_serves_nothing_and_says_why():
@@ -167,7 +166,7 @@ def test_a_node_without_kernel_headers_serves_nothing_and_says_why():
 
 
 def test_kprobe_and_kretprobe_on_one_function_are_different_programs():
-    probe = NodeProgram.from_object(cluster_program(attach={"type": "Kprobe", "function": "do_sys_openat2"}))
-    ret = NodeProgram.from_object(cluster_program(attach={"type": "Kretprobe", "function": "do_sys_openat2"}))
+    probe = parsed(cluster_program(attach={"type": "Kprobe", "function": "do_sys_openat2"}))
+    ret = parsed(cluster_program(attach={"type": "Kretprobe", "function": "do_sys_openat2"}))
     assert ret.build.attach.retprobe and not probe.build.attach.retprobe
     assert probe.ref.version != ret.ref.version

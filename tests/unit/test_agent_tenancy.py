@@ -1,4 +1,4 @@
-"""The agent's trust rules: what a node object may make this node do, by kind and namespace."""
+"""The agent's trust rules: what an entry and its version may make this node do, by kind and namespace."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pytest
 
 from bpfleet_api import names, reasons
 from node_agent import errors
-from node_agent.model import CLUSTER_PINS, DEFAULT_MAX_MAP_BYTES, NodeProgram, Pod, Trust
+from node_agent.intake import Entry
+from node_agent.model import CLUSTER_PINS, DEFAULT_MAX_MAP_BYTES, EntryKey, NodeProgram, Pod, Trust
 from node_agent.reconcile import ATTACHED, FAILED, Reconciler
-from node_agent.status import node_program_status
-from tests.unit.builders import cluster_program, node_program, pod
+from node_agent.status import program_entry
+from tests.unit.builders import cluster_program, node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 WEB = {"app": "web"}
@@ -19,7 +20,9 @@ TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
 
 
 def parse(obj: dict, trust: Trust = TRUST) -> NodeProgram:
-    return NodeProgram.from_object(obj, trust)
+    """As the agent reads it: a cluster kind's version from the system namespace only, whatever
+    namespace this version object is in (a forged one in a tenant's is then refused)."""
+    return parsed(obj, trust)
 
 
 def refused(obj: dict, trust: Trust = TRUST) -> str:
@@ -54,7 +57,9 @@ def test_a_namespaced_program_in_the_system_namespace_is_still_namespaced():
 
 
 def test_an_unknown_kind_or_scope_is_refused():
-    assert "programKind" in refused(node_program(programKind="SuperEbpfProgram"))
+    assert "neither EbpfProgram nor ClusterEbpfProgram" in refused(
+        node_program(programKind="SuperEbpfProgram")
+    )
     assert "scope" in refused(cluster_program(scope="Cluster"))
 
 
@@ -170,26 +175,23 @@ def test_cluster_pod_states_and_failures_carry_the_pods_namespace():
     [report] = run(
         [admin], [pod("a", WEB, namespace="shop"), pod("b", WEB, namespace="bank")], kernel, cgroups
     ).reports
-    status = node_program_status(report, "node-a", None)
-    assert status["podStates"] == [
-        {"name": "a", "uid": "uid-a", "state": ATTACHED, "namespace": "shop"},
+    assert [(p.namespace, p.state) for p in report.pods] == [("shop", ATTACHED), ("bank", FAILED)]
+    entry = Entry(EntryKey(names.CLUSTER_PROGRAM_KIND, "", "admin"), 1, "admin-v1")
+    status = program_entry(report, entry, "admin-v1")
+    assert status["pods"] == {"selected": 2, "attached": 1, "failed": 1}
+    assert status["failures"] == [
         {
-            "name": "b",
-            "uid": "uid-b",
-            "state": FAILED,
+            "pod": "bank/b",
             "reason": reasons.ATTACH_FAILED,
             "message": "attaching to /cgroup/poduid-b: Operation not permitted",
-            "namespace": "bank",
-        },
+        }
     ]
-    assert [f["pod"] for f in status["failures"]] == ["bank/b"]
 
 
 def test_a_namespaced_and_a_cluster_program_of_one_name_are_two_programs():
     kernel, cgroups = FakeBackend(), FakeCgroups({"uid-a"})
     tenant = node_program("same", namespace="bpfleet-system", selector={})
     admin = cluster_program("same", namespaces=["bpfleet-system"], selector={})
-    admin["metadata"]["name"] = "same-node-a-cluster"
     reports = run([tenant, admin], [pod("a", WEB, namespace="bpfleet-system")], kernel, cgroups).reports
     assert {ref.namespace for ref in kernel.programs} == {"bpfleet-system", "_cluster"}
     assert all(r.pods[0].state == ATTACHED for r in reports)

@@ -4,9 +4,9 @@ kernel: the same link, never two programs on a pod, never none."""
 from __future__ import annotations
 
 from node_agent.kernel.backend import ProgramRef
-from node_agent.model import NodeProgram, Pod, Trust
+from node_agent.model import Pod, Trust
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 WEB = {"app": "web"}
@@ -26,7 +26,7 @@ class CountingAttach(FakeBackend):
 
 
 def run(reconciler: Reconciler, program: dict, pods: list[dict] = PODS) -> PassResult:
-    return reconciler.run([NodeProgram.from_object(program, Trust())], [Pod.from_object(p) for p in pods])
+    return reconciler.run([parsed(program, Trust())], [Pod.from_object(p) for p in pods])
 
 
 def setup(**kwargs) -> tuple[CountingAttach, Reconciler, dict[str, int]]:

@@ -11,13 +11,15 @@ from node_agent import errors
 from node_agent.compile_pool import RETRY_SECONDS, CompilePool, at_once, on_thread
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.backend import LoadedProgram, ProgramBuild, ProgramRef
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import ATTACHED, Reconciler
-from tests.unit.builders import node_program, pod
+from node_agent.status import UNLOADING
+from tests.unit.agent_harness import Node
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
 
 WEB = {"app": "web"}
-BUILD = NodeProgram.from_object(node_program()).build
+BUILD = parsed(node_program()).build
 
 
 def refs(namespace: str, count: int) -> dict[ProgramRef, ProgramBuild]:
@@ -131,7 +133,7 @@ def pooled(kernel: FakeBackend, uids: set[str]) -> tuple[Reconciler, ManualStart
 
 
 def run(reconciler: Reconciler, programs: list[dict], pods: list[dict]):
-    return reconciler.run([NodeProgram.from_object(p) for p in programs], [Pod.from_object(p) for p in pods])
+    return reconciler.run([parsed(p) for p in programs], [Pod.from_object(p) for p in pods])
 
 
 def test_pods_are_attached_while_another_program_compiles():
@@ -144,7 +146,7 @@ def test_pods_are_attached_while_another_program_compiles():
     result = run(reconciler, [fast, slow], [pod("web-1", WEB)])
     assert result.queued and len(compiles.jobs) == 1  # the slow one compiles ...
     result = run(reconciler, [fast, slow], [pod("web-1", WEB), pod("web-2", WEB)])
-    fast_report = next(r for r in result.reports if r.name == "fast-node-a")
+    fast_report = next(r for r in result.reports if r.name == "fast-v1")
     # ... and a new pod of the other program is attached meanwhile.
     assert [(p.name, p.state) for p in fast_report.pods] == [("web-1", ATTACHED), ("web-2", ATTACHED)]
     assert {uid for links in kernel.links.values() for uid in links} == {"uid-web-1", "uid-web-2"}
@@ -172,12 +174,14 @@ def test_an_update_that_is_overtaken_while_compiling_is_unloaded_and_never_serve
     assert kernel.updates == [(v1, v3, "uid-web-1")]  # moved in place from v1 to v3
 
 
-def test_a_deleted_program_keeps_its_finalizer_until_its_running_compile_is_unloaded():
-    kernel = FakeBackend()
-    reconciler, compiles = pooled(kernel, set())
-    run(reconciler, [node_program()], [])
-    result = run(reconciler, [node_program(deleting=True)], [])
-    assert not result.reports[0].detached  # its compile still runs: it would pin after release
-    compiles.finish_all()
-    result = run(reconciler, [node_program(deleting=True)], [])
-    assert result.reports[0].detached and kernel.programs == {}
+def test_an_entry_removed_while_it_compiles_stays_unloading_until_its_version_is_unloaded():
+    kernel, start = FakeBackend(), ManualStart()
+    node = Node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.serve(node_program())
+    node.reconcile()  # its compile starts
+    node.serve()  # the entry leaves the spec while it compiles
+    node.reconcile()
+    assert node.entry("counter")["reason"] == UNLOADING  # it would pin after the operator let go
+    start.finish_all()
+    node.reconcile()  # the version it pinned is nobody's: unloaded
+    assert kernel.programs == {} and node.status["programs"] == []

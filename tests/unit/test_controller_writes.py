@@ -1,18 +1,26 @@
-"""The controller's handling of node-object writes the API server refuses: into status, not retried
-for ever. The API is a stub here; tests/apiserver/test_tenancy_operator.py runs the real thing."""
+"""The controller's and the node writer's API writes, against stubs: a version the API server
+refuses goes to status once (not retried for ever), what a tenant may not do never becomes a
+version, nodes without an agent get no entry, and the node writer writes each node once for many
+programs and not at all when the watch shows what it would write. tests/apiserver runs the real
+thing."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, reasons
+from bpfleet_operator.agents import Agents
+from bpfleet_operator.cluster_cache import AgentInfo, ClusterView, NodeState
 from bpfleet_operator.controller import ProgramController
-from bpfleet_operator.kinds import CLUSTER, NAMESPACED
+from bpfleet_operator.desired import DesiredTable, entry
+from bpfleet_operator.kinds import CLUSTER, NAMESPACED, ProgramKey
+from bpfleet_operator.metrics import OperatorMetrics
+from bpfleet_operator.node_writer import NodeWriter
+from bpfleet_operator.tenancy import NamespaceInfo
 
 SPEC = {
     "source": {"inline": "int f(struct __sk_buff *skb) { return 1; }"},
@@ -29,14 +37,12 @@ def refusal(status: int, message: str) -> ApiException:
 
 
 class StubCustom:
-    """Answers what reconcile reads (node-a runs an agent unless `agents` says otherwise); refuses
-    every node-object create with `refuse`."""
+    """Answers what reconcile reads; refuses every version create with `refuse` (None: accepts)."""
 
-    def __init__(
-        self, program: dict[str, Any], refuse: ApiException, agents: tuple[str, ...] = ("node-a",)
-    ) -> None:
-        self.program, self.refuse, self.agents = program, refuse, agents
+    def __init__(self, program: dict[str, Any], refuse: ApiException | None) -> None:
+        self.program, self.refuse = program, refuse
         self.statuses: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
 
     def get_namespaced_custom_object(self, *_: Any) -> dict[str, Any]:
         return self.program
@@ -47,14 +53,10 @@ class StubCustom:
     def list_namespaced_custom_object(self, *_: Any, **__: Any) -> dict[str, Any]:
         return {"items": []}
 
-    def list_cluster_custom_object(self, *args: Any, **__: Any) -> dict[str, Any]:
-        # BpfleetNodes of the agents, not heartbeated yet: their nodes are targeted.
-        if names.NODE_STATE_PLURAL in args:
-            return {"items": [{"metadata": {"name": node}} for node in self.agents]}
-        return {"items": []}
-
-    def create_namespaced_custom_object(self, *_: Any) -> None:
-        raise self.refuse
+    def create_namespaced_custom_object(self, *args: Any) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.created.append(args[-1])
 
     def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> None:
         self.statuses.append(args[-1]["status"])
@@ -63,64 +65,172 @@ class StubCustom:
         self.statuses.append(args[-1]["status"])
 
 
-class StubCore:
-    def list_node(self) -> SimpleNamespace:
-        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name="node-a", labels={}))])
+class StubCache:
+    """The watch caches: node-a, running an agent unless `agents` says otherwise."""
 
-    def list_namespace(self) -> SimpleNamespace:
-        meta = SimpleNamespace(name="shop", labels={}, annotations={})
-        return SimpleNamespace(items=[SimpleNamespace(metadata=meta)])
+    def __init__(self, agents: tuple[str, ...] = ("node-a",)) -> None:
+        self._view = ClusterView({"node-a": {}}, Agents(frozenset(agents)), {"shop": NamespaceInfo()})
+
+    def view(self) -> ClusterView:
+        return self._view
+
+    def reports(self, key: ProgramKey) -> dict[str, Any]:
+        return {}
+
+    def spec_entries(self, key: ProgramKey) -> dict[str, Any]:
+        return {}
 
 
-def program(namespaced: bool) -> dict[str, Any]:
+def program(namespaced: bool, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     meta = {"name": "p", "uid": "u", "generation": 3}
     if namespaced:
         meta["namespace"] = "shop"
-    return {"metadata": meta, "spec": dict(SPEC)}
+    return {"metadata": meta, "spec": dict(spec or SPEC)}
+
+
+def controller(custom: StubCustom, cache: StubCache | None = None) -> tuple[ProgramController, DesiredTable]:
+    desired = DesiredTable()
+    made = ProgramController(None, custom, cache or StubCache(), desired, lambda nodes: None)  # type: ignore[arg-type]
+    return made, desired
 
 
 @pytest.mark.parametrize("kind", [NAMESPACED, CLUSTER], ids=lambda k: k.kind)
 @pytest.mark.parametrize(
     ("status", "message"),
     [
-        (422, 'EbpfNodeProgram.bpfleet.io "x" is invalid: metadata.labels: Invalid value'),
+        (422, 'EbpfProgramVersion.bpfleet.io "x" is invalid: metadata.labels: Invalid value'),
         (404, 'namespaces "bpfleet-system" not found'),
     ],
 )
-def test_a_refused_node_object_is_reported_once_not_retried(kind, status, message):
+def test_a_refused_version_is_reported_once_not_retried(kind, status, message):
     custom = StubCustom(program(kind.namespaced), refusal(status, message))
-    controller = ProgramController(StubCore(), custom)  # type: ignore[arg-type]
-    outcome = controller.reconcile(kind.key("shop", "p"))  # raises if it would be retried
+    made, desired = controller(custom)
+    outcome = made.reconcile(kind.key("shop", "p"))  # raises if it would be retried
     assert outcome.status_written
     [written] = custom.statuses
     [failure] = written["failures"]
-    assert (failure["node"], failure["reason"]) == ("node-a", reasons.INVALID_SPEC)
-    assert "the API server refused node object" in failure["message"] and message in failure["message"]
+    assert failure["reason"] == reasons.INVALID_SPEC
+    assert "the API server refused version" in failure["message"] and message in failure["message"]
     ready = next(c for c in written["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["observedGeneration"]) == ("False", 3)
+    assert desired.entries("node-a") == []
 
 
 def test_other_errors_are_raised_for_the_queue_to_retry():
     custom = StubCustom(program(True), refusal(500, "etcdserver: request timed out"))
     with pytest.raises(ApiException):
-        ProgramController(StubCore(), custom).reconcile(NAMESPACED.key("shop", "p"))  # type: ignore[arg-type]
+        controller(custom)[0].reconcile(NAMESPACED.key("shop", "p"))
     assert custom.statuses == []
 
 
-def test_a_tenant_spec_the_api_server_let_through_is_refused_before_any_node_object():
+def test_a_tenant_spec_the_api_server_let_through_is_refused_before_any_version():
     spec = {**SPEC, "attach": {"type": "Kprobe", "function": "do_sys_openat2"}}
-    custom = StubCustom({**program(True), "spec": spec}, refusal(500, "must not be called"))
-    ProgramController(StubCore(), custom).reconcile(NAMESPACED.key("shop", "p"))  # type: ignore[arg-type]
+    custom = StubCustom(program(True, spec), refusal(500, "must not be called"))
+    controller(custom)[0].reconcile(NAMESPACED.key("shop", "p"))
     [written] = custom.statuses
     assert written["failures"][0]["reason"] == reasons.INVALID_SPEC
     assert "use a ClusterEbpfProgram" in written["failures"][0]["message"]
 
 
-def test_a_node_without_an_agent_gets_no_node_object_and_is_not_targeted():
-    custom = StubCustom(program(True), refusal(500, "must not be called"), agents=())
-    ProgramController(StubCore(), custom).reconcile(NAMESPACED.key("shop", "p"))  # type: ignore[arg-type]
+def test_a_node_with_an_agent_gets_an_entry_naming_the_version():
+    custom = StubCustom(program(True), None)
+    made, desired = controller(custom)
+    made.reconcile(NAMESPACED.key("shop", "p"))
+    [version] = custom.created
+    assert desired.entries("node-a") == [
+        {
+            "kind": "EbpfProgram",
+            "namespace": "shop",
+            "name": "p",
+            "generation": 3,
+            "version": version["metadata"]["name"],
+        }
+    ]
+
+
+def test_a_node_without_an_agent_gets_no_entry_and_is_not_targeted():
+    custom = StubCustom(program(True), None)
+    made, desired = controller(custom, StubCache(agents=()))
+    made.reconcile(NAMESPACED.key("shop", "p"))
     [written] = custom.statuses
     assert written["nodes"]["targeted"] == 0 and written["failures"] == []
     ready = next(c for c in written["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
     assert "1 node matches nodeSelector but runs no agent" in ready["message"]
+    assert desired.entries("node-a") == []
+
+
+# --- the node writer ------------------------------------------------------------------------------
+
+
+class StubInformer:
+    def __init__(self, items: dict[str, Any]) -> None:
+        self.items = items
+
+    def get(self, name: str) -> Any:
+        return self.items.get(name)
+
+
+class WriterCache:
+    def __init__(self, states: dict[str, NodeState], agents: dict[str, AgentInfo]) -> None:
+        self.states, self.agents = StubInformer(states), StubInformer(agents)
+
+
+class WriterCustom:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def create_cluster_custom_object(self, *args: Any) -> None:
+        self.calls.append(("create", args[-1]))
+
+    def patch_cluster_custom_object(self, *args: Any, **_: Any) -> None:
+        self.calls.append(("patch", (args[-2], args[-1])))
+
+
+def fifty_programs() -> DesiredTable:
+    desired = DesiredTable()
+    for i in range(50):
+        key = NAMESPACED.key("shop", f"p{i:02}")
+        desired.set_program(key, {"node-a": entry(key, 1, f"p{i:02}-v")})
+    return desired
+
+
+def test_fifty_programs_are_one_create_owned_by_the_nodes_bpfleet_node():
+    custom = WriterCustom()
+    cache = WriterCache({}, {"node-a": AgentInfo("agent-uid", None)})
+    metrics = OperatorMetrics()
+    NodeWriter(custom, fifty_programs(), cache, metrics.node_state_writes).write("node-a")  # type: ignore[arg-type]
+    samples = {"operation": "create"}
+    assert metrics.registry.get_sample_value("bpfleet_operator_node_state_writes_total", samples) == 1
+    [(call, body)] = custom.calls
+    assert call == "create" and len(body["spec"]["programs"]) == 50
+    assert body["metadata"]["name"] == body["spec"]["nodeName"] == "node-a"
+    assert body["metadata"]["ownerReferences"] == [
+        {"apiVersion": names.API_VERSION, "kind": names.NODE_STATE_KIND, "name": "node-a", "uid": "agent-uid"}
+    ]
+
+
+def test_a_node_without_an_agent_gets_no_state():
+    custom = WriterCustom()
+    NodeWriter(custom, fifty_programs(), WriterCache({}, {})).write("node-a")  # type: ignore[arg-type]
+    assert custom.calls == []
+
+
+def test_a_state_is_patched_once_and_not_again_until_the_watch_shows_something_else():
+    desired = fifty_programs()
+    state = NodeState("uid", (), {}, resource_version="1")
+    cache = WriterCache({"node-a": state}, {"node-a": AgentInfo("agent-uid", None)})
+    custom = WriterCustom()
+    writer = NodeWriter(custom, desired, cache)  # type: ignore[arg-type]
+    writer.write("node-a")
+    writer.write("node-a")  # queued again before the watch showed the write: nothing new
+    [(call, (name, body))] = custom.calls
+    assert (call, name, len(body["spec"]["programs"])) == ("patch", "node-a", 50)
+    # The watch shows it: nothing to write either.
+    cache.states.items["node-a"] = NodeState("uid", tuple(desired.entries("node-a")), {}, "2")
+    writer.write("node-a")
+    assert len(custom.calls) == 1
+    # Someone else changed it: written back.
+    cache.states.items["node-a"] = NodeState("uid", (), {}, "3")
+    writer.write("node-a")
+    assert len(custom.calls) == 2

@@ -17,11 +17,11 @@ from node_agent.cgroups import QOS_PARENTS, container_id_of, pod_uid_of
 from node_agent.compile_pool import CompilePool
 from node_agent.fast_path import FastPath
 from node_agent.hook_server import HookServer, answer
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.pod_registry import AT_CGROUP, AT_NETWORK, PASS_ONLY, entries_from_pass, merged
 from node_agent.reconcile import Reconciler
 from node_agent.serialized_backend import SerializedBackend
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
 
 WEB = {"app": "web"}
@@ -75,9 +75,9 @@ def test_other_children_of_a_pod_are_no_containers(name):
 
 
 def _run(reconciler: Reconciler, programs: list[dict], pods: list[dict]):
-    parsed = [NodeProgram.from_object(p) for p in programs]
+    wanted = [parsed(p) for p in programs]
     pod_values = [Pod.from_object(p) for p in pods]
-    return parsed, pod_values, reconciler.run(parsed, pod_values)
+    return wanted, pod_values, reconciler.run(wanted, pod_values)
 
 
 @pytest.fixture
@@ -339,7 +339,7 @@ def test_a_pod_the_watch_shows_before_any_pass_registered_it_is_attached_on_cgro
 
 
 def test_xdp_waits_for_the_network_like_tc():
-    program = NodeProgram.from_object(node_program("xdp", attach={"type": "Xdp"}))
+    program = parsed(node_program("xdp", attach={"type": "Xdp"}))
     entries = entries_from_pass(
         [program],
         [Pod.from_object(pod("web-1", WEB, phase="Pending"))],

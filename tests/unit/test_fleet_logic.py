@@ -1,5 +1,5 @@
-"""The operator at fleet scale, its pure parts: which nodes run an agent, what a deletion does with
-each node object, which Node and BpfleetNode events change a fan-out, and what status says about
+"""The operator at fleet scale, its pure parts: which nodes run an agent, what a deletion waits for on
+each node, which Node and BpfleetNode events change a fan-out, and what status says about
 nodes without an agent. tests/apiserver/test_fleet_operator.py runs the real thing."""
 
 from __future__ import annotations
@@ -45,16 +45,12 @@ def ready_of(status: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in status["conditions"] if c["type"] == "Ready")
 
 
-def ready_node_object(node: str) -> dict[str, Any]:
-    return {
-        "metadata": {"generation": 1},
-        "spec": {"nodeName": node},
-        "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]},
-    }
+ENTRY = {"kind": "EbpfProgram", "namespace": "shop", "name": "p", "generation": 1, "version": "p-1"}
 
 
 def test_nodes_without_an_agent_are_said_in_ready_and_do_not_hold_it():
-    status = aggregate.program_status(1, ["a"], [ready_node_object("a")], None, without_agent=3)
+    report = {**ENTRY, "ready": True, "reason": "Attached"}
+    status = aggregate.program_status(1, ["a"], {"a": ENTRY}, {"a": report}, None, without_agent=3)
     assert status["nodes"]["targeted"] == 1 and status["summary"]["nodes"] == "1/1"
     ready = ready_of(status)
     assert ready["status"] == "True"
@@ -62,24 +58,21 @@ def test_nodes_without_an_agent_are_said_in_ready_and_do_not_hold_it():
 
 
 def test_no_node_with_an_agent_is_ready_and_says_so():
-    ready = ready_of(aggregate.program_status(1, [], [], None, without_agent=1))
+    ready = ready_of(aggregate.program_status(1, [], {}, {}, None, without_agent=1))
     assert ready["status"] == "True"
     assert ready["message"] == (
         "no node with an agent matches nodeSelector; 1 node matches nodeSelector but runs no agent"
     )
-    assert ready_of(aggregate.program_status(1, [], [], None))["message"] == "no node matches nodeSelector"
-
-
-def test_the_agent_note_comes_with_other_notes():
-    status = aggregate.program_status(1, [], [], None, without_agent=2, notes=("annotation ignored",))
-    assert ready_of(status)["message"].endswith(
-        "2 nodes match nodeSelector but run no agent; annotation ignored"
+    assert (
+        ready_of(aggregate.program_status(1, [], {}, {}, None))["message"] == "no node matches nodeSelector"
     )
 
 
-def doomed(node: str, deleted_seconds_ago: float | None) -> dict[str, Any]:
-    meta = {} if deleted_seconds_ago is None else {"deletionTimestamp": stamp(deleted_seconds_ago)}
-    return {"metadata": meta, "spec": {"nodeName": node}}
+def test_the_agent_note_comes_with_other_notes():
+    status = aggregate.program_status(1, [], {}, {}, None, without_agent=2, notes=("annotation ignored",))
+    assert ready_of(status)["message"].endswith(
+        "2 nodes match nodeSelector but run no agent; annotation ignored"
+    )
 
 
 FLEET = Agents(frozenset({"live", "quiet"}), {"quiet": "silent"})
@@ -92,13 +85,14 @@ NODES = {"live", "quiet", "bare"}
         ("gone", 0, Release.NOBODY),  # the Node no longer exists
         ("bare", None, Release.NOBODY),  # the Node runs no agent: not even the first pass waits
         ("live", 10_000, Release.WAIT),  # a live agent is waited for however long it takes
-        ("quiet", None, Release.WAIT),  # not deleted yet: the grace period starts with the deletion
+        ("quiet", None, Release.WAIT),  # no deletion time yet: the grace period starts with it
         ("quiet", 29, Release.WAIT),
         ("quiet", 30, Release.GRACE_EXPIRED),
     ],
 )
 def test_what_a_deletion_waits_for(node: str, deleted_ago: float | None, expected: Release):
-    assert deletion.decide(doomed(node, deleted_ago), NODES, FLEET, NOW, grace_seconds=30) is expected
+    deleted_at = None if deleted_ago is None else stamp(deleted_ago)
+    assert deletion.decide(node, NODES, FLEET, deleted_at, NOW, grace_seconds=30) is expected
 
 
 def test_the_orphan_warning_names_the_nodes_and_the_pins_to_remove():
@@ -126,5 +120,6 @@ def test_agents_starting_and_leaving_change_the_fanout_heartbeats_do_not():
     assert not seen.agent_event("a", deleted=True, was_silent=False)
 
 
-def test_the_warning_reason_is_part_of_the_api():
+def test_the_warning_and_rollout_reasons_are_part_of_the_api():
     assert reasons.AGENT_SILENT_ON_DELETE in reasons.ALL
+    assert reasons.ROLLOUT_HALTED == "RolloutHalted" and reasons.ROLLOUT_HALTED in reasons.ALL

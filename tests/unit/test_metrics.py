@@ -32,9 +32,9 @@ from node_agent.map_export import (
     parse_metrics,
 )
 from node_agent.metrics import AgentMetrics
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import ATTACHED, PodReport, ProgramReport, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend
 
 WEB = {"app": "web"}
@@ -243,7 +243,7 @@ def counter_object(metrics: list[dict] | None = None, name: str = "counter") -> 
 def agent_pass(metrics: AgentMetrics, reconciler: Reconciler, objects: list[dict], pods: list[dict]):
     by_key = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
     parsed_pods = [Pod.from_object(p) for p in pods]
-    result = reconciler.run([NodeProgram.from_object(o) for o in objects], parsed_pods)
+    result = reconciler.run([parsed(o) for o in objects], parsed_pods)
     metrics.pass_done(result, by_key, parsed_pods, 0.01)
     return result
 
@@ -419,16 +419,16 @@ def test_builtins_bring_their_metrics_unless_the_program_sets_its_own():
     assert metrics_for({"source": {"inline": "int x;"}}) == []
 
 
-def test_node_objects_carry_the_metrics():
+def test_versions_carry_the_metrics():
     spec = {"function": "count_packets", "attach": {"type": "CgroupSkb", "direction": "Egress"}}
     program = {"metadata": {"name": "p", "namespace": "shop", "uid": "u"}}
     source = ResolvedSource("int x;", "builtin:pod-traffic-counter")
     builtin = {**program, "spec": {**spec, "source": {"builtin": "pod-traffic-counter"}}}
-    assert len(fanout.NodeObjects(builtin, source).spec("a")["metrics"]) == 2
+    assert len(fanout.Version(builtin, source).spec()["metrics"]) == 2
     inline = {**program, "spec": {**spec, "source": {"inline": "int x;"}}}
-    assert "metrics" not in fanout.NodeObjects(inline, source).spec("a")
+    assert "metrics" not in fanout.Version(inline, source).spec()
     own = {**program, "spec": {**spec, "source": {"inline": "int x;"}, "metrics": [PACKETS]}}
-    assert fanout.NodeObjects(own, source).spec("a")["metrics"] == [PACKETS]
+    assert fanout.Version(own, source).spec()["metrics"] == [PACKETS]
 
 
 def test_a_cluster_programs_samples_carry_each_pods_namespace_and_never_a_tenants_labels(pod_dirs):

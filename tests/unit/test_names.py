@@ -1,4 +1,4 @@
-"""Node-object names and label values: collision-free, always valid, stable (the shared contract)."""
+"""Version names and label values: collision-free, always valid, stable (the shared contract)."""
 
 from __future__ import annotations
 
@@ -15,54 +15,37 @@ LONG = "a" * 200 + ".b-" + "c" * 50  # 253 characters, a valid DNS subdomain
 assert len(LONG) == 253
 
 
-def test_the_name_is_the_readable_pair_then_the_hash_of_the_whole_identity():
-    digest = hashlib.sha256(b"EbpfProgram/shop/web.counter/node-1.zone").hexdigest()[:10]
-    assert names.node_program_name("EbpfProgram", "shop", "web.counter", "node-1.zone") == (
-        f"web-counter-node-1-zone-{digest}"
+HASH = hashlib.sha256(b"content").hexdigest()
+OTHER_HASH = hashlib.sha256(b"other content").hexdigest()
+
+
+def test_a_version_name_is_the_readable_program_then_ten_hex_of_its_content_hash():
+    name = names.version_name(names.PROGRAM_KIND, "shop", "web.counter", HASH)
+    assert name == f"web-counter-{HASH[:10]}"
+
+
+def test_versions_of_one_program_with_other_content_get_other_names():
+    assert names.version_name(names.PROGRAM_KIND, "shop", "p", HASH) != names.version_name(
+        names.PROGRAM_KIND, "shop", "p", OTHER_HASH
     )
 
 
-def test_pairs_that_join_to_the_same_text_get_different_names():
-    # "a-b" on node "c" and "a" on node "b-c": both were "a-b-c", so one was never served.
-    first = names.node_program_name(names.PROGRAM_KIND, "shop", "a-b", "c")
-    second = names.node_program_name(names.PROGRAM_KIND, "shop", "a", "b-c")
-    assert first != second
-    assert first.startswith("a-b-c-") and second.startswith("a-b-c-")
-
-
-def test_kinds_and_namespaces_get_different_names():
-    found = {
-        names.node_program_name(names.PROGRAM_KIND, "shop", "p", "n"),
-        names.node_program_name(names.PROGRAM_KIND, "other", "p", "n"),
-        names.node_program_name(names.CLUSTER_PROGRAM_KIND, "", "p", "n"),
-    }
-    assert len(found) == 3
-
-
 @pytest.mark.parametrize(
-    ("program", "node"),
+    "program",
     [
-        (LONG, LONG),
-        (LONG, "n"),
-        ("p", LONG),
-        ("p" * 51 + ".x", "node"),  # the cut falls after a dot, which becomes a dash
-        ("a" * 51 + "-" + "b", "c"),  # the cut falls on a dash
-        ("web", "node.example.com"),
-        ("0", "1"),
+        LONG,
+        "p" * 51 + ".x",  # the cut falls after a dot, which becomes a dash
+        "a" * 52 + "-" + "b",  # the cut falls on a dash
+        "web.example.com",
+        "0",
     ],
 )
-def test_names_are_dns_1123_labels(program: str, node: str):
+def test_version_names_are_dns_1123_labels(program: str):
     for kind, namespace in ((names.PROGRAM_KIND, "shop"), (names.CLUSTER_PROGRAM_KIND, "")):
-        name = names.node_program_name(kind, namespace, program, node)
+        name = names.version_name(kind, namespace, program, HASH)
         assert len(name) <= 63
         assert DNS_1123_LABEL.match(name), name
-
-
-def test_long_names_stay_distinct_and_stable():
-    a = names.node_program_name(names.PROGRAM_KIND, "shop", LONG, LONG)
-    b = names.node_program_name(names.PROGRAM_KIND, "shop", LONG, LONG[:-1] + "d")
-    assert a != b
-    assert a == names.node_program_name(names.PROGRAM_KIND, "shop", LONG, LONG)
+        assert name.endswith(HASH[:10])
 
 
 def test_label_values_are_the_name_when_short_and_valid_and_distinct_when_long():

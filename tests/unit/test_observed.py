@@ -4,10 +4,10 @@ bpffs), read again at resync and after an action failed."""
 from __future__ import annotations
 
 from node_agent.kernel.backend import Attachment, LoadedProgram, ProgramRef
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.observed import every
 from node_agent.reconcile import ATTACHED, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 WEB = {"app": "web"}
@@ -36,7 +36,7 @@ class Clock:
 
 
 def run(reconciler: Reconciler, pods: list[dict]):
-    return reconciler.run([NodeProgram.from_object(node_program())], [Pod.from_object(p) for p in pods])
+    return reconciler.run([parsed(node_program())], [Pod.from_object(p) for p in pods])
 
 
 def test_what_an_earlier_agent_left_is_adopted_not_rebuilt():

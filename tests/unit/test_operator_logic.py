@@ -1,4 +1,4 @@
-"""The operator's pure parts: builtin contracts, fan-out, status aggregation."""
+"""The operator's pure parts: builtin contracts, fan-out, versions, status aggregation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bpfleet_api import names, reasons
+from bpfleet_api import names, reasons, versions
 from bpfleet_operator import aggregate, fanout
 from bpfleet_operator.builtins import catalog
 from bpfleet_operator.sources import ResolvedSource, SourceError, resolve
@@ -74,34 +74,53 @@ def test_fan_out_follows_node_selector():
     assert fanout.targeted_nodes({"nodeSelector": {"matchLabels": {"zone": "y"}}}, nodes) == ["b"]
 
 
-def test_node_object_is_labelled_owned_and_finalized():
-    body = fanout.NodeObjects(
+def test_a_version_is_labelled_owned_and_named_by_its_content():
+    body = fanout.Version(
         program(function="f", attach={"type": "CgroupSkb", "direction": "Egress"}, podSelector={}),
         ResolvedSource("int x;", "inline"),
-    ).for_node("node-a")
-    meta = body["metadata"]
+    ).body()
+    meta, spec = body["metadata"], body["spec"]
+    assert body["kind"] == names.VERSION_KIND
     assert meta["namespace"] == "shop"
-    assert meta["name"] == names.node_program_name(names.PROGRAM_KIND, "shop", "p", "node-a")
-    assert meta["labels"] == {names.NODE_LABEL: "node-a", names.PROGRAM_LABEL: "p"}
-    assert meta["finalizers"] == [names.AGENT_FINALIZER]
+    assert meta["name"] == names.version_name(names.PROGRAM_KIND, "shop", "p", spec["contentHash"])
+    assert meta["labels"] == {names.PROGRAM_LABEL: "p"}
     assert meta["ownerReferences"][0]["uid"] == "u1"
     assert meta["ownerReferences"][0]["kind"] == names.PROGRAM_KIND
-    assert body["spec"]["source"]["sha256"] == ResolvedSource("int x;", "inline").sha256
-    # Node objects of EbpfPrograms say nothing of kind or scope: they stay what they were.
-    assert not {"programKind", "scope", "namespaces", "maxMapBytes"} & set(body["spec"])
+    assert "finalizers" not in meta
+    assert spec["source"]["sha256"] == ResolvedSource("int x;", "inline").sha256
+    assert spec["programKind"] == names.PROGRAM_KIND and spec["programName"] == "p"
+    assert spec["contentHash"] == versions.content_hash(spec)
+    # A tenant's version says nothing of scope, namespaces or a cap of its own.
+    assert not {"scope", "namespaces", "maxMapBytes", "nodeName"} & set(spec)
 
 
-def node_object(
-    node: str, ready: bool, generation: int = 1, observed: int = 1, **status: Any
-) -> dict[str, Any]:
+def test_a_selector_change_is_a_new_version_a_node_selector_change_is_not():
+    base = {"function": "f", "attach": {"type": "CgroupSkb", "direction": "Egress"}, "podSelector": {}}
+    source = ResolvedSource("int x;", "inline")
+
+    def name(**spec: Any) -> str:
+        return fanout.Version(program(**{**base, **spec}), source).body()["metadata"]["name"]
+
+    assert name(podSelector={"matchLabels": {"app": "web"}}) != name()
+    assert name(nodeSelector={"matchLabels": {"zone": "a"}}) == name()
+
+
+ENTRY = {"kind": "EbpfProgram", "namespace": "shop", "name": "p", "generation": 1, "version": "p-1"}
+
+
+def wanted(*nodes: str, generation: int = 1, version: str = "p-1") -> dict[str, dict[str, Any]]:
+    return {n: {**ENTRY, "generation": generation, "version": version} for n in nodes}
+
+
+def report(ready: bool, generation: int = 1, version: str = "p-1", **fields: Any) -> dict[str, Any]:
     return {
-        "metadata": {"generation": generation},
-        "spec": {"nodeName": node},
-        "status": {
-            "observedGeneration": observed,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            **status,
-        },
+        **ENTRY,
+        "generation": generation,
+        "version": version,
+        "servingVersion": version,
+        "ready": ready,
+        "reason": "Attached" if ready else fields.pop("reason", "PodsPending"),
+        **fields,
     }
 
 
@@ -110,8 +129,8 @@ def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_all_nodes_ready_is_ready():
-    objs = [node_object(n, True, pods={"selected": 2, "attached": 2, "failed": 0}) for n in ("a", "b")]
-    status = aggregate.program_status(3, ["a", "b"], objs, None)
+    reports = {n: report(True, pods={"selected": 2, "attached": 2, "failed": 0}) for n in ("a", "b")}
+    status = aggregate.program_status(3, ["a", "b"], wanted("a", "b"), reports, None)
     assert status["nodes"] == {"targeted": 2, "ready": 2, "failed": 0}
     assert status["pods"] == {"selected": 4, "attached": 4, "failed": 0}
     assert status["summary"] == {"nodes": "2/2", "pods": "4/4"}
@@ -120,20 +139,24 @@ def test_all_nodes_ready_is_ready():
     assert all(c["observedGeneration"] == 3 for c in status["conditions"])
 
 
-def test_a_node_that_has_not_seen_the_new_spec_is_not_ready():
-    status = aggregate.program_status(2, ["a"], [node_object("a", True, generation=2, observed=1)], None)
+@pytest.mark.parametrize(
+    "stale",
+    [report(True, generation=1), report(True, generation=2, version="p-0")],
+    ids=["older generation", "older version"],
+)
+def test_a_node_that_has_not_reported_on_its_entry_is_not_ready(stale: dict[str, Any]):
+    status = aggregate.program_status(2, ["a"], wanted("a", generation=2), {"a": stale}, None)
     assert status["nodes"]["ready"] == 0
     assert conds(status)["Reconciling"] == ("True", "Progressing")
     assert conds(status)["Ready"][0] == "False"
 
 
-def test_compile_error_stalls_with_the_node_and_diagnostics():
-    failure = {
-        "reason": reasons.COMPILE_ERROR,
-        "message": "program.c:3:5: error: use of undeclared identifier 'x'",
-    }
-    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=[failure])], None)
-    assert status["failures"] == [{"node": "a", **failure}]
+def test_compile_error_stalls_with_the_node_and_the_build_log():
+    failure = {"reason": reasons.COMPILE_ERROR, "message": "program.c:3:5: error: use of undeclared"}
+    log = "program.c:3:5: error: use of undeclared identifier 'x'\n    x = 1;\n    ^"
+    failed = report(False, reason=reasons.COMPILE_ERROR, failures=[failure], buildLog=log)
+    status = aggregate.program_status(1, ["a"], wanted("a"), {"a": failed}, None)
+    assert status["failures"] == [{"node": "a", "reason": reasons.COMPILE_ERROR, "message": log}]
     assert conds(status)["Ready"] == ("False", reasons.COMPILE_ERROR)
     assert conds(status)["Stalled"] == ("True", reasons.COMPILE_ERROR)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -142,35 +165,36 @@ def test_compile_error_stalls_with_the_node_and_diagnostics():
 
 def test_attach_failure_keeps_reconciling():
     failure = {"pod": "web-1", "reason": reasons.ATTACH_FAILED, "message": "EPERM"}
-    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=[failure])], None)
+    failed = report(False, reason=reasons.ATTACH_FAILED, failures=[failure])
+    status = aggregate.program_status(1, ["a"], wanted("a"), {"a": failed}, None)
     assert conds(status)["Reconciling"][0] == "True" and conds(status)["Stalled"][0] == "False"
 
 
-def test_node_objects_of_untargeted_nodes_do_not_count():
-    objs = [node_object("a", True), node_object("gone", False, failures=[{"reason": "X", "message": "m"}])]
-    status = aggregate.program_status(1, ["a"], objs, None)
+def test_reports_of_untargeted_nodes_do_not_count():
+    gone = report(False, reason="X", failures=[{"reason": "X", "message": "m"}])
+    status = aggregate.program_status(1, ["a"], wanted("a", "gone"), {"a": report(True), "gone": gone}, None)
     assert status["nodes"] == {"targeted": 1, "ready": 1, "failed": 0}
 
 
 def test_repeating_aggregation_keeps_transition_times():
-    objs = [node_object("a", True)]
-    first = aggregate.program_status(1, ["a"], objs, None)
+    first = aggregate.program_status(1, ["a"], wanted("a"), {"a": report(True)}, None)
     for cond in first["conditions"]:
         cond["lastTransitionTime"] = "2000-01-01T00:00:00Z"
-    second = aggregate.program_status(1, ["a"], objs, first)
+    second = aggregate.program_status(1, ["a"], wanted("a"), {"a": report(True)}, first)
     assert second == first
 
 
 def test_failures_are_bounded():
     many = [{"pod": f"p{i}", "reason": reasons.ATTACH_FAILED, "message": "m"} for i in range(50)]
-    status = aggregate.program_status(1, ["a"], [node_object("a", False, failures=many)], None)
+    failed = report(False, reason=reasons.ATTACH_FAILED, failures=many)
+    status = aggregate.program_status(1, ["a"], wanted("a"), {"a": failed}, None)
     assert len(status["failures"]) == aggregate.MAX_FAILURES
 
 
 def test_a_node_whose_agent_went_silent_is_not_ready_and_says_why():
-    objs = [node_object(n, True, pods={"selected": 1, "attached": 1, "failed": 0}) for n in ("a", "b")]
+    reports = {n: report(True, pods={"selected": 1, "attached": 1, "failed": 0}) for n in ("a", "b")}
     silent = {"b": "the agent on b has not reported since 2026-01-01T00:00:00Z"}
-    status = aggregate.program_status(1, ["a", "b"], objs, None, silent_agents=silent)
+    status = aggregate.program_status(1, ["a", "b"], wanted("a", "b"), reports, None, silent_agents=silent)
     assert status["nodes"] == {"targeted": 2, "ready": 1, "failed": 1}
     assert status["failures"] == [
         {"node": "b", "reason": reasons.AGENT_NOT_REPORTING, "message": silent["b"]}

@@ -13,7 +13,7 @@ from node_agent.model import NodeProgram, Pod, Trust
 from node_agent.observed import Observed
 from node_agent.planner import BuildState, Plan, plan
 from node_agent.reports import ATTACHED, FAILED, WAITING
-from tests.unit.builders import cluster_program, node_program, pod
+from tests.unit.builders import cluster_program, node_program, parsed, pod
 from tests.unit.fakes import FakeBackend
 
 WEB = {"app": "web"}
@@ -21,7 +21,7 @@ TRUST = Trust("bpfleet-system")
 
 
 def program(obj: dict) -> NodeProgram:
-    return NodeProgram.from_object(obj, TRUST)
+    return parsed(obj, TRUST)
 
 
 def planned(

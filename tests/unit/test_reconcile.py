@@ -6,9 +6,9 @@ import pytest
 
 from bpfleet_api import reasons
 from node_agent import errors
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, Reconciler
-from tests.unit.builders import cluster_program, node_program, pod
+from tests.unit.builders import cluster_program, node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 WEB = {"app": "web"}
@@ -25,7 +25,7 @@ def cgroups() -> FakeCgroups:
 
 
 def run(reconciler: Reconciler, programs: list[dict], pods: list[dict]):
-    return reconciler.run([NodeProgram.from_object(p) for p in programs], [Pod.from_object(p) for p in pods])
+    return reconciler.run([parsed(p) for p in programs], [Pod.from_object(p) for p in pods])
 
 
 def attached_uids(kernel: FakeBackend) -> set[str]:
@@ -126,8 +126,8 @@ def test_build_failure_is_reported_and_others_keep_running(kernel, cgroups):
     programs = [node_program("good"), node_program("bad", source="broken")]
     result = run(reconciler, programs, [pod("web-1", WEB)])
     reports = {r.name: r for r in result.reports}
-    assert isinstance(reports["bad-node-a"].build_error, errors.CompileError)
-    assert reports["good-node-a"].pods[0].state == ATTACHED
+    assert isinstance(reports["bad-v1"].build_error, errors.CompileError)
+    assert reports["good-v1"].pods[0].state == ATTACHED
     # A failed version is not compiled again on every pass.
     run(reconciler, programs, [pod("web-1", WEB)])
     assert [ref.name for ref in kernel.loads].count("bad") == 1
@@ -153,17 +153,18 @@ def test_new_version_replaces_the_old_one(kernel, cgroups):
     run(reconciler, [node_program(source="v1")], [pod("web-1", WEB)])
     run(reconciler, [node_program(source="v2", generation=2)], [pod("web-1", WEB)])
     [only] = kernel.programs
-    assert only.version == NodeProgram.from_object(node_program(source="v2")).ref.version
+    assert only.version == parsed(node_program(source="v2")).ref.version
     assert set(kernel.links[only]) == {"uid-web-1"}
 
 
-def test_deleted_program_is_unloaded_and_reported_detached(kernel, cgroups):
+def test_a_program_no_entry_asks_for_is_unloaded(kernel, cgroups):
     cgroups.present |= {"uid-web-1"}
     reconciler = Reconciler(kernel, cgroups)
     run(reconciler, [node_program()], [pod("web-1", WEB)])
-    result = run(reconciler, [node_program(deleting=True)], [pod("web-1", WEB)])
-    assert kernel.programs == {}
-    assert [r.detached for r in result.reports] == [True]
+    assert kernel.programs
+    result = run(reconciler, [], [pod("web-1", WEB)])
+    assert kernel.programs == {} and kernel.links == {}
+    assert result.reports == []
 
 
 def test_programs_loaded_before_a_restart_are_adopted_not_reloaded(kernel, cgroups):
@@ -194,9 +195,9 @@ def test_unsupported_attach_type_fails_on_this_node_without_compiling(kernel, cg
     reconciler = Reconciler(kernel, cgroups, NoKprobes())
     result = run(reconciler, [kprobe, node_program("counter")], [pod("web-1", WEB)])
     reports = {r.name: r for r in result.reports}
-    error = reports["probe-node-a"].build_error
+    error = reports["probe-v1"].build_error
     assert isinstance(error, errors.UnsupportedOnNode)
     assert error.reason == reasons.UNSUPPORTED_ON_NODE
     assert "kprobes are not available" in str(error)
     assert [ref.name for ref in kernel.loads] == ["counter"]
-    assert reports["counter-node-a"].pods[0].state == ATTACHED
+    assert reports["counter-v1"].pods[0].state == ATTACHED

@@ -7,10 +7,10 @@ from bpfleet_api import reasons
 from node_agent.compile_pool import CompilePool
 from node_agent.compile_queue import CompileQueue
 from node_agent.kernel.backend import NODE_TARGET
-from node_agent.model import NodeProgram, Pod, Trust
+from node_agent.model import Pod, Trust
 from node_agent.reconcile import ATTACHED, FAILED, PassResult, Reconciler
-from node_agent.status import QUEUED, node_program_status
-from tests.unit.builders import cluster_program, node_program, pod
+from node_agent.status import QUEUED
+from tests.unit.builders import cluster_program, node_program, parsed, pod, report_entry
 from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
 
 TRUST = Trust(system_namespace="bpfleet-system")
@@ -23,9 +23,7 @@ def node_scoped(attach: dict, name: str = "admin", **kwargs) -> dict:
 
 
 def run(reconciler: Reconciler, programs: list[dict], pods: list[dict] | None = None) -> PassResult:
-    return reconciler.run(
-        [NodeProgram.from_object(p, TRUST) for p in programs], [Pod.from_object(p) for p in pods or []]
-    )
+    return reconciler.run([parsed(p, TRUST) for p in programs], [Pod.from_object(p) for p in pods or []])
 
 
 def targets(result: PassResult) -> list[tuple[str, str]]:
@@ -35,8 +33,8 @@ def targets(result: PassResult) -> list[tuple[str, str]]:
 
 def ready(result: PassResult) -> dict:
     [report] = result.reports
-    status = node_program_status(report, "node-a", None)
-    [condition] = status["conditions"]
+    status = report_entry(report)
+    condition = {"status": str(status["ready"]), "reason": status["reason"], "message": status["message"]}
     return {**status, "ready": condition}
 
 
@@ -114,7 +112,7 @@ def test_a_failed_interface_is_a_failure_others_stay_attached():
 def test_pods_programs_have_no_targets_in_status():
     kernel = FakeBackend()
     result = run(Reconciler(kernel, FakeCgroups()), [node_program()])
-    assert ready(result)["targets"] is None  # a merge patch removes the field
+    assert "targets" not in ready(result)  # scope Node only
 
 
 # -- the compile pool, as status shows it ---------------------------------------------------------
@@ -140,16 +138,15 @@ def test_a_version_waiting_for_its_turn_is_queued_not_failed_and_the_old_one_ser
     result = run(reconciler, second, web)
     assert result.queued and len(compiles.jobs) == 1  # one slot: a2 compiles, b2 waits
     reports = {r.name: r for r in result.reports}
-    for name in ("a-node-a", "b-node-a"):
+    for name in ("a-v1", "b-v1"):
         report = reports[name]
         assert report.queued is not None and report.serving_version != report.version
         assert report.pods[0].state == ATTACHED  # the old version keeps serving meanwhile
-        status = node_program_status(report, "node-a", None)
-        [condition] = status["conditions"]
-        assert (condition["status"], condition["reason"]) == ("False", QUEUED)
-        assert "waits for its turn to compile" in condition["message"]
-        assert "keeps running" in condition["message"] and status["failures"] == []
-    assert reports["a-node-a"].queued == 0 and reports["b-node-a"].queued == 1
+        status = report_entry(report)
+        assert (status["ready"], status["reason"]) == (False, QUEUED)
+        assert "waits for its turn to compile" in status["message"] and "keeps running" in status["message"]
+        assert "failures" not in status
+    assert reports["a-v1"].queued == 0 and reports["b-v1"].queued == 1
 
     compiles.finish_all()
     result = run(reconciler, second, web)
@@ -185,8 +182,8 @@ def test_an_unsupported_program_costs_no_turn():
     result = run(reconciler, [tracer, node_program("counter")])
     assert [r.name for r in reconciler.pool.started] == ["counter"]
     assert {r.name: r.build_error is not None for r in result.reports} == {
-        "tracer-node-a": True,
-        "counter-node-a": False,
+        "tracer-v1": True,
+        "counter-v1": False,
     }
     compiles.finish_all()
     result = run(reconciler, [tracer, node_program("counter")])

@@ -1,16 +1,15 @@
-"""Tenancy in the operator's pure parts: what each kind reaches, where its node objects live, how
-existing node objects are adopted, and how refusals show in status."""
+"""Tenancy in the operator's pure parts: what each kind reaches, where its versions live, and how
+refusals show in status."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 import yaml
 
 from bpfleet_api import names, reasons
-from bpfleet_operator import aggregate, fanout, kinds, tenancy
+from bpfleet_operator import aggregate, fanout, tenancy
 from bpfleet_operator.kinds import CLUSTER, NAMESPACED
 from bpfleet_operator.sources import ResolvedSource, SourceError, resolve
 from bpfleet_operator.tenancy import NamespaceInfo, Reach
@@ -44,21 +43,24 @@ def tenant_program(name: str = "p", **spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "shop", "uid": "u1", "generation": 1}, "spec": spec}
 
 
-def cluster_node_object(program: dict[str, Any], node: str = "node-a") -> dict[str, Any]:
+def cluster_version(program: dict[str, Any]) -> dict[str, Any]:
+    """The program's EbpfProgramVersion."""
     spec = program["spec"]
     reach = tenancy.reach(CLUSTER, "", spec, NAMESPACES)
-    return fanout.NodeObjects(program, SOURCE, kind=CLUSTER, reach=reach).for_node(node)
+    return fanout.Version(program, SOURCE, kind=CLUSTER, reach=reach).body()
 
 
-# --- node objects of ClusterEbpfPrograms --------------------------------------------------------
+# --- versions of ClusterEbpfPrograms ------------------------------------------------------------
 
 
-def test_cluster_node_objects_live_in_the_system_namespace_labelled_and_owned():
-    body = cluster_node_object(cluster_program(scope="Pods", podSelector={}))
+def test_cluster_versions_live_in_the_system_namespace_labelled_and_owned():
+    body = cluster_version(cluster_program(scope="Pods", podSelector={}))
     meta = body["metadata"]
     assert meta["namespace"] == "bpfleet-infra"
-    assert meta["name"] == names.node_program_name(names.CLUSTER_PROGRAM_KIND, "", "tracer", "node-a")
-    assert meta["labels"] == {names.NODE_LABEL: "node-a", names.CLUSTER_PROGRAM_LABEL: "tracer"}
+    assert meta["name"] == names.version_name(
+        names.CLUSTER_PROGRAM_KIND, "", "tracer", body["spec"]["contentHash"]
+    )
+    assert meta["labels"] == {names.CLUSTER_PROGRAM_LABEL: "tracer"}
     assert names.PROGRAM_LABEL not in meta["labels"]  # never mistaken for an EbpfProgram's
     assert meta["ownerReferences"] == [
         {
@@ -69,32 +71,32 @@ def test_cluster_node_objects_live_in_the_system_namespace_labelled_and_owned():
             "controller": True,
         }
     ]
-    assert meta["finalizers"] == [names.AGENT_FINALIZER]
+    assert "finalizers" not in meta
     assert body["spec"]["programKind"] == names.CLUSTER_PROGRAM_KIND
 
 
 def test_scope_pods_lists_the_namespaces_the_selector_picks():
-    every = cluster_node_object(cluster_program(scope="Pods", podSelector={"matchLabels": {"app": "x"}}))
+    every = cluster_version(cluster_program(scope="Pods", podSelector={"matchLabels": {"app": "x"}}))
     assert every["spec"]["scope"] == "Pods"
     assert every["spec"]["namespaces"] == ["blog", "kube-system", "shop"]  # absent selector: all
     assert every["spec"]["podSelector"] == {"matchLabels": {"app": "x"}}
     web = cluster_program(scope="Pods", podSelector={}, namespaceSelector={"matchLabels": {"team": "web"}})
-    assert cluster_node_object(web)["spec"]["namespaces"] == ["blog", "shop"]
+    assert cluster_version(web)["spec"]["namespaces"] == ["blog", "shop"]
     dev = cluster_program(
         scope="Pods",
         podSelector={},
         namespaceSelector={"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]},
     )
-    assert cluster_node_object(dev)["spec"]["namespaces"] == ["kube-system", "shop"]
+    assert cluster_version(dev)["spec"]["namespaces"] == ["kube-system", "shop"]
     none = cluster_program(scope="Pods", podSelector={}, namespaceSelector={"matchLabels": {"team": "x"}})
-    assert cluster_node_object(none)["spec"]["namespaces"] == []  # no pod, rather than every pod
+    assert cluster_version(none)["spec"]["namespaces"] == []  # no pod, rather than every pod
 
 
 def test_scope_node_has_no_pod_filter_and_keeps_its_interface_pattern():
     program = cluster_program(
         scope="Node", attach={"type": "Tc", "direction": "Ingress", "interface": "eth*"}, maxMapBytes=4096
     )
-    spec = cluster_node_object(program)["spec"]
+    spec = cluster_version(program)["spec"]
     assert spec["scope"] == "Node"
     assert "podSelector" not in spec and "namespaces" not in spec
     assert spec["attach"]["interface"] == "eth*"
@@ -102,7 +104,7 @@ def test_scope_node_has_no_pod_filter_and_keeps_its_interface_pattern():
 
 
 def test_a_cluster_program_without_scope_is_scope_pods():
-    spec = cluster_node_object(cluster_program(podSelector={}))["spec"]
+    spec = cluster_version(cluster_program(podSelector={}))["spec"]
     assert spec["scope"] == "Pods" and spec["namespaces"] == ["blog", "kube-system", "shop"]
 
 
@@ -112,8 +114,9 @@ def test_a_cluster_program_without_scope_is_scope_pods():
 def test_a_tenant_spec_cannot_widen_its_reach():
     program = tenant_program(scope="Node", namespaceSelector={}, maxMapBytes=1 << 40)
     reach = tenancy.reach(NAMESPACED, "shop", program["spec"], NAMESPACES)
-    spec = fanout.NodeObjects(program, SOURCE, kind=NAMESPACED, reach=reach).for_node("node-a")["spec"]
-    assert not {"programKind", "scope", "namespaces", "maxMapBytes"} & set(spec)
+    spec = fanout.Version(program, SOURCE, kind=NAMESPACED, reach=reach).spec()
+    assert spec["programKind"] == names.PROGRAM_KIND
+    assert not {"scope", "namespaces", "maxMapBytes"} & set(spec)
     assert spec["podSelector"] == {}
 
 
@@ -152,7 +155,7 @@ def test_cluster_programs_may_go_node_wide_but_not_take_reserved_names():
         ("-5", (None, True)),
         ("64Mi", (None, True)),
         ("١٢٣", (None, True)),  # digits, but not ASCII ones
-        (str(2**63), (None, True)),  # beyond the node object's int64
+        (str(2**63), (None, True)),  # beyond the version's int64
     ],
 )
 def test_the_namespace_annotation_caps_map_memory_when_it_is_a_positive_integer(annotation, expected):
@@ -160,7 +163,7 @@ def test_the_namespace_annotation_caps_map_memory_when_it_is_a_positive_integer(
     namespaces = {**NAMESPACES, "shop": NamespaceInfo({}, annotations)}
     reach = tenancy.reach(NAMESPACED, "shop", tenant_program()["spec"], namespaces)
     assert (reach.max_map_bytes, bool(reach.notes)) == expected
-    spec = fanout.NodeObjects(tenant_program(), SOURCE, kind=NAMESPACED, reach=reach).spec("a")
+    spec = fanout.Version(tenant_program(), SOURCE, kind=NAMESPACED, reach=reach).spec()
     assert spec.get("maxMapBytes") == expected[0]
     if expected[1]:
         assert "namespace shop" in reach.notes[0] and names.MAX_MAP_BYTES_ANNOTATION in reach.notes[0]
@@ -191,99 +194,19 @@ def test_a_tenant_reads_its_own_namespace_whatever_the_reference_says():
     assert NAMESPACED.config_map_namespace(NAMESPACED.key("shop", "p"), spec["spec"]) == "shop"
 
 
-def test_a_config_map_source_too_long_for_a_node_object_is_invalid():
+def test_a_config_map_source_too_long_for_a_version_is_invalid():
     spec = tenant_program(source={"configMapRef": {"name": "big", "key": "main.c"}})["spec"]
     with pytest.raises(SourceError, match="at most 65536") as caught:
         resolve("shop", spec, lambda ns, name: {"main.c": "x" * 65537})
     assert caught.value.reason == reasons.INVALID_SPEC
 
 
-# --- from a node object back to its program --------------------------------------------------
-
-
-def test_node_objects_name_their_program_by_spec():
-    tenant = fanout.NodeObjects(tenant_program("p" * 253), SOURCE).for_node("n")
-    assert kinds.key_of_node_program(tenant) == NAMESPACED.key("shop", "p" * 253)
-    cluster = cluster_node_object(cluster_program(scope="Node"))
-    assert kinds.key_of_node_program(cluster) == CLUSTER.key(None, "tracer")
-    # A cluster kind's node object anywhere but the system namespace belongs to no program.
-    stray = copy.deepcopy(cluster)
-    stray["metadata"]["namespace"] = "shop"
-    assert kinds.key_of_node_program(stray) is None
-
-
-# --- adopting what exists ----------------------------------------------------------------------
-
-
-def old_style(program: dict[str, Any], node: str) -> dict[str, Any]:
-    """A node object as operators before tenancy made it: named `<program>-<node>`."""
-    body = fanout.NodeObjects(program, SOURCE).for_node(node)
-    body["metadata"]["name"] = f"{program['metadata']['name']}-{node}"
-    body["metadata"]["uid"] = f"old-{node}"
-    return body
-
-
-def test_node_objects_named_the_old_way_are_adopted_not_duplicated():
-    program = tenant_program("counter")
-    wanted = {n: fanout.NodeObjects(program, SOURCE).for_node(n) for n in ("node-a", "node-b")}
-    existing = [old_style(program, "node-a"), old_style(program, "node-b")]
-    plan = fanout.plan(wanted, existing)
-    assert plan.create == [] and plan.release == [] and plan.update == []  # same spec: nothing to do
-
-    changed = tenant_program("counter", function="g")
-    wanted = {n: fanout.NodeObjects(changed, SOURCE).for_node(n) for n in ("node-a", "node-b")}
-    plan = fanout.plan(wanted, existing)
-    assert plan.create == [] and plan.release == []
-    assert [(current["metadata"]["name"], body["spec"]["function"]) for current, body in plan.update] == [
-        ("counter-node-a", "g"),
-        ("counter-node-b", "g"),
-    ]
-
-
-def test_an_adopted_object_without_its_owner_or_labels_is_updated():
-    program = tenant_program("counter")
-    adopted = old_style(program, "node-a")
-    adopted["metadata"]["ownerReferences"] = []
-    plan = fanout.plan({"node-a": fanout.NodeObjects(program, SOURCE).for_node("node-a")}, [adopted])
-    assert [current["metadata"]["name"] for current, _ in plan.update] == ["counter-node-a"]
-
-
-def test_a_second_object_for_one_node_is_released_and_the_new_name_kept():
-    program = tenant_program("counter")
-    new = fanout.NodeObjects(program, SOURCE).for_node("node-a")
-    plan = fanout.plan({"node-a": new}, [old_style(program, "node-a"), new])
-    assert plan.create == [] and plan.update == []
-    assert [o["metadata"]["name"] for o in plan.release] == ["counter-node-a"]
-
-
-def test_missing_nodes_are_created_untargeted_released_detaching_waited_for():
-    program = tenant_program("counter")
-    wanted = {n: fanout.NodeObjects(program, SOURCE).for_node(n) for n in ("node-a", "node-b")}
-    detaching = old_style(program, "node-a")
-    detaching["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    gone = old_style(program, "node-z")
-    plan = fanout.plan(wanted, [detaching, gone])
-    assert [b["spec"]["nodeName"] for b in plan.create] == ["node-b"]
-    assert plan.release == [gone] and plan.update == []
-
-
 # --- status -------------------------------------------------------------------------------------
-
-
-def test_a_refused_node_object_stalls_with_the_api_servers_message():
-    message = "the API server refused node object shop/x: metadata.name: Invalid value"
-    status = aggregate.program_status(1, ["a", "b"], [], None, refused={"a": message})
-    assert status["failures"] == [{"node": "a", "reason": reasons.INVALID_SPEC, "message": message}]
-    assert status["nodes"]["failed"] == 1
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
-    assert (ready["status"], ready["reason"]) == ("False", reasons.INVALID_SPEC)
-    assert stalled["status"] == "True" and "metadata.name: Invalid value" in ready["message"]
 
 
 def test_notes_go_in_the_ready_message_without_failing():
     note = "namespace shop has annotation bpfleet.io/max-map-bytes='lots', which is not a positive integer"
-    status = aggregate.program_status(1, [], [], None, notes=(note,))
+    status = aggregate.program_status(1, [], {}, {}, None, notes=(note,))
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["message"].endswith(note)
     assert status["failures"] == []
@@ -304,11 +227,8 @@ def test_the_cluster_examples_pass_the_operators_checks(example):
 )
 def test_what_a_kind_may_not_load_stalls(reason):
     failure = {"reason": reason, "message": "bpf_probe_write_user is not allowed"}
-    node = {
-        "metadata": {"generation": 1},
-        "spec": {"nodeName": "a"},
-        "status": {"observedGeneration": 1, "conditions": [], "failures": [failure]},
-    }
-    status = aggregate.program_status(1, ["a"], [node], None)
+    entry = {"kind": "EbpfProgram", "namespace": "shop", "name": "p", "generation": 1, "version": "p-1"}
+    report = {**entry, "ready": False, "reason": reason, "failures": [failure]}
+    status = aggregate.program_status(1, ["a"], {"a": entry}, {"a": report}, None)
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", reason)

@@ -8,9 +8,9 @@ from typing import Any
 from bpfleet_api import reasons
 from node_agent.features import NodeFeatures
 from node_agent.kernel import attach_types as at
-from node_agent.model import NodeProgram, Pod
+from node_agent.model import Pod
 from node_agent.reconcile import ATTACHED, FAILED, WAITING, Reconciler
-from tests.unit.builders import node_program, pod
+from tests.unit.builders import node_program, parsed, pod
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 UPROBE = {"type": "Uprobe", "binary": "/bin/target", "symbol": "bpfleet_probe_target"}
@@ -44,7 +44,7 @@ def test_uprobes_are_kprobe_programs_on_perf_events_filtered_per_binary():
 
 
 def version(attach: dict[str, Any]) -> str:
-    return NodeProgram.from_object(node_program(attach=attach)).ref.version
+    return parsed(node_program(attach=attach)).ref.version
 
 
 def test_each_uprobe_field_makes_a_new_version():
@@ -96,9 +96,7 @@ def test_a_named_container_is_passed_to_the_backend_and_its_absence_reported():
         with_containers(pod("web-2", {"app": "web"}), sidecar="def456"),
         pod("web-3", {"app": "web"}, phase="Pending"),
     ]
-    result = Reconciler(kernel, cgroups).run(
-        [NodeProgram.from_object(program)], [Pod.from_object(p) for p in pods]
-    )
+    result = Reconciler(kernel, cgroups).run([parsed(program)], [Pod.from_object(p) for p in pods])
     [report] = result.reports
     states = {p.name: (p.state, p.reason, p.message) for p in report.pods}
     assert states["web-1"] == (ATTACHED, "", "")
@@ -110,5 +108,5 @@ def test_a_named_container_is_passed_to_the_backend_and_its_absence_reported():
 def test_without_a_container_name_any_process_of_the_pod_will_do():
     kernel, cgroups = FakeBackend(), FakeCgroups({"uid-web-1"})
     pods = [Pod.from_object(with_containers(pod("web-1", {"app": "web"}), app="abc123"))]
-    Reconciler(kernel, cgroups).run([NodeProgram.from_object(node_program(attach=UPROBE))], pods)
+    Reconciler(kernel, cgroups).run([parsed(node_program(attach=UPROBE))], pods)
     assert kernel.containers == {"uid-web-1": ""}

@@ -1,0 +1,250 @@
+"""Simulated agents for the fleet benchmark: many nodes in one process, each with its Node and
+BpfleetNode, reporting its EbpfNodeState status through the agent's own code.
+
+What is the agent's: reading entries (intake.parse_entries), checking a version's hash and trust
+rules (model.check_hash, NodeProgram.from_entry), and every byte of status (status.program_entry,
+refused_entry, node_state_status), with one write per pass only when it changed. What is
+simulated: the kernel (every program loads; each entry's pods are all attached) and the watch (one
+for the whole fleet rather than one per node; the API writes are the same).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Node, V1ObjectMeta
+from kubernetes.client.exceptions import ApiException
+
+from bpfleet_api import conditions, names, patching, reasons
+from node_agent.errors import InvalidSpec
+from node_agent.intake import Entry, parse_entries
+from node_agent.kernel.backend import LoadedProgram, ProgramRef
+from node_agent.model import NodeProgram, Trust, check_hash, version_namespace
+from node_agent.reconcile import ATTACHED, PodReport, ProgramReport
+from node_agent.status import node_state_status, program_entry, refused_entry
+from node_agent.watch import Informer
+
+FLEET_LABEL = "bpfleet.io/fleet-bench"
+ATTACH_TYPES = ("CgroupSkb", "CgroupSockAddr", "CgroupSock", "CgroupSysctl", "CgroupDevice", "Tc", "Xdp")
+
+
+class _StateWatch(Informer):
+    """The fleet's EbpfNodeStates, telling which node's changed."""
+
+    def __init__(self, api: ApiClient, changed: Any) -> None:
+        path = f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}"
+        super().__init__(api, path, lambda: None)
+        self.changed = changed
+
+    def _list(self) -> str:
+        version = super()._list()
+        for state in self.objects():
+            self.changed(state)
+        return version
+
+    def _apply(self, event: dict[str, Any]) -> str | None:
+        version = super()._apply(event)
+        if event.get("type") in ("ADDED", "MODIFIED"):
+            self.changed(event["object"])
+        return version
+
+
+class SimulatedFleet:
+    def __init__(
+        self,
+        api: ApiClient,
+        nodes: list[str],
+        pods_per_program: int = 10,
+        workers: int = 8,
+        agent_reads: bool = False,
+    ) -> None:
+        self.api, self.nodes, self.pods = api, nodes, pods_per_program
+        self.custom, self.core = CustomObjectsApi(api), CoreV1Api(api)
+        self.workers = workers
+        # One version read per process (False), or one per simulated node as real agents do (True).
+        self.agent_reads = agent_reads
+        self.trust = Trust()
+        self._versions: dict[tuple[str, str], Mapping[str, Any] | Exception] = {}
+        self._lock = threading.Condition()
+        self._dirty: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watch = _StateWatch(api, self._changed)
+        self._fleet = set(nodes)
+        self.status_writes = 0
+
+    # -- joining and leaving -----------------------------------------------------------------------
+
+    def register(self, progress: Any = None) -> None:
+        """Each node: its Node, and the BpfleetNode its agent makes when it starts."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            for done, _ in enumerate(pool.map(self._join, self.nodes), 1):
+                if progress and done % 500 == 0:
+                    progress(done)
+
+    def _join(self, node: str) -> None:
+        meta = V1ObjectMeta(name=node, labels={FLEET_LABEL: "true"})
+        try:
+            uid = self.core.create_node(V1Node(metadata=meta)).metadata.uid
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            uid = self.core.read_node(node).metadata.uid
+        owner = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]
+        body = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.NODE_STATE_KIND,
+            "metadata": {"name": node, "ownerReferences": owner},
+        }
+        try:
+            self.custom.create_cluster_custom_object(
+                names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, body
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        now = conditions.now()
+        status = {
+            "kernel": "simulated",
+            "btf": True,
+            "kprobes": False,
+            "kernelHeaders": True,
+            "attachTypes": dict.fromkeys(ATTACH_TYPES, True),
+            "agentStartedAt": now,
+            "lastHeartbeat": now,
+        }
+        patching.merge_patch(
+            self.custom, names.NODE_STATE_PLURAL, None, node, {"status": status}, status=True
+        )
+
+    def heartbeat(self) -> None:
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(self._beat, self.nodes))
+
+    def _beat(self, node: str) -> None:
+        body = {"status": {"lastHeartbeat": conditions.now()}}
+        patching.merge_patch(self.custom, names.NODE_STATE_PLURAL, None, node, body, status=True)
+
+    def remove(self) -> None:
+        """Deletes the Nodes: garbage collection takes their BpfleetNodes and EbpfNodeStates."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(self._leave, self.nodes))
+
+    def _leave(self, node: str) -> None:
+        try:
+            self.core.delete_node(node)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._watch.start()
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._report_loop, name=f"agent-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watch.stop()
+        with self._lock:
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _changed(self, state: dict[str, Any]) -> None:
+        name = state["metadata"]["name"]
+        if name not in self._fleet:
+            return
+        with self._lock:
+            self._dirty[name] = state  # the latest only: a burst of events is one pass
+            self._lock.notify()
+
+    def _recheck(self, node: str) -> None:
+        latest = [s for s in self._watch.objects() if s["metadata"]["name"] == node]
+        if latest:
+            self._changed(latest[0])
+
+    def _report_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                while not self._dirty and not self._stop.is_set():
+                    self._lock.wait(0.5)
+                if self._stop.is_set():
+                    return
+                _, state = self._dirty.popitem()
+            try:
+                self._report(state)
+            except Exception as e:  # the next event of that node tries again
+                print(f"simulated agent {state['metadata']['name']}: {e}", flush=True)
+
+    def _report(self, state: dict[str, Any]) -> None:
+        node = state["metadata"]["name"]
+        if (state.get("spec") or {}).get("nodeName") not in (None, node):
+            return
+        entries, _ = parse_entries(state)
+        reported = [self.entry_status(e) for e in entries]
+        if any(e["reason"] == reasons.SOURCE_NOT_FOUND for e in reported):
+            # No watch says when a version appears: look again, as the agent does.
+            timer = threading.Timer(1.0, self._recheck, (node,))
+            timer.daemon = True
+            timer.start()
+        status = node_state_status(state["metadata"].get("generation"), reported)
+        if (state.get("status") or {}) == status:
+            return
+        patching.merge_patch(
+            self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, node, {"status": status}, status=True
+        )
+        with self._lock:
+            self.status_writes += 1
+
+    def entry_status(self, entry: Entry) -> dict[str, Any]:
+        """What the agent reports for one entry after a pass that loaded it and attached every pod."""
+        try:
+            where = (version_namespace(entry.key, self.trust), entry.version)
+            version = self._version(where)
+            program = NodeProgram.from_entry(entry.key, entry.generation, version, self.trust)
+        except InvalidSpec as e:
+            return refused_entry(entry, e.reason, str(e), None)
+        except LookupError:
+            message = f"version object {entry.version} not found"
+            return refused_entry(entry, reasons.SOURCE_NOT_FOUND, message, None)
+        ref = ProgramRef(*entry.key.pins, version=entry.version[-10:])
+        report = ProgramReport(
+            program.namespace,
+            program.name,
+            entry.generation,
+            ref.version,
+            loaded=LoadedProgram(ref, 1, f"/sys/fs/bpf/bpfleet/{ref.namespace}/{ref.name}/{ref.version}"),
+            serving_version=ref.version,
+            pods=[PodReport(f"pod-{i}", f"uid-{i}", ATTACHED) for i in range(self.pods)],
+            scope=program.scope,
+            attach_type=program.attach_type,
+            target=program.build.attach.target,
+        )
+        return program_entry(report, entry, entry.version)
+
+    def _version(self, where: tuple[str, str]) -> Mapping[str, Any]:
+        cached = None if self.agent_reads else self._versions.get(where)
+        if cached is None:
+            try:
+                found = self.custom.get_namespaced_custom_object(
+                    names.GROUP, names.VERSION, where[0], names.VERSION_PLURAL, where[1]
+                )
+                check_hash(found)
+                cached = found
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                raise LookupError(where[1]) from None  # not remembered: it may appear
+            except InvalidSpec as e:
+                cached = e
+            self._versions[where] = cached
+        if isinstance(cached, Exception):
+            raise cached
+        return cached

@@ -1,0 +1,110 @@
+"""Writes EbpfNodeState specs from the desired table: one write per node for however many programs
+changed there, and none when the watch shows the node has what it should.
+
+It creates the EbpfNodeState of every node with an agent (owned by its BpfleetNode, so that both go
+with the Node). It must not write before every program has been reconciled once since the operator
+started: the desired table would lack the programs not seen yet, and writing it would unload them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
+
+from bpfleet_api import names, patching
+from bpfleet_operator.cluster_cache import ClusterCache
+from bpfleet_operator.desired import DesiredTable, Entry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriteCounts:
+    """What the writer did, for metrics and tests."""
+
+    created: int = 0
+    patched: int = 0
+    by_node: dict[str, int] = field(default_factory=dict)
+
+
+class NodeWriter:
+    def __init__(
+        self,
+        custom: CustomObjectsApi,
+        desired: DesiredTable,
+        cache: ClusterCache,
+        writes: Counter | None = None,
+    ) -> None:
+        self.custom, self.desired, self.cache, self.writes = custom, desired, cache, writes
+        # node -> (spec written, resourceVersion the watch showed before): the watch lags a write,
+        # and a node queued again meanwhile must not write the same spec twice.
+        self._written: dict[str, tuple[list[Entry], str | None]] = {}
+        self.counts = WriteCounts()
+
+    def write(self, node: str) -> None:
+        """Brings the node's EbpfNodeState spec to the desired table (call from a worker thread)."""
+        wanted = self.desired.entries(node)
+        state, agent = self.cache.states.get(node), self.cache.agents.get(node)
+        seen = state.resource_version if state else None
+        written = self._written.get(node)
+        if written is not None and written[1] == seen and written[0] == wanted:
+            return  # written already; the watch has not shown it yet
+        if state is None:
+            if agent is None:
+                return  # nobody would serve it; the BpfleetNode's arrival brings the node back
+            self._create(node, agent.uid, wanted)
+        elif list(state.spec) != wanted:
+            self._patch(node, wanted)
+        else:
+            self._written.pop(node, None)
+            return
+        self._written[node] = (wanted, seen)
+        self.counts.by_node[node] = self.counts.by_node.get(node, 0) + 1
+
+    def forget(self, node: str) -> None:
+        self._written.pop(node, None)
+
+    def _create(self, node: str, agent_uid: str, programs: list[Entry]) -> None:
+        body: dict[str, Any] = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.NODE_STATE_PROGRAMS_KIND,
+            "metadata": {
+                "name": node,
+                "labels": {names.NODE_LABEL: names.label_value(node)},
+                "ownerReferences": [
+                    {
+                        "apiVersion": names.API_VERSION,
+                        "kind": names.NODE_STATE_KIND,
+                        "name": node,
+                        "uid": agent_uid,
+                    }
+                ],
+            },
+            "spec": {"nodeName": node, "programs": programs},
+        }
+        log.info("creating node state", extra={"node": node, "programs": len(programs)})
+        try:
+            self.custom.create_cluster_custom_object(
+                names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, body
+            )
+            self.counts.created += 1
+            if self.writes is not None:
+                self.writes.labels("create").inc()
+        except ApiException as e:
+            if e.status != 409:  # created meanwhile: its watch event brings the node back here
+                raise
+
+    def _patch(self, node: str, programs: list[Entry]) -> None:
+        log.debug("writing node state", extra={"node": node, "programs": len(programs)})
+        # A merge patch replaces a list whole: the spec's entries are exactly `programs`.
+        if patching.merge_patch(
+            self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, node, {"spec": {"programs": programs}}
+        ):
+            self.counts.patched += 1
+            if self.writes is not None:
+                self.writes.labels("patch").inc()

@@ -1,0 +1,226 @@
+"""Staged rollouts with the real operator: a new version reaches the canary nodes first, then steps
+of maxUnavailable nodes once the nodes on it report ready; a step whose nodes fail the new version
+halts the rollout (Stalled, RolloutHalted) and every other node keeps the old version, also after
+the operator restarts. The test plays the agents (BpfleetNodes, EbpfNodeState status)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client import V1Node, V1ObjectMeta
+
+from bpfleet_api import conditions, names, reasons
+from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
+from e2e.kube import Kube
+from tests.apiserver.operator_support import (
+    agent_removed,
+    agent_reports,
+    agent_starts,
+    agents_report,
+    create_namespace,
+    delete_quietly,
+    program_versions,
+    ready_report,
+    wait_operator_ready,
+)
+
+pytestmark = pytest.mark.apiserver
+
+RUN = uuid.uuid4().hex[:6]
+NODE_LABEL = "bpfleet.test/rollout"
+SOURCE = "int f(struct __sk_buff *skb) { return 1; }"
+VERIFIER_LOG = "0: (b7) r0 = 1\n1: (61) r2 = *(u32 *)(r1 +4096)\ninvalid bpf_context access off=4096 size=4"
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    install_crds(kube.kubeconfig)
+    process = operator_process(kube.kubeconfig, tmp_path_factory.mktemp("rollout-operator"))
+    process.start()
+    try:
+        wait_operator_ready(process.log_path)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def namespace(kube: Kube, operator: ManagedProcess) -> Iterator[str]:
+    name = create_namespace(kube, f"rollout-{uuid.uuid4().hex[:8]}")
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "ebpf", "--all", "-n", name, "--wait=false", check=False)
+        wait_for("programs deleted", lambda: agents_report(kube) or not kube.programs(name), 30, 0.2)
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def fleet(kube: Kube) -> Iterator[Callable[..., list[str]]]:
+    made: list[str] = []
+
+    def make(prefix: str, count: int, label: str, canary: int | None = None) -> list[str]:
+        for i in range(count):
+            node = f"{prefix}-{RUN}-{i}"
+            labels = {NODE_LABEL: label, **({"canary": "yes"} if i == canary else {})}
+            kube.core.create_node(V1Node(metadata=V1ObjectMeta(name=node, labels=labels)))
+            made.append(node)
+            agent_starts(kube, node)
+        return made[-count:]
+
+    yield make
+    for node in made:
+        delete_quietly(lambda node=node: kube.core.delete_node(node))
+        agent_removed(kube, node)
+
+
+def apply(kube: Kube, namespace: str, label: str, rollout: dict[str, Any], returns: int = 1) -> None:
+    manifest = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.PROGRAM_KIND,
+        "metadata": {"name": "counter", "namespace": namespace},
+        "spec": {
+            "source": {"inline": SOURCE.replace("return 1", f"return {returns}")},
+            "function": "f",
+            "attach": {"type": "CgroupSkb", "direction": "Egress"},
+            "podSelector": {},
+            "nodeSelector": {"matchLabels": {NODE_LABEL: label}},
+            "rollout": rollout,
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def versions_by_node(kube: Kube, namespace: str) -> dict[str, str]:
+    return program_versions(kube, namespace, "counter")
+
+
+def rejected(item: dict[str, Any]) -> dict[str, Any]:
+    """What an agent reports when the new version fails the verifier: the old one keeps serving."""
+    return {
+        **item,
+        "servingVersion": "old",
+        "ready": False,
+        "reason": reasons.VERIFIER_REJECTED,
+        "message": "the verifier rejected the new version; the previous one keeps running",
+        "pods": {"selected": 0, "attached": 0, "failed": 0},
+        "failures": [{"reason": reasons.VERIFIER_REJECTED, "message": "invalid bpf_context access"}],
+        "buildLog": VERIFIER_LOG,
+    }
+
+
+def condition(kube: Kube, namespace: str, kind: str) -> dict[str, Any]:
+    program = kube.program(namespace, "counter") or {}
+    return next((c for c in (program.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def rollout_status(kube: Kube, namespace: str) -> dict[str, Any]:
+    return ((kube.program(namespace, "counter") or {}).get("status") or {}).get("rollout") or {}
+
+
+def first_version_everywhere(kube: Kube, namespace: str, nodes: list[str]) -> str:
+    wait_for("v1 on every node", lambda: sorted(versions_by_node(kube, namespace)) == nodes, 15)
+    [v1] = set(versions_by_node(kube, namespace).values())
+    agents_report(kube, nodes)
+    wait_for("Ready", lambda: condition(kube, namespace, conditions.READY).get("status") == "True", 15)
+    return v1
+
+
+def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_one(
+    kube: Kube, operator: ManagedProcess, namespace: str, fleet
+):
+    label = f"halt-{RUN}"
+    nodes = sorted(fleet("halt", 6, label))
+    apply(kube, namespace, label, {"maxUnavailable": 2})
+    v1 = first_version_everywhere(kube, namespace, nodes)
+
+    apply(kube, namespace, label, {"maxUnavailable": 2}, returns=0)
+    wait_for(
+        "a first step of 2 nodes",
+        lambda: sum(v != v1 for v in versions_by_node(kube, namespace).values()) == 2,
+        15,
+    )
+    time.sleep(1)  # a step is 2 nodes: no third comes
+    placed = versions_by_node(kube, namespace)
+    step = sorted(n for n, v in placed.items() if v != v1)
+    assert len(step) == 2, placed
+    [v2] = {placed[n] for n in step}
+    for node in step:
+        agent_reports(kube, node, rejected)
+    agents_report(kube, [n for n in nodes if n not in step])
+
+    wait_for(
+        "halted",
+        lambda: condition(kube, namespace, conditions.STALLED).get("reason") == reasons.ROLLOUT_HALTED,
+        15,
+    )
+    message = condition(kube, namespace, conditions.STALLED)["message"]
+    assert f"rollout of version {v2} halted: {reasons.VERIFIER_REJECTED} on {', '.join(step)}" in message
+    assert "invalid bpf_context access" in message and f"4 of 6 nodes keep version {v1}" in message
+    assert condition(kube, namespace, conditions.READY)["status"] == "False"
+    assert rollout_status(kube, namespace) == {
+        "version": v2,
+        "updatedNodes": 2,
+        "totalNodes": 6,
+        "halted": True,
+    }
+    program = kube.program(namespace, "counter") or {}
+    failure = program["status"]["failures"][0]
+    assert failure["node"] in step and "invalid bpf_context access off=4096" in failure["message"]
+
+    time.sleep(2)  # several reconciles later: nothing moved on
+    assert versions_by_node(kube, namespace) == placed
+
+    # Level-triggered: a restarted operator reads the same halt from the nodes' states.
+    operator.stop()
+    operator.start()
+    wait_operator_ready(operator.log_path)
+    time.sleep(2)
+    assert versions_by_node(kube, namespace) == placed
+    assert rollout_status(kube, namespace)["halted"] is True
+
+
+def test_a_canary_goes_first_then_steps_until_every_node_runs_the_new_version(
+    kube: Kube, namespace: str, fleet
+):
+    label = f"canary-{RUN}"
+    nodes = sorted(fleet("canary", 4, label, canary=3))
+    canary = nodes[3]
+    rollout = {"maxUnavailable": "50%", "canary": {"nodeSelector": {"matchLabels": {"canary": "yes"}}}}
+    apply(kube, namespace, label, rollout)
+    v1 = first_version_everywhere(kube, namespace, nodes)
+
+    apply(kube, namespace, label, rollout, returns=0)
+    wait_for("the canary first", lambda: versions_by_node(kube, namespace)[canary] != v1, 15)
+    v2 = versions_by_node(kube, namespace)[canary]
+    time.sleep(1.5)
+    assert [n for n, v in versions_by_node(kube, namespace).items() if v == v2] == [canary]
+    assert rollout_status(kube, namespace) == {"version": v2, "updatedNodes": 1, "totalNodes": 4}
+    assert condition(kube, namespace, conditions.READY)["reason"] == "Progressing"
+
+    agents_report(kube, nodes, ready_report)
+    wait_for("a step of 2 more", lambda: list(versions_by_node(kube, namespace).values()).count(v2) == 3, 15)
+    agents_report(kube, nodes, ready_report)
+    wait_for("every node", lambda: set(versions_by_node(kube, namespace).values()) == {v2}, 15)
+    agents_report(kube, nodes, ready_report)
+    wait_for("Ready", lambda: condition(kube, namespace, conditions.READY).get("status") == "True", 15)
+    assert rollout_status(kube, namespace) == {"version": v2, "updatedNodes": 4, "totalNodes": 4}
+    # No node names the old version any more: it is deleted.
+    wait_for(
+        "the old version deleted",
+        lambda: (
+            v1
+            not in [
+                v["metadata"]["name"]
+                for v in kube.custom.list_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.VERSION_PLURAL
+                )["items"]
+            ]
+        ),
+        10,
+    )
