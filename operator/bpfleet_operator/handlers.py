@@ -65,6 +65,7 @@ class _State:
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
         self.open = asyncio.Event()  # the node writer may write: every program was reconciled once
         self.last_desired_change = 0.0  # loop time
+        self.dirty_since: float | None = None  # when the table began changing without a quiet pause
 
 
 STATE = _State()
@@ -168,11 +169,16 @@ async def _open_when_seen(custom: CustomObjectsApi) -> None:
 
 async def write_node(node: str) -> None:
     await STATE.open.wait()
-    loop, started = asyncio.get_running_loop(), asyncio.get_running_loop().time()
-    while (
-        loop.time() - started < MAX_COALESCE_SECONDS
-        and loop.time() - STATE.last_desired_change < QUIET_SECONDS
-    ):
+    loop = asyncio.get_running_loop()
+    # One wait for the whole fleet, not one per node: once the table has been changing for
+    # MAX_COALESCE_SECONDS, every queued node is written at once, without waiting again.
+    while True:
+        now = loop.time()
+        if now - STATE.last_desired_change >= QUIET_SECONDS:
+            STATE.dirty_since = None
+            break
+        if STATE.dirty_since is not None and now - STATE.dirty_since >= MAX_COALESCE_SECONDS:
+            break
         await asyncio.sleep(0.05)
     await asyncio.to_thread(STATE.writer.write, node)
 
@@ -239,6 +245,8 @@ def _queue_namespace(name: str) -> None:
 def _queue_nodes(nodes: Collection[str]) -> None:
     if nodes:
         STATE.last_desired_change = asyncio.get_running_loop().time()
+        if STATE.dirty_since is None:
+            STATE.dirty_since = STATE.last_desired_change
     for node in nodes:
         STATE.nodes.add(node)
 

@@ -159,7 +159,13 @@ def test_nodes_without_an_agent_block_neither_ready_nor_deletion(cluster: Kube, 
 
     cluster.kubectl("delete", "ebpf", "counter", "-n", namespace, "--wait=false")
     # Only the one agent unloads; the Nodes without one have nothing to wait for (nor any state).
-    assert node_state(cluster, with_agent) is not None
+    state = node_state(cluster, with_agent) or {}
+    agent = cluster.custom.get_cluster_custom_object(
+        names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, with_agent
+    )
+    assert [(o["kind"], o["uid"]) for o in state["metadata"]["ownerReferences"]] == [
+        (names.NODE_STATE_KIND, agent["metadata"]["uid"])
+    ]
     wait_for(
         "deleted", lambda: agents_report(cluster) or cluster.program(namespace, "counter") is None, 10, 0.2
     )

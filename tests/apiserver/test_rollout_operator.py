@@ -24,6 +24,7 @@ from tests.apiserver.operator_support import (
     agents_report,
     create_namespace,
     delete_quietly,
+    node_states,
     program_versions,
     ready_report,
     wait_operator_ready,
@@ -176,13 +177,18 @@ def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_
     time.sleep(2)  # several reconciles later: nothing moved on
     assert versions_by_node(kube, namespace) == placed
 
-    # Level-triggered: a restarted operator reads the same halt from the nodes' states.
+    # Level-triggered: a restarted operator reads the same halt from the nodes' states, and writes
+    # no node's spec at all (a spec write bumps metadata.generation): not even while it has not
+    # seen every program yet.
+    generations = {s["metadata"]["name"]: s["metadata"]["generation"] for s in node_states(kube)}
     operator.stop()
     operator.start()
     wait_operator_ready(operator.log_path)
     time.sleep(2)
     assert versions_by_node(kube, namespace) == placed
     assert rollout_status(kube, namespace)["halted"] is True
+    after = {s["metadata"]["name"]: s["metadata"]["generation"] for s in node_states(kube)}
+    assert {n: after[n] for n in nodes} == {n: generations[n] for n in nodes}
 
 
 def test_a_canary_goes_first_then_steps_until_every_node_runs_the_new_version(
