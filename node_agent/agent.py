@@ -34,6 +34,8 @@ _INTERFACE_RECHECK = 5.0
 # How often the agent says it is alive (BpfleetNode status.lastHeartbeat).
 HEARTBEAT_SECONDS = float(os.environ.get("BPFLEET_HEARTBEAT_SECONDS", "20"))
 _DEBOUNCE = 0.02
+# While this node has no EbpfNodeState, whether its Node object exists is asked again this often.
+_NODE_RECHECK = 5.0
 
 
 class Agent:
@@ -62,8 +64,10 @@ class Agent:
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self.custom = CustomObjectsApi(api)
+        self.core = CoreV1Api(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
+        self._node_checked_at, self._node_missing = -_NODE_RECHECK, False
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
         reconciler.pool.on_done = self._wake.set
         # Exactly one object: this node's EbpfNodeState, named after it.
@@ -155,10 +159,26 @@ class Agent:
             self.custom, names.NODE_STATE_PLURAL, None, self.node, {"status": status}, status=True
         )
 
+    def _node_gone(self) -> bool:
+        """Whether the API server says this node's Node object does not exist (asked at most every
+        few seconds; any other answer, or none, is not "gone")."""
+        now = time.monotonic()
+        if now - self._node_checked_at < _NODE_RECHECK:
+            return self._node_missing
+        self._node_checked_at = now
+        try:
+            self.core.read_node(self.node)
+            self._node_missing = False
+        except ApiException as e:
+            self._node_missing = e.status == 404
+        except Exception:  # the API server unreachable: not known
+            self._node_missing = False
+        return self._node_missing
+
     def _node_owner(self) -> list[dict[str, str]]:
         """The Node as owner, so that its BpfleetNode is garbage-collected with it."""
         try:
-            node = CoreV1Api(self.api).read_node(self.node)
+            node = self.core.read_node(self.node)
         except Exception as e:  # forbidden, missing, or the API server unreachable: no owner then
             log.warning("cannot read this node's Node object", extra={"node": self.node, "error": str(e)})
             return []
@@ -215,9 +235,14 @@ class Agent:
     def reconcile_once(self) -> PassResult:
         state = self._node_state()
         if state is None:
+            self._retry_versions = False
+            if self._node_gone():
+                # Not "not known yet": this node left the cluster (deleted while the agent was down,
+                # say), so nothing may run here any more, whoever it belonged to.
+                self._log_once("this node's Node object is gone: unloading everything", ("node gone",))
+                return self.reconciler.run([], [Pod.from_object(o) for o in self.pods.objects()])
             # No spec yet is "not known yet", not "run nothing": the operator makes it for every
             # node with an agent. What runs keeps running until it says otherwise.
-            self._retry_versions = False
             return PassResult([], waiting=False)
         entries, problems = parse_entries(state)
         for problem in problems:

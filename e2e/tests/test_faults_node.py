@@ -28,7 +28,7 @@ def _manifest() -> dict[str, Any]:
 
 
 def _node_objects_of(kube: Kube, namespace: str, node: str) -> list[dict[str, Any]]:
-    return [o for o in kube.node_programs(namespace, PROGRAM) if o["spec"]["nodeName"] == node]
+    return [o for o in kube.node_programs(namespace, PROGRAM) if o["node"] == node]
 
 
 def test_a_node_deleted_while_its_agent_is_down_is_cleaned_up_when_it_starts(

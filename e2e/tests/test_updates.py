@@ -111,7 +111,7 @@ def test_a_counter_updated_under_traffic_counts_each_packet_once_and_goes_on_fro
     # One map from v1 to v2: the packets before, during and after the swap, each counted once.
     assert traffic_counts(traffic)[key] == {"packets": sent, "bytes": sent * (SIZE + IPV4_UDP_HEADERS)}
     status = kube.node_program(namespace, "counter", node_a.name)["status"]
-    assert (status["mapsKept"], status["mapsReset"]) == (["traffic"], [])
+    assert (status.get("mapsKept"), status.get("mapsReset")) == (["traffic"], None)  # none reset
     assert [p["id"] for p in cgroup_programs(pod.pod_cgroup)] == [two["programId"]]
     assert version_dirs(node_a, namespace, "counter") == [Path(two["pinPath"])]
 

@@ -50,6 +50,18 @@ class FakeApi:
         self.writes.append((name, body["status"]))
 
 
+class FakeCore:
+    """The CoreV1Api call the agent makes: its own Node, there unless `gone`."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def read_node(self, name: str, **_: Any) -> Any:
+        if self.gone:
+            raise ApiException(status=404, reason="Not Found")
+        return {"metadata": {"name": name}}
+
+
 class Node:
     """One node: its agent, its EbpfNodeState and the versions its entries name."""
 
@@ -68,6 +80,8 @@ class Node:
         self.agent = Agent(ApiClient(), node, reconciler, trust=TRUST)
         self.api = FakeApi()
         self.agent.custom = self.api  # type: ignore[assignment]
+        self.core = FakeCore()
+        self.agent.core = self.core  # type: ignore[assignment]
         self.states: list[dict[str, Any]] = []
         self.agent.programs = Listed(self.states)  # type: ignore[assignment]
         self.agent.pods = Listed(pods or [])  # type: ignore[assignment]

@@ -97,6 +97,16 @@ def test_no_state_yet_is_not_known_yet_and_unloads_nothing():
     assert linked(node) == {("counter", "uid-web-1")}
 
 
+def test_no_state_and_no_node_object_any_more_unloads_everything():
+    node = web_node()
+    node.serve(node_program())
+    node.reconcile()
+    node.states.clear()  # the Node was deleted while the agent was down: its state went with it
+    node.core.gone = True
+    node.reconcile()
+    assert linked(node) == set() and node.kernel.programs == {}
+
+
 def test_orphans_are_unloaded_whatever_they_belong_to():
     kernel = FakeBackend()
     build = parsed(node_program()).build
