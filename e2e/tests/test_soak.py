@@ -1,4 +1,4 @@
-"""The soak (e2e/soak.py), short: BPFLEET_SOAK_CI_MINUTES (5 by default, as the issue asks of CI) of pod churn and program
+"""The soak (e2e/soak.py), short: BPFLEET_SOAK_CI_MINUTES (5 by default) of pod churn and program
 updates on two nodes; pins, links and maps may not grow, nor the agents' RSS and fds beyond the
 soak's stated bounds. `make soak` runs it for an hour."""
 
