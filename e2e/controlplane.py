@@ -731,6 +731,8 @@ class ControlPlane:
             # How it authenticates to kubelets (exec, logs, the pod proxy): as an admin.
             f"--kubelet-client-certificate={pki.admin_crt}",
             f"--kubelet-client-key={pki.admin_key}",
+            # At their InternalIP: a local node's name resolves nowhere.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # Node: what a real kubelet needs; RBAC for everyone else.
             "--authorization-mode=Node,RBAC",
             # Added to the default plugins (ResourceQuota, ServiceAccount, ValidatingAdmissionPolicy, ...).

@@ -2,7 +2,8 @@
 kube-proxy would do for pods' in-cluster clients (the agent and the operator), without touching the
 host's packet filter. TLS passes through untouched.
 
-python -m e2e.realnode.apiproxy LISTEN_HOST:PORT TARGET_HOST:PORT
+python -m e2e.realnode.apiproxy LISTEN_HOST:PORT TARGET_HOST:PORT [MARKER]
+(MARKER, ignored, tells its owner's processes from others by their command line.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _address(value: str) -> tuple[str, int]:
 
 
 def main(argv: list[str]) -> None:
-    listen, target = (_address(value) for value in argv)
+    listen, target = (_address(value) for value in argv[:2])
     asyncio.run(_serve(listen, target))
 
 
