@@ -1,4 +1,4 @@
-"""python -m e2e.realnode {up,down,status,install,kubeconfig,app-image}"""
+"""python -m e2e.realnode {up,down,status,install,kubeconfig,app-image,upgrade-tag}"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from e2e.realnode.layout import Layout
 
 
 def main(argv: list[str]) -> int:
-    commands = ("up", "down", "status", "install", "kubeconfig", "app-image")
+    commands = ("up", "down", "status", "install", "kubeconfig", "app-image", "upgrade-tag")
     if len(argv) != 1 or argv[0] not in commands:
         print(f"usage: python -m e2e.realnode {{{','.join(commands)}}}", file=sys.stderr)
         return 2
@@ -26,6 +26,8 @@ def main(argv: list[str]) -> int:
         print(layout.kubeconfig)
     elif command == "app-image":
         print(cluster.load_images(layout).app)
+    elif command == "upgrade-tag":
+        print(cluster.upgrade_ref(cluster.load_images(layout)).rpartition(":")[2])
     else:
         return cluster.status(layout)
     return 0

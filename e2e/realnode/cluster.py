@@ -163,6 +163,12 @@ def up(layout: Layout) -> Images:
     if containerd.config(layout, images.pause) != config_before or not containerd.daemon(layout).running():
         containerd.start(layout, images.pause)
     import_into(containerd.ctr(layout), images.all(), layout.images)
+    # The cluster suite's helm upgrade rolls the agents to this second tag of the same image.
+    subprocess.run(
+        [*containerd.ctr(layout), "images", "tag", "--force", images.agent, upgrade_ref(images)],
+        check=True,
+        capture_output=True,
+    )
 
     node = kubelet.daemon(layout)
     if not node.running():
@@ -176,6 +182,10 @@ def up(layout: Layout) -> Images:
         seconds=f"{time.monotonic() - started:.0f}",
     )
     return images
+
+
+def upgrade_ref(images: Images) -> str:
+    return f"{images.agent}-upgrade"
 
 
 def load_images(layout: Layout) -> Images:
