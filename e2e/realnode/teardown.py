@@ -56,11 +56,11 @@ def remove_cgroups() -> None:
                     pass
 
 
-def mounts_under(directory: Path) -> list[str]:
+def mounts_under(directory: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
     """Mount points at or below `directory`, deepest first."""
     prefix = str(directory).rstrip("/")
     found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in mountinfo.read_text().splitlines():
         target = line.split()[4].replace("\\040", " ")
         if target == prefix or target.startswith(prefix + "/"):
             found.append(target)
