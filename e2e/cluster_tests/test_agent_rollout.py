@@ -24,7 +24,7 @@ PROGRAM = "web-egress-traffic"
 RELEASE = os.environ.get("BPFLEET_CLUSTER_RELEASE", "bpfleet")
 # A second tag of the agent's image, present on every node (make cluster-up and make kind-up make it).
 UPGRADE_TAG_ENV = "BPFLEET_CLUSTER_UPGRADE_AGENT_TAG"
-SENDING_SECONDS = 45.0
+SENDING_SECONDS = 30.0
 
 
 def helm() -> str:

@@ -77,7 +77,16 @@ def test_the_cluster_suite_passes_on_a_real_node() -> None:
         }
         start = time.monotonic()
         suite = subprocess.run(
-            [sys.executable, "-m", "pytest", "e2e/cluster_tests", "-q", "-p", "no:cacheprovider"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "e2e/cluster_tests",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--durations=0",
+            ],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -86,6 +95,7 @@ def test_the_cluster_suite_passes_on_a_real_node() -> None:
             check=False,
         )
         timings["suite"] = time.monotonic() - start
+        sys.stderr.write(suite.stdout[-4000:])
         assert suite.returncode == 0, f"e2e/cluster_tests on the real node:\n{suite.stdout[-8000:]}"
     finally:
         if not was_up:
