@@ -21,7 +21,7 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: control-plane lint  ## every tier: unit, kernel, API server, end to end
+test: control-plane node-deps lint  ## every tier: unit, kernel, API server, end to end (and a real node)
 	$(PYTHON) -m pytest
 
 bench: control-plane  ## prints apply-to-Ready, pod-to-attached and sandboxed vs plain compile times
@@ -52,8 +52,11 @@ kind-test:  ## kind-up, then the cluster suite e2e/cluster_tests against it
 .PHONY: cluster-up cluster-down cluster-test
 # A local cluster with one real node on this host: kubelet, containerd, runc and the CNI bridge run
 # real pods, and the chart runs as pods on it (docs/development.md#a-real-node). No Docker needed.
-cluster-up: control-plane  ## the control plane, kube-scheduler, containerd and kubelet on this host
+.PHONY: node-deps
+node-deps:  ## containerd, runc, the CNI plugins and podman for the real node (Debian packages)
 	bash e2e/scripts/install-node-deps.sh
+
+cluster-up: control-plane node-deps  ## the control plane, kube-scheduler, containerd and kubelet on this host
 	$(PYTHON) -m e2e.realnode up >/dev/null
 
 cluster-down:  ## stops the real node and removes all it made (processes, mounts, cgroups, bridge)
