@@ -29,7 +29,7 @@ from e2e.realnode.layout import (
     RELEASE,
     Layout,
 )
-from e2e.tools import REPO_ROOT, tool_path
+from e2e.tools import REPO_ROOT, cache_dir, tool_path
 
 # nodelifecycle lifts the not-ready taint kubelet registers with; root-ca-cert-publisher makes the
 # kube-root-ca.crt ConfigMap every pod's service-account volume needs.
@@ -37,6 +37,8 @@ WORKLOAD_CONTROLLERS = ("deployment", "replicaset", "daemonset", "nodelifecycle"
 # The chart's agent serves metrics on the node's address (the pod proxy of the API server connects
 # there), on a port no other agent on this host uses.
 AGENT_METRICS_PORT = 19101
+# podman's images as archives for `ctr images import`, by content-keyed name: kept across cluster-down.
+IMAGE_ARCHIVES = cache_dir() / "images" / "realnode"
 HOST_TOOLS = ("containerd", "ctr", "runc", "podman", "gcc", "ip", "umount")
 
 
@@ -115,6 +117,7 @@ def up(layout: Layout) -> Images:
         if not (bin_dir / name).exists():
             raise RuntimeError(f"{name} is not in {bin_dir}: e2e/scripts/build-control-plane.sh builds it")
     images = build_all()
+    log("images ready", seconds=f"{time.monotonic() - started:.0f}")
     (layout.state / "images.json").parent.mkdir(parents=True, exist_ok=True)
     (layout.state / "images.json").write_text(json.dumps(images.__dict__, indent=2) + "\n")
 
@@ -162,7 +165,8 @@ def up(layout: Layout) -> Images:
     config_before = layout.containerd_config.read_text() if layout.containerd_config.exists() else ""
     if containerd.config(layout, images.pause) != config_before or not containerd.daemon(layout).running():
         containerd.start(layout, images.pause)
-    import_into(containerd.ctr(layout), images.all(), layout.images)
+    import_into(containerd.ctr(layout), images.all(), IMAGE_ARCHIVES)
+    log("images imported", seconds=f"{time.monotonic() - started:.0f}")
     # The cluster suite's helm upgrade rolls the agents to this second tag of the same image.
     subprocess.run(
         [*containerd.ctr(layout), "images", "tag", "--force", images.agent, upgrade_ref(images)],
@@ -258,7 +262,7 @@ def down(layout: Layout) -> None:
     teardown.remove_directories(layout)
     network.remove()
     teardown.remove_pins()
-    for directory in (layout.controlplane, layout.pids, layout.images, layout.cni_conf_dir):
+    for directory in (layout.controlplane, layout.pids, layout.cni_conf_dir):
         shutil.rmtree(directory, ignore_errors=True)
     log("real node removed; logs kept", logs=layout.logs)
 

@@ -97,7 +97,3 @@ class Layout:
     @property
     def scheduler_kubeconfig(self) -> Path:
         return self.state / "scheduler.kubeconfig"
-
-    @property
-    def images(self) -> Path:
-        return self.state / "images"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -135,25 +134,29 @@ def build_all() -> Images:
     return Images(pause=pause_image(), app=app_image(), operator=operator, agent=agent)
 
 
-def import_into(ctr: list[str], refs: list[str], scratch: Path) -> None:
+def archive(ref: str, cache: Path) -> Path:
+    """`podman save` of ref, kept in `cache` under its content-keyed name for the next import;
+    archives of refs no longer built are dropped."""
+    path = cache / (ref.replace("/", "_").replace(":", "@") + ".tar")
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        podman("save", "--format", "docker-archive", "-o", str(partial), ref)
+        partial.replace(path)
+        name = path.name.partition("@")[0]
+        for other in cache.glob(f"{name}@*.tar"):
+            if other != path:
+                other.unlink()
+    return path
+
+
+def import_into(ctr: list[str], refs: list[str], cache: Path) -> None:
     """Imports into containerd's k8s.io namespace what it does not have yet under that tag."""
-    have = set(
-        subprocess.run(
-            [*ctr, "images", "ls", "-q"], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
-    scratch.mkdir(parents=True, exist_ok=True)
+    listed = subprocess.run([*ctr, "images", "ls", "-q"], capture_output=True, text=True, check=True)
+    have = set(listed.stdout.split())
     for ref in refs:
-        if ref in have:
-            continue
-        archive = scratch / "image.tar"
-        log("importing into containerd", image=ref)
-        try:
-            podman("save", "--format", "docker-archive", "-o", str(archive), ref)
-            subprocess.run([*ctr, "images", "import", str(archive)], check=True, capture_output=True)
-        finally:
-            archive.unlink(missing_ok=True)
-
-
-def remove_scratch(scratch: Path) -> None:
-    shutil.rmtree(scratch, ignore_errors=True)
+        if ref not in have:
+            log("importing into containerd", image=ref)
+            subprocess.run(
+                [*ctr, "images", "import", str(archive(ref, cache))], check=True, capture_output=True
+            )
