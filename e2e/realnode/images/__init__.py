@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import subprocess
 import tempfile
@@ -125,8 +126,18 @@ def bpfleet_images() -> tuple[str, str]:
         ref = f"localhost/bpfleet/{name}:{image_id[:12]}"
         podman("tag", built, ref)
         podman("untag", built, built)
+        _untag_older(f"localhost/bpfleet/{name}", image_id[:12])
         refs.append(ref)
     return refs[0], refs[1]
+
+
+def _untag_older(repository: str, current: str) -> None:
+    """Drops the ID tags of earlier builds, and their images when nothing else names them."""
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.split()
+    for ref in listed:
+        tag = ref.rpartition(":")[2]
+        if ref.startswith(f"{repository}:") and re.fullmatch(r"[0-9a-f]{12}", tag) and tag != current:
+            podman("rmi", ref, check=False)  # the image too, unless another tag or a container holds it
 
 
 def build_all() -> Images:
