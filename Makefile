@@ -21,7 +21,7 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: control-plane lint  ## every tier: unit, kernel, API server, end to end
+test: control-plane node-deps lint  ## every tier: unit, kernel, API server, end to end (and a real node)
 	$(PYTHON) -m pytest
 
 bench: control-plane  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
@@ -59,4 +59,25 @@ kind-down:
 
 kind-test:  ## kind-up, then the cluster suite e2e/cluster_tests against it
 	kubeconfig=$$(bash e2e/scripts/kind-up.sh) && \
-	  BPFLEET_CLUSTER_KUBECONFIG="$$kubeconfig" $(PYTHON) -m pytest e2e/cluster_tests
+	  BPFLEET_CLUSTER_KUBECONFIG="$$kubeconfig" BPFLEET_CLUSTER_UPGRADE_AGENT_TAG=dev-upgrade \
+	  $(PYTHON) -m pytest e2e/cluster_tests
+
+.PHONY: cluster-up cluster-down cluster-test
+# A local cluster with one real node on this host: kubelet, containerd, runc and the CNI bridge run
+# real pods, and the chart runs as pods on it (docs/development.md#a-real-node). No Docker needed.
+.PHONY: node-deps
+node-deps:  ## containerd, runc, the CNI plugins and podman for the real node (Debian packages)
+	bash e2e/scripts/install-node-deps.sh
+
+cluster-up: control-plane node-deps  ## the control plane, kube-scheduler, containerd and kubelet on this host
+	$(PYTHON) -m e2e.realnode up >/dev/null
+
+cluster-down:  ## stops the real node and removes all it made (processes, mounts, cgroups, bridge)
+	$(PYTHON) -m e2e.realnode down
+
+cluster-test: cluster-up  ## helm install of this tree's images on the real node, then e2e/cluster_tests
+	$(PYTHON) -m e2e.realnode install
+	BPFLEET_CLUSTER_KUBECONFIG="$$($(PYTHON) -m e2e.realnode kubeconfig)" \
+	  BPFLEET_CLUSTER_APP_IMAGE="$$($(PYTHON) -m e2e.realnode app-image)" \
+	  BPFLEET_CLUSTER_UPGRADE_AGENT_TAG="$$($(PYTHON) -m e2e.realnode upgrade-tag)" \
+	  $(PYTHON) -m pytest e2e/cluster_tests

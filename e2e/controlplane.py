@@ -311,8 +311,31 @@ def generate_pki(directory: Path) -> Pki:
     return pki
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
-    """Admin kubeconfig with embedded credentials, so it can be copied anywhere."""
+def issue_client_cert(pki: Pki, name: str, common_name: str, organization: str) -> tuple[Path, Path]:
+    """A client certificate and key signed by the control plane's CA, as <pki>/<name>.crt/.key: a
+    kubelet's is CN=system:node:<node>, O=system:nodes (the Node authorizer's identity)."""
+    ca = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = _new_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    crt_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
+    _write_key(key_path, key)
+    _write_cert(crt_path, _leaf_cert(ca, ca_key, key, subject, ExtendedKeyUsageOID.CLIENT_AUTH))
+    return crt_path, key_path
+
+
+def write_kubeconfig(
+    path: Path, server: str, pki: Pki, client: tuple[Path, Path] | None = None, user: str = ADMIN_USER
+) -> None:
+    """Admin kubeconfig (or one of `client`'s certificate and key) with embedded credentials, so it
+    can be copied anywhere."""
+    client_crt, client_key = client or (pki.admin_crt, pki.admin_key)
 
     def b64(file: Path) -> str:
         return base64.b64encode(file.read_bytes()).decode()
@@ -328,14 +351,14 @@ def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
         ],
         "users": [
             {
-                "name": ADMIN_USER,
+                "name": user,
                 "user": {
-                    "client-certificate-data": b64(pki.admin_crt),
-                    "client-key-data": b64(pki.admin_key),
+                    "client-certificate-data": b64(client_crt),
+                    "client-key-data": b64(client_key),
                 },
             }
         ],
-        "contexts": [{"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": ADMIN_USER}}],
+        "contexts": [{"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": user}}],
         "current-context": CONTEXT_NAME,
         "preferences": {},
     }
@@ -413,9 +436,16 @@ class ControlPlane:
     and left running.
     """
 
-    def __init__(self, state_dir: Path | str | None = None, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        bin_dir: Path | None = None,
+        extra_controllers: tuple[str, ...] = (),
+    ) -> None:
         self.state_dir = Path(state_dir or default_state_dir()).expanduser().resolve()
         self._bin_dir = bin_dir
+        # A cluster with a real node also runs workloads: deployments, replica sets, daemon sets.
+        self._controllers = ",".join([CONTROLLERS, *extra_controllers])
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._owns_processes = False
 
@@ -698,6 +728,11 @@ class ControlPlane:
             f"--tls-cert-file={pki.serving_crt}",
             f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_crt}",
+            # How it authenticates to kubelets (exec, logs, the pod proxy): as an admin.
+            f"--kubelet-client-certificate={pki.admin_crt}",
+            f"--kubelet-client-key={pki.admin_key}",
+            # At their InternalIP: a local node's name resolves nowhere.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # Node: what a real kubelet needs; RBAC for everyone else.
             "--authorization-mode=Node,RBAC",
             # Added to the default plugins (ResourceQuota, ServiceAccount, ValidatingAdmissionPolicy, ...).
@@ -714,7 +749,7 @@ class ControlPlane:
     def _controller_manager_args(self, ports: Ports, pki: Pki, kubeconfig: Path) -> list[str]:
         return [
             f"--kubeconfig={kubeconfig}",
-            f"--controllers={CONTROLLERS}",
+            f"--controllers={self._controllers}",
             f"--service-account-private-key-file={pki.sa_key}",
             f"--root-ca-file={pki.ca_crt}",
             "--use-service-account-credentials=false",

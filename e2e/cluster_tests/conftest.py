@@ -1,9 +1,10 @@
 """bpfleet on a real cluster: real nodes, kubelet, container runtime and pod network.
 
 Any cluster where bpfleet is already installed (the operator Deployment and the agent DaemonSet of
-charts/bpfleet), e.g. the kind cluster of `make kind-up`. Its kubeconfig comes from
-BPFLEET_CLUSTER_KUBECONFIG. Not among pyproject's default test paths: run it explicitly,
-`make kind-test` or `pytest e2e/cluster_tests`.
+charts/bpfleet): the real node of `make cluster-up`, or the kind cluster of `make kind-up`. Its
+kubeconfig comes from BPFLEET_CLUSTER_KUBECONFIG. Not among pyproject's default test paths: `make
+test` runs it on the real node through e2e/tests/test_real_node.py; `make cluster-test`, `make
+kind-test` or `pytest e2e/cluster_tests` run it directly.
 """
 
 from __future__ import annotations

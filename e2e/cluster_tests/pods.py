@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from e2e.kube import Kube
 
-# Python in both: clients report connect()'s errno itself, and the server needs no other image.
-IMAGE = "python:3.12-slim"
+# Python in both: clients report connect()'s errno itself, and the server needs no other image. A
+# cluster without a registry (the real node of e2e/realnode) names one of its own that has python.
+IMAGE = os.environ.get("BPFLEET_CLUSTER_APP_IMAGE", "python:3.12-slim")
 SERVER = "server"
 # The server listens on both; the port-deny test refuses the first only.
 SERVER_PORTS = (8080, 8081)

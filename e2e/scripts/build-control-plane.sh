@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the Go module proxy, pinned, and
-# caches the binaries by version outside the repo so that later runs reuse them.
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet from the Go module
+# proxy, pinned, and caches the binaries by version outside the repo so that later runs reuse them.
+# kube-scheduler and kubelet are for the real node of `make cluster-up` (e2e/realnode); each binary
+# is built only when missing, so a cache made before they were added gains just those two.
 #
 #   BPFLEET_CACHE   cache root (default ~/.cache/bpfleet)
 #   KUBE_VERSION    Kubernetes release to build (default below)
@@ -21,11 +23,17 @@ log() { printf '[build-control-plane] %s\n' "$*" >&2; }
 command -v go >/dev/null || { log "go is required (expected at /usr/local/go/bin)"; exit 1; }
 mkdir -p "$OUT"
 
-build_kubernetes() {
-  local work="$CACHE/build/kubernetes-$KUBE_VERSION"
+KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+
+# The wrapper module every Kubernetes command is built from; made once, then reused.
+prepare_kubernetes_module() {
+  local work=$1
   local minor="0.${KUBE_VERSION#v1.}"   # v1.35.4 -> staging modules at v0.35.4
+  if [ -f "$work/.ready" ]; then
+    cd "$work"
+    return
+  fi
   rm -rf "$work" && mkdir -p "$work" && cd "$work"
-  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION (takes several minutes)"
   go mod init bpfleet.local/kube-build >/dev/null 2>&1
   # kubernetes' go.mod pins every k8s.io staging module at v0.0.0 and replaces it with a local
   # path; a consumer must point each one at its published version instead.
@@ -37,23 +45,28 @@ build_kubernetes() {
     go mod edit -replace="$mod=$mod@v$minor"
   done
   go mod edit -require="k8s.io/kubernetes@$KUBE_VERSION"
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for cmd in "${KUBE_COMMANDS[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+    printf ')\n'
+  } > tools.go
   log "resolving modules"
   go mod tidy -e >/dev/null 2>&1 || true
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" >&2
+  local cmd pkgs=()
+  for cmd in "${KUBE_COMMANDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$cmd@$KUBE_VERSION"); done
+  go get "${pkgs[@]}" >&2
+  touch .ready
+}
+
+build_kubernetes() {
+  local work="$CACHE/build/kubernetes-$KUBE_VERSION" cmd
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
-  for cmd in kube-apiserver kube-controller-manager; do
+  log "building $* $KUBE_VERSION (the first build takes several minutes)"
+  prepare_kubernetes_module "$work"
+  for cmd in "$@"; do
     log "go build $cmd"
-    go build -tags selinux,notest -ldflags "$ldflags" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+    go build -tags selinux,notest -ldflags "$ldflags" -o "$OUT/$cmd.partial" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$OUT/$cmd.partial" "$OUT/$cmd"
   done
 }
 
@@ -67,8 +80,8 @@ build_etcd() {
 }
 
 [ -x "$OUT/etcd" ] || build_etcd
-if [ ! -x "$OUT/kube-apiserver" ] || [ ! -x "$OUT/kube-controller-manager" ]; then
-  build_kubernetes
-fi
+missing=()
+for cmd in "${KUBE_COMMANDS[@]}"; do [ -x "$OUT/$cmd" ] || missing+=("$cmd"); done
+[ ${#missing[@]} -eq 0 ] || build_kubernetes "${missing[@]}"
 log "control plane binaries ready in $OUT"
 echo "$OUT"

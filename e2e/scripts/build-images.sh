@@ -7,7 +7,10 @@
 # under the names FROM resolves to. Safe to rerun: what exists is skipped, and the image builds
 # reuse podman's layer cache.
 #
-#   BPFLEET_CACHE   cache root (default ~/.cache/bpfleet); the base tarball goes to images/ below it
+#   BPFLEET_CACHE      cache root (default ~/.cache/bpfleet); the base tarball goes to images/ below it
+#   BPFLEET_IMAGE_TAG  the tag of both images (default dev); e2e/realnode builds under a tag of its
+#                      own and retags by image ID, so that builds of other trees on this host never
+#                      change what it runs
 #
 # Containers on this kind of host start only with runc (crun refuses a hybrid cgroup layout) and
 # with --ulimit values no higher than this shell's limits; both apply to the build's RUN steps too.
@@ -222,6 +225,7 @@ build() {
   log "built $tag in $(since "$start") ($("${podman_cmd[@]}" image inspect --format '{{.Size}}' "$tag" |
     python3 -c 'import sys; print(f"{int(sys.stdin.read()) / 1e6:.0f} MB")'))"
 }
-build bpfleet/operator:dev operator/Dockerfile
-build bpfleet/agent:dev node_agent/Dockerfile
-log "images ready: bpfleet/operator:dev bpfleet/agent:dev"
+TAG=${BPFLEET_IMAGE_TAG:-dev}
+build "bpfleet/operator:$TAG" operator/Dockerfile
+build "bpfleet/agent:$TAG" node_agent/Dockerfile
+log "images ready: bpfleet/operator:$TAG bpfleet/agent:$TAG"

@@ -130,8 +130,10 @@ build() {
 }
 build "$OPERATOR_IMAGE" operator/Dockerfile
 build "$AGENT_IMAGE" node_agent/Dockerfile
-log "kind load docker-image $OPERATOR_IMAGE $AGENT_IMAGE"
-"$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$AGENT_IMAGE" >&2
+# A second tag of the agent's image: the cluster suite's helm upgrade rolls the agents to it.
+docker tag "$AGENT_IMAGE" "$AGENT_IMAGE-upgrade"
+log "kind load docker-image $OPERATOR_IMAGE $AGENT_IMAGE $AGENT_IMAGE-upgrade"
+"$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$AGENT_IMAGE" "$AGENT_IMAGE-upgrade" >&2
 
 # --- bpfleet --------------------------------------------------------------------------------------------
 log "applying the CRDs (charts/bpfleet/crds/)"
