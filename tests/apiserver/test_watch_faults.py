@@ -32,9 +32,7 @@ def proxy(control_plane: ControlPlane) -> Iterator[FreezingProxy]:
 
 
 @pytest.fixture
-def proxied_api(
-    proxy: FreezingProxy, control_plane: ControlPlane, tmp_path: Path
-) -> RestClient:
+def proxied_api(proxy: FreezingProxy, control_plane: ControlPlane, tmp_path: Path) -> RestClient:
     config = proxy.kubeconfig(control_plane.kubeconfig, tmp_path / "kubeconfig")
     return RestClient.load(str(config))
 
