@@ -29,7 +29,8 @@ class RestClient:
     def __init__(self, endpoint: Endpoint, timeout: float | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = urllib3.Timeout(connect=CONNECT_SECONDS, read=timeout or request_seconds())
-        kwargs: dict[str, Any] = {"retries": False, "maxsize": 4}
+        # Each open watch holds a connection: room for the watches and the calls beside them.
+        kwargs: dict[str, Any] = {"retries": False, "maxsize": 8}
         if endpoint.ssl_context is not None:
             kwargs["ssl_context"] = endpoint.ssl_context
         self._pool = urllib3.PoolManager(**kwargs)
