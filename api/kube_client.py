@@ -1,4 +1,5 @@
-"""The Kubernetes API client both components use: in-cluster when in a pod, else a kubeconfig."""
+"""The `kubernetes` package's client, for the operator's kopf parts (the agent uses rest.py): in-cluster
+when in a pod, else a kubeconfig."""
 
 from __future__ import annotations
 
@@ -7,16 +8,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-
-def request_seconds() -> float:
-    """The read timeout of every request that names none (env BPFLEET_API_TIMEOUT_SECONDS, 15):
-    without one, a request sent on a pooled connection that died silently (open, nothing arrives)
-    waits forever. 15 s, as the HTTP/2 health check of Go clients finds a dead connection in. Watches
-    set their own (node_agent/watch.py)."""
-    return float(os.environ.get("BPFLEET_API_TIMEOUT_SECONDS", "15"))
-
-
-CONNECT_SECONDS = 5.0
+from bpfleet_api.kube_timeouts import CONNECT_SECONDS, request_seconds
 
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     sim = None
     try:
         kube = Kube(plane.kubeconfig)
+        kube.bpffs_roots[NODE] = bpffs_root  # status entries then say where versions are pinned
         install_crds(plane.kubeconfig)
         operator = operator_process(plane.kubeconfig, work / "logs").start()
         # The simulator first: kubelet's cgroup root exists before the agent starts, as on a node.

@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import kubernetes
 import yaml
 
+from bpfleet_api.informer import Informer, WatchTiming
+from bpfleet_api.rest import RestClient
 from e2e.fleet import Fleet, FleetNode, local_fleet
 from e2e.freeze_proxy import FreezingProxy
 from e2e.harness import log, wait_for
 from e2e.kube import cgroup_programs
 from e2e.soak import Soak
 from e2e.tools import REPO_ROOT
-from node_agent.watch import Informer, WatchTiming
 
 NAMESPACE = "figures"
 PROGRAM = "web-egress-traffic"
@@ -96,11 +96,10 @@ class Figures:
         server = urlparse(self.fleet.plane.server_url)
         with FreezingProxy((server.hostname or "127.0.0.1", server.port or 443)) as proxy:
             config = proxy.kubeconfig(self.fleet.plane.kubeconfig, work / "proxied-kubeconfig")
-            api = kubernetes.config.new_client_from_config(config_file=str(config))
+            api = RestClient.load(str(config))
             informer = Informer(
                 api,
                 f"/api/v1/namespaces/{NAMESPACE}/configmaps",
-                lambda: None,
                 timing=WatchTiming(watch_seconds=watch_seconds),
             )
             informer.start()

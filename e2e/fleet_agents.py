@@ -19,37 +19,28 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Node, V1
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
+from bpfleet_api.informer import Informer
+from bpfleet_api.rest import RestClient
 from node_agent.errors import InvalidSpec
 from node_agent.intake import Entry, parse_entries
 from node_agent.kernel.backend import LoadedProgram, ProgramRef
 from node_agent.model import NodeProgram, Trust, check_hash, version_namespace
 from node_agent.reconcile import ATTACHED, PodReport, ProgramReport
 from node_agent.status import node_state_status, program_entry, refused_entry
-from node_agent.watch import Informer
 
 FLEET_LABEL = "bpfleet.io/fleet-bench"
 ATTACH_TYPES = ("CgroupSkb", "CgroupSockAddr", "CgroupSock", "CgroupSysctl", "CgroupDevice", "Tc", "Xdp")
 
 
-class _StateWatch(Informer):
-    """The fleet's EbpfNodeStates, telling which node's changed."""
+def _state_watch(api: RestClient, changed: Any) -> Informer[dict[str, Any]]:
+    """The fleet's EbpfNodeStates, telling which node's changed (a relist tells every one)."""
 
-    def __init__(self, api: ApiClient, changed: Any) -> None:
-        path = f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}"
-        super().__init__(api, path, lambda: None)
-        self.changed = changed
+    def tell(kind: str, _key: str, _before: Any, after: Any) -> None:
+        if after is not None:
+            changed(after)
 
-    def _list(self) -> str:
-        version = super()._list()
-        for state in self.objects():
-            self.changed(state)
-        return version
-
-    def _apply(self, event: dict[str, Any]) -> str | None:
-        version = super()._apply(event)
-        if event.get("type") in ("ADDED", "MODIFIED"):
-            self.changed(event["object"])
-        return version
+    path = f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}"
+    return Informer(api, path, listener=tell)
 
 
 class SimulatedFleet:
@@ -60,6 +51,8 @@ class SimulatedFleet:
         pods_per_program: int = 10,
         workers: int = 8,
         agent_reads: bool = False,
+        *,
+        rest: RestClient,
     ) -> None:
         self.api, self.nodes, self.pods = api, nodes, pods_per_program
         self.custom, self.core = CustomObjectsApi(api), CoreV1Api(api)
@@ -72,7 +65,7 @@ class SimulatedFleet:
         self._dirty: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._watch = _StateWatch(api, self._changed)
+        self._watch = _state_watch(rest, self._changed)
         self._fleet = set(nodes)
         self.status_writes = 0
 

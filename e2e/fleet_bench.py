@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
         kube.api = kubernetes.client.ApiClient(config)
         kube.custom = kubernetes.client.CustomObjectsApi(kube.api)
         nodes = [f"fleet-{i:05d}" for i in range(args.nodes)]
-        fleet = SimulatedFleet(kube.api, nodes, args.pods, args.workers, args.agent_reads)
+        fleet = SimulatedFleet(kube.api, nodes, args.pods, args.workers, args.agent_reads, rest=kube.rest)
         log("registering nodes and their agents", nodes=args.nodes)
         fleet.register(lambda done: log("registered", nodes=done))
         operator = operator_process(plane.kubeconfig, work / "logs")

@@ -16,6 +16,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names
+from bpfleet_api.rest import RestClient
 from e2e.harness import kubectl, wait_for
 
 
@@ -27,6 +28,7 @@ class Kube:
         self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
         self.core = kubernetes.client.CoreV1Api(self.api)
         self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.rest = RestClient.load(str(kubeconfig))  # the agent's client
         # Each node's bpffs root, where known: a status entry read through node_programs() then
         # also says where its version is pinned (pinPath, maps), read from the kernel.
         self.bpffs_roots: dict[str, Path] = {}

@@ -9,17 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
-
-from bpfleet_api import conditions, names, patching
+from bpfleet_api import conditions, names
+from bpfleet_api.errors import ApiError
+from bpfleet_api.informer import Informer, wait_synced
+from bpfleet_api.objects import CoreObjects, CustomObjects
+from bpfleet_api.rest import RestClient
+from bpfleet_api.status_patch import patch_status
 from node_agent.features import NodeFeatures
 from node_agent.intake import Intake, VersionReader, parse_entries
 from node_agent.metrics import AgentMetrics
 from node_agent.model import NodeProgram, Pod, Trust
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.reporting import Reporter
-from node_agent.watch import Informer, wait_synced
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _NODE_RECHECK = 5.0
 class Agent:
     def __init__(
         self,
-        api: ApiClient,
+        api: RestClient,
         node: str,
         reconciler: Reconciler,
         features: NodeFeatures | None = None,
@@ -63,21 +64,23 @@ class Agent:
         self._written: tuple[str, dict[str, Any]] | None = None
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
-        self.custom = CustomObjectsApi(api)
-        self.core = CoreV1Api(api)
+        self.custom = CustomObjects(api)
+        self.core = CoreObjects(api)
         self._wake = threading.Event()
         self.stop_event = threading.Event()
         self._node_checked_at, self._node_missing = -_NODE_RECHECK, False
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
         reconciler.pool.on_done = self._wake.set
         # Exactly one object: this node's EbpfNodeState, named after it.
-        self.programs = Informer(
+        self.programs: Informer[dict[str, Any]] = Informer(
             api,
             f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}",
-            self._wake.set,
+            on_change=self._wake.set,
             field_selector=f"metadata.name={node}",
         )
-        self.pods = Informer(api, "/api/v1/pods", self._wake.set, field_selector=f"spec.nodeName={node}")
+        self.pods: Informer[dict[str, Any]] = Informer(
+            api, "/api/v1/pods", on_change=self._wake.set, field_selector=f"spec.nodeName={node}"
+        )
         # Called after each pass with what it saw (the fast path registers pods' programs here).
         self.pass_listeners: list[Callable[[list[NodeProgram], list[Pod], PassResult], None]] = []
 
@@ -141,7 +144,7 @@ class Agent:
             self.custom.create_cluster_custom_object(
                 names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, body
             )
-        except ApiException as e:
+        except ApiError as e:
             if e.status != 409:
                 log.warning("could not publish kernel features", extra={"error": str(e.reason)})
                 return
@@ -155,9 +158,7 @@ class Agent:
 
     def _patch_node_state(self, status: dict[str, Any]) -> bool:
         """Merges into this node's BpfleetNode status; False when the object does not exist."""
-        return patching.merge_patch(
-            self.custom, names.NODE_STATE_PLURAL, None, self.node, {"status": status}, status=True
-        )
+        return patch_status(self.custom, names.NODE_STATE_PLURAL, self.node, status)
 
     def _node_gone(self) -> bool:
         """Whether the API server says this node's Node object does not exist (asked at most every
@@ -169,7 +170,7 @@ class Agent:
         try:
             self.core.read_node(self.node)
             self._node_missing = False
-        except ApiException as e:
+        except ApiError as e:
             self._node_missing = e.status == 404
         except Exception:  # the API server unreachable: not known
             self._node_missing = False
@@ -182,7 +183,7 @@ class Agent:
         except Exception as e:  # forbidden, missing, or the API server unreachable: no owner then
             log.warning("cannot read this node's Node object", extra={"node": self.node, "error": str(e)})
             return []
-        return [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node.metadata.uid}]
+        return [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": node["metadata"]["uid"]}]
 
     def _log_first_pass(self, result: PassResult) -> None:
         # After a restart this is the line that says the data plane was adopted, not rebuilt.
@@ -283,7 +284,7 @@ class Agent:
             found: dict[str, Any] = self.custom.get_namespaced_custom_object(
                 names.GROUP, names.VERSION, namespace, names.VERSION_PLURAL, name
             )
-        except ApiException as e:
+        except ApiError as e:
             if e.status == 404:
                 return None
             raise
@@ -323,7 +324,5 @@ class Agent:
         seen = str(state["metadata"].get("resourceVersion"))
         if (state.get("status") or {}) == status or self._written == (seen, status):
             return
-        patching.merge_patch(
-            self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, self.node, {"status": status}, status=True
-        )
+        patch_status(self.custom, names.NODE_STATE_PROGRAMS_PLURAL, self.node, status)
         self._written = (seen, status)

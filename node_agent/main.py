@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from bpfleet_api import logs, names
-from bpfleet_api.kube_client import api_client
+from bpfleet_api.rest import RestClient
 from node_agent import features, observed
 from node_agent.agent import Agent
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     resync_due = observed.every(args.resync, time.monotonic)
     reconciler = Reconciler(kernel, resolver, node_features, pool, resync_due)
     agent = Agent(
-        api_client(args.kubeconfig),
+        RestClient.load(args.kubeconfig),
         args.node,
         reconciler,
         node_features,

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 NODE = "node-stall"
 PROGRAM = "web-egress-traffic"
 WATCH_SECONDS = 3
-STALL_BOUND = WATCH_SECONDS + 5  # node_agent.watch.WatchTiming.grace
+STALL_BOUND = WATCH_SECONDS + 5  # bpfleet_api.informer.WatchTiming.grace
 REQUEST_SECONDS = 3  # a status write sent on a frozen connection is sent again after this
 
 

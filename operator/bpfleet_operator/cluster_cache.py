@@ -1,4 +1,5 @@
-"""What the reconciles read, kept by watches (informer.py): Nodes, BpfleetNodes (agents),
+"""What the reconciles read, kept by watches (bpfleet_api.informer: stalls, 410s and failures are
+caught and resumed with jittered backoff): Nodes, BpfleetNodes (agents),
 Namespaces and EbpfNodeStates, with an index of the nodes' status and spec entries by program.
 
 Watch events call the `Hooks`: only events that change a fan-out, a program's entries or a node's
@@ -15,14 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client import ApiClient
-
 from bpfleet_api import names
+from bpfleet_api.informer import Informer
+from bpfleet_api.rest import RestClient
 from bpfleet_operator import agents
 from bpfleet_operator.agents import Agents
 from bpfleet_operator.desired import Entry, key_of
 from bpfleet_operator.fleet_events import FanoutInputs
-from bpfleet_operator.informer import Informer
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.tenancy import NamespaceInfo
 
@@ -97,7 +97,7 @@ def _group_path(plural: str) -> str:
 
 
 class ClusterCache:
-    def __init__(self, api: ApiClient, hooks: Hooks) -> None:
+    def __init__(self, api: RestClient, hooks: Hooks) -> None:
         self.hooks = hooks
         self._fanout = FanoutInputs()
         self._lock = threading.Lock()
@@ -105,6 +105,7 @@ class ClusterCache:
         self._specs: dict[ProgramKey, dict[str, Entry]] = {}  # program -> node -> spec entry
         self._view: ClusterView | None = None
         self._view_at = 0.0
+        # Cluster-scoped collections: each cache is keyed by object name.
         self.nodes = Informer(api, "/api/v1/nodes", _labels, self._on_node)
         self.agents = Informer(api, _group_path(names.NODE_STATE_PLURAL), _agent, self._on_agent)
         self.namespaces = Informer(api, "/api/v1/namespaces", _namespace, self._on_namespace)

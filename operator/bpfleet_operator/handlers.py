@@ -19,6 +19,7 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
+from bpfleet_api.rest import RestClient
 from bpfleet_operator import deletion, events, kinds, watch_settings
 from bpfleet_operator.backoff import capped_backoffs
 from bpfleet_operator.cluster_cache import ClusterCache, Hooks
@@ -90,7 +91,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     api = api_client()
     custom = CustomObjectsApi(api)
     STATE.cache = ClusterCache(
-        api,
+        RestClient.load(),
         Hooks(
             fanout_changed=lambda: _soon(_queue_every_program),
             programs_changed=lambda keys: _soon(_queue_programs, keys),

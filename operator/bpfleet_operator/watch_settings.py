@@ -1,4 +1,4 @@
-"""How kopf's watches notice that they are broken, as the agent's informer does (node_agent/watch.py).
+"""How kopf's watches notice that they are broken, as the watch caches do (bpfleet_api/informer.py).
 
 - Each watch asks the server to end it after `server_timeout` (BPFLEET_WATCH_SECONDS, 30 s); the
   server sends a bookmark just before, so a healthy watch is never silent for longer.

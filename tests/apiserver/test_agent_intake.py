@@ -12,13 +12,13 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, reasons, versions
+from bpfleet_api.informer import wait_synced
 from e2e.harness import wait_for
 from e2e.kube import Kube
 from node_agent.agent import Agent
 from node_agent.model import Trust
 from node_agent.reconcile import Reconciler
 from node_agent.status import serving_version
-from node_agent.watch import wait_synced
 from tests.unit.fakes import FakeBackend, FakeCgroups
 
 pytestmark = pytest.mark.apiserver
@@ -127,7 +127,7 @@ def kernel() -> FakeBackend:
 @pytest.fixture
 def agent(crds: Kube, kernel: FakeBackend) -> Iterator[Agent]:
     node = f"intake-{RUN}"
-    running = Agent(crds.api, node, Reconciler(kernel, FakeCgroups()), trust=Trust("bpfleet-system"))
+    running = Agent(crds.rest, node, Reconciler(kernel, FakeCgroups()), trust=Trust("bpfleet-system"))
     for informer in (running.programs, running.pods):
         informer.start()
     assert wait_synced([running.programs, running.pods], running.stop_event, timeout=20)

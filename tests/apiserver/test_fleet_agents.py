@@ -21,7 +21,9 @@ RUN = uuid.uuid4().hex[:6]
 
 @pytest.fixture
 def fleet(crds: Kube) -> Iterator[SimulatedFleet]:
-    simulated = SimulatedFleet(crds.api, [f"sim-{RUN}-{i}" for i in range(3)], pods_per_program=4, workers=2)
+    simulated = SimulatedFleet(
+        crds.api, [f"sim-{RUN}-{i}" for i in range(3)], pods_per_program=4, workers=2, rest=crds.rest
+    )
     simulated.register()
     simulated.start()
     try:

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import kubernetes
 import pytest
 
 from bpfleet_api import names
+from bpfleet_api.informer import Informer, WatchTiming
+from bpfleet_api.rest import RestClient
 from e2e.controlplane import ControlPlane
 from e2e.freeze_proxy import FreezingProxy
 from e2e.harness import wait_for
 from e2e.kube import Kube, scratch_namespace
-from node_agent.watch import Informer, WatchTiming
 
 # Short watches, so that the bound is seconds: stall noticed within 3 + 2 s of the last byte.
 TIMING = WatchTiming(watch_seconds=3, grace=2.0, retry_base=0.2, retry_cap=1.0)
@@ -32,11 +32,9 @@ def proxy(control_plane: ControlPlane) -> Iterator[FreezingProxy]:
 
 
 @pytest.fixture
-def proxied_api(
-    proxy: FreezingProxy, control_plane: ControlPlane, tmp_path: Path
-) -> kubernetes.client.ApiClient:
+def proxied_api(proxy: FreezingProxy, control_plane: ControlPlane, tmp_path: Path) -> RestClient:
     config = proxy.kubeconfig(control_plane.kubeconfig, tmp_path / "kubeconfig")
-    return kubernetes.config.new_client_from_config(config_file=str(config))
+    return RestClient.load(str(config))
 
 
 @pytest.fixture
@@ -57,8 +55,8 @@ def started() -> Iterator[list[Informer]]:
             informer.join(timeout=TIMING.stall_seconds + 5)
 
 
-def _configmaps(api: kubernetes.client.ApiClient, namespace: str, started: list[Informer]) -> Informer:
-    informer = Informer(api, f"/api/v1/namespaces/{namespace}/configmaps", lambda: None, timing=TIMING)
+def _configmaps(api: RestClient, namespace: str, started: list[Informer]) -> Informer:
+    informer = Informer(api, f"/api/v1/namespaces/{namespace}/configmaps", timing=TIMING)
     started.append(informer)
     informer.start()
     wait_for("the informer synced", informer.synced.is_set, timeout=10)
@@ -116,7 +114,7 @@ def test_a_healthy_idle_watch_is_not_taken_for_a_stall(
 
 def test_an_expired_resource_version_is_relisted(crds: Kube, started: list[Informer]):
     """Version 1 is older than anything the server keeps for a custom resource: a real 410."""
-    api = crds.api
+    api = crds.rest
     node = f"watch-{uuid.uuid4().hex[:6]}"
     body = {
         "apiVersion": names.API_VERSION,
@@ -128,7 +126,6 @@ def test_an_expired_resource_version_is_relisted(crds: Kube, started: list[Infor
         informer = Informer(
             api,
             f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PLURAL}",
-            lambda: None,
             field_selector=f"metadata.name={node}",
             timing=TIMING,
             since="1",

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
-
 from bpfleet_api import names
+from bpfleet_api.errors import ApiError
 from node_agent.agent import Agent
 from node_agent.compile_pool import CompilePool
 from node_agent.model import Trust
 from node_agent.reconcile import PassResult, Reconciler
 from tests.unit.builders import hashed, node_state
-from tests.unit.fakes import FakeBackend, FakeCgroups
+from tests.unit.fakes import FakeBackend, FakeCgroups, offline_api
 
 TRUST = Trust("bpfleet-system")
 
@@ -40,9 +38,9 @@ class FakeApi:
         assert plural == names.VERSION_PLURAL
         self.reads.append((namespace, name))
         if self.down:
-            raise ApiException(status=503, reason="Service Unavailable")
+            raise ApiError(503, "Service Unavailable")
         if (namespace, name) not in self.versions:
-            raise ApiException(status=404, reason="Not Found")
+            raise ApiError(404, "Not Found")
         return self.versions[(namespace, name)]
 
     def patch_cluster_custom_object_status(self, group, version, plural, name, body, **_):
@@ -58,7 +56,7 @@ class FakeCore:
 
     def read_node(self, name: str, **_: Any) -> Any:
         if self.gone:
-            raise ApiException(status=404, reason="Not Found")
+            raise ApiError(404, "Not Found")
         return {"metadata": {"name": name}}
 
 
@@ -77,7 +75,7 @@ class Node:
         self.name = node
         # Without a pool, builds run at once inside the pass.
         reconciler = Reconciler(self.kernel, FakeCgroups(cgroups or set()), pool=pool)
-        self.agent = Agent(ApiClient(), node, reconciler, trust=TRUST)
+        self.agent = Agent(offline_api(), node, reconciler, trust=TRUST)
         self.api = FakeApi()
         self.agent.custom = self.api  # type: ignore[assignment]
         self.core = FakeCore()

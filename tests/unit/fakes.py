@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpfleet_api.kubeconfig import Endpoint
+from bpfleet_api.rest import RestClient
 from node_agent import errors
 from node_agent.kernel.attach_types import KernelAttach
 from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
@@ -160,3 +162,8 @@ class ManualStart:
     def finish_all(self) -> None:
         while self.jobs:
             self.finish_one()
+
+
+def offline_api() -> RestClient:
+    """A client of no server: for agents whose informers and API calls tests replace."""
+    return RestClient(Endpoint("http://127.0.0.1:9", None))

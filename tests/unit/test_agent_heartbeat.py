@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from kubernetes.client import ApiClient
-
 from node_agent.agent import Agent
 from node_agent.kernel.backend import LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.model import Trust
 from node_agent.reconcile import Reconciler
 from tests.unit.builders import node_program, node_state
-from tests.unit.fakes import FakeBackend, FakeCgroups
+from tests.unit.fakes import FakeBackend, FakeCgroups, offline_api
 
 PERIOD = 0.05
 VERSION = node_program()
@@ -65,7 +63,7 @@ class StuckCompile(FakeBackend):
 def test_heartbeats_continue_while_a_compile_blocks_the_pass():
     kernel = StuckCompile()
     agent = Agent(
-        ApiClient(),
+        offline_api(),
         "node-a",
         Reconciler(kernel, FakeCgroups()),
         trust=Trust("bpfleet-system"),

@@ -3,8 +3,6 @@ which it refuses and how it says so, what it writes. The API is a recorder; the 
 
 from __future__ import annotations
 
-from kubernetes.client import ApiClient
-
 from bpfleet_api import names, reasons
 from node_agent.agent import Agent
 from node_agent.compile_pool import CompilePool
@@ -13,7 +11,7 @@ from node_agent.reconcile import PassResult, Reconciler
 from node_agent.status import UNLOADING, serving_version
 from tests.unit.agent_harness import Node
 from tests.unit.builders import cluster_program, hashed, node_program, parsed, pod
-from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart
+from tests.unit.fakes import FakeBackend, FakeCgroups, ManualStart, offline_api
 
 WEB = {"app": "web"}
 TRACEPOINT = {"type": "Tracepoint", "name": "sched:sched_process_exec"}
@@ -29,7 +27,7 @@ def linked(node: Node) -> set[tuple[str, str]]:
 
 def test_the_watch_selects_this_nodes_state_by_name():
     long_node = "ip-10-0-0-1." + "very-long-domain-" * 4 + "example.com"
-    agent = Agent(ApiClient(), long_node, Reconciler(FakeBackend(), FakeCgroups()))
+    agent = Agent(offline_api(), long_node, Reconciler(FakeBackend(), FakeCgroups()))
     assert agent.programs.path.endswith(f"/{names.NODE_STATE_PROGRAMS_PLURAL}")
     assert agent.programs.selectors == {"fieldSelector": f"metadata.name={long_node}"}
 

@@ -1,7 +1,9 @@
-"""List-then-watch of one kind of object, with server-side selectors, into an in-memory cache.
+"""List-then-watch of one collection into an in-memory cache, shared by the agent and the operator.
 
-The agent reconciles the whole node on any change, so the informer only keeps the latest objects
-and rings a bell; it never hands single events to business logic.
+Objects are read as raw JSON and kept as `reduce` makes them (the whole object by default). Each
+change after a list is told to the `listener` (kind, key, before, after) when the reduced object
+differs, and `on_change` rings after every list and applied event. Keys are names, namespace/name
+for namespaced objects.
 
 Broken watches, and what the informer does about each:
 
@@ -25,18 +27,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from bpfleet_api.backoff import FullJitter
+from bpfleet_api.errors import ApiError, Expired
+from bpfleet_api.rest import RestClient
 
 log = logging.getLogger(__name__)
 
-_CONNECT_SECONDS = 5.0
-_LIST_SECONDS = 30.0
+T = TypeVar("T")
+# (event type ADDED/MODIFIED/DELETED, key, before (None when new), after (None when deleted))
+Listener = Callable[[str, str, "Any | None", "Any | None"], None]
+
+_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -72,20 +77,27 @@ class WatchStats:
     last_list_at: float | None = None
 
 
-class Expired(Exception):
-    """The server no longer has the resourceVersion the watch resumed from."""
-
-
 class Stalled(Exception):
     """The watch's connection stayed silent for longer than a healthy watch ever is."""
 
 
-class Informer(threading.Thread):
+def _whole(obj: dict[str, Any]) -> Any:
+    return obj
+
+
+def key_of(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta["name"])
+
+
+class Informer(Generic[T]):
     def __init__(
         self,
-        api: ApiClient,
+        api: RestClient,
         path: str,
-        on_change: Callable[[], None],
+        reduce: Callable[[dict[str, Any]], T] = _whole,
+        listener: Listener | None = None,
+        on_change: Callable[[], None] | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
         timing: WatchTiming | None = None,
@@ -93,8 +105,8 @@ class Informer(threading.Thread):
     ) -> None:
         """`since` starts with a watch from that resourceVersion instead of a list (as after a
         long disconnection; tests use it to meet a real 410). The cache is synced by a list only."""
-        super().__init__(name=f"informer {path}", daemon=True)
-        self.api, self.path, self.on_change = api, path, on_change
+        self.api, self.path, self.reduce = api, path, reduce
+        self.listener, self.on_change = listener, on_change
         self.selectors = {
             k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v
         }
@@ -102,18 +114,44 @@ class Informer(threading.Thread):
         self.stats = WatchStats()
         self.synced = threading.Event()
         self._lock = threading.Lock()
-        self._objects: dict[str, dict[str, Any]] = {}
+        self._items: dict[str, T] = {}
         self._stopping = threading.Event()
         self._version = since
         self._jitter = FullJitter(self.timing.retry_base, self.timing.retry_cap)
         self._failures = 0  # in a row, since the last list or watch the server accepted
+        self._thread: threading.Thread | None = None
 
-    def objects(self) -> list[dict[str, Any]]:
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, key: str) -> T | None:
         with self._lock:
-            return list(self._objects.values())
+            return self._items.get(key)
+
+    def snapshot(self) -> dict[str, T]:
+        """A copy of the key -> object map (the objects themselves are shared: never mutate them)."""
+        with self._lock:
+            return dict(self._items)
+
+    def objects(self) -> list[T]:
+        with self._lock:
+            return list(self._items.values())
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def start(self) -> Informer[T]:
+        self._thread = threading.Thread(target=self.run, name=f"informer {self.path}", daemon=True)
+        self._thread.start()
+        return self
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -151,43 +189,45 @@ class Informer(threading.Thread):
             if delay:
                 self._stopping.wait(delay)
 
-    def _request(self, params: dict[str, Any], timeout: float | tuple[float, float]) -> Any:
-        """A GET whose body is read raw: lists and watch streams alike, as plain dicts."""
-        method, url, headers, body, _ = self.api.param_serialize(
-            "GET",
-            self.path,
-            query_params=list({**self.selectors, **params}.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(method, url, headers, body, _request_timeout=timeout).response
-        if response.status == 410:
-            raise Expired(response.data.decode(errors="replace")[:300])
-        if response.status >= 400:
-            raise ApiException(status=response.status, reason=response.data.decode(errors="replace")[:500])
-        return response
+    # -- list and watch ------------------------------------------------------------------------
 
     def _list(self) -> str:
-        body = json.loads(self._request({}, (_CONNECT_SECONDS, _LIST_SECONDS)).data)
+        listed: dict[str, T] = {}
+        token, version = "", ""
+        while True:
+            query = {**self.selectors, "limit": str(_PAGE), **({"continue": token} if token else {})}
+            page = self.api.get(self.path, query)
+            for obj in page.get("items") or []:
+                listed[key_of(obj)] = self.reduce(obj)
+            token = page["metadata"].get("continue") or ""
+            version = str(page["metadata"]["resourceVersion"])
+            if not token:
+                break
         with self._lock:
-            self._objects = {o["metadata"]["uid"]: o for o in body.get("items", [])}
+            before, self._items = self._items, listed
         self.stats.lists += 1
         self.stats.last_list_at = time.monotonic()
         self._failures = 0
         self.synced.set()
-        self.on_change()
-        return str(body["metadata"]["resourceVersion"])
+        for key in before.keys() - listed.keys():
+            self._tell("DELETED", key, before[key], None)
+        for key, obj in listed.items():
+            if before.get(key) != obj:
+                self._tell("ADDED" if key not in before else "MODIFIED", key, before.get(key), obj)
+        self._ring()
+        return version
 
     def _watch(self, version: str) -> str:
         """Follows changes from a resource version; returns the last one seen when the server ends it."""
-        params = {
+        query = {
+            **self.selectors,
             "watch": "1",
             "resourceVersion": version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(self.timing.watch_seconds),
         }
         # The read timeout bounds the silence between two reads of the stream: the stall bound.
-        response = self._request(params, (_CONNECT_SECONDS, self.timing.stall_seconds))
+        response = self.api.stream(self.path, query, self.timing.stall_seconds)
         self.stats.watches += 1
         self._failures = 0
         buffer = b""
@@ -202,6 +242,11 @@ class Informer(threading.Thread):
                         version = self._apply(json.loads(line)) or version
         except ReadTimeoutError as e:
             raise Stalled(str(e)) from e
+        except ProtocolError as e:
+            # urllib3 wraps a read timeout inside a chunked body as a protocol error.
+            if isinstance(e.__context__, TimeoutError) or "timed out" in str(e):
+                raise Stalled(str(e)) from e
+            raise
         finally:
             response.release_conn()
         return version
@@ -211,21 +256,37 @@ class Informer(threading.Thread):
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise Expired(str(obj.get("message")))
-            raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+            raise ApiError(int(obj.get("code") or 500), str(obj.get("message")))
         version = obj.get("metadata", {}).get("resourceVersion")
         if kind == "BOOKMARK":
             return version
-        uid = obj["metadata"]["uid"]
+        key = key_of(obj)
+        reduced = None if kind == "DELETED" else self.reduce(obj)
         with self._lock:
-            if kind == "DELETED":
-                self._objects.pop(uid, None)
+            before = self._items.get(key)
+            if reduced is None:
+                self._items.pop(key, None)
             else:
-                self._objects[uid] = obj
-        self.on_change()
+                self._items[key] = reduced
+        if before != reduced:
+            self._tell(str(kind), key, before, reduced)
+        self._ring()
         return version
 
+    def _tell(self, kind: str, key: str, before: T | None, after: T | None) -> None:
+        if self.listener is None:
+            return
+        try:
+            self.listener(kind, key, before, after)
+        except Exception:
+            log.exception("watch listener failed", extra={"path": self.path, "object": key})
 
-def wait_synced(informers: list[Informer], stop: threading.Event, timeout: float = 60.0) -> bool:
+    def _ring(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+def wait_synced(informers: list[Informer[Any]], stop: threading.Event, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
         if all(i.synced.is_set() for i in informers):
