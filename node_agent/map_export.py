@@ -258,7 +258,7 @@ def export_targets(
     targets = []
     for report in reports:
         obj = objects.get((report.namespace, report.name))
-        if report.loaded is None or report.detached or obj is None:
+        if report.loaded is None or obj is None:
             continue
         program = report.loaded.ref.name
         if report.loaded.ref.namespace == names.CLUSTER_PIN_NAMESPACE:
