@@ -74,7 +74,7 @@ def map_id(pin: Path) -> int:
 
 
 def serving(kube: Kube, node: Any, namespace: str, name: str, old_id: int) -> dict[str, Any] | None:
-    """The node object's status once it serves a version other than program `old_id`, Ready."""
+    """The program's status entry on the node once it serves a version other than program `old_id`, Ready."""
     status = kube.node_program(namespace, name, node.name).get("status") or {}
     if status.get("programId") in (None, old_id) or not kube.is_ready(namespace, name):
         return None

@@ -222,7 +222,7 @@ def test_a_silent_agent_holds_a_deletion_for_the_grace_period_at_most(cluster: K
     live = fleet("e", label)
     silent = fleet("f", label, agent=heartbeat_at(3600))
     apply(cluster, namespace, "counter", label)
-    wait_for("both node objects", lambda: node_names(cluster, namespace, "counter") == [live, silent])
+    wait_for("an entry on both nodes", lambda: node_names(cluster, namespace, "counter") == [live, silent])
     report_ready(cluster, namespace, "counter")
     wait_for(
         "the silent agent reported",
@@ -262,7 +262,7 @@ def test_status_follows_node_deletion_within_seconds(cluster: Kube, namespace: s
     stays = fleet("g", label)
     goes = fleet("h", label)
     apply(cluster, namespace, "counter", label)
-    wait_for("both node objects", lambda: node_names(cluster, namespace, "counter") == [stays, goes])
+    wait_for("an entry on both nodes", lambda: node_names(cluster, namespace, "counter") == [stays, goes])
     report_ready(cluster, namespace, "counter")
     wait_for("Ready on both", lambda: status_says(cluster, namespace, "counter", "True", "2/2", "2 of 2"))
 
