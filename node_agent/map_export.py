@@ -66,7 +66,7 @@ class MetricSpec:
 
 
 def parse_metrics(items: Any, where: str = "") -> tuple[MetricSpec, ...]:
-    """The valid entries of a node program's spec.metrics. The EbpfProgram schema already refuses
+    """The valid entries of a version object's spec.metrics. The EbpfProgram schema already refuses
     invalid ones; this guards the path built from `map` whatever wrote the version object."""
     specs = []
     for item in items or ():

@@ -1,6 +1,6 @@
-"""The plan of one pass: from what should run (node programs, pods) and what runs (the observed
-model), the reports and the list of kernel actions that close the gap. No side effects: it reads the
-model and looks pod cgroups up, and changes nothing.
+"""The plan of one pass: from what should run (the node's EbpfNodeState entries, pods) and what runs
+(the observed model), the reports and the list of kernel actions that close the gap. No side
+effects: it reads the model and looks pod cgroups up, and changes nothing.
 
 Order matters and is kept: per program, detaches first, then moves and attaches; the unloads of
 versions nobody serves come last, after the links that move out of them have moved.
