@@ -31,6 +31,21 @@ DETACH_FAILED: Final = "DetachFailed"
 # are in the message); every node not yet on it keeps the previous version.
 ROLLOUT_HALTED: Final = "RolloutHalted"
 
+# Failures that will not go away by waiting: the spec has to change (kstatus Stalled).
+STALLING: Final = frozenset(
+    {
+        COMPILE_ERROR,
+        VERIFIER_REJECTED,
+        FUNCTION_NOT_FOUND,
+        UNSUPPORTED_ON_NODE,
+        INVALID_SPEC,
+        SOURCE_NOT_FOUND,
+        HELPER_NOT_ALLOWED,
+        MAP_NOT_ALLOWED,
+        MAP_TOO_LARGE,
+    }
+)
+
 ALL: Final = (
     COMPILE_ERROR,
     VERIFIER_REJECTED,

@@ -1,7 +1,9 @@
 """A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback.
 
-Started the way controller-runtime's envtest starts one, plus a controller manager so that garbage
-collection, namespace deletion and service accounts work. Everything lives in one state directory:
+etcd and an API server as tests need them, plus a controller manager so that garbage collection,
+namespace deletion and service accounts work. Its parts: what runs and how it is started
+(e2e/controlplane_setup.py), the certificates and kubeconfig (e2e/controlplane_pki.py) and the
+command line (e2e/controlplane_cli.py). Everything lives in one state directory:
 
     <state>/kubeconfig            admin kubeconfig, context "bpfleet-local"
     <state>/controlplane.json     ports and binary directory of the current run
@@ -15,17 +17,11 @@ CLI: python -m e2e.controlplane [--state-dir DIR] {up,down,status,kubeconfig}
 
 from __future__ import annotations
 
-import argparse
-import base64
 import contextlib
-import datetime
 import fcntl
-import ipaddress
-import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,364 +29,39 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from e2e.tools import REPO_ROOT, cache_dir
-
-KUBE_VERSION = "v1.35.4"
-ETCD_VERSION = "v3.6.16"
-BUILD_SCRIPT = REPO_ROOT / "e2e" / "scripts" / "build-control-plane.sh"
-CONTEXT_NAME = "bpfleet-local"
-ADMIN_USER = "bpfleet-admin"
-LOOPBACK = "127.0.0.1"
-SERVICE_CIDR = "10.0.0.0/24"
-# First address of SERVICE_CIDR: the in-cluster "kubernetes" Service, so it goes in the serving cert.
-KUBERNETES_SERVICE_IP = "10.0.0.1"
-SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-# resourcequota computes quotas' usage (admission refuses objects a quota counts until it has);
-# clusterrole-aggregation fills the built-in admin, edit and view roles from aggregated ClusterRoles;
-# validatingadmissionpolicy-status-controller type-checks policies against the schemas (status.typeChecking).
-CONTROLLERS = ",".join(
-    [
-        "garbagecollector",
-        "namespace",
-        "serviceaccount",
-        "serviceaccount-token",
-        "resourcequota",
-        "clusterrole-aggregation",
-        "validatingadmissionpolicy-status-controller",  # (no short alias)
-    ]
+from e2e.controlplane_pki import LOOPBACK, Pki, generate_pki, issue_client_cert, write_kubeconfig
+from e2e.controlplane_setup import (
+    BUILD_SCRIPT,
+    COMPONENTS,
+    KUBE_VERSION,
+    Ports,
+    RunInfo,
+    apiserver_args,
+    binaries_present,
+    build_binaries,
+    controller_manager_args,
+    default_state_dir,
+    etcd_args,
+    expected_bin_dir,
+    free_ports,
+    log,
 )
-# Start order; stop goes in reverse so nothing loses its backend while still running.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
 
-
-def log(message: str, **fields: object) -> None:
-    """Progress line on stderr, so that stdout stays clean for `kubeconfig`/`up` output."""
-    extra = "".join(f" {key}={value}" for key, value in fields.items())
-    print(f"[controlplane] {message}{extra}", file=sys.stderr, flush=True)
-
-
-def default_state_dir() -> Path:
-    override = os.environ.get("BPFLEET_STATE_DIR")
-    return Path(override) if override else cache_dir() / "run" / "default"
-
-
-def expected_bin_dir() -> Path:
-    """Where build-control-plane.sh puts the pinned binaries (lets callers check without building)."""
-    return cache_dir() / "control-plane" / f"kube-{KUBE_VERSION}-etcd-{ETCD_VERSION}"
-
-
-def binaries_present(bin_dir: Path | None = None) -> bool:
-    directory = bin_dir or expected_bin_dir()
-    return all(os.access(directory / name, os.X_OK) for name in COMPONENTS)
-
-
-def build_binaries() -> Path:
-    """Runs the build script (a no-op when cached) and returns the directory it prints last."""
-    env = dict(os.environ)
-    env.setdefault("KUBE_VERSION", KUBE_VERSION)
-    env.setdefault("ETCD_VERSION", ETCD_VERSION)
-    log("resolving binaries", script=BUILD_SCRIPT)
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env, check=False
-    )
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"{BUILD_SCRIPT} failed (exit {result.returncode}); see its stderr above")
-    bin_dir = Path(lines[-1].strip())
-    if not binaries_present(bin_dir):
-        raise RuntimeError(f"{BUILD_SCRIPT} reported {bin_dir} but {', '.join(COMPONENTS)} are not all there")
-    return bin_dir
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports; sockets stay open until all are chosen so none repeats."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-# --- PKI -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Paths of the generated credentials inside one directory."""
-
-    dir: Path
-
-    @property
-    def ca_crt(self) -> Path:
-        return self.dir / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.dir / "ca.key"
-
-    @property
-    def serving_crt(self) -> Path:
-        return self.dir / "serving.crt"
-
-    @property
-    def serving_key(self) -> Path:
-        return self.dir / "serving.key"
-
-    @property
-    def admin_crt(self) -> Path:
-        return self.dir / "admin.crt"
-
-    @property
-    def admin_key(self) -> Path:
-        return self.dir / "admin.key"
-
-    @property
-    def sa_key(self) -> Path:
-        return self.dir / "sa.key"
-
-    @property
-    def sa_pub(self) -> Path:
-        return self.dir / "sa.pub"
-
-
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _cert_builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey) -> x509.CertificateBuilder:
-    # Backdated an hour so that small clock differences never make a fresh cert "not yet valid".
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-    )
-
-
-def _leaf_cert(
-    ca_cert: x509.Certificate,
-    ca_key: rsa.RSAPrivateKey,
-    key: rsa.RSAPrivateKey,
-    subject: x509.Name,
-    usage: x509.ObjectIdentifier,
-    sans: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    builder = (
-        _cert_builder(subject, ca_cert.subject, key)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=True,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def _ca_cert(key: rsa.RSAPrivateKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bpfleet-local-ca")])
-    return (
-        _cert_builder(name, name, key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _serving_sans() -> list[x509.GeneralName]:
-    dns = [
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    ips = [LOOPBACK, KUBERNETES_SERVICE_IP]
-    return [x509.DNSName(name) for name in dns] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-
-
-def generate_pki(directory: Path) -> Pki:
-    """CA, apiserver serving cert, admin client cert and service-account key pair, all fresh."""
-    pki = Pki(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = _new_key()
-    ca = _ca_cert(ca_key)
-    _write_key(pki.ca_key, ca_key)
-    _write_cert(pki.ca_crt, ca)
-
-    serving_key = _new_key()
-    serving_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    serving = _leaf_cert(
-        ca, ca_key, serving_key, serving_subject, ExtendedKeyUsageOID.SERVER_AUTH, _serving_sans()
-    )
-    _write_key(pki.serving_key, serving_key)
-    _write_cert(pki.serving_crt, serving)
-
-    # O=system:masters is bound to cluster-admin by the apiserver itself, no RBAC objects needed.
-    admin_key = _new_key()
-    admin_subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-            x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
-        ]
-    )
-    admin = _leaf_cert(ca, ca_key, admin_key, admin_subject, ExtendedKeyUsageOID.CLIENT_AUTH)
-    _write_key(pki.admin_key, admin_key)
-    _write_cert(pki.admin_crt, admin)
-
-    sa_key = _new_key()
-    _write_key(pki.sa_key, sa_key)
-    pki.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return pki
-
-
-def issue_client_cert(pki: Pki, name: str, common_name: str, organization: str) -> tuple[Path, Path]:
-    """A client certificate and key signed by the control plane's CA, as <pki>/<name>.crt/.key: a
-    kubelet's is CN=system:node:<node>, O=system:nodes (the Node authorizer's identity)."""
-    ca = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    assert isinstance(ca_key, rsa.RSAPrivateKey)
-    key = _new_key()
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    crt_path, key_path = pki.dir / f"{name}.crt", pki.dir / f"{name}.key"
-    _write_key(key_path, key)
-    _write_cert(crt_path, _leaf_cert(ca, ca_key, key, subject, ExtendedKeyUsageOID.CLIENT_AUTH))
-    return crt_path, key_path
-
-
-def write_kubeconfig(
-    path: Path, server: str, pki: Pki, client: tuple[Path, Path] | None = None, user: str = ADMIN_USER
-) -> None:
-    """Admin kubeconfig (or one of `client`'s certificate and key) with embedded credentials, so it
-    can be copied anywhere."""
-    client_crt, client_key = client or (pki.admin_crt, pki.admin_key)
-
-    def b64(file: Path) -> str:
-        return base64.b64encode(file.read_bytes()).decode()
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": CONTEXT_NAME,
-                "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_crt)},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate-data": b64(client_crt),
-                    "client-key-data": b64(client_key),
-                },
-            }
-        ],
-        "contexts": [{"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": user}}],
-        "current-context": CONTEXT_NAME,
-        "preferences": {},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-
-
-# --- processes -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ports:
-    etcd_client: int
-    etcd_peer: int
-    apiserver: int
-    controller_manager: int
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a running control plane needs a later process to know; stored as controlplane.json."""
-
-    bin_dir: str
-    ports: Ports
-
-    @classmethod
-    def load(cls, path: Path) -> RunInfo:
-        data = json.loads(path.read_text())
-        return cls(bin_dir=data["bin_dir"], ports=Ports(**data["ports"]))
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+# What the rest of the suites import from here.
+__all__ = [
+    "BUILD_SCRIPT",
+    "KUBE_VERSION",
+    "ControlPlane",
+    "Pki",
+    "binaries_present",
+    "expected_bin_dir",
+    "issue_client_cert",
+    "running_control_plane",
+    "write_kubeconfig",
+]
 
 
 def _proc_state(pid: int) -> str | None:
@@ -445,7 +116,7 @@ class ControlPlane:
         self.state_dir = Path(state_dir or default_state_dir()).expanduser().resolve()
         self._bin_dir = bin_dir
         # A cluster with a real node also runs workloads: deployments, replica sets, daemon sets.
-        self._controllers = ",".join([CONTROLLERS, *extra_controllers])
+        self._extra_controllers = extra_controllers
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._owns_processes = False
 
@@ -624,18 +295,18 @@ class ControlPlane:
         write_kubeconfig(controller_kubeconfig, self.server_url, pki)
 
         log(f"starting etcd on {LOOPBACK}:{ports.etcd_client}")
-        self._spawn("etcd", bin_dir, self._etcd_args(ports))
+        self._spawn("etcd", bin_dir, etcd_args(self.state_dir, ports))
         self._poll("etcd /health", self._etcd_healthy, deadline)
 
         log(f"starting kube-apiserver on {LOOPBACK}:{ports.apiserver}")
-        self._spawn("kube-apiserver", bin_dir, self._apiserver_args(ports, pki))
+        self._spawn("kube-apiserver", bin_dir, apiserver_args(ports, pki))
         self._poll("kube-apiserver /readyz", self._apiserver_ready, deadline)
 
         log(f"starting kube-controller-manager on {LOOPBACK}:{ports.controller_manager}")
         self._spawn(
             "kube-controller-manager",
             bin_dir,
-            self._controller_manager_args(ports, pki, controller_kubeconfig),
+            controller_manager_args(ports, pki, controller_kubeconfig, self._extra_controllers),
         )
         self.wait_ready(max(deadline - time.monotonic(), 1.0))
         log(
@@ -670,10 +341,10 @@ class ControlPlane:
             info = self._run_info()
             pki = self.pki
             args = {
-                "etcd": lambda: self._etcd_args(info.ports),
-                "kube-apiserver": lambda: self._apiserver_args(info.ports, pki),
-                "kube-controller-manager": lambda: self._controller_manager_args(
-                    info.ports, pki, pki.dir / "controller-manager.kubeconfig"
+                "etcd": lambda: etcd_args(self.state_dir, info.ports),
+                "kube-apiserver": lambda: apiserver_args(info.ports, pki),
+                "kube-controller-manager": lambda: controller_manager_args(
+                    info.ports, pki, pki.dir / "controller-manager.kubeconfig", self._extra_controllers
                 ),
             }[name]()
             self._spawn(name, Path(info.bin_dir), args)
@@ -703,66 +374,6 @@ class ControlPlane:
         self._owns_processes = True
         self._pid_path(name).write_text(f"{proc.pid}\n")
         log(f"{name} started", pid=proc.pid, log=log_path)
-
-    def _etcd_args(self, ports: Ports) -> list[str]:
-        client = f"http://{LOOPBACK}:{ports.etcd_client}"
-        peer = f"http://{LOOPBACK}:{ports.etcd_peer}"
-        return [
-            "--name=bpfleet",
-            f"--data-dir={self.state_dir / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=bpfleet={peer}",
-            "--unsafe-no-fsync=true",  # throwaway data: durability only costs time
-        ]
-
-    def _apiserver_args(self, ports: Ports, pki: Pki) -> list[str]:
-        return [
-            f"--etcd-servers=http://{LOOPBACK}:{ports.etcd_client}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            f"--secure-port={ports.apiserver}",
-            f"--cert-dir={pki.dir}",
-            f"--tls-cert-file={pki.serving_crt}",
-            f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca_crt}",
-            # How it authenticates to kubelets (exec, logs, the pod proxy): as an admin.
-            f"--kubelet-client-certificate={pki.admin_crt}",
-            f"--kubelet-client-key={pki.admin_key}",
-            # At their InternalIP: a local node's name resolves nowhere.
-            "--kubelet-preferred-address-types=InternalIP,Hostname",
-            # Node: what a real kubelet needs; RBAC for everyone else.
-            "--authorization-mode=Node,RBAC",
-            # Added to the default plugins (ResourceQuota, ServiceAccount, ValidatingAdmissionPolicy, ...).
-            "--enable-admission-plugins=NodeRestriction",
-            # Pod-bound tokens carry the pod's node (ServiceAccountTokenPodNodeInfo, on and locked
-            # since 1.32): the agents' node binding relies on it, and there is nothing to turn on.
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-        ]
-
-    def _controller_manager_args(self, ports: Ports, pki: Pki, kubeconfig: Path) -> list[str]:
-        return [
-            f"--kubeconfig={kubeconfig}",
-            f"--controllers={self._controllers}",
-            f"--service-account-private-key-file={pki.sa_key}",
-            f"--root-ca-file={pki.ca_crt}",
-            "--use-service-account-credentials=false",
-            # A quota made before the controller has discovered a new CRD (every 30 s) counts that
-            # CRD's objects only at the next full resync: 10 s here, not 5 min, for tests' fresh CRDs.
-            "--resource-quota-sync-period=10s",
-            "--leader-elect=false",
-            f"--bind-address={LOOPBACK}",
-            f"--secure-port={ports.controller_manager}",
-            # Serve with our cert so /healthz can be checked against our CA.
-            f"--tls-cert-file={pki.serving_crt}",
-            f"--tls-private-key-file={pki.serving_key}",
-        ]
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM each process group (reverse start order), SIGKILL after timeout, remove pid files."""
@@ -828,73 +439,7 @@ class ControlPlane:
             self.stop()
 
 
-# --- CLI -------------------------------------------------------------------------------------------
-
-
-def _cmd_up(plane: ControlPlane) -> int:
-    plane.start()
-    plane.wait_ready()
-    print(f"# kubeconfig: {plane.kubeconfig}")
-    print(f"export KUBECONFIG={plane.kubeconfig}")
-    return 0
-
-
-def _cmd_down(plane: ControlPlane) -> int:
-    plane.stop()
-    log("control plane stopped", state=plane.state_dir)
-    return 0
-
-
-def _cmd_status(plane: ControlPlane) -> int:
-    healthy = plane.healthy()
-    pids = plane.pids()
-    alive = {name: pid for name, pid in pids.items() if plane.process_alive(name, pid)}
-    state = "running" if healthy else ("degraded" if alive else "stopped")
-    print(f"state:   {state}  ({plane.state_dir})")
-    for name in COMPONENTS:
-        print(f"  {name:<24} {f'pid {alive[name]}' if name in alive else 'not running'}")
-    if healthy:
-        print(f"server:  {plane.server_url}")
-        print(f"kubeconfig: {plane.kubeconfig}")
-    return 0 if healthy else 1
-
-
-def _cmd_kubeconfig(plane: ControlPlane) -> int:
-    print(plane.kubeconfig)
-    return 0 if plane.kubeconfig.exists() else 1
-
-
-COMMANDS: dict[str, Callable[[ControlPlane], int]] = {
-    "up": _cmd_up,
-    "down": _cmd_down,
-    "status": _cmd_status,
-    "kubeconfig": _cmd_kubeconfig,
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    state_option = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS lets --state-dir sit before or after the subcommand without one erasing the other.
-    state_option.add_argument(
-        "--state-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="state directory (default $BPFLEET_STATE_DIR, else ~/.cache/bpfleet/run/default)",
-    )
-    parser = argparse.ArgumentParser(
-        prog="python -m e2e.controlplane",
-        parents=[state_option],
-        description="Local Kubernetes control plane on 127.0.0.1.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", parents=[state_option], help="start (or reuse) and wait until ready")
-    sub.add_parser("down", parents=[state_option], help="stop the processes")
-    sub.add_parser("status", parents=[state_option], help="show processes; exit 0 only when healthy")
-    sub.add_parser("kubeconfig", parents=[state_option], help="print the kubeconfig path")
-    args = parser.parse_args(argv)
-    plane = ControlPlane(state_dir=getattr(args, "state_dir", None))
-    return COMMANDS[args.command](plane)
-
-
 if __name__ == "__main__":
+    from e2e.controlplane_cli import main
+
     sys.exit(main())

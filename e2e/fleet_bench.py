@@ -106,7 +106,7 @@ class Bench:
             current = status.get("observedGeneration") == generation
             cond = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
             ready += current and cond.get("status") == "True" and counts.get("ready") == nodes
-        return ready == self.programs, f"{ready}/{self.programs} programs Ready, {on_nodes} node-programs"
+        return ready == self.programs, f"{ready}/{self.programs} programs Ready, {on_nodes} on nodes"
 
     def all_gone(self) -> tuple[bool, str]:
         left = len(self.listed())

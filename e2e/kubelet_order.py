@@ -22,17 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.podsim import (
-    STRATEGIC_MERGE_PATCH,
-    PodSimulator,
-    SimPod,
-    _pod_manifest,
-    _pod_status,
-    container_cgroup_name,
-    new_container_id,
-    normalize_qos,
-    pod_cgroup_relpath,
-)
+from e2e.podsim import PodSimulator, SimPod
+from e2e.sim_objects import STRATEGIC_MERGE_PATCH, pod_status
 
 # Waits for "go", then at once: one UDP datagram, one TCP connect; reports, then lives on as the
 # container's process until killed.
@@ -119,27 +110,7 @@ class KubeletOrder:
         self, namespace: str, name: str, labels: Mapping[str, str], qos: str = "BestEffort"
     ) -> SimPod:
         """Step 0: the Pod object, Pending, and nothing on the node yet."""
-        qos_class = normalize_qos(qos)
-        self.sim._ensure_namespace(namespace)
-        created = self.sim.core.create_namespaced_pod(
-            namespace, _pod_manifest(namespace, name, dict(labels), self.sim.node_name, qos_class)
-        )
-        uid, container_id = created.metadata.uid, new_container_id()
-        pod_cgroup = self.sim.cgroup_root / pod_cgroup_relpath(uid, qos_class, self.sim.driver)
-        pod = SimPod(
-            name=name,
-            namespace=namespace,
-            uid=uid,
-            qos=qos_class,
-            container_id=container_id,
-            pod_cgroup=pod_cgroup,
-            container_cgroup=pod_cgroup / container_cgroup_name(container_id, self.sim.driver),
-            pid=0,
-            labels=dict(labels),
-        )
-        with self.sim._lock:
-            self.sim._pods[pod.key] = pod  # from now on the simulator's cleanup removes it
-        return pod
+        return self.sim.pending_pod(namespace, name, labels, qos)
 
     def start(self, pod: SimPod, udp: tuple[str, int], tcp: tuple[str, int]) -> tuple[FirstMoves, Timeline]:
         """Steps 1-3 for a pod made by create_pending."""
@@ -170,7 +141,7 @@ class KubeletOrder:
         self.sim.core.patch_namespaced_pod_status(
             pod.name,
             pod.namespace,
-            _pod_status(pod.qos, pod.container_id),
+            pod_status(pod.qos, pod.container_id),
             _content_type=STRATEGIC_MERGE_PATCH,
         )
         return FirstMoves(**moves), Timeline(pod_made, container_made, hook_done, started)

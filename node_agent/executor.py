@@ -8,7 +8,7 @@ the plan goes on either way. Every action that succeeds is recorded in the obser
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bpfleet_api import reasons
 from node_agent.actions import Action, Attach, AttachNode, Detach, DetachNode, Unload, Update
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class Outcome:
     failed_cleanups: int = 0
-    failed_unloads: set[ProgramRef] = field(default_factory=set)
 
 
 def execute(actions: list[Action], backend: KernelBackend, observed: Observed) -> Outcome:
@@ -96,8 +95,6 @@ def _failed(action: Action, error: Exception, outcome: Outcome) -> None:
         f"{what} failed", extra={"program": _name(_ref(action)), "target": target, "error": str(error)}
     )
     outcome.failed_cleanups += 1
-    if isinstance(action, Unload):
-        outcome.failed_unloads.add(action.ref)
     if program is not None:
         program.cleanup_failures.append((reasons.DETACH_FAILED, f"{what}: {error}"))
 

@@ -66,7 +66,7 @@ class MetricSpec:
 
 
 def parse_metrics(items: Any, where: str = "") -> tuple[MetricSpec, ...]:
-    """The valid entries of a node program's spec.metrics. The EbpfProgram schema already refuses
+    """The valid entries of a version object's spec.metrics. The EbpfProgram schema already refuses
     invalid ones; this guards the path built from `map` whatever wrote the version object."""
     specs = []
     for item in items or ():
@@ -258,7 +258,7 @@ def export_targets(
     targets = []
     for report in reports:
         obj = objects.get((report.namespace, report.name))
-        if report.loaded is None or report.detached or obj is None:
+        if report.loaded is None or obj is None:
             continue
         program = report.loaded.ref.name
         if report.loaded.ref.namespace == names.CLUSTER_PIN_NAMESPACE:

@@ -126,8 +126,6 @@ class AgentMetrics:
         failures: Counter[tuple[str, str, str]] = Counter()
         loaded = 0
         for report in result.reports:
-            if report.detached:
-                continue
             program = _program_name(objects.get((report.namespace, report.name)) or {}, report.name)
             loaded += report.loaded is not None
             attached[(report.namespace, program)] = sum(p.state == ATTACHED for p in report.pods)

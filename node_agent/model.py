@@ -87,9 +87,6 @@ class NodeProgram:
     build: ProgramBuild
     attach_type: str
     pod_selector: Mapping[str, Any]
-    # Never set by intake: an entry absent from spec is what makes a program go. Kept for the
-    # reconciler, which still unloads deleting programs.
-    deleting: bool = False
     kind: str = names.PROGRAM_KIND
     scope: str = "Pods"
     # The namespaces whose pods it may select: its own for an EbpfProgram, whatever spec says.

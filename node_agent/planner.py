@@ -1,6 +1,6 @@
-"""The plan of one pass: from what should run (node programs, pods) and what runs (the observed
-model), the reports and the list of kernel actions that close the gap. No side effects: it reads the
-model and looks pod cgroups up, and changes nothing.
+"""The plan of one pass: from what should run (the node's EbpfNodeState entries, pods) and what runs
+(the observed model), the reports and the list of kernel actions that close the gap. No side
+effects: it reads the model and looks pod cgroups up, and changes nothing.
 
 Order matters and is kept: per program, detaches first, then moves and attaches; the unloads of
 versions nobody serves come last, after the links that move out of them have moved.
@@ -50,7 +50,7 @@ class Plan:
 
 
 def plan(
-    active: Iterable[NodeProgram],
+    programs: Iterable[NodeProgram],
     pods: Iterable[Pod],
     observed: Observed,
     builds: BuildState,
@@ -62,13 +62,13 @@ def plan(
     """`held`: programs whose entry could not be read; what runs of them is left alone.
     `hooks`: the hook each version was served on since the agent started (a link moves in place
     only between versions of the same hook)."""
-    active, pods = list(active), list(pods)
-    held_set = set(held) - {p.ref.program for p in active}
+    programs, pods = list(programs), list(pods)
+    held_set = set(held) - {p.ref.program for p in programs}
     result = Plan([], [], {ref for ref in observed.loaded if ref.program in held_set})
     unloads: list[Action] = []
     by_program: dict[tuple[str, str], ProgramReport] = {}
     hooks = hooks or {}
-    for program in active:
+    for program in programs:
         report = ProgramReport(
             program.namespace,
             program.name,
@@ -93,7 +93,7 @@ def plan(
     for ref in sorted(set(observed.loaded) - result.serving):
         unloads.append(Unload(ref, by_program.get(ref.program)))
     result.actions += unloads
-    result.follows_interfaces = any(p.build.attach.scope == NODE_NETDEV for p in active)
+    result.follows_interfaces = any(p.build.attach.scope == NODE_NETDEV for p in programs)
     return result
 
 

@@ -83,13 +83,11 @@ class Serving:
 def serving_from_pass(programs: Iterable[NodeProgram], result: PassResult) -> list[Serving]:
     """The version each program for pods serves now: the desired one, or the previous one while a
     new one fails or waits."""
-    reports: dict[tuple[str, str], ProgramReport] = {
-        (r.namespace, r.name): r for r in result.reports if not r.detached
-    }
+    reports: dict[tuple[str, str], ProgramReport] = {(r.namespace, r.name): r for r in result.reports}
     serving = []
     for program in programs:
         report = reports.get((program.namespace, program.name))
-        if program.deleting or program.scope != "Pods" or report is None:
+        if program.scope != "Pods" or report is None:
             continue
         if report.serving_version is None:
             serving.append(Serving(program, None, failed=report.build_error is not None))
@@ -122,11 +120,7 @@ def entries_from_pass(
     programs: Iterable[NodeProgram], pods: Iterable[Pod], result: PassResult
 ) -> dict[str, PodEntry]:
     """Every pod the pass saw, with what serves it and whether the pass found it attached."""
-    attached = {
-        (r.namespace, r.name): {p.uid for p in r.pods if p.state == ATTACHED}
-        for r in result.reports
-        if not r.detached
-    }
+    attached = {(r.namespace, r.name): {p.uid for p in r.pods if p.state == ATTACHED} for r in result.reports}
     serving = serving_from_pass(programs, result)
     return {pod.uid: entry_for(pod, serving, attached) for pod in pods}
 

@@ -83,11 +83,11 @@ class Reconciler:
         is kept as it is (no attach, no detach, no unload) until a readable spec says otherwise."""
         programs, pods = list(programs), list(pods)
         self.observed.refresh(full=self._resync_due())
-        active = [p for p in programs if not p.deleting]
-        builds = self._builds(active)
+        # An entry absent from spec is what makes a program go: the plan unloads what nobody serves.
+        builds = self._builds(programs)
         held_set = set(held) - _programs(programs)
         the_plan = planner.plan(
-            active,
+            programs,
             pods,
             self.observed,
             builds,
@@ -98,28 +98,13 @@ class Reconciler:
         )
         outcome = execute(the_plan.actions, self.backend, self.observed)
 
-        for program in active:
+        for program in programs:
             if program.ref in the_plan.serving:
                 self._hooks[program.ref] = program.build.attach
         keep = _programs(programs) | held_set
         self._build_failures = {r: e for r, e in self._build_failures.items() if r.program in keep}
         self._hooks = {r: a for r, a in self._hooks.items() if r in the_plan.serving}
-
-        # A deleting program keeps its finalizer while any of it is loaded or still compiling.
-        still_loaded = {ref.program for ref in the_plan.serving | outcome.failed_unloads}
-        still_loaded |= {ref.program for ref in self.pool.building()}
         reports = the_plan.reports
-        for program in programs:
-            if program.deleting:
-                reports.append(
-                    ProgramReport(
-                        program.namespace,
-                        program.name,
-                        program.generation,
-                        program.ref.version,
-                        detached=program.ref.program not in still_loaded,
-                    )
-                )
         states = [p.state for r in reports for p in r.pods] + [t.state for r in reports for t in r.targets]
         return PassResult(
             reports,
@@ -129,10 +114,10 @@ class Reconciler:
             follows_interfaces=the_plan.follows_interfaces,
         )
 
-    def _builds(self, active: list[NodeProgram]) -> planner.BuildState:
+    def _builds(self, programs: list[NodeProgram]) -> planner.BuildState:
         """Hands the versions not loaded yet to the pool and takes what it finished."""
         pending: dict[ProgramRef, ProgramBuild] = {}
-        for program in active:
+        for program in programs:
             ref = program.ref
             if ref in self.observed.loaded or ref in self._build_failures:
                 continue
@@ -163,7 +148,7 @@ class Reconciler:
         if set(progress.waiting) != self._logged_waiting:  # passes come often while one compiles
             self._logged_waiting = set(progress.waiting)
             log.info("compiles waiting or running", extra={"queued": len(progress.waiting)})
-        wanted = {p.ref for p in active}
+        wanted = {p.ref for p in programs}
         return planner.BuildState(
             self._build_failures,
             progress.waiting,
@@ -183,4 +168,4 @@ class Reconciler:
 
 
 def _programs(programs: list[NodeProgram]) -> set[tuple[str, str]]:
-    return {p.ref.program for p in programs if not p.deleting}
+    return {p.ref.program for p in programs}

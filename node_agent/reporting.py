@@ -40,7 +40,7 @@ class Reporter:
         serving: set[ProgramRef] = set()
         for report in result.reports:
             key = intake.keys.get((report.namespace, report.name))
-            if key is None or report.detached:
+            if key is None:
                 continue
             name = None
             if report.loaded is not None:

@@ -56,7 +56,6 @@ class ProgramReport:
     serving_version: str | None = None  # differs from version while a failed rollout keeps the old one
     build_error: ProgramBuildError | None = None
     pods: list[PodReport] = field(default_factory=list)
-    detached: bool = False  # deleting, and nothing of it is left on this node
     # Waiting for its turn to compile, or compiling (0): how many builds are ahead of it on this node.
     queued: int | None = None
     scope: str = "Pods"

@@ -61,7 +61,7 @@ def test_denies_the_port_to_selected_pods_until_deleted(kube: Kube, namespace: s
 
     kube.kubectl("delete", "ebpfprogram", "-n", namespace, PROGRAM, "--wait=true", "--timeout=120s")
 
-    # Deleted only once every node's agent has detached it and dropped its status entry.
+    # Deleted only once every node's agent has unloaded it and dropped its status entry.
     assert kube.program(namespace, PROGRAM) is None
     assert kube.node_programs(namespace, PROGRAM) == []
     assert pods.connect(kube, namespace, "web-1", server, DENIED) == 0

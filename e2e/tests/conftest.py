@@ -81,7 +81,7 @@ def kube(control_plane: ControlPlane) -> Kube:
 
 @pytest.fixture(scope="session")
 def system_namespace(kube: Kube) -> str:
-    """Where the operator puts ClusterEbpfPrograms' node objects, as the chart's release namespace."""
+    """Where the operator puts ClusterEbpfPrograms' versions, as the chart's release namespace."""
     name = names.system_namespace()
     kube.kubectl("create", "namespace", name, check=False)
     return name

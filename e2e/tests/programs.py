@@ -60,7 +60,7 @@ def builtin(name: str, function: str, attach: dict[str, Any], **spec: Any) -> di
 
 
 def apply_ready(kube: Kube, node: Any, namespace: str, program: dict[str, Any]) -> dict[str, Any]:
-    """Applies, waits for READY True, and returns the node object's status on `node`."""
+    """Applies, waits for READY True, and returns its status entry in `node`'s EbpfNodeState."""
     name = program["metadata"]["name"]
     kube.apply(namespace, program)
     wait_for(f"{name} Ready", lambda: kube.is_ready(namespace, name), timeout=15)

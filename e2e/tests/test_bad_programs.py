@@ -65,7 +65,7 @@ def test_compile_and_verifier_failures_are_reported_and_harm_nothing(kube: Kube,
     assert failure["reason"] == "VerifierRejected"
     assert "invalid mem access" in failure["message"]
     assert ready["reason"] == "VerifierRejected" and "invalid mem access" in ready["message"]
-    # The whole verifier log is on the node object, from the first instruction to the statistics.
+    # The whole verifier log is in the node's status entry, from the first instruction to the statistics.
     build_log = kube.node_program(namespace, "verifier-rejects", node_a.name)["status"]["buildLog"]
     assert "0: R1=ctx()" in build_log and "processed" in build_log
 

@@ -133,11 +133,8 @@ def _key(entry: dict[str, Any]) -> Key:
     return (entry["kind"], entry["namespace"], entry["name"])
 
 
-NodeObjects = NodeEntries
-
-
 @pytest.fixture
-def node_objects(
+def node_entries(
     kube: Kube, node_a, system_namespace: str, operator: ManagedProcess
 ) -> Iterator[NodeEntries]:
     wait_for(
@@ -173,7 +170,7 @@ def is_ready(status: dict[str, Any]) -> bool:
     return status.get("ready") is True
 
 
-def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a, namespace, node_objects):
+def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a, namespace, node_entries):
     def remove_pods(ns: str) -> None:
         for pod in [p for p in node_a.pods if p.namespace == ns]:
             node_a.delete_pod(pod)
@@ -188,8 +185,8 @@ def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a
             "parameters": {"PORT": DROPPED_PORT},
             "podSelector": {"matchLabels": {"app": "web"}},
         }
-        key = node_objects("host-drop", {**host_drop, "namespaces": [namespace]})
-        status = reported(node_objects, key, is_ready)
+        key = node_entries("host-drop", {**host_drop, "namespaces": [namespace]})
+        status = reported(node_entries, key, is_ready)
         assert status["pods"] == {"selected": 1, "attached": 1, "failed": 0}
         assert status["pinPath"].startswith(str(node_a.bpffs_root / "_cluster" / "host-drop"))
         assert delivered(mine, DROPPED_PORT) == 0 and delivered(mine, OPEN_PORT) == 10
@@ -197,18 +194,18 @@ def test_host_side_tc_reaches_the_pods_of_its_namespaces_only(kube: Kube, node_a
 
         # The operator widens `namespaces` (a namespace got the selected label): a new version
         # object, the same compiled program; the agent follows.
-        node_objects("host-drop", {**host_drop, "namespaces": [namespace, other]})
-        status = reported(node_objects, key, lambda s: s.get("pods", {}).get("attached") == 2)
+        node_entries("host-drop", {**host_drop, "namespaces": [namespace, other]})
+        status = reported(node_entries, key, lambda s: s.get("pods", {}).get("attached") == 2)
         assert status["pods"] == {"selected": 2, "attached": 2, "failed": 0}
         assert delivered(theirs, DROPPED_PORT) == 0
 
 
-def test_node_wide_tracing_counts_every_process_of_the_node(kube: Kube, node_a, node_objects):
-    key = node_objects(
+def test_node_wide_tracing_counts_every_process_of_the_node(kube: Kube, node_a, node_entries):
+    key = node_entries(
         "all-execs",
         {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"},
     )
-    status = reported(node_objects, key, is_ready)
+    status = reported(node_entries, key, is_ready)
     assert status["pods"] == {"selected": 0, "attached": 0, "failed": 0}
     assert status["targets"] == [{"name": "node", "state": "Attached"}]
     assert "sched:sched_process_exec for every process of this node" in status["message"]
@@ -228,36 +225,36 @@ def veth_pair() -> Iterator[str]:
         yield prefix
 
 
-def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, node_a, node_objects, veth_pair):
+def test_tc_on_node_interfaces_follows_the_interfaces_that_match(kube: Kube, node_a, node_entries, veth_pair):
     prefix = veth_pair
     attach = {"type": "Tc", "direction": "Ingress", "interface": f"{prefix}*"}
-    key = node_objects("edge", {"source": TC_PASS, "function": "pass", "attach": attach, "scope": "Node"})
-    status = reported(node_objects, key, is_ready)
+    key = node_entries("edge", {"source": TC_PASS, "function": "pass", "attach": attach, "scope": "Node"})
+    status = reported(node_entries, key, is_ready)
     assert [t["name"] for t in status["targets"]] == [f"{prefix}a", f"{prefix}b"]
     assert f"attached to interfaces {prefix}a, {prefix}b" in status["message"]
     links = Path(status["pinPath"]) / "links"
     assert sorted(p.name for p in links.iterdir()) == [f"if-{prefix}a", f"if-{prefix}b"]
 
     ip("link", "del", f"{prefix}a")
-    status = reported(node_objects, key, lambda s: "targets" in s and s["targets"] == [])
+    status = reported(node_entries, key, lambda s: "targets" in s and s["targets"] == [])
     assert is_ready(status) and f"no interface of this node matches '{prefix}*'" in status["message"]
     assert list(links.iterdir()) == []
 
 
 def test_the_cluster_kind_outside_the_system_namespace_is_refused(
-    kube: Kube, node_a, namespace, node_objects
+    kube: Kube, node_a, namespace, node_entries
 ):
     spec = {"source": EXECS_BY_PID, "function": "count_execs", "attach": TRACEPOINT, "scope": "Node"}
     # A cluster kind's version in a tenant's namespace, named by a cluster entry: the agent reads a
     # cluster entry's version from the system namespace only, so it finds none.
-    unread = node_objects("forged", dict(spec), version_namespace=namespace)
-    status = reported(node_objects, unread, lambda s: s["reason"] == reasons.SOURCE_NOT_FOUND)
+    unread = node_entries("forged", dict(spec), version_namespace=namespace)
+    status = reported(node_entries, unread, lambda s: s["reason"] == reasons.SOURCE_NOT_FOUND)
     assert SYSTEM in status["message"] and not status["ready"]
     # The same version named by an entry of the tenant's namespace: refused, it is a cluster kind's.
-    tenant = node_objects(
+    tenant = node_entries(
         "forged", dict(spec), version_namespace=namespace, kind=names.PROGRAM_KIND, entry_namespace=namespace
     )
-    status = reported(node_objects, tenant, lambda s: s["reason"] == reasons.INVALID_SPEC)
+    status = reported(node_entries, tenant, lambda s: s["reason"] == reasons.INVALID_SPEC)
     [failure] = status["failures"]
     assert failure["reason"] == reasons.INVALID_SPEC and "ClusterEbpfProgram" in failure["message"]
     assert "keeps running" not in failure["message"]

@@ -1,6 +1,7 @@
-"""A Node deleted while its agent is down: the operator lets go of the node's objects, the data plane
-keeps running meanwhile (nobody is there to detach), and the agent, when it starts, finds nothing
-addressed to it and removes every program, link and pin it had. bpftool is the judge."""
+"""A Node deleted while its agent is down: its EbpfNodeState goes with it (owned by its BpfleetNode,
+which the Node owns), the data plane keeps running meanwhile (nobody is there to detach), and the
+agent, when it starts, finds nothing addressed to it and removes every program, link and pin it had.
+bpftool is the judge."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _manifest() -> dict[str, Any]:
     return program
 
 
-def _node_objects_of(kube: Kube, namespace: str, node: str) -> list[dict[str, Any]]:
+def _entries_on(kube: Kube, namespace: str, node: str) -> list[dict[str, Any]]:
     return [o for o in kube.node_programs(namespace, PROGRAM) if o["node"] == node]
 
 
@@ -49,8 +50,8 @@ def test_a_node_deleted_while_its_agent_is_down_is_cleaned_up_when_it_starts(
     try:
         kube.core.delete_node(node_b.name)
         wait_for(
-            "the operator letting go of the deleted node's objects",
-            lambda: not _node_objects_of(kube, namespace, node_b.name),
+            "the deleted node's entries gone with its EbpfNodeState",
+            lambda: not _entries_on(kube, namespace, node_b.name),
             timeout=30,
         )
         wait_for(

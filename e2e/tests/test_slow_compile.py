@@ -50,7 +50,7 @@ def test_a_new_pod_is_attached_while_another_program_compiles(kube: Kube, node_a
     took = wait_for("the new pod attached", lambda: cgroup_programs(pod.pod_cgroup), timeout=5, interval=0.01)
     # Judged by bpffs: the slow version is not pinned yet, so its compile is still running.
     assert not list(node_a.bpffs_root.glob(f"{namespace}/slow/*/prog")), "the slow compile ended first"
-    wait_for("the slow program's node object Queued", lambda: queued(kube, namespace, node_a.name), timeout=5)
+    wait_for("its status entry Queued", lambda: queued(kube, namespace, node_a.name), timeout=5)
 
     wait_for("the slow program Ready", lambda: kube.is_ready(namespace, "slow"), timeout=120, interval=0.2)
     compile_seconds = time.monotonic() - started

@@ -10,11 +10,8 @@
 from __future__ import annotations
 
 import random
-import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +21,8 @@ import pytest
 
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_id, cgroup_programs, traffic_counts
-from e2e.podsim import find_cgroup2_mount, spawn_in_cgroup
+from e2e.podsim import find_cgroup2_mount
+from e2e.sim_pod import UdpSender
 from e2e.tests.programs import SKB_EGRESS, apply_ready, inline
 from e2e.tools import REPO_ROOT
 from node_agent.kernel import syscalls
@@ -33,23 +31,6 @@ COUNTER = (REPO_ROOT / "bpf" / "programs" / "pod-traffic-counter.c").read_text()
 XDP = (REPO_ROOT / "bpf" / "programs" / "xdp-protocol-counter.c").read_text()
 SIZE, IPV4_UDP_HEADERS = 64, 20 + 8
 TRIES = 20
-
-# Sends datagrams to 127.0.0.1:port until a line arrives on stdin, then prints how many it sent.
-# A send that succeeded went through the egress hook, so each one must be counted exactly once.
-SENDER = """
-import select, socket, sys, time
-port, sent = int(sys.argv[1]), 0
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-    while not select.select([sys.stdin], [], [], 0)[0]:
-        for _ in range(10):
-            try:
-                sock.sendto(b"x" * 64, ("127.0.0.1", port))
-                sent += 1
-            except OSError:
-                pass
-        time.sleep(0.005)
-print(sent, flush=True)
-"""
 
 
 @pytest.fixture
@@ -74,7 +55,7 @@ def map_id(pin: Path) -> int:
 
 
 def serving(kube: Kube, node: Any, namespace: str, name: str, old_id: int) -> dict[str, Any] | None:
-    """The node object's status once it serves a version other than program `old_id`, Ready."""
+    """The program's status entry on the node once it serves a version other than program `old_id`, Ready."""
     status = kube.node_program(namespace, name, node.name).get("status") or {}
     if status.get("programId") in (None, old_id) or not kube.is_ready(namespace, name):
         return None
@@ -87,10 +68,7 @@ def test_a_counter_updated_under_traffic_counts_each_packet_once_and_goes_on_fro
     pod = node_a.create_pod(namespace, "web-1", {"app": "web"})
     one = apply_ready(kube, node_a, namespace, counter(1))
     key = cgroup_id(pod.pod_cgroup)
-    argv = [sys.executable, "-I", "-S", "-c", SENDER, str(sink)]
-    sender = spawn_in_cgroup(
-        argv, pod.container_cgroup, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    sender = UdpSender(pod.container_cgroup, sink)
     try:
         traffic = Path(one["pinPath"]) / "maps" / "traffic"
         wait_for("counting on v1", lambda: traffic_counts(traffic).get(key, {}).get("packets", 0) > 100)
@@ -99,15 +77,10 @@ def test_a_counter_updated_under_traffic_counts_each_packet_once_and_goes_on_fro
         traffic = Path(two["pinPath"]) / "maps" / "traffic"
         at_swap = traffic_counts(traffic)[key]["packets"]
         wait_for("counting on v2", lambda: traffic_counts(traffic)[key]["packets"] > at_swap + 100)
-        assert sender.poll() is None, "the traffic must run across the whole update"
-        assert sender.stdin is not None and sender.stdout is not None
-        sender.stdin.write("stop\n")
-        sender.stdin.flush()
-        assert select.select([sender.stdout], [], [], 10)[0], "the sender did not stop"
-        sent = int(sender.stdout.readline())
+        assert sender.running(), "the traffic must run across the whole update"
+        sent = sender.stop()
     finally:
         sender.kill()
-        sender.wait()
     # One map from v1 to v2: the packets before, during and after the swap, each counted once.
     assert traffic_counts(traffic)[key] == {"packets": sent, "bytes": sent * (SIZE + IPV4_UDP_HEADERS)}
     status = kube.node_program(namespace, "counter", node_a.name)["status"]

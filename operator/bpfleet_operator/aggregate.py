@@ -10,18 +10,6 @@ from bpfleet_api import conditions, diagnostics, names, reasons
 from bpfleet_operator import agents
 from bpfleet_operator.rollout import Plan
 
-# Failures that will not go away by waiting: the spec has to change (kstatus Stalled).
-_STALLING = {
-    reasons.COMPILE_ERROR,
-    reasons.VERIFIER_REJECTED,
-    reasons.FUNCTION_NOT_FOUND,
-    reasons.UNSUPPORTED_ON_NODE,
-    reasons.INVALID_SPEC,
-    reasons.SOURCE_NOT_FOUND,
-    reasons.HELPER_NOT_ALLOWED,
-    reasons.MAP_NOT_ALLOWED,
-    reasons.MAP_TOO_LARGE,
-}
 MAX_FAILURES = names.MAX_PROGRAM_FAILURES
 
 
@@ -29,7 +17,7 @@ def _failures_of(node: str, report: Mapping[str, Any]) -> list[dict[str, str]]:
     """A node's failures for one program, with the build log (fuller than the failure's message)
     in place of the build failure's message."""
     found = [{"node": node, **f} for f in report.get("failures") or []]
-    if not found and not report.get("ready") and report.get("reason") in _STALLING:
+    if not found and not report.get("ready") and report.get("reason") in reasons.STALLING:
         found = [{"node": node, "reason": report["reason"], "message": report.get("message", "")}]
     log = report.get("buildLog")
     build = next((f for f in found if "pod" not in f and f.get("reason") == report.get("reason")), None)
@@ -169,7 +157,7 @@ def _conditions(
         first = failures[0]
         where = f"node {first['node']}" + (f", pod {first['pod']}" if first.get("pod") else "")
         message = f"{first['reason']} on {where}: {diagnostics.headline(first['reason'], first['message'])}"
-        stalled = first["reason"] in _STALLING
+        stalled = first["reason"] in reasons.STALLING
         return [
             cond(conditions.READY, False, first["reason"], message),
             cond(

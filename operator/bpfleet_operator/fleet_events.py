@@ -1,8 +1,9 @@
 """Which Node and BpfleetNode events change a fan-out. Pure: no API calls.
 
-Every program's node objects depend on which Nodes exist, their labels, and which of them run an
-agent. Kubelets and agents update their objects every few seconds (heartbeats, status): queueing
-every program for those would make the work grow with nodes times programs for nothing.
+Which nodes' EbpfNodeStates list a program depends on which Nodes exist, their labels, and
+which of them run an agent. Kubelets and agents update their objects every few seconds
+(heartbeats, status): queueing every program for those would make the work grow with nodes times
+programs for nothing.
 """
 
 from __future__ import annotations

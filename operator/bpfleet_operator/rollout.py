@@ -16,21 +16,9 @@ from typing import Any
 
 from bpfleet_api import reasons
 
-# Failures of a version that waiting will not fix: the rollout halts on them.
-HALTING = frozenset(
-    {
-        reasons.COMPILE_ERROR,
-        reasons.VERIFIER_REJECTED,
-        reasons.FUNCTION_NOT_FOUND,
-        reasons.UNSUPPORTED_ON_NODE,
-        reasons.INVALID_SPEC,
-        reasons.SOURCE_NOT_FOUND,
-        reasons.HELPER_NOT_ALLOWED,
-        reasons.MAP_NOT_ALLOWED,
-        reasons.MAP_TOO_LARGE,
-        reasons.ATTACH_FAILED,
-    }
-)
+# Failures of a version that waiting will not fix, and attaches the kernel refused: the rollout
+# halts on them.
+HALTING = reasons.STALLING | {reasons.ATTACH_FAILED}
 
 
 @dataclass(frozen=True)

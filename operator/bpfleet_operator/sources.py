@@ -36,8 +36,8 @@ class ResolvedSource:
 ConfigMapReader = Callable[[str, str], "dict[str, str] | None"]
 
 
-# The node objects' spec.source.text holds at most this (the CRD's maxLength): a longer ConfigMap
-# source is refused here, with a message, rather than by the API server on every node object.
+# A version object's spec.source.text holds at most this (the CRD's maxLength): a longer ConfigMap
+# source is refused here, with a message, rather than by the API server on the version's create.
 MAX_SOURCE_CHARS = 65536
 
 

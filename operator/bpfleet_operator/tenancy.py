@@ -14,7 +14,7 @@ from bpfleet_api import names, selectors
 from bpfleet_operator.kinds import ProgramKind
 
 RESERVED_FUNCTION_PREFIX = "bpfleet_"
-_INT64_MAX = 2**63 - 1  # the node object's maxMapBytes is an int64
+_INT64_MAX = 2**63 - 1  # the version object's maxMapBytes is an int64
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class NamespaceInfo:
 
 @dataclass(frozen=True)
 class Reach:
-    """What a program's node objects carry beyond its own spec."""
+    """What a program's version objects carry beyond its own spec."""
 
     namespaces: tuple[str, ...] | None = None  # ClusterEbpfProgram with scope Pods
     max_map_bytes: int | None = None  # None: the agent's default

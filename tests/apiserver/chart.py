@@ -91,7 +91,7 @@ class Release:
     @property
     def policies(self) -> list[str]:
         """The agents' node-binding ValidatingAdmissionPolicies (and their bindings' names)."""
-        return [f"{self.agent}-node-programs", f"{self.agent}-node-state"]
+        return [f"{self.agent}-ebpfnodestates", f"{self.agent}-bpfleetnodes"]
 
 
 @contextlib.contextmanager

@@ -4,6 +4,10 @@ and heartbeat, reporting on their EbpfNodeState), and reads of programs, node st
 from __future__ import annotations
 
 import datetime
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,30 @@ from kubernetes.client.exceptions import ApiException
 from bpfleet_api import names, patching
 from e2e.harness import wait_for
 from e2e.kube import Kube
+
+
+def skb_program(
+    namespace: str, name: str, node_labels: dict[str, str], returns: int = 1, **spec: Any
+) -> dict[str, Any]:
+    """An EbpfProgram of a one-line egress source (`returns` makes another version of it), for every
+    pod of its namespace on the nodes labelled `node_labels`; `spec`: more fields (rollout, ...)."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.PROGRAM_KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {"inline": f"int f(struct __sk_buff *skb) {{ return {returns}; }}"},
+            "function": "f",
+            "attach": {"type": "CgroupSkb", "direction": "Egress"},
+            "podSelector": {},
+            "nodeSelector": {"matchLabels": node_labels},
+            **spec,
+        },
+    }
+
+
+def apply_program(kube: Kube, manifest: dict[str, Any]) -> None:
+    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
 def delete_quietly(delete: Any) -> None:
@@ -30,6 +58,32 @@ def create_namespace(
         V1Namespace(metadata=V1ObjectMeta(name=name, labels=labels, annotations=annotations))
     )
     return name
+
+
+def remove_namespaces(kube: Kube, namespaces: list[str], play_agents: bool = True) -> None:
+    """After a test: the programs of its namespaces deleted and waited for (with `play_agents`, the
+    test reporting for every agent meanwhile, so that their entries go), then the namespaces."""
+    for namespace in namespaces:
+        kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=false", check=False)
+    for namespace in namespaces:
+
+        def gone(namespace: str = namespace) -> bool:
+            if play_agents:
+                agents_report(kube)
+            return not kube.programs(namespace)
+
+        wait_for(f"programs of {namespace} deleted", gone, timeout=30, interval=0.2)
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@contextmanager
+def namespace_for_a_test(kube: Kube, prefix: str, play_agents: bool = True) -> Iterator[str]:
+    """A new namespace, removed with its programs afterwards (remove_namespaces)."""
+    name = create_namespace(kube, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield name
+    finally:
+        remove_namespaces(kube, [name], play_agents)
 
 
 def heartbeat_at(seconds_ago: float = 0) -> str:

@@ -85,7 +85,7 @@ def cluster(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def node_object(cluster: Cluster, node: str) -> dict[str, Any]:
+def node_state_body(cluster: Cluster, node: str) -> dict[str, Any]:
     """The EbpfNodeState of `node`, as the operator makes one (created as the admin)."""
     body = {
         "apiVersion": names.API_VERSION,
@@ -148,7 +148,7 @@ def only_own_node(cluster: Cluster) -> str:
 @pytest.fixture
 def objects(cluster: Cluster) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Node A's EbpfNodeState and node B's; gone afterwards."""
-    made = [node_object(cluster, cluster.node_a), node_object(cluster, cluster.node_b)]
+    made = [node_state_body(cluster, cluster.node_a), node_state_body(cluster, cluster.node_b)]
     try:
         yield made[0], made[1]
     finally:

@@ -197,7 +197,7 @@ def test_agent_metrics_bind_address(helm_home: Path, bind: str, port: int, addre
 
 # --- the agents' node binding ----------------------------------------------------------------------
 
-POLICIES = ["r-bpfleet-agent-node-programs", "r-bpfleet-agent-node-state"]
+POLICIES = ["r-bpfleet-agent-bpfleetnodes", "r-bpfleet-agent-ebpfnodestates"]
 
 
 def policies(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,6 @@ Every wait here is far shorter than the operator's 60 s resync, so what it sees 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,13 +27,15 @@ from tests.apiserver.operator_support import (
     agent_reports,
     agent_starts,
     agents_report,
-    create_namespace,
+    apply_program,
     delete_quietly,
     heartbeat_at,
+    namespace_for_a_test,
     node_state,
     program_nodes,
     ready_message,
     reconciled,
+    skb_program,
     wait_operator_ready,
 )
 
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.apiserver
 RUN = uuid.uuid4().hex[:6]
 NODE_LABEL = "bpfleet.test/fleet"  # on this module's Nodes only; each test picks its own value
 GRACE_SECONDS = 5.0
-SOURCE = "int f(struct __sk_buff *skb) { return 1; }"
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +65,8 @@ def cluster(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ku
 @pytest.fixture
 def namespace(cluster: Kube) -> Iterator[str]:
     """A namespace for one test; its programs are deleted (the test playing every agent) after it."""
-    name = create_namespace(cluster, f"fleet-{uuid.uuid4().hex[:8]}")
-    try:
+    with namespace_for_a_test(cluster, "fleet") as name:
         yield name
-    finally:
-        cluster.kubectl("delete", "ebpf", "--all", "-n", name, "--wait=false", check=False)
-        wait_for(
-            "programs deleted",
-            lambda: agents_report(cluster) or not cluster.programs(name),
-            timeout=30,
-            interval=0.2,
-        )
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -100,19 +90,7 @@ def fleet(cluster: Kube) -> Iterator[Callable[..., str]]:
 
 
 def apply(kube: Kube, namespace: str, name: str, label: str) -> None:
-    manifest = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.PROGRAM_KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "source": {"inline": SOURCE},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "podSelector": {},
-            "nodeSelector": {"matchLabels": {NODE_LABEL: label}},
-        },
-    }
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    apply_program(kube, skb_program(namespace, name, {NODE_LABEL: label}))
 
 
 def node_names(kube: Kube, namespace: str, program: str) -> list[str]:
@@ -222,7 +200,7 @@ def test_a_silent_agent_holds_a_deletion_for_the_grace_period_at_most(cluster: K
     live = fleet("e", label)
     silent = fleet("f", label, agent=heartbeat_at(3600))
     apply(cluster, namespace, "counter", label)
-    wait_for("both node objects", lambda: node_names(cluster, namespace, "counter") == [live, silent])
+    wait_for("an entry on both nodes", lambda: node_names(cluster, namespace, "counter") == [live, silent])
     report_ready(cluster, namespace, "counter")
     wait_for(
         "the silent agent reported",
@@ -262,7 +240,7 @@ def test_status_follows_node_deletion_within_seconds(cluster: Kube, namespace: s
     stays = fleet("g", label)
     goes = fleet("h", label)
     apply(cluster, namespace, "counter", label)
-    wait_for("both node objects", lambda: node_names(cluster, namespace, "counter") == [stays, goes])
+    wait_for("an entry on both nodes", lambda: node_names(cluster, namespace, "counter") == [stays, goes])
     report_ready(cluster, namespace, "counter")
     wait_for("Ready on both", lambda: status_says(cluster, namespace, "counter", "True", "2/2", "2 of 2"))
 
@@ -291,21 +269,7 @@ def test_fifty_programs_applied_at_once_are_about_one_spec_write_per_node(
     wait_for("a state per node", lambda: all(node_state(cluster, n) for n in nodes), 10)
     # A spec write bumps metadata.generation (status has its own subresource): count those.
     before = {n: (node_state(cluster, n) or {})["metadata"]["generation"] for n in nodes}
-    programs = [
-        {
-            "apiVersion": names.API_VERSION,
-            "kind": names.PROGRAM_KIND,
-            "metadata": {"name": f"p{i:02}", "namespace": namespace},
-            "spec": {
-                "source": {"inline": SOURCE.replace("return 1", f"return {i % 2}")},
-                "function": "f",
-                "attach": {"type": "CgroupSkb", "direction": "Egress"},
-                "podSelector": {},
-                "nodeSelector": {"matchLabels": {NODE_LABEL: label}},
-            },
-        }
-        for i in range(50)
-    ]
+    programs = [skb_program(namespace, f"p{i:02}", {NODE_LABEL: label}, returns=i % 2) for i in range(50)]
     # At once: side by side, as a GitOps tool's parallel apply would.
     with ThreadPoolExecutor(10) as pool:
         list(

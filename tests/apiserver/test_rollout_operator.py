@@ -5,7 +5,6 @@ the operator restarts. The test plays the agents (BpfleetNodes, EbpfNodeState st
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,11 +21,13 @@ from tests.apiserver.operator_support import (
     agent_reports,
     agent_starts,
     agents_report,
-    create_namespace,
+    apply_program,
     delete_quietly,
+    namespace_for_a_test,
     node_states,
     program_versions,
     ready_report,
+    skb_program,
     wait_operator_ready,
 )
 
@@ -34,7 +35,6 @@ pytestmark = pytest.mark.apiserver
 
 RUN = uuid.uuid4().hex[:6]
 NODE_LABEL = "bpfleet.test/rollout"
-SOURCE = "int f(struct __sk_buff *skb) { return 1; }"
 VERIFIER_LOG = "0: (b7) r0 = 1\n1: (61) r2 = *(u32 *)(r1 +4096)\ninvalid bpf_context access off=4096 size=4"
 
 
@@ -52,13 +52,8 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
 
 @pytest.fixture
 def namespace(kube: Kube, operator: ManagedProcess) -> Iterator[str]:
-    name = create_namespace(kube, f"rollout-{uuid.uuid4().hex[:8]}")
-    try:
+    with namespace_for_a_test(kube, "rollout") as name:
         yield name
-    finally:
-        kube.kubectl("delete", "ebpf", "--all", "-n", name, "--wait=false", check=False)
-        wait_for("programs deleted", lambda: agents_report(kube) or not kube.programs(name), 30, 0.2)
-        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -81,20 +76,7 @@ def fleet(kube: Kube) -> Iterator[Callable[..., list[str]]]:
 
 
 def apply(kube: Kube, namespace: str, label: str, rollout: dict[str, Any], returns: int = 1) -> None:
-    manifest = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.PROGRAM_KIND,
-        "metadata": {"name": "counter", "namespace": namespace},
-        "spec": {
-            "source": {"inline": SOURCE.replace("return 1", f"return {returns}")},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "podSelector": {},
-            "nodeSelector": {"matchLabels": {NODE_LABEL: label}},
-            "rollout": rollout,
-        },
-    }
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    apply_program(kube, skb_program(namespace, "counter", {NODE_LABEL: label}, returns, rollout=rollout))
 
 
 def versions_by_node(kube: Kube, namespace: str) -> dict[str, str]:

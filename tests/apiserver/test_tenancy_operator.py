@@ -28,6 +28,7 @@ from tests.apiserver.operator_support import (
     program_nodes,
     ready_message,
     reconciled,
+    remove_namespaces,
     served_versions,
     version_objects,
     wait_operator_ready,
@@ -79,16 +80,7 @@ def namespaces(cluster: Kube) -> Iterator[list[str]]:
     """Namespaces a test creates (append to the list); deleted afterwards, programs first."""
     created: list[str] = []
     yield created
-    for namespace in created:
-        cluster.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=false", check=False)
-    for namespace in created:
-        wait_for(
-            f"programs of {namespace} deleted",
-            lambda namespace=namespace: agents_report(cluster) or not cluster.programs(namespace),
-            timeout=30,
-            interval=0.2,
-        )
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    remove_namespaces(cluster, created)
 
 
 def remove_programs(kube: Kube, process: ManagedProcess) -> None:

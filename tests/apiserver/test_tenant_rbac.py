@@ -1,6 +1,6 @@
 """Who may do what, on the real API server with the chart installed: a namespace's users (the
 built-in admin, edit and view roles, bound with RoleBindings) manage or read that namespace's
-EbpfPrograms and nothing of the cluster admins' (ClusterEbpfPrograms, node objects, BpfleetNodes);
+EbpfPrograms and nothing of the cluster admins' (ClusterEbpfPrograms, versions, EbpfNodeStates, BpfleetNodes);
 a ResourceQuota counts EbpfPrograms."""
 
 from __future__ import annotations

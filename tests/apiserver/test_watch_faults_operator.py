@@ -4,21 +4,18 @@ resync is ten minutes away)."""
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from bpfleet_api import names
 from e2e.controlplane import ControlPlane
 from e2e.freeze_proxy import FreezingProxy
 from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
 from e2e.kube import Kube
-from tests.apiserver.operator_support import create_namespace, reconciled
+from tests.apiserver.operator_support import apply_program, namespace_for_a_test, reconciled, skb_program
 
 pytestmark = pytest.mark.apiserver
 
@@ -27,7 +24,6 @@ STALL_BOUND = WATCH_SECONDS + 5  # watch_settings.GRACE
 # A request the operator sends on a connection frozen with the watches fails after this; then it
 # is sent again on a new one.
 REQUEST_SECONDS = 3
-SOURCE = "int f(struct __sk_buff *skb) { return 1; }"
 
 
 @pytest.fixture
@@ -55,29 +51,12 @@ def proxied_operator(
 
 @pytest.fixture
 def namespace(kube: Kube) -> Iterator[str]:
-    name = create_namespace(kube, f"opwatch-{uuid.uuid4().hex[:8]}")
-    try:
+    with namespace_for_a_test(kube, "opwatch", play_agents=False) as name:
         yield name
-    finally:
-        kube.kubectl("delete", "ebpf", "--all", "-n", name, "--wait=false", check=False)
-        wait_for("programs deleted", lambda: not kube.programs(name), timeout=30, interval=0.2)
-        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def _apply(kube: Kube, namespace: str, name: str) -> None:
-    manifest = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.PROGRAM_KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "source": {"inline": SOURCE},
-            "function": "f",
-            "attach": {"type": "CgroupSkb", "direction": "Egress"},
-            "podSelector": {},
-            "nodeSelector": {"matchLabels": {"bpfleet.test/none": "none"}},
-        },
-    }
-    kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    apply_program(kube, skb_program(namespace, name, {"bpfleet.test/none": "none"}))
 
 
 def test_a_program_created_during_a_watch_stall_is_reconciled_within_the_bound(

@@ -8,15 +8,13 @@ and other programs' maps are never taken over; the map memory cap still counts w
 
 from __future__ import annotations
 
-import select
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from e2e.podsim import spawn_in_cgroup
+from e2e.sim_pod import UdpSender
 from node_agent import errors
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.attach_types import kernel_attach
@@ -33,24 +31,6 @@ V1, V2 = (
 IPV4_UDP_HEADERS = 20 + 8
 SIZE = 64
 
-# Sends datagrams to 127.0.0.1:port until a line arrives on stdin, then prints how many it sent.
-# A send that succeeded went through the egress hook (a program that drops makes sendto fail).
-_SENDER = """
-import select, socket, sys, time
-port = int(sys.argv[1])
-sent = 0
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-    while not select.select([sys.stdin], [], [], 0)[0]:
-        for _ in range(20):
-            try:
-                sock.sendto(b"x" * 64, ("127.0.0.1", port))
-                sent += 1
-            except OSError:
-                pass
-        time.sleep(0.002)
-print(sent, flush=True)
-"""
-
 
 def counts(loaded: LoadedProgram, pod_id: int) -> tuple[int, int]:
     """(packets, bytes) of one pod in the version's `traffic` map, read through its pin."""
@@ -64,28 +44,6 @@ def counts(loaded: LoadedProgram, pod_id: int) -> tuple[int, int]:
 def map_id(loaded: LoadedProgram, name: str) -> int:
     with syscalls.closing_fd(syscalls.obj_get(f"{loaded.pin_dir}/maps/{name}")) as fd:
         return syscalls.map_info(fd).id
-
-
-class Sender:
-    """A process in the pod's container cgroup sending datagrams until stopped."""
-
-    def __init__(self, cgroup: Path, port: int) -> None:
-        argv = [sys.executable, "-I", "-S", "-c", _SENDER, str(port)]
-        self.proc = spawn_in_cgroup(argv, cgroup, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def stop(self) -> int:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("stop\n")
-        self.proc.stdin.flush()
-        assert select.select([self.proc.stdout], [], [], 10)[0], "the sender did not stop"
-        sent = int(self.proc.stdout.readline())
-        self.proc.wait(10)
-        return sent
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture
@@ -102,7 +60,7 @@ def test_counters_continue_across_an_update_under_traffic_with_no_packet_lost_or
     pod = pod_cgroups()
     one = backend.load(V1, COUNTER)
     backend.attach(V1, pod.uid, pod.pod, EGRESS)
-    sender = Sender(pod.container, sink)
+    sender = UdpSender(pod.container, sink, batch=20, pause=0.002)
     try:
         wait_until(lambda: counts(one, pod.cgroup_id)[0] > 200, "counting on v1")
         # Compiled while v1 counts into the map it takes over; then the link moves, still under traffic.

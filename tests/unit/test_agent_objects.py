@@ -95,7 +95,7 @@ def test_no_state_yet_is_not_known_yet_and_unloads_nothing():
     assert linked(node) == {("counter", "uid-web-1")}
 
 
-def test_no_state_and_no_node_object_any_more_unloads_everything():
+def test_no_state_and_no_node_any_more_unloads_everything():
     node = web_node()
     node.serve(node_program())
     node.reconcile()

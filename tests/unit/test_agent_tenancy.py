@@ -109,7 +109,7 @@ def test_scope_node_takes_node_wide_tracing_and_node_interfaces_only(attach):
 # -- map memory caps --------------------------------------------------------------------------------
 
 
-def test_the_map_memory_cap_is_the_node_objects_or_the_agents_default():
+def test_the_map_memory_cap_is_the_versions_or_the_agents_default():
     assert parse(node_program()).build.max_map_bytes == DEFAULT_MAX_MAP_BYTES == 64 * 1024 * 1024
     assert parse(node_program(), Trust("bpfleet-system", max_map_bytes=1024)).build.max_map_bytes == 1024
     assert parse(node_program(maxMapBytes=4096)).build.max_map_bytes == 4096

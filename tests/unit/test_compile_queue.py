@@ -82,7 +82,7 @@ def test_a_version_no_longer_wanted_leaves_the_line_and_rejoins_at_its_end():
     queue = CompileQueue(per_namespace=1)
     a, b, c = (ProgramRef("ns", name, "v") for name in "abc")
     assert queue.plan([a, b]).now == [a]
-    assert queue.plan([b, c]).now == [b]  # a is no longer wanted (its node object went away)
+    assert queue.plan([b, c]).now == [b]  # a is no longer wanted (its entry left the node's spec)
     assert queue.plan([a, c]).now == [c]  # a is wanted again: behind c, which has waited
 
 

@@ -5,6 +5,8 @@ nodes without an agent. tests/apiserver/test_fleet_operator.py runs the real thi
 from __future__ import annotations
 
 import datetime
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +125,12 @@ def test_agents_starting_and_leaving_change_the_fanout_heartbeats_do_not():
 def test_the_warning_and_rollout_reasons_are_part_of_the_api():
     assert reasons.AGENT_SILENT_ON_DELETE in reasons.ALL
     assert reasons.ROLLOUT_HALTED == "RolloutHalted" and reasons.ROLLOUT_HALTED in reasons.ALL
+
+
+def test_the_reasons_that_stall_a_program_are_those_the_api_reference_marks_stalled():
+    # The failures of nodes that make Ready=False with Stalled; RolloutHalted is the program's own.
+    api_md = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \| .* \| Stalled \|$", api_md, re.MULTILINE))
+    assert reasons.ROLLOUT_HALTED in documented
+    assert reasons.STALLING == documented - {reasons.ROLLOUT_HALTED}
+    assert reasons.STALLING < set(reasons.ALL)

@@ -176,12 +176,18 @@ def test_programs_loaded_before_a_restart_are_adopted_not_reloaded(kernel, cgrou
     assert kernel.links == links_before
 
 
-def test_program_versions_without_a_node_object_are_removed(kernel, cgroups):
-    cgroups.present |= {"uid-web-1"}
+def test_an_entry_removed_from_spec_unloads_its_program_and_nothing_else(kernel, cgroups):
+    cgroups.present |= {"uid-web-1", "uid-web-2"}
     reconciler = Reconciler(kernel, cgroups)
-    run(reconciler, [node_program()], [pod("web-1", WEB)])
-    run(reconciler, [], [pod("web-1", WEB)])
-    assert kernel.programs == {} and attached_uids(kernel) == set()
+    other = node_program("other", source="int g;")
+    pods = [pod("web-1", WEB), pod("web-2", WEB)]
+    run(reconciler, [node_program(), other], pods)
+    assert sorted(ref.name for ref in kernel.programs) == ["counter", "other"]
+    others = {ref: dict(links) for ref, links in kernel.links.items() if ref.name == "other"}
+    result = run(reconciler, [other], pods)
+    assert [ref.name for ref in kernel.programs] == ["other"]
+    assert {ref: dict(links) for ref, links in kernel.links.items() if links} == others
+    assert [r.name for r in result.reports] == ["other-v1"]  # the program that went has no report
 
 
 class NoKprobes:
