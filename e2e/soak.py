@@ -146,6 +146,20 @@ class Soak:
 
         wait_for(f"both programs Ready on {want} pods", done, timeout=timeout, interval=0.2)
 
+    def updated_to(self, generation: int, timeout: float = 60) -> None:
+        """Waits until every node runs the updated program's version of `generation`: one version
+        directory each (the previous one unloaded)."""
+
+        def done() -> bool:
+            dirs = [list((n.bpffs_root / self.namespace / UPDATED).glob("*")) for n in self.nodes]
+            program = self.kube.program(self.namespace, UPDATED) or {}
+            current = (program.get("status") or {}).get("observedGeneration") == program.get(
+                "metadata", {}
+            ).get("generation")
+            return current and self.kube.is_ready(self.namespace, UPDATED) and all(len(d) == 1 for d in dirs)
+
+        wait_for(f"the update to generation {generation} everywhere", done, timeout=timeout, interval=0.2)
+
     def churn_once(self, node: SoakNode) -> None:
         """One pod created and the oldest one deleted, on `node`."""
         self.made += 1
@@ -165,7 +179,12 @@ class Soak:
         self.converged()
         for node in self.nodes:  # one round of churn, so that start figures are warm
             self.churn_once(node)
+        # And one update: a version made by an update pins a record of the maps it carried on
+        # (kept/), which the first version has not; from then on every version has one.
+        self.generation += 1
+        self.kube.apply(self.namespace, updated(self.generation))
         self.converged()
+        self.updated_to(self.generation)
         start = [figures(n, self.namespace) for n in self.nodes]
         for f in start:
             print(f.line("start"), flush=True)
@@ -183,6 +202,7 @@ class Soak:
                 next_update += update_seconds
             time.sleep(max(0.0, begun + turn * period - time.monotonic()))
         self.converged(timeout=120)
+        self.updated_to(self.generation, timeout=120)
         end = [figures(n, self.namespace) for n in self.nodes]
         for f in end:
             print(f.line("end"), flush=True)

@@ -84,20 +84,24 @@ class Cycles:
         self.generation += 1
         self.kube.apply(self.namespace, _manifest(self.generation))
 
-    def select_one(self) -> None:
-        if self.unselected():
-            pod = self.rng.choice(self.unselected())
+    def select_one(self, besides: Any = None) -> None:
+        """Selects a pod: an unselected one other than `besides` (relabelling the pod just
+        unselected back could reach the agent as no change at all), or a new one."""
+        candidates = [p for p in self.unselected() if besides is None or p.uid != besides.uid]
+        if candidates:
+            pod = self.rng.choice(candidates)
             self.node.sim.set_labels(pod, {"app": "kill"})
         else:
             self.made += 1
             self.node.create_pod(self.namespace, f"pod-{self.made}", {"app": "kill"})
 
-    def unselect_one(self) -> None:
+    def unselect_one(self) -> Any:
         pod = self.rng.choice(self.selected())
         if len(self.unselected()) >= MAX_PODS - 1:
             self.node.delete_pod(pod)  # the kernel detaches with the cgroup; the agent drops the pin
         else:
             self.node.sim.set_labels(pod, {"app": "off"})
+        return pod
 
     def act(self, point: str) -> None:
         """Something the agent will do through `point` (or near it, for random kills)."""
@@ -108,9 +112,8 @@ class Cycles:
                 self.select_one()
             self.bump()
         elif point == "attach-pin" or (point == "detach" and not self.selected()):
-            if len(self.selected()) >= MAX_PODS:
-                self.unselect_one()
-            self.select_one()
+            unselected = self.unselect_one() if len(self.selected()) >= MAX_PODS else None
+            self.select_one(besides=unselected)
         else:
             self.unselect_one()
 

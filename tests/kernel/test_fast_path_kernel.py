@@ -159,8 +159,8 @@ def agent_parts(backend: BpffsBackend, kubelet_root: Path, watch_of: Any) -> Ite
 
 
 def _pass(reconciler: Reconciler, fast: FastPath, programs: list[dict[str, Any]], pods: list[Pod]) -> None:
-    parsed = [parsed(p) for p in programs]
-    fast.registered(parsed, pods, reconciler.run(parsed, pods))
+    wanted = [parsed(p) for p in programs]
+    fast.registered(wanted, pods, reconciler.run(wanted, pods))
 
 
 def test_a_registered_pod_is_attached_when_its_cgroup_appears_with_no_pass(agent_parts, kubelet_root):
