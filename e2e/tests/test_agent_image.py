@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -28,6 +27,7 @@ import yaml
 from e2e.controlplane import ControlPlane
 from e2e.harness import ManagedProcess, free_address, wait_for
 from e2e.kube import Kube, cgroup_programs, scratch_namespace
+from e2e.podman import podman, run_options
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
 from e2e.tools import REPO_ROOT
 
@@ -40,45 +40,7 @@ PROGRAM = "web-no-redis"
 # Where the agent finds the kubeconfig inside its container.
 KUBECONFIG_IN_CONTAINER = "/etc/bpfleet/kubeconfig"
 HEADERS_MISSING = "no kernel headers to compile with"
-# Podman lowers its own RLIMIT_NPROC to this before starting runc, which cannot raise it back.
-PODMAN_NPROC_CAP = 32768
 BUILD_TIMEOUT = 1800
-
-
-def _podman_base() -> list[str]:
-    # Without systemd as init, podman must manage cgroups itself and log events to a file.
-    if Path("/run/systemd/system").is_dir():
-        return ["podman"]
-    return ["podman", "--cgroup-manager=cgroupfs", "--events-backend=file"]
-
-
-def _runtime_options() -> list[str]:
-    """runc (crun refuses a hybrid cgroup layout), with soft = hard limits no higher than ours:
-    without CAP_SYS_RESOURCE, runc cannot set them any higher."""
-
-    def limit(kind: int, cap: int) -> int:
-        soft = resource.getrlimit(kind)[0]
-        return cap if soft == resource.RLIM_INFINITY else min(soft, cap)
-
-    nofile = limit(resource.RLIMIT_NOFILE, 1 << 20)
-    nproc = limit(resource.RLIMIT_NPROC, PODMAN_NPROC_CAP)
-    return [
-        "--runtime",
-        "runc",
-        "--ulimit",
-        f"nofile={nofile}:{nofile}",
-        "--ulimit",
-        f"nproc={nproc}:{nproc}",
-    ]
-
-
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*_podman_base(), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"podman {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-    return result
 
 
 @pytest.fixture(scope="session")
@@ -161,7 +123,7 @@ def agent_container(
             "--detach",
             "--name",
             container.name,
-            *_runtime_options(),
+            *run_options(),
             "--privileged",
             "--network=host",
             "--pid=host",
@@ -243,7 +205,7 @@ def _headers_check(mounts: list[str]) -> str:
     result = podman(
         "run",
         "--rm",
-        *_runtime_options(),
+        *run_options(),
         *_volumes(mounts),
         "--entrypoint",
         "python",
@@ -272,7 +234,7 @@ def test_agent_image_says_it_has_no_kernel_headers(images: None, mounts: list[st
     started = podman(
         "run",
         "--rm",
-        *_runtime_options(),
+        *run_options(),
         *_volumes(mounts),
         "--env",
         "NODE_NAME=headerless",

@@ -6,20 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import resource
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.podman import podman, run_options
 from e2e.realnode.daemons import log
 from e2e.tools import REPO_ROOT
 
 HERE = Path(__file__).resolve().parent
 BUILD_IMAGES = REPO_ROOT / "e2e" / "scripts" / "build-images.sh"
-# podman lowers its own RLIMIT_NPROC to this before it starts runc, which cannot raise it back.
-PODMAN_NPROC_CAP = 32768
 
 
 @dataclass(frozen=True)
@@ -31,36 +29,6 @@ class Images:
 
     def all(self) -> list[str]:
         return [self.pause, self.app, self.operator, self.agent]
-
-
-def podman(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
-    base = ["podman"]
-    if not Path("/run/systemd/system").is_dir():  # no systemd: podman manages cgroups and events itself
-        base += ["--cgroup-manager=cgroupfs", "--events-backend=file"]
-    result = subprocess.run([*base, *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"podman {' '.join(args[:3])} ... exited {result.returncode}: {result.stderr[-3000:]}"
-        )
-    return result
-
-
-def _run_options() -> list[str]:
-    """runc (crun refuses a hybrid cgroup layout) and soft = hard limits no higher than ours."""
-
-    def limit(kind: int, cap: int) -> int:
-        soft = resource.getrlimit(kind)[0]
-        return cap if soft == resource.RLIM_INFINITY else min(soft, cap)
-
-    nofile, nproc = limit(resource.RLIMIT_NOFILE, 1 << 20), limit(resource.RLIMIT_NPROC, PODMAN_NPROC_CAP)
-    return [
-        "--runtime",
-        "runc",
-        "--ulimit",
-        f"nofile={nofile}:{nofile}",
-        "--ulimit",
-        f"nproc={nproc}:{nproc}",
-    ]
 
 
 def _exists(ref: str) -> bool:
@@ -82,7 +50,7 @@ def _build_context(ref: str, containerfile: Path, fill: Callable[[Path], None]) 
             "--network",
             "host",
             "--pull=never",
-            *_run_options(),
+            *run_options(),
             "-f",
             str(containerfile),
             "-t",
