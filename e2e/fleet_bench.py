@@ -87,6 +87,24 @@ class Bench:
                 last = now
             time.sleep(0.25)
 
+    def phase(
+        self, label: str, act: Callable[[], None], done: Callable[[], tuple[bool, str]], args: Any
+    ) -> list[str]:
+        """Runs `act`, waits for `done`, and reports the time, the API writes per node and the
+        operator's CPU of that phase."""
+        writes, cpu = api_writes(self.kube.api), process_usage(self.operator_pid)
+        start = time.monotonic()
+        act()
+        self.wait(label, done, timeout=args.timeout)
+        took = time.monotonic() - start
+        after, cpu_after = api_writes(self.kube.api), process_usage(self.operator_pid)
+        return [
+            f"{label:25} {took:8.1f} s",
+            f"  API writes of {label.split(' ')[0]}:",
+            per_node(writes_between(writes, after, ALL_RESOURCES), args.nodes),
+            f"  operator CPU             {cpu_after.cpu_seconds - cpu.cpu_seconds:8.1f} s",
+        ]
+
     def listed(self) -> list[dict[str, Any]]:
         found = self.custom.list_namespaced_custom_object(
             names.GROUP, names.VERSION, NAMESPACE, names.PROGRAM_PLURAL
@@ -160,22 +178,14 @@ def run(args: argparse.Namespace) -> None:
         )
         report = [f"fleet: {args.nodes} nodes x {args.programs} programs, {args.source_bytes} B sources"]
 
-        writes, cpu = api_writes(kube.api), process_usage(operator.process.pid)
-        log("applying every program at once", programs=args.programs)
-        start = time.monotonic()
-        for i in range(args.programs):
-            kube.custom.create_namespaced_custom_object(
-                names.GROUP, names.VERSION, NAMESPACE, names.PROGRAM_PLURAL, program(i, args.source_bytes)
-            )
-        bench.wait("apply -> all Ready", bench.all_ready, timeout=args.timeout)
-        applied = time.monotonic() - start
-        after, cpu_after = api_writes(kube.api), process_usage(operator.process.pid)
-        report += [
-            f"apply -> all Ready        {applied:8.1f} s",
-            "  API writes of the apply:",
-            per_node(writes_between(writes, after, ALL_RESOURCES), args.nodes),
-            f"  operator CPU             {cpu_after.cpu_seconds - cpu.cpu_seconds:8.1f} s",
-        ]
+        def create_all() -> None:
+            log("applying every program at once", programs=args.programs)
+            for i in range(args.programs):
+                kube.custom.create_namespaced_custom_object(
+                    names.GROUP, names.VERSION, NAMESPACE, names.PROGRAM_PLURAL, program(i, args.source_bytes)
+                )
+
+        report += bench.phase("apply -> all Ready", create_all, bench.all_ready, args)
 
         etcd = f"http://127.0.0.1:{plane._run_info().ports.etcd_client}"
         state_keys, state_bytes = etcd_value_bytes(
@@ -190,36 +200,26 @@ def run(args: argparse.Namespace) -> None:
             f"  ({state_keys} node states {state_bytes} B, {version_keys} versions {version_bytes} B)",
         ]
 
-        writes, cpu = after, cpu_after
-        log("rolling out a new version of one program")
         first = bench.listed()[0]
-        start = time.monotonic()
-        patch = {"spec": {"parameters": {"ROLLOUT": 1}}}
-        changed = kube.custom.patch_namespaced_custom_object(
-            names.GROUP, names.VERSION, NAMESPACE, names.PROGRAM_PLURAL, first["metadata"]["name"], patch
-        )
-        generations = {changed["metadata"]["name"]: changed["metadata"]["generation"]}
-        bench.wait("rollout -> all Ready", lambda: bench.all_ready(generations), timeout=args.timeout)
-        rolled = time.monotonic() - start
-        after, cpu_after = api_writes(kube.api), process_usage(operator.process.pid)
-        report += [
-            f"rollout of one program    {rolled:8.1f} s",
-            "  API writes of the rollout:",
-            per_node(writes_between(writes, after, ALL_RESOURCES), args.nodes),
-            f"  operator CPU             {cpu_after.cpu_seconds - cpu.cpu_seconds:8.1f} s",
-        ]
+        generations: dict[str, int] = {}
 
-        writes, cpu = after, cpu_after
-        log("deleting every program")
-        start = time.monotonic()
-        kube.kubectl("delete", "ebpf", "--all", "-n", NAMESPACE, "--wait=false")
-        bench.wait("delete all -> gone", bench.all_gone, timeout=args.timeout)
-        deleted = time.monotonic() - start
-        after, usage = api_writes(kube.api), process_usage(operator.process.pid)
+        def roll_one() -> None:
+            log("rolling out a new version of one program")
+            patch = {"spec": {"parameters": {"ROLLOUT": 1}}}
+            changed = kube.custom.patch_namespaced_custom_object(
+                names.GROUP, names.VERSION, NAMESPACE, names.PROGRAM_PLURAL, first["metadata"]["name"], patch
+            )
+            generations[changed["metadata"]["name"]] = changed["metadata"]["generation"]
+
+        report += bench.phase("rollout of one program", roll_one, lambda: bench.all_ready(generations), args)
+
+        def delete_all() -> None:
+            log("deleting every program")
+            kube.kubectl("delete", "ebpf", "--all", "-n", NAMESPACE, "--wait=false")
+
+        report += bench.phase("delete all -> gone", delete_all, bench.all_gone, args)
+        usage = process_usage(operator.process.pid)
         report += [
-            f"delete all -> gone        {deleted:8.1f} s",
-            "  API writes of the deletion:",
-            per_node(writes_between(writes, after, ALL_RESOURCES), args.nodes),
             f"operator CPU, whole run   {usage.cpu_seconds:8.1f} s",
             f"operator RSS              {usage.rss_bytes / 2**20:8.1f} MiB"
             f" (peak {usage.peak_rss_bytes / 2**20:.1f} MiB)",
