@@ -16,6 +16,8 @@ pytestmark = pytest.mark.e2e
 MINUTES = float(os.environ.get("BPFLEET_SOAK_CI_MINUTES", "5"))
 
 
+# The soak's own minutes, plus setting up, converging and the final update (each bounded by its wait).
+@pytest.mark.timeout(int(MINUTES * 60) + 420)
 def test_a_short_soak_grows_nothing(kube: Kube, node_a, node_b, namespace: str):
     breaches = Soak(kube, [node_a, node_b], namespace).run(MINUTES, pods_per_minute=30, update_seconds=30)
     assert breaches == []
