@@ -254,6 +254,7 @@ class Agent:
         pods = [Pod.from_object(o) for o in self.pods.objects()]
         started = time.monotonic()
         result = self.reconciler.run(intake.programs, pods, intake.held)
+        log.debug("pass applied", extra={"node": self.node, "seconds": round(time.monotonic() - started, 4)})
         self.metrics.pass_done(result, intake.objects, pods, time.monotonic() - started)
         for listener in self.pass_listeners:
             try:
@@ -326,3 +327,4 @@ class Agent:
             return
         patch_status(self.custom, names.NODE_STATE_PROGRAMS_PLURAL, self.node, status)
         self._written = (seen, status)
+        log.debug("status written", extra={"node": self.node, "programs": len(status.get("programs", []))})

@@ -37,6 +37,10 @@ class DesiredTable:
         with self._lock:
             return key in self._by_program
 
+    def node_count(self, key: ProgramKey) -> int:
+        with self._lock:
+            return len(self._by_program.get(key, ()))
+
     def program(self, key: ProgramKey) -> dict[str, Entry]:
         with self._lock:
             return dict(self._by_program.get(key, {}))

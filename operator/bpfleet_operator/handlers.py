@@ -34,14 +34,24 @@ log = logging.getLogger(__name__)
 
 WORKERS_ENV = "BPFLEET_WORKERS"
 DEFAULT_WORKERS = 4
-# Node writes wait until no reconcile changed the desired table for this long (or until
-# MAX_COALESCE_SECONDS passed), so that a burst of programs is one write per node. Reconciles that
+# The first change to the desired table after a quiet second is written at once when it touches
+# at most LEADING_MAX_NODES nodes: a program applied alone is not held back. Node writes for the
+# changes that follow it (and for larger ones, which a burst of fleet-wide programs starts) wait
+# until no reconcile changed the table for QUIET_SECONDS (or until MAX_COALESCE_SECONDS passed),
+# so that a burst of programs is one or two writes per node, not one per program. Reconciles that
 # only aggregate status (most of them, on a busy fleet) change nothing there and delay nothing.
 QUIET_SECONDS = 1.0
+LEADING_MAX_NODES = 100
 MAX_COALESCE_SECONDS = 5.0
-# Agents' reports wake their programs this late: on a fleet, a program's status is summed up once
-# a second over every node that reported meanwhile, not once per node.
-REPORT_DELAY_SECONDS = 1.0
+# Agents' reports wake a program at once, then at most once per interval. Summing a program's
+# status up looks at each of its nodes, so the interval grows with them: 50 ms for a few nodes, a
+# second from a thousand on, summing up every node that reported meanwhile, not once per node.
+REPORT_INTERVAL_SECONDS = 1.0
+MIN_REPORT_INTERVAL_SECONDS = 0.05
+REPORT_SECONDS_PER_NODE = 0.001
+# How long a queued key waits for more events of its own before it is handled.
+PROGRAM_DELAY_SECONDS = 0.02
+NODE_DELAY_SECONDS = 0.02
 
 
 class _State:
@@ -50,6 +60,7 @@ class _State:
     controller: ProgramController
     cache: ClusterCache
     writer: NodeWriter
+    desired: DesiredTable
     queue: WorkQueue  # program keys
     nodes: WorkQueue  # node names, for the node writer
     loop: asyncio.AbstractEventLoop
@@ -65,8 +76,10 @@ class _State:
         # The notes last posted as a Warning event, so that one bad annotation is one event.
         self.noted: dict[ProgramKey, tuple[str, ...]] = {}
         self.open = asyncio.Event()  # the node writer may write: every program was reconciled once
-        self.last_desired_change = 0.0  # loop time
+        self.last_desired_change = -QUIET_SECONDS  # loop time
         self.dirty_since: float | None = None  # when the table began changing without a quiet pause
+        self.leading: set[str] = set()  # nodes of the first change after a quiet second: no wait
+        self.last_reconciled: dict[ProgramKey, float] = {}  # loop time a reconcile last began
 
 
 STATE = _State()
@@ -100,14 +113,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             agent_changed=lambda node: _soon(STATE.nodes.add, node),
         ),
     )
-    desired = DesiredTable()
+    desired = STATE.desired = DesiredTable()
     STATE.controller = ProgramController(
         CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
     )
     STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
     count = workers()
-    STATE.queue = WorkQueue(reconcile, workers=count)
-    STATE.nodes = WorkQueue(write_node, delay=0.05, workers=count, name="node")
+    STATE.queue = WorkQueue(reconcile, delay=PROGRAM_DELAY_SECONDS, workers=count)
+    STATE.nodes = WorkQueue(write_node, delay=NODE_DELAY_SECONDS, workers=count, name="node")
     STATE.cache.start()
     STATE.tasks = [
         asyncio.create_task(STATE.queue.run()),
@@ -172,8 +185,9 @@ async def write_node(node: str) -> None:
     await STATE.open.wait()
     loop = asyncio.get_running_loop()
     # One wait for the whole fleet, not one per node: once the table has been changing for
-    # MAX_COALESCE_SECONDS, every queued node is written at once, without waiting again.
-    while True:
+    # MAX_COALESCE_SECONDS, every queued node is written at once, without waiting again. A node
+    # queued with nothing to write (its agent's status changed, say) waits for nothing.
+    while node not in STATE.leading and STATE.writer.needs_write(node):
         now = loop.time()
         if now - STATE.last_desired_change >= QUIET_SECONDS:
             STATE.dirty_since = None
@@ -181,6 +195,7 @@ async def write_node(node: str) -> None:
         if STATE.dirty_since is not None and now - STATE.dirty_since >= MAX_COALESCE_SECONDS:
             break
         await asyncio.sleep(0.05)
+    STATE.leading.discard(node)
     await asyncio.to_thread(STATE.writer.write, node)
 
 
@@ -189,8 +204,10 @@ async def _post(program: dict[str, Any], kind: str, reason: str, message: str) -
 
 
 async def reconcile(key: ProgramKey) -> None:
+    STATE.last_reconciled[key] = asyncio.get_running_loop().time()
     with METRICS.reconcile_seconds.time():
         outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
+    log.debug("reconciled", extra={"program": str(key), "ready": outcome.ready_after})
     METRICS.observe(key, outcome)
     notes_changed = outcome.status is not None and STATE.noted.get(key, ()) != outcome.notes
     ready_changed = outcome.status is not None and outcome.ready_before != outcome.ready_after
@@ -230,10 +247,18 @@ def _queue_every_program() -> None:
         STATE.queue.add(key)
 
 
+def report_interval(nodes: int) -> float:
+    """How often agents' reports may wake a program that runs on `nodes` nodes."""
+    return min(REPORT_INTERVAL_SECONDS, max(MIN_REPORT_INTERVAL_SECONDS, nodes * REPORT_SECONDS_PER_NODE))
+
+
 def _queue_programs(keys: Collection[ProgramKey]) -> None:
+    now = asyncio.get_running_loop().time()
     for key in keys:
         if key in STATE.programs:
-            STATE.queue.add(key, REPORT_DELAY_SECONDS)
+            interval = report_interval(STATE.desired.node_count(key))
+            last = STATE.last_reconciled.get(key, now - interval)
+            STATE.queue.add(key, max(0.0, last + interval - now))
 
 
 def _queue_namespace(name: str) -> None:
@@ -245,9 +270,12 @@ def _queue_namespace(name: str) -> None:
 
 def _queue_nodes(nodes: Collection[str]) -> None:
     if nodes:
-        STATE.last_desired_change = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        if now - STATE.last_desired_change >= QUIET_SECONDS and len(nodes) <= LEADING_MAX_NODES:
+            STATE.leading |= set(nodes)
+        STATE.last_desired_change = now
         if STATE.dirty_since is None:
-            STATE.dirty_since = STATE.last_desired_change
+            STATE.dirty_since = now
     for node in nodes:
         STATE.nodes.add(node)
 
@@ -274,6 +302,7 @@ async def program_event(
         STATE.programs.discard(key)
         STATE.seen.pop(key, None)
         STATE.noted.pop(key, None)
+        STATE.last_reconciled.pop(key, None)
         METRICS.forget(key)
     else:
         STATE.programs.add(key)

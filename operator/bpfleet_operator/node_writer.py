@@ -46,25 +46,40 @@ class NodeWriter:
         self._written: dict[str, tuple[list[Entry], str | None]] = {}
         self.counts = WriteCounts()
 
+    def needs_write(self, node: str) -> bool:
+        """Whether write(node) would write: the spec the watch shows (or last wrote) is not the desired."""
+        return self._pending(node) is not None
+
     def write(self, node: str) -> None:
         """Brings the node's EbpfNodeState spec to the desired table (call from a worker thread)."""
+        wanted = self._pending(node)
+        if wanted is None:
+            return
+        state = self.cache.states.get(node)
+        if state is None:
+            agent = self.cache.agents.get(node)
+            assert agent is not None  # _pending said so
+            self._create(node, agent.uid, wanted)
+        else:
+            self._patch(node, wanted)
+        self._written[node] = (wanted, state.resource_version if state else None)
+        self.counts.by_node[node] = self.counts.by_node.get(node, 0) + 1
+
+    def _pending(self, node: str) -> list[Entry] | None:
+        """The spec to write to the node, or None when there is nothing to write."""
         wanted = self.desired.entries(node)
-        state, agent = self.cache.states.get(node), self.cache.agents.get(node)
+        state = self.cache.states.get(node)
         seen = state.resource_version if state else None
         written = self._written.get(node)
         if written is not None and written[1] == seen and written[0] == wanted:
-            return  # written already; the watch has not shown it yet
+            return None  # written already; the watch has not shown it yet
         if state is None:
-            if agent is None:
-                return  # nobody would serve it; the BpfleetNode's arrival brings the node back
-            self._create(node, agent.uid, wanted)
-        elif list(state.spec) != wanted:
-            self._patch(node, wanted)
-        else:
+            # Nobody would serve it without an agent; the BpfleetNode's arrival brings the node back.
+            return wanted if self.cache.agents.get(node) is not None else None
+        if list(state.spec) == wanted:
             self._written.pop(node, None)
-            return
-        self._written[node] = (wanted, seen)
-        self.counts.by_node[node] = self.counts.by_node.get(node, 0) + 1
+            return None
+        return wanted
 
     def forget(self, node: str) -> None:
         self._written.pop(node, None)

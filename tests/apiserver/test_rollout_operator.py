@@ -137,13 +137,15 @@ def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_
         agent_reports(kube, node, rejected)
     agents_report(kube, [n for n in nodes if n not in step])
 
+    halted = f"rollout of version {v2} halted: {reasons.VERIFIER_REJECTED} on {', '.join(step)}"
+    # Reports wake the program at once: the first halt may name one node, the next both.
     wait_for(
-        "halted",
-        lambda: condition(kube, namespace, conditions.STALLED).get("reason") == reasons.ROLLOUT_HALTED,
+        "halted on both nodes of the step",
+        lambda: condition(kube, namespace, conditions.STALLED).get("reason") == reasons.ROLLOUT_HALTED
+        and halted in condition(kube, namespace, conditions.STALLED)["message"],
         15,
     )
     message = condition(kube, namespace, conditions.STALLED)["message"]
-    assert f"rollout of version {v2} halted: {reasons.VERIFIER_REJECTED} on {', '.join(step)}" in message
     assert "invalid bpf_context access" in message and f"4 of 6 nodes keep version {v1}" in message
     assert condition(kube, namespace, conditions.READY)["status"] == "False"
     assert rollout_status(kube, namespace) == {
