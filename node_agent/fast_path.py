@@ -35,6 +35,7 @@ from node_agent.pod_registry import (
     serving_from_pass,
 )
 from node_agent.reconcile import CgroupResolver, PassResult
+from node_agent.serialized_backend import SerializedBackend
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,10 @@ class Readiness:
 
 class FastPath:
     def __init__(self, backend: KernelBackend, cgroups: CgroupResolver, wake: Callable[[], None]) -> None:
-        self.backend, self.cgroups, self.wake = backend, cgroups, wake
+        # The pass's lock, shared: a pod's programs are attached in one go, not between the
+        # pass's own mutations one by one.
+        self.backend = backend if isinstance(backend, SerializedBackend) else SerializedBackend(backend)
+        self.cgroups, self.wake = cgroups, wake
         self._entries: dict[str, PodEntry] = {}
         self._changed = threading.Condition()
         # What each program served at the last pass, and the pod watch's cache: a pod the watch
@@ -148,14 +152,15 @@ class FastPath:
             return
         done = []
         started = time.monotonic()
-        for wanted in entry.todo(moments):
-            try:
-                self.backend.attach(wanted.ref, uid, cgroup, wanted.attach)
-            except (AgentError, OSError) as e:
-                # Not fatal: the pass retries and reports it (a netns not there yet, say).
-                log.debug("fast path could not attach yet", extra={"pod": uid, "error": str(e)})
-                continue
-            done.append(wanted.ref)
+        with self.backend.lock:
+            for wanted in entry.todo(moments):
+                try:
+                    self.backend.attach(wanted.ref, uid, cgroup, wanted.attach)
+                except (AgentError, OSError) as e:
+                    # Not fatal: the pass retries and reports it (a netns not there yet, say).
+                    log.debug("fast path could not attach yet", extra={"pod": uid, "error": str(e)})
+                    continue
+                done.append(wanted.ref)
         if not done:
             return
         with self._changed:

@@ -19,6 +19,7 @@ Unpinning a link is the only way bpfleet detaches, so it never touches programs 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -105,6 +106,13 @@ class BpffsBackend:
 
     def _dir(self, ref: ProgramRef) -> Path:
         return self.root / ref.namespace / _encode(ref.name) / ref.version
+
+    def _dir_text(self, ref: ProgramRef) -> str:
+        """_dir as a string, for the attach path (pathlib's joins cost more than its syscalls)."""
+        return f"{self.root}/{ref.namespace}/{_encode(ref.name)}/{ref.version}"
+
+    def _links_dir(self, ref: ProgramRef) -> str:
+        return f"{self._dir_text(ref)}/links"
 
     # -- programs -------------------------------------------------------------------------------
 
@@ -203,13 +211,17 @@ class BpffsBackend:
             return self._select_pod(ref, pod_uid, cgroup_dir, attach)
         if attach.scope == PER_BINARY_FILTERED:
             return self._select_pod_in_binary(ref, pod_uid, cgroup_dir, attach, container_id)
-        pin = self._dir(ref) / "links" / pod_uid
+        # Strings, not Paths: this runs for every program when kubelet makes a pod's cgroup.
+        links_dir = self._links_dir(ref)
+        pin = f"{links_dir}/{pod_uid}"
         # This pod's pin only: reading every attachment would make each attach cost O(pods).
         current = links.info(pin)
         if current is not None and current.target_id != 0:
             return Attachment(ref, pod_uid, current.id, current.target_id)
-        pin.unlink(missing_ok=True)  # a link whose cgroup or interface went away: replace it
-        pin.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pin)  # a link whose cgroup or interface went away: replace it
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(links_dir)
         try:
             if attach.scope == PER_POD_NETDEV:
                 info = self._link_netdev(ref, pin, cgroup_dir, attach)
@@ -227,11 +239,13 @@ class BpffsBackend:
         )
         return Attachment(new, pod_uid, info.id, info.target_id)
 
-    def _pin_new_link(self, ref: ProgramRef, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
-        return links.pin_new(self._dir(ref) / "prog", pin, create)
+    def _pin_new_link(
+        self, ref: ProgramRef, pin: str | Path, create: Callable[[int], int]
+    ) -> syscalls.LinkInfo:
+        return links.pin_new(f"{self._dir_text(ref)}/prog", pin, create)
 
     def _link_cgroup(
-        self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
+        self, ref: ProgramRef, pin: str, cgroup_dir: Path, attach: KernelAttach
     ) -> syscalls.LinkInfo:
         with syscalls.closing_fd(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
             return self._pin_new_link(
@@ -239,7 +253,7 @@ class BpffsBackend:
             )
 
     def _link_netdev(
-        self, ref: ProgramRef, pin: Path, cgroup_dir: Path, attach: KernelAttach
+        self, ref: ProgramRef, pin: str, cgroup_dir: Path, attach: KernelAttach
     ) -> syscalls.LinkInfo:
         pod_netns = netns.pod_netns(cgroup_dir, self.proc)
 

@@ -13,7 +13,7 @@ from node_agent.kernel import syscalls
 log = logging.getLogger(__name__)
 
 
-def info(pin: Path) -> syscalls.LinkInfo | None:
+def info(pin: str | Path) -> syscalls.LinkInfo | None:
     """The pinned link as the kernel has it, or None when there is no such pin."""
     try:
         with syscalls.closing_fd(syscalls.obj_get(str(pin))) as fd:
@@ -22,7 +22,7 @@ def info(pin: Path) -> syscalls.LinkInfo | None:
         return None
 
 
-def pin_new(prog_pin: Path, pin: Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
+def pin_new(prog_pin: str | Path, pin: str | Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
     """Creates a link of the pinned program with `create(prog_fd) -> link fd` and pins it."""
     with (
         syscalls.closing_fd(syscalls.obj_get(str(prog_pin))) as prog_fd,
