@@ -11,10 +11,8 @@ import pytest
 
 from e2e import cosign
 from e2e.bytecode_images import ImageBuilder, bpfman_labels, build_object
-from e2e.registry import LocalRegistry, User
+from e2e.registry import LocalRegistry
 from node_agent.oci.fetch import BytecodePolicy, ImageSource, fetch_image
-
-USER = User("tenant", "correct-horse")
 
 
 @dataclass
