@@ -24,7 +24,9 @@ def cosign_binary() -> Path:
         return path
     print(f"[cosign] building cosign {COSIGN_VERSION} into {path.parent}", file=sys.stderr, flush=True)
     env = dict(os.environ, COSIGN_VERSION=COSIGN_VERSION)
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env, check=False)
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env, check=False
+    )
     if result.returncode != 0 or not os.access(path, os.X_OK):
         raise RuntimeError(f"{BUILD_SCRIPT} failed (exit {result.returncode}); see its stderr above")
     return path
@@ -48,7 +50,13 @@ def _run(args: list[str], cwd: Path, user: tuple[str, str] | None = None) -> Non
         (docker / "config.json").write_text(user[1])
         env["DOCKER_CONFIG"] = str(docker)
     result = subprocess.run(
-        [str(cosign_binary()), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        [str(cosign_binary()), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"cosign {args[0]} exited {result.returncode}: {result.stderr[-2000:]}")
@@ -63,7 +71,15 @@ def generate_key_pair(directory: Path) -> KeyPair:
 def sign(key: KeyPair, reference: str, workdir: Path, dockerconfig: str | None = None) -> None:
     """Signs `reference` (registry/repo@sha256:...) with `key`; no transparency log."""
     _run(
-        ["sign", "--key", str(key.private), "--tlog-upload=false", "--allow-insecure-registry", "--yes", reference],
+        [
+            "sign",
+            "--key",
+            str(key.private),
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--yes",
+            reference,
+        ],
         workdir,
         ("docker", dockerconfig) if dockerconfig else None,
     )

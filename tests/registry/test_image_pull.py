@@ -54,7 +54,7 @@ def test_an_index_gives_this_nodes_platform_or_its_only_entry(images, pull):
 
 
 def test_the_labels_decide_which_functions_an_image_has(images, pull):
-    with pytest.raises(FunctionNotFound, match="'steal' is not among the image's programs"):
+    with pytest.raises(FunctionNotFound, match="'steal' is not among the 2 programs"):
         pull(images.url("bpf/prog", "v1"), "steal")
     legacy = {"io.ebpf.bpf_function_name": "count_egress", "io.ebpf.program_type": "cgroup_skb"}
     obj, _ = images.push_object("bpf/legacy", "v1", 3, legacy)
