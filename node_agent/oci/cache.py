@@ -1,5 +1,8 @@
 """The node's cache of pulled bytecode, by manifest digest: each image's labels and object (its
-sha256 re-checked on every read), the tags resolved once, and which key sets verified it."""
+sha256 re-checked on every read), the tags resolved once, which key sets verified it, and who may
+reuse it. An image pulled with credentials is served from the cache only to a fetch with the same
+credentials (or once it was pulled anonymously): knowing a private image's digest or tag is not
+enough to get it from another tenant's pull."""
 
 from __future__ import annotations
 
@@ -17,6 +20,20 @@ class Entry:
     maps: dict[str, str]
     elf: bytes
     verified_by: tuple[str, ...]  # key-set fingerprints whose signature check passed
+    access: tuple[str, ...] = ()  # access ids (see access_id) the registry served this image to
+
+    def readable_by(self, access: str) -> bool:
+        return ANONYMOUS in self.access or access in self.access
+
+
+ANONYMOUS = "anonymous"
+
+
+def access_id(registry: str, username: str | None, password: str | None) -> str:
+    """Who pulled: anonymous, or a fingerprint of the credentials (never the credentials)."""
+    if username is None:
+        return ANONYMOUS
+    return hashlib.sha256(f"{registry}\0{username}\0{password}".encode()).hexdigest()
 
 
 def key_set_id(pems: tuple[bytes, ...]) -> str:
@@ -67,7 +84,8 @@ class Cache:
             return None
         if hashlib.sha256(elf).hexdigest() != meta["elf"]:
             return None
-        return Entry(meta["programs"], meta.get("maps", {}), elf, tuple(meta.get("verified", [])))
+        verified, access = tuple(meta.get("verified", [])), tuple(meta.get("access", []))
+        return Entry(meta["programs"], meta.get("maps", {}), elf, verified, access)
 
     def put(self, digest: str, entry: Entry) -> None:
         elf_hex = hashlib.sha256(entry.elf).hexdigest()
@@ -77,5 +95,6 @@ class Cache:
             "maps": entry.maps,
             "elf": elf_hex,
             "verified": list(entry.verified_by),
+            "access": list(entry.access),
         }
         _write(self._image(digest), json.dumps(meta, sort_keys=True).encode())

@@ -12,7 +12,7 @@ from pathlib import Path
 from node_agent.errors import ImagePullFailed, RegistryNotAllowed, SignatureInvalid, SourceHashMismatch
 from node_agent.oci import bpfman, cosign, image
 from node_agent.oci.auth import Credentials, from_dockerconfigjson
-from node_agent.oci.cache import Cache, Entry, key_set_id
+from node_agent.oci.cache import Cache, Entry, access_id, key_set_id
 from node_agent.oci.reference import Reference, parse
 from node_agent.oci.registry import Limits, Manifest, Registry
 
@@ -130,18 +130,25 @@ def fetch_image(
         raise SignatureInvalid("signed bytecode is required but the agent has no public key configured")
     cache = Cache(policy.cache_dir)
     keyset = key_set_id(policy.public_keys) if policy.public_keys else None
-    tag_key = f"{ref.registry}/{ref.repository}:{ref.tag}"
+    credentials = _credentials(source, namespace, ref, read_secret)
+    access = access_id(
+        ref.registry, *((credentials.username, credentials.password) if credentials else (None, None))
+    )
+    # Tags are resolved per access: another tenant's private resolution is not this one's.
+    tag_key = f"{access}/{ref.registry}/{ref.repository}:{ref.tag}"
     digest = ref.digest or (cache.tag(tag_key) if source.pull_policy == "IfNotPresent" else None)
     entry = cache.get(digest) if digest else None
-    if entry is not None and (keyset is None or keyset in entry.verified_by):
+    if entry is not None and entry.readable_by(access) and (keyset is None or keyset in entry.verified_by):
         return _pick(entry, function)
 
     registry = Registry(
         ref.api_host,
-        credentials=_credentials(source, namespace, ref, read_secret),
+        credentials=credentials,
         insecure=ref.registry in policy.insecure_registries,
         limits=policy.limits,
     )
+    # The manifests are always asked for here: the registry decides whether these credentials may
+    # read this image, even when its bytes are cached.
     top, chosen = image.resolve(
         registry, ref.repository, digest or ref.manifest_ref, arch or image.node_arch()
     )
@@ -149,6 +156,8 @@ def fetch_image(
     entry = cache.get(top.digest) or _pull(registry, ref, chosen, function, policy.limits)
     if signed and keyset not in entry.verified_by:
         entry = replace(entry, verified_by=(*entry.verified_by, keyset or ""))
+    if access not in entry.access:
+        entry = replace(entry, access=(*entry.access, access))
     try:
         cache.put(top.digest, entry)
         if ref.digest is None:

@@ -67,3 +67,29 @@ def test_no_wrong_or_missing_credentials_are_refused(private, pull):
     other_host = User(USER.name, USER.password).dockerconfigjson("quay.io")
     with pytest.raises(ImagePullFailed, match="requires credentials"):
         pull(url, secret="regcred", read_secret=lambda _ns, _n: {".dockerconfigjson": other_host})
+
+
+def test_a_private_image_in_the_cache_is_not_served_to_a_pull_without_its_credentials(
+    private, pull, tmp_path
+):
+    registry, obj, digest = private
+    shared = tmp_path / "node-cache"  # one node: both tenants' programs share its cache
+    secret = {".dockerconfigjson": USER.dockerconfigjson(registry.host)}
+    by_tag, by_digest = f"{registry.host}/team/prog:v1", f"{registry.host}/team/prog@{digest}"
+    assert (
+        pull(by_tag, secret="regcred", read_secret=lambda _ns, _n: secret, cache_dir=shared)
+        == obj.read_bytes()
+    )
+    for url in (by_tag, by_digest):
+        with pytest.raises(ImagePullFailed, match="requires credentials"):
+            pull(url, cache_dir=shared)
+    wrong = {".dockerconfigjson": User(USER.name, "guess").dockerconfigjson(registry.host)}
+    with pytest.raises(ImagePullFailed, match="refused the credentials"):
+        pull(by_digest, secret="other", read_secret=lambda _ns, _n: wrong, cache_dir=shared)
+    # The same credentials are served from the cache, even with the registry's copy gone.
+    status, _, _ = registry.request("DELETE", f"/v2/team/prog/manifests/{digest}")
+    assert status == 202
+    assert (
+        pull(by_tag, secret="regcred", read_secret=lambda _ns, _n: secret, cache_dir=shared)
+        == obj.read_bytes()
+    )
