@@ -8,8 +8,15 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from node_agent.errors import ImagePullFailed, RegistryNotAllowed, SignatureInvalid, SourceHashMismatch
+from node_agent.errors import (
+    ImagePullFailed,
+    InvalidSpec,
+    RegistryNotAllowed,
+    SignatureInvalid,
+    SourceHashMismatch,
+)
 from node_agent.oci import bpfman, cosign, image
 from node_agent.oci.auth import Credentials, from_dockerconfigjson
 from node_agent.oci.cache import Cache, Entry, access_id, key_set_id
@@ -26,6 +33,19 @@ class ImageSource:
     url: str
     pull_policy: str = "IfNotPresent"
     pull_secret: str | None = None
+
+
+def image_source(raw: Mapping[str, Any]) -> ImageSource:
+    """The ImageSource of a version's `source.bytecode.image` ({url, pullPolicy, imagePullSecret?})."""
+    url, policy = raw.get("url"), raw.get("pullPolicy") or "IfNotPresent"
+    secret = raw.get("imagePullSecret") or None
+    if not isinstance(url, str) or not url:
+        raise InvalidSpec("source.bytecode.image.url must be a non-empty string")
+    if policy not in PULL_POLICIES:
+        raise InvalidSpec(f"source.bytecode.image.pullPolicy must be one of {', '.join(PULL_POLICIES)}")
+    if secret is not None and not isinstance(secret, str):
+        raise InvalidSpec("source.bytecode.image.imagePullSecret must be a Secret's name")
+    return ImageSource(url, policy, secret)
 
 
 @dataclass(frozen=True)
