@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: deps control-plane demo demo-down test lint bench bench-fleet chart-lint chart-crds
+.PHONY: deps control-plane cosign demo demo-down test lint bench bench-fleet chart-lint chart-crds
 
 deps:  ## host packages, kernel headers, bpffs, kubectl + helm, the virtualenv
 	bash e2e/scripts/install-host-deps.sh
@@ -21,8 +21,11 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: control-plane node-deps lint  ## every tier: unit, kernel, API server, end to end (and a real node)
+test: control-plane node-deps cosign lint  ## every tier: unit, kernel, API server, end to end (and a real node)
 	$(PYTHON) -m pytest
+
+cosign:  ## the cosign CLI the signature tests sign with, built once from the Go module proxy and cached
+	bash e2e/scripts/build-cosign.sh >/dev/null
 
 bench: control-plane  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
 	$(PYTHON) -m e2e.bench

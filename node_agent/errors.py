@@ -53,6 +53,24 @@ class MapTooLarge(ProgramBuildError):
     reason = reasons.MAP_TOO_LARGE
 
 
+class ImagePullFailed(ProgramBuildError):
+    """A bytecode image could not be pulled or is not a bpfman image; never carries a registry's body."""
+
+    reason = reasons.IMAGE_PULL_FAILED
+
+
+class SignatureInvalid(ProgramBuildError):
+    reason = reasons.SIGNATURE_INVALID
+
+
+class SourceHashMismatch(ProgramBuildError):
+    reason = reasons.SOURCE_HASH_MISMATCH
+
+
+class RegistryNotAllowed(ProgramBuildError):
+    reason = reasons.REGISTRY_NOT_ALLOWED
+
+
 class InvalidSpec(AgentError):
     """An entry this agent refuses to serve: its version breaks a trust rule or cannot be run."""
 
@@ -84,6 +102,10 @@ BUILD_ERRORS: dict[str, type[ProgramBuildError]] = {
     reasons.HELPER_NOT_ALLOWED: HelperNotAllowed,
     reasons.MAP_NOT_ALLOWED: MapNotAllowed,
     reasons.MAP_TOO_LARGE: MapTooLarge,
+    reasons.IMAGE_PULL_FAILED: ImagePullFailed,
+    reasons.SIGNATURE_INVALID: SignatureInvalid,
+    reasons.SOURCE_HASH_MISMATCH: SourceHashMismatch,
+    reasons.REGISTRY_NOT_ALLOWED: RegistryNotAllowed,
 }
 
 

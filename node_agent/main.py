@@ -25,6 +25,7 @@ from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
+from node_agent.oci import flags as bytecode_flags
 from node_agent.reconcile import Reconciler
 from node_agent.serialized_backend import SerializedBackend
 
@@ -92,17 +93,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(env BPFLEET_HOOK_SOCKET)",
     )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
+    bytecode_flags.add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("the node name is required: --node or NODE_NAME")
     if args.max_map_bytes <= 0 or args.compile_concurrency < 1:
         parser.error("--max-map-bytes and --compile-concurrency must be positive")
+    # Checked here so that a bad key or host stops the agent at start, not at the first image.
+    args.bytecode_policy = bytecode_flags.policy(args, parser)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup(args.log_level)
+    # What image sources are held to (the loader's fetch_image takes it).
+    bytecode_policy = args.bytecode_policy
+    log.info(
+        "bytecode policy",
+        extra={
+            "publicKeys": len(bytecode_policy.public_keys),
+            "requireSignatures": bytecode_policy.require_signatures,
+            "allowedRegistries": ",".join(bytecode_policy.allowed_registries),
+        },
+    )
     include_dir = Path(str(resources.files("bpfleet_bpf") / "include"))
     backend = BpffsBackend(
         root=args.bpffs_root,

