@@ -84,6 +84,7 @@ BUILD_ERRORS: dict[str, type[ProgramBuildError]] = {
     reasons.HELPER_NOT_ALLOWED: HelperNotAllowed,
     reasons.MAP_NOT_ALLOWED: MapNotAllowed,
     reasons.MAP_TOO_LARGE: MapTooLarge,
+    reasons.UNSUPPORTED_ON_NODE: UnsupportedOnNode,
 }
 
 
