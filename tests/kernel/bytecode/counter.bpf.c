@@ -57,18 +57,6 @@ int other_program(void *ctx)
     return 0;
 }
 
-/* Refused for tenants: bpf_get_current_task reaches the kernel's task struct. */
-SEC("cgroup_skb/egress")
-int uses_task(struct __sk_buff *skb)
-{
-    __u32 key = 0;
-    struct counts *c = bpf_map_lookup_elem(&packets, &key);
-
-    if (c)
-        c->label = bpf_get_current_task();
-    return 1;
-}
-
 /* Refused by the verifier: reads a map value without checking the lookup. */
 SEC("cgroup_skb/egress")
 int unchecked(struct __sk_buff *skb)

@@ -48,8 +48,7 @@ int refused(struct __sk_buff *skb)
     bpf_map_lookup_elem(&COUNTS, &key);
 #endif
 #ifdef KSYM
-    if (bpf_prog_active)
-        return 1;
+    return bpf_prog_active ? 0 : 1;
 #endif
 #ifdef HUGE
     bpf_map_lookup_elem(&huge, &key);
