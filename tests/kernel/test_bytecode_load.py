@@ -19,7 +19,7 @@ import pytest
 from e2e.sim_cgroups import run_in_cgroup
 from node_agent import errors
 from node_agent.kernel import syscalls
-from node_agent.kernel.attach_types import PROG_TYPE_CGROUP_SKB, KernelAttach, kernel_attach
+from node_agent.kernel.attach_types import KernelAttach, kernel_attach
 from node_agent.kernel.backend import Bytecode, LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
 from tests.kernel.bytecode_objects import Objects
