@@ -13,9 +13,11 @@ const volatile char LABEL[16] = "none"; /* a string parameter, counted by its fi
 
 struct counts {
     __u64 packets;
-    __u64 label;
 #ifdef CHANGED
-    __u64 bytes; /* a new layout of the same size of map: it must start empty */
+    __u32 label; /* another layout of the same size: the map must start empty */
+    __u32 flags;
+#else
+    __u64 label;
 #endif
 };
 
