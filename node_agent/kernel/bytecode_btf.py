@@ -1,5 +1,5 @@
 """What an object's BTF says: a map's key and value types as text (its layout), the `.rodata`
-globals parameters set, and the externs that would reach the kernel. Reads libbpf's parsed BTF.
+globals parameters set, and the `.kconfig` externs. Reads libbpf's parsed BTF.
 
 The text of a type names every member, its offset and its type down to the integers, so that a
 changed struct is a new layout (map_reuse) even when its size is the same.
@@ -14,8 +14,8 @@ from node_agent.kernel import libbpf as lb
 _MAX_DEPTH = 8  # structs nested deeper than this are described by name and size only
 _QUALIFIERS = {lb.BTF_KIND_TYPEDEF, lb.BTF_KIND_VOLATILE, lb.BTF_KIND_CONST, lb.BTF_KIND_RESTRICT}
 _QUALIFIERS |= {lb.BTF_KIND_TYPE_TAG}
-# Externs resolved against the running kernel: variables and functions of the kernel itself.
-KERNEL_SYMBOLS_SECTION = ".ksyms"
+# Externs libbpf fills in from the kernel's configuration (LINUX_KERNEL_VERSION, CONFIG_*).
+KCONFIG_SECTION = ".kconfig"
 
 
 def describe(btf: int, type_id: int, depth: int = 0) -> str:
@@ -72,16 +72,6 @@ def section_globals(btf: int, section: str) -> dict[str, Global]:
                 continue
             found[var.name] = _global(btf, var.name, var.size_or_type, offset, size)
     return found
-
-
-def externs(btf: int, section: str = KERNEL_SYMBOLS_SECTION) -> list[str]:
-    """The names declared in the extern section `section` (".ksyms": kernel variables and kfuncs)."""
-    names = []
-    for t in _datasecs(btf, section):
-        for i in range(t.vlen):
-            var = lb.btf_type(btf, t.extra[3 * i])
-            names.append(var.name if var is not None else "?")
-    return names
 
 
 def _datasecs(btf: int, section: str) -> list[lb.TypeInfo]:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_agent.kernel import bytecode_btf, bytecode_params, map_memory, map_reuse, syscalls
+from node_agent.kernel import bpf_elf, bytecode_btf, bytecode_params, map_memory, map_reuse, syscalls
 from node_agent.kernel import libbpf as lb
 from node_agent.kernel.built import BuildFailure, BuiltProgram
 
@@ -39,7 +39,6 @@ ENTRY_FUNCTION = "bpfleet_entry"
 PROG_ARRAY = "bpfleet_progs"
 KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: what the kernel keeps of a map's name, and pins use
 MAP_TYPE_STRUCT_OPS = 26
-_ELF_MAGIC, _EM_BPF = b"\x7fELF", 247
 _LOG = re.compile(r"-- BEGIN PROG LOAD LOG --\n(?P<log>.*?)-- END PROG LOAD LOG --", re.S)
 
 
@@ -49,6 +48,7 @@ class _Object:
 
     handle: int
     buffer: Any
+    data: bytes
     maps: dict[str, int] = field(default_factory=dict)  # kernel name -> struct bpf_map *
 
     def close(self) -> None:
@@ -99,11 +99,7 @@ def _elf(request: dict[str, Any], key: str) -> bytes:
         data = base64.b64decode(str(request[key]), validate=True)
     except (binascii.Error, ValueError):
         raise BuildFailure("CompileError", "the bytecode is not valid base64") from None
-    if data[:4] != _ELF_MAGIC or len(data) < 20:
-        raise BuildFailure("CompileError", "the bytecode is not an ELF object")
-    machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
-    if machine != _EM_BPF:
-        raise BuildFailure("CompileError", f"the ELF object is not BPF bytecode (machine {machine})")
+    bpf_elf.check_header(data)
     return data
 
 
@@ -114,7 +110,7 @@ def _opened(data: bytes, name: str, request: dict[str, Any]) -> Iterator[_Object
         handle, buffer = lb.open_mem(data, name, btf_path)
     except lb.LibbpfError as e:
         raise BuildFailure("CompileError", f"the ELF object cannot be read as BPF bytecode: {e}") from None
-    obj = _Object(handle, buffer)
+    obj = _Object(handle, buffer, data)
     try:
         yield obj
     finally:
@@ -142,7 +138,9 @@ def _check_object(obj: _Object, request: dict[str, Any]) -> None:
     if refusals:
         raise BuildFailure("MapNotAllowed", "; ".join(refusals))
     if not request.get("cluster"):
-        kernel_symbols = bytecode_btf.externs(lib.bpf_object__btf(obj.handle))
+        # Undefined symbols but the .kconfig values: kernel variables and kfuncs.
+        kconfig = bytecode_btf.section_globals(lib.bpf_object__btf(obj.handle), bytecode_btf.KCONFIG_SECTION)
+        kernel_symbols = [name for name in bpf_elf.undefined_symbols(obj.data) if name not in kconfig]
         if kernel_symbols:
             raise BuildFailure(
                 "HelperNotAllowed",

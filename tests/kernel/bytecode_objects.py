@@ -26,6 +26,7 @@ OBJECTS = {
     "tracing": ("tracing.bpf.c", ()),
     "pinned": ("refused.bpf.c", ("-DPINNED",)),
     "ksym": ("refused.bpf.c", ("-DKSYM",)),
+    "kfunc": ("refused.bpf.c", ("-DKFUNC",)),
     "huge": ("refused.bpf.c", ("-DHUGE",)),
     "own-name": ("refused.bpf.c", ("-DOWN_NAME",)),
 }

@@ -138,9 +138,14 @@ def test_a_helper_tenants_may_not_call_is_refused_behind_the_pod_filter_too(byte
     assert bytecode_backend.loaded() == {}
 
 
-def test_kernel_symbols_are_refused_for_tenants(bytecode_backend, objects):
-    with pytest.raises(errors.HelperNotAllowed, match=r"kernel symbols or kfuncs \(bpf_prog_active\)"):
-        bytecode_backend.load(REF, bytecode_build(objects["ksym"], "refused"))
+@pytest.mark.parametrize(
+    ("name", "named"), [("ksym", "bpf_prog_active"), ("kfunc", "bpf_rcu_read_lock, bpf_rcu_read_unlock")]
+)
+def test_kernel_symbols_and_kfuncs_are_refused_for_tenants(bytecode_backend, objects, name, named):
+    with pytest.raises(
+        errors.HelperNotAllowed, match=rf"kernel symbols or kfuncs \({named}\): an EbpfProgram"
+    ):
+        bytecode_backend.load(REF, bytecode_build(objects[name], "refused"))
 
 
 def test_maps_over_the_cap_are_refused_internal_ones_counted(bytecode_backend, objects):

@@ -20,6 +20,12 @@ struct {
 extern const int bpf_prog_active __ksym;
 #endif
 
+#ifdef KFUNC
+/* A kernel function called directly. */
+extern void bpf_rcu_read_lock(void) __ksym;
+extern void bpf_rcu_read_unlock(void) __ksym;
+#endif
+
 #ifdef HUGE
 /* 4 Mi entries of 64 bytes: far over a small cap. */
 struct {
@@ -49,6 +55,10 @@ int refused(struct __sk_buff *skb)
 #endif
 #ifdef KSYM
     return bpf_prog_active ? 0 : 1;
+#endif
+#ifdef KFUNC
+    bpf_rcu_read_lock();
+    bpf_rcu_read_unlock();
 #endif
 #ifdef HUGE
     bpf_map_lookup_elem(&huge, &key);
