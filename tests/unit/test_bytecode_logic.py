@@ -209,3 +209,19 @@ def test_bytecode_the_agent_cannot_build_fails_before_any_worker(tmp_path: Path)
         loader(tmp_path)._request(
             ProgramBuild("", "c", EGRESS, bytecode=Bytecode(data=ELF_BYTES, sha256="0" * 64))
         )
+
+
+def test_the_bytecode_worker_path_never_imports_bcc():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import node_agent.kernel.compile_worker, node_agent.kernel.bytecode_build\n"
+        "assert not [m for m in sys.modules if m == 'bcc' or m.startswith('bcc.')], 'bcc imported'\n"
+        "assert 'node_agent.kernel.bcc_build' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
