@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import threading
 from collections.abc import Iterator
@@ -131,7 +130,7 @@ def lib() -> ctypes.CDLL:
         return _lib
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_libc = ctypes.CDLL(None)  # the process's own symbols: libc's among them
 _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
 _libc.vsnprintf.restype = ctypes.c_int
 
