@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from e2e.podsim import PROBE_SYMBOL, PROBE_TARGET, build_probe_root, spawn_in_cgroup, wait_chrooted
 from e2e.sim_cgroups import run_in_cgroup
 from node_agent.kernel import pod_filter, syscalls
+from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramRef
 from tests.kernel.support import EGRESS, bpftool
 from tests.kernel.test_bytecode_load import POD_EXEC, bytecode_build, counts, send_udp
@@ -24,8 +26,11 @@ pytestmark = pytest.mark.kernel
 V1, V2, V3 = (ProgramRef("team-a", "bc", f"00000000000000{n}") for n in ("a1", "a2", "a3"))
 
 
-def exec_counts(pin_dir: Path) -> dict[int, int]:
-    with syscalls.closing_fd(syscalls.obj_get(str(pin_dir / "maps" / "execs"))) as fd:
+UPROBE = kernel_attach({"type": "Uprobe", "binary": PROBE_TARGET, "symbol": PROBE_SYMBOL})
+
+
+def exec_counts(pin_dir: Path, name: str = "execs") -> dict[int, int]:
+    with syscalls.closing_fd(syscalls.obj_get(str(pin_dir / "maps" / name))) as fd:
         return {struct.unpack("=Q", k)[0]: struct.unpack("=Q", v)[0] for k, v in syscalls.map_items(fd, 8, 8)}
 
 
@@ -93,3 +98,36 @@ def test_an_update_keeps_maps_of_the_same_layout_and_resets_changed_ones(
     assert value == bytes(16)
     bytecode_backend.unload(V2)
     bytecode_backend.unload(V3)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_probe_root(tmp_path_factory.mktemp("image"))
+
+
+def test_a_uprobe_program_for_pods_counts_only_calls_of_selected_pods(
+    bytecode_backend, objects, pod_cgroups, image
+):
+    web, db = pod_cgroups(), pod_cgroups()
+    sleepers = [
+        spawn_in_cgroup(["chroot", str(image), PROBE_TARGET, "sleep"], pod.container) for pod in (web, db)
+    ]
+    try:
+        for sleeper in sleepers:
+            wait_chrooted(sleeper.pid, image)
+        loaded = bytecode_backend.load(V1, bytecode_build(objects["tracing"], "count_calls", UPROBE))
+        with syscalls.closing_fd(syscalls.obj_get(f"{loaded.pin_dir}/prog")) as fd:
+            assert (syscalls.prog_info(fd).name, syscalls.prog_info(fd).type) == (
+                "bpfleet_entry",
+                2,
+            )  # kprobe
+        bytecode_backend.attach(V1, web.uid, web.pod, UPROBE)
+        for pod in (web, db):
+            argv = ["chroot", str(image), PROBE_TARGET, "call", "4"]
+            assert run_in_cgroup(argv, pod.container, timeout=30).returncode == 0
+        assert exec_counts(Path(loaded.pin_dir), "calls") == {syscalls_cgroup_id(web.container): 4}
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait(timeout=10)
+        bytecode_backend.unload(V1)

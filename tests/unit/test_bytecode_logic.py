@@ -225,3 +225,14 @@ def test_the_bytecode_worker_path_never_imports_bcc():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_agent_refuses_c_but_not_bytecode_on_a_node_without_headers():
+    from node_agent.reconcile import _unsupported
+
+    no_headers, no_btf = features(headers=False, btf=True), features(headers=True, btf=False)
+    bytecode, c_source = parsed(bytecode_version(ELF_BYTES)), parsed(node_program())
+    assert _unsupported(no_headers, bytecode) is None
+    assert _unsupported(no_headers, c_source) == "no kernel headers to compile with"
+    assert "has no BTF" in (_unsupported(no_btf, bytecode) or "")
+    assert _unsupported(no_btf, c_source) is None
