@@ -23,8 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ctypes
 import os
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +39,9 @@ ENTRY_FUNCTION = "bpfleet_entry"
 PROG_ARRAY = "bpfleet_progs"
 KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: what the kernel keeps of a map's name, and pins use
 MAP_TYPE_STRUCT_OPS = 26
-_LOG = re.compile(r"-- BEGIN PROG LOAD LOG --\n(?P<log>.*?)-- END PROG LOAD LOG --", re.S)
+# The verifier's log of a refused program. The kernel keeps its end when it is longer (a rotating
+# log, Linux 6.4+): the end is where the verifier says why.
+VERIFIER_LOG_BYTES = 1 << 20
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Object:
     handle: int
     buffer: Any
     data: bytes
+    log: Any = None  # the verifier log buffer of the program to load
     maps: dict[str, int] = field(default_factory=dict)  # kernel name -> struct bpf_map *
 
     def close(self) -> None:
@@ -158,12 +161,15 @@ def _only_program(obj: _Object, function: str, request: dict[str, Any]) -> int:
             lb.check(lib.bpf_program__set_autoload(prog, False), "autoload")
     if chosen is None:
         raise BuildFailure("FunctionNotFound", f"the object has no program named {function!r}")
-    _set_type(chosen, request)
+    _set_type(obj, chosen, request)
     return chosen
 
 
-def _set_type(prog: int, request: dict[str, Any]) -> None:
+def _set_type(obj: _Object, prog: int, request: dict[str, Any]) -> None:
     lib = lb.lib()
+    # Asked for by libbpf only when a first load without a log failed.
+    obj.log = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
+    lb.check(lib.bpf_program__set_log_buf(prog, obj.log, VERIFIER_LOG_BYTES), "verifier log")
     lb.check(lib.bpf_program__set_autoload(prog, True), "autoload")
     lb.check(lib.bpf_program__set_type(prog, int(request["progType"])), "program type")
     # -1: the type takes none at load (CgroupSkb); 0 also overrides what the section name implied.
@@ -230,9 +236,9 @@ def _load(obj: _Object, function: str, messages: list[str]) -> None:
     if result == 0:
         return
     text = "".join(messages)
-    log = _LOG.search(text)
+    log = obj.log.value.decode(errors="replace").strip() if obj.log is not None else ""
     if log:
-        raise BuildFailure("VerifierRejected", log["log"].strip() or text)
+        raise BuildFailure("VerifierRejected", log)
     if result == -12:  # ENOMEM: a map larger than the worker may allocate
         raise BuildFailure("MapTooLarge", f"a map of {function} could not be allocated: {text.strip()}")
     raise BuildFailure("CompileError", f"libbpf could not load the object: {os.strerror(-result)}\n{text}")
@@ -283,7 +289,7 @@ def _load_entry(
         )
         if prog is None:
             raise BuildFailure("CompileError", f"the agent's pod filter has no {ENTRY_FUNCTION}")
-        _set_type(prog, request)
+        _set_type(entry, prog, request)
         _load(entry, ENTRY_FUNCTION, messages)
         entry_fd = _loaded_fd(prog, request)
         built.progs["prog"] = entry_fd

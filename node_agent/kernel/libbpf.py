@@ -78,6 +78,7 @@ _SIGNATURES: dict[str, tuple[list[object], object]] = {
     "bpf_program__set_expected_attach_type": ([_P, ctypes.c_int], ctypes.c_int),
     "bpf_program__set_autoload": ([_P, ctypes.c_bool], ctypes.c_int),
     "bpf_program__fd": ([_P], ctypes.c_int),
+    "bpf_program__set_log_buf": ([_P, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int),
     "bpf_map__name": ([_P], ctypes.c_char_p),
     "bpf_map__type": ([_P], ctypes.c_int),
     "bpf_map__key_size": ([_P], ctypes.c_uint32),

@@ -165,6 +165,14 @@ def test_a_verifier_refusal_shows_the_verifiers_log(bytecode_backend, objects):
     assert "processed" in str(refused.value) or "R0" in str(refused.value)
 
 
+def test_a_long_verifier_log_keeps_its_end_where_the_verifier_says_why(bytecode_backend, objects):
+    with pytest.raises(errors.VerifierRejected) as refused:
+        bytecode_backend.load(REF, bytecode_build(objects["counter"], "unchecked_at_the_end"))
+    message = str(refused.value)
+    assert message.startswith("…")  # cut, at its start
+    assert "map_value_or_null" in message[-4096:]
+
+
 @pytest.mark.parametrize(
     ("data", "function", "error", "message"),
     [

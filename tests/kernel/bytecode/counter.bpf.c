@@ -70,4 +70,23 @@ int unchecked(struct __sk_buff *skb)
     return 1;
 }
 
+/* Refused at its very end, after a verifier log far longer than any buffer keeps whole. */
+SEC("cgroup_skb/egress")
+int unchecked_at_the_end(struct __sk_buff *skb)
+{
+    __u32 key = 0;
+    __u64 *c;
+
+#pragma unroll
+    for (int i = 0; i < 3000; i++) {
+        c = bpf_map_lookup_elem(&unused_other, &key);
+        if (c)
+            *c += skb->len;
+        key += skb->len & 1;
+    }
+    c = bpf_map_lookup_elem(&unused_other, &key);
+    *c += 1;
+    return 1;
+}
+
 char LICENSE[] SEC("license") = "GPL";
