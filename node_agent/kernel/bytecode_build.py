@@ -6,9 +6,9 @@ The ELF is hostile input, so a build:
 - loads only the function the spec names (autoload off for every other program of the object),
   with the program type and expected attach type of the spec, never of the ELF's section names;
 - refuses what would reach outside the program: a map with a pin path (libbpf's pinning by name
-  opens or creates a pin), struct_ops maps (they attach kernel callbacks), extern kernel symbols
-  and kfuncs (`.ksyms`) for an EbpfProgram, and map or function names of the agent's own
-  (bpfleet_*);
+  opens or creates a pin), struct_ops maps (they attach kernel callbacks), map or function names of
+  the agent's own (bpfleet_*), and for an EbpfProgram extern kernel variables and kfuncs (`__ksym`:
+  the ELF's undefined symbols but `.kconfig` values);
 - sets parameters into `.rodata` globals (bytecode_params), never into code;
 - resolves CO-RE relocations against the node's BTF, which the worker opened before its sandbox
   (request["btfPath"], a /proc/self/fd path: the sandbox has no /sys);
@@ -188,12 +188,16 @@ def _set_parameters(obj: _Object, parameters: dict[str, int | str]) -> None:
         (m for m in lb.maps(obj.handle) if lib.bpf_map__is_internal(m) and _is_rodata(m)),
         None,
     )
-    variables = bytecode_btf.section_globals(lib.bpf_object__btf(obj.handle), bytecode_params.RODATA)
     if rodata is None:
-        variables = {}
-    data = bytecode_params.apply(lb.initial_value(rodata) if rodata else b"", variables, parameters)
-    assert rodata is not None  # apply refused every name when there is no .rodata
+        bytecode_params.apply(b"", {}, parameters)  # refuses the first name: nothing to set
+        return
+    variables = _rodata_globals(obj)
+    data = bytecode_params.apply(lb.initial_value(rodata), variables, parameters)
     lb.check(lib.bpf_map__set_initial_value(rodata, data, len(data)), "setting .rodata")
+
+
+def _rodata_globals(obj: _Object) -> dict[str, bytecode_btf.Global]:
+    return bytecode_btf.section_globals(lb.lib().bpf_object__btf(obj.handle), bytecode_params.RODATA)
 
 
 def _is_rodata(map_: int) -> bool:

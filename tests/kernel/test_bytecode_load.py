@@ -77,10 +77,16 @@ def test_parameters_set_the_objects_rodata_globals(bytecode_backend, objects, po
     bytecode_backend.unload(REF)
 
 
-def test_a_parameter_the_object_has_no_global_for_is_refused_by_name(bytecode_backend, objects):
-    build = bytecode_build(objects["counter"], "count_egress", defines=(("PORT", "53"),))
+@pytest.mark.parametrize(
+    ("name", "function", "known"),
+    [("counter", "count_egress", "LABEL, STEP"), ("huge", "refused", "none")],  # the last: no .rodata
+)
+def test_a_parameter_the_object_has_no_global_for_is_refused_by_name(
+    bytecode_backend, objects, name, function, known
+):
+    build = bytecode_build(objects[name], function, defines=(("PORT", "53"),))
     with pytest.raises(
-        errors.CompileError, match=r"parameter PORT: .*no `const volatile` global PORT.*LABEL, STEP"
+        errors.CompileError, match=rf"parameter PORT: .*no `const volatile` global PORT.*{known}"
     ):
         bytecode_backend.load(REF, build)
     assert bytecode_backend.loaded() == {}
