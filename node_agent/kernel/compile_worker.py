@@ -61,6 +61,16 @@ def _build(request: dict[str, Any], previous: dict[str, tuple[str, int]]) -> Bui
     return bcc_build.build(request, previous)
 
 
+def _shown(request: dict[str, Any]) -> list[str]:
+    """What the sandbox shows besides the runtime: the include directories; for a cluster admin's
+    bytecode also the kernel's BTF at its own path, where libbpf resolves `__ksym` externs and kfuncs
+    (a tenant's may have none, and its CO-RE goes through the fd of _open_btf alone)."""
+    shown = [str(d) for d in request.get("includeDirs", ())]
+    if "bytecode" in request and request.get("cluster"):
+        shown.append(VMLINUX_BTF)
+    return shown
+
+
 def _open_btf(request: dict[str, Any]) -> None:
     """For bytecode: the node's BTF as an fd the sandbox keeps, named by a path it can open."""
     try:
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_sandbox:
             keep = _capabilities(request)
             sandbox.enter(
-                list(request.get("includeDirs", ())),
+                _shown(request),
                 _limits(request),
                 close_outside=(args.socket_fd,),
                 keep=keep,

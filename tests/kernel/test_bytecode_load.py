@@ -154,6 +154,14 @@ def test_kernel_symbols_and_kfuncs_are_refused_for_tenants(bytecode_backend, obj
         bytecode_backend.load(REF, bytecode_build(objects[name], "refused"))
 
 
+def test_a_cluster_program_may_call_kfuncs(bytecode_backend, objects):
+    # libbpf resolves kfuncs in the kernel's BTF, which the sandbox shows to cluster builds only.
+    ref = ProgramRef("_cluster", "kfunc", "00000000000000cf")
+    loaded = bytecode_backend.load(ref, bytecode_build(objects["kfunc"], "refused", cluster=True))
+    assert loaded.prog_id > 0
+    bytecode_backend.unload(ref)
+
+
 def test_maps_over_the_cap_are_refused_internal_ones_counted(bytecode_backend, objects):
     with pytest.raises(
         errors.MapTooLarge, match=r"map huge needs 4\.\d MiB; this program's maps may use 1\.0 MiB"
