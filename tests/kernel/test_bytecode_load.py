@@ -103,6 +103,31 @@ def test_only_the_specs_function_loads_and_with_the_specs_program_type(bytecode_
     bytecode_backend.unload(REF)
 
 
+def tgid_offset() -> int:
+    """Where this kernel's BTF puts task_struct.tgid, in bytes."""
+    raw = subprocess.run(
+        ["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "raw"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    task = raw[raw.index("STRUCT 'task_struct' size") :]
+    member = task[task.index("'tgid' ") :].split("\n", 1)[0]
+    return int(member.rsplit("bits_offset=", 1)[1]) // 8
+
+
+def test_a_tenants_co_re_relocation_resolves_against_this_kernels_btf(bytecode_backend, objects, pod_cgroups):
+    # Compiled for a task_struct with tgid at offset 4; the sandbox of a tenant's build shows no
+    # /sys, and libbpf reads the kernel's BTF through the fd the worker opened before entering it.
+    pod = pod_cgroups()
+    loaded = bytecode_backend.load(REF, bytecode_build(objects["counter"], "core_offset"))
+    bytecode_backend.attach(REF, pod.uid, pod.pod, EGRESS)
+    send_udp(pod.container, 1)
+    assert counts(loaded)[1] == tgid_offset() != 4
+    bytecode_backend.unload(REF)
+
+
 def test_a_co_re_read_of_a_task_field_loads_and_reads_the_right_field(bytecode_backend, objects):
     # BPF_CORE_READ(task, tgid): relocated against this kernel's BTF, which the sandbox reads
     # through the fd the worker opened before entering it. Reading the kernel is for cluster admins.

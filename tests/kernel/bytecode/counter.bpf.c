@@ -48,6 +48,23 @@ int count_egress(struct __sk_buff *skb)
     return 1;
 }
 
+/* A task_struct as an older kernel laid it out: CO-RE moves tgid to where this kernel has it. */
+struct task_struct___old {
+    int pad;
+    pid_t tgid;
+} __attribute__((preserve_access_index));
+
+SEC("cgroup_skb/egress")
+int core_offset(struct __sk_buff *skb)
+{
+    __u32 key = 0;
+    struct counts *c = bpf_map_lookup_elem(&packets, &key);
+
+    if (c)
+        c->label = bpf_core_field_offset(struct task_struct___old, tgid);
+    return 1;
+}
+
 /* Never loaded: another program of the object, whose section would make it a kprobe. */
 SEC("kprobe/do_sys_open")
 int other_program(void *ctx)
