@@ -4,6 +4,7 @@ tests/kernel/bytecode/, the pod filter in bpf/bytecode/."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tests.kernel.support import INCLUDE_DIR, REPO
 
 SOURCES = REPO / "tests" / "kernel" / "bytecode"
 ENTRY_SOURCE = REPO / "bpf" / "bytecode" / "bpfleet_entry.bpf.c"
-CLANG = "clang-14"
+CLANG = shutil.which("clang") or "clang-14"  # `make deps` installs Debian's clang (clang-14)
 # Object name -> (source, extra clang flags).
 OBJECTS = {
     "counter": ("counter.bpf.c", ()),
