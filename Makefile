@@ -17,6 +17,22 @@ demo: control-plane  ## the main job: a local cluster running bpfleet and a coun
 demo-down:
 	$(PYTHON) -m e2e.demo down
 
+# CO-RE bytecode: the agent's pod filter for bytecode programs (bpf/bytecode/), built against this
+# kernel's BTF. The agent reads it from --bytecode-dir (default build/bytecode).
+BYTECODE_DIR := build/bytecode
+CLANG ?= $(shell command -v clang || command -v clang-14)
+BPF_CFLAGS := -target bpf -g -O2 -I build -I bpf/include
+.PHONY: bytecode
+bytecode: build/vmlinux.h $(BYTECODE_DIR)/bpfleet_entry.bpf.o  ## CO-RE objects: the bytecode pod filter (clang, bpftool)
+
+build/vmlinux.h:
+	mkdir -p build
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(BYTECODE_DIR)/%.bpf.o: bpf/bytecode/%.bpf.c build/vmlinux.h
+	mkdir -p $(BYTECODE_DIR)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -106,6 +106,7 @@ BUILD_ERRORS: dict[str, type[ProgramBuildError]] = {
     reasons.SIGNATURE_INVALID: SignatureInvalid,
     reasons.SOURCE_HASH_MISMATCH: SourceHashMismatch,
     reasons.REGISTRY_NOT_ALLOWED: RegistryNotAllowed,
+    reasons.UNSUPPORTED_ON_NODE: UnsupportedOnNode,
 }
 
 

@@ -1,7 +1,9 @@
 """What this node's kernel can run, probed once at start and published for users.
 
 A program whose attach type the node cannot serve fails on this node only, with reason
-UnsupportedOnNode and a message naming the missing feature; it is never compiled.
+UnsupportedOnNode and a message naming the missing feature; it is never compiled. C sources need
+kernel headers (BCC compiles against them); bytecode needs none, but its CO-RE relocations need the
+kernel's BTF (/sys/kernel/btf/vmlinux).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ _NEEDS_KPROBES = {"Kprobe", "Kretprobe"}
 _NEEDS_UPROBES = {"Uprobe", "Uretprobe"}
 _NEEDS_TRACEFS = {"Tracepoint", "Kprobe", "Kretprobe"}
 _EVENT_SOURCES = Path("/sys/bus/event_source/devices")
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,14 @@ class NodeFeatures:
     # Why nothing can be compiled here (no kernel headers for BCC), or None.
     no_headers: str | None = None
 
-    def unsupported(self, api_type: str) -> str | None:
-        """Why this node cannot serve the attach type, in words for the user; None if it can."""
-        if self.no_headers:
+    def unsupported(self, api_type: str, bytecode: bool = False) -> str | None:
+        """Why this node cannot serve the attach type (for a C source, or for bytecode), in words for
+        the user; None if it can."""
+        if bytecode and not self.btf:
+            return (
+                f"this node's kernel ({self.kernel}) has no BTF ({VMLINUX_BTF}), which bytecode programs need"
+            )
+        if self.no_headers and not bytecode:
             return self.no_headers
         if api_type in _NEEDS_KPROBES and not self.kprobes:
             return f"kprobes are not available on this kernel ({self.kernel}: no kprobe event source)"
@@ -90,7 +98,7 @@ def probe(kernel: ProgramTypeProbe) -> NodeFeatures:
     sysfs and the kernel headers."""
     return NodeFeatures(
         kernel=platform.release(),
-        btf=Path("/sys/kernel/btf/vmlinux").exists(),
+        btf=VMLINUX_BTF.exists(),
         tracefs=tracefs(),
         kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
         uprobes=(_EVENT_SOURCES / "uprobe").is_dir(),

@@ -21,6 +21,7 @@ from node_agent.kernel import attach_types as at
 
 HELPER = "helper"
 KFUNC = "kfunc"
+KSYM = "ksym"  # the address of a kernel variable, loaded into a register (a `__ksym` extern)
 UNKNOWN = "unknown"  # a call to a kernel function that implements no known helper
 
 
@@ -28,7 +29,7 @@ UNKNOWN = "unknown"  # a call to a kernel function that implements no known help
 class Call:
     """A call of a loaded program to something outside it."""
 
-    kind: str  # HELPER, KFUNC or UNKNOWN
+    kind: str  # HELPER, KFUNC, KSYM or UNKNOWN
     name: str  # the helper's UAPI name; a kfunc's or unknown function's symbol (or its address)
 
     def __str__(self) -> str:
@@ -36,6 +37,8 @@ class Call:
             return f"bpf_{self.name}"
         if self.kind == KFUNC:
             return f"the kfunc {self.name}"
+        if self.kind == KSYM:
+            return f"the kernel symbol {self.name}"
         return f"{self.name} (a kernel function that is no known helper)"
 
 

@@ -23,6 +23,7 @@ from node_agent.fast_wiring import FastPathRuntime
 from node_agent.hook import DEFAULT_SOCKET
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
+from node_agent.kernel.loader import DEFAULT_BYTECODE_DIR
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
 from node_agent.oci import flags as bytecode_flags
@@ -92,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="unix socket where container-start hooks ask whether a pod is ready; empty disables "
         "(env BPFLEET_HOOK_SOCKET)",
     )
+    parser.add_argument(
+        "--bytecode-dir",
+        type=Path,
+        default=Path(os.environ.get("BPFLEET_BYTECODE_DIR", str(DEFAULT_BYTECODE_DIR))),
+        help="the agent's own CO-RE objects (`make bytecode`): the pod filter of bytecode programs",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     bytecode_flags.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         compile_limits=CompileLimits(
             cpu_seconds=args.compile_cpu_seconds, memory_bytes=args.compile_memory_bytes
         ),
+        bytecode_dir=args.bytecode_dir,
     )
     node_features = features.probe(backend)
     if node_features.no_headers:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names, selectors, versions
+from node_agent import version_source
 from node_agent.errors import InvalidSpec, TrustViolation
 from node_agent.kernel import map_memory
 from node_agent.kernel.attach_types import (
@@ -51,6 +52,7 @@ def program_version(build: ProgramBuild) -> str:
         build.attach.flags,
         build.defines,
     ]
+    fields += version_source.version_fields(build.bytecode)  # nothing for C: their versions stay
     if build.attach.retprobe and build.attach.scope != PER_BINARY_FILTERED:
         fields.append("retprobe")  # a Kretprobe is another program than the Kprobe on the same function
     if build.attach.scope == PER_BINARY_FILTERED:
@@ -137,13 +139,15 @@ class NodeProgram:
         params = spec.get("parameters") or {}
         if not isinstance(params, Mapping):
             raise InvalidSpec("parameters must be a map of names to values")
+        text, bytecode = version_source.parse(spec["source"])
         build = ProgramBuild(
-            source=spec["source"]["text"],
+            source=text,
             function=spec["function"],
             attach=attach,
             defines=tuple(sorted((k, _define_value(v)) for k, v in params.items())),
             cluster=kind == names.CLUSTER_PROGRAM_KIND,
             max_map_bytes=_max_map_bytes(spec, trust),
+            bytecode=bytecode,
         )
         if not isinstance(build.source, str) or not isinstance(build.function, str):
             raise InvalidSpec("source.text and function must be strings")

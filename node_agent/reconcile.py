@@ -121,7 +121,7 @@ class Reconciler:
             ref = program.ref
             if ref in self.observed.loaded or ref in self._build_failures:
                 continue
-            why_not = self.features.unsupported(program.attach_type) if self.features else None
+            why_not = _unsupported(self.features, program) if self.features else None
             if why_not:
                 # Never compiled, and it costs no turn: the node could not run it anyway.
                 self._failed(ref, UnsupportedOnNode(why_not))
@@ -169,3 +169,10 @@ class Reconciler:
 
 def _programs(programs: list[NodeProgram]) -> set[tuple[str, str]]:
     return {p.ref.program for p in programs}
+
+
+def _unsupported(features: FeatureCheck, program: NodeProgram) -> str | None:
+    """Why the node cannot run the program: C needs kernel headers, bytecode the kernel's BTF."""
+    if program.build.bytecode is not None:
+        return features.unsupported(program.attach_type, bytecode=True)
+    return features.unsupported(program.attach_type)

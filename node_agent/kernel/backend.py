@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from node_agent.kernel.attach_types import KernelAttach
+
+if TYPE_CHECKING:
+    from node_agent.oci.fetch import ImageSource
 
 # The one target of a node-wide program (scope Node tracing): its event, for every process.
 NODE_TARGET = "node"
@@ -31,6 +34,19 @@ class ProgramRef:
 
 
 @dataclass(frozen=True)
+class Bytecode:
+    """A precompiled (CO-RE ELF) program: loaded with libbpf instead of compiled with BCC."""
+
+    data: bytes | None = None  # the ELF itself (ConfigMap, builtins), or
+    image: ImageSource | None = None  # to be pulled first
+    sha256: str | None = None  # the content it must have, when pinned
+
+    def __repr__(self) -> str:  # not the whole ELF in every log line
+        size = f"{len(self.data)} bytes" if self.data is not None else "none"
+        return f"Bytecode(data={size}, image={self.image!r}, sha256={self.sha256!r})"
+
+
+@dataclass(frozen=True)
 class ProgramBuild:
     """Everything the compiler needs; its hash is the version."""
 
@@ -42,6 +58,8 @@ class ProgramBuild:
     cluster: bool = False
     # The cap on the memory of the program's maps, in bytes; 0 means the agent's default.
     max_map_bytes: int = 0
+    # Set: the program is this bytecode (source is then ""), and defines set its .rodata globals.
+    bytecode: Bytecode | None = None
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.errors import KernelError
 from node_agent.kernel import compile_guard, map_memory, map_reuse, syscalls, table_policy
+from node_agent.kernel.built import BuildFailure, BuiltProgram
 from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
 from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
 
@@ -37,30 +37,6 @@ ENTRY_FUNCTION = "bpfleet_entry"  # the prelude's pod filter, attached in front 
 PROG_ARRAY = "bpfleet_progs"  # its tail-call slot 0 holds the user's function
 _DEBUG_LLVM_IR = 0x1  # BCC prints the module's IR to stdout: where table_policy reads the sections
 _DEFINE = re.compile(r"^-D(?P<name>[A-Za-z_]\w*)(?:=|$)")
-
-
-class BuildFailure(Exception):
-    """The source cannot become a program; `reason` is one of bpfleet_api.reasons."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-@dataclass
-class BuiltProgram:
-    # Role -> program fd. "prog" is what the agent attaches; "user" is the user's own function
-    # when "prog" is the agent's pod-filter entry point in front of it.
-    progs: dict[str, int] = field(default_factory=dict)
-    maps: dict[str, int] = field(default_factory=dict)  # map name -> fd
-    layouts: dict[str, str] = field(default_factory=dict)  # map name -> layout digest (map_reuse)
-
-    def close(self) -> None:
-        for fd in [*self.progs.values(), *self.maps.values()]:
-            os.close(fd)
-        self.progs.clear()
-        self.maps.clear()
 
 
 # What BCC says when the kernel refuses to allocate a map (ENOMEM).

@@ -50,7 +50,7 @@ from node_agent.kernel.attach_types import (
 from node_agent.kernel.backend import NODE_TARGET, Attachment, LoadedProgram, ProgramBuild, ProgramRef
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
 from node_agent.kernel.compile_cgroup import CompileLimits
-from node_agent.kernel.loader import DEFAULT_COMPILE_LIMITS, CheckLoaded, Loader
+from node_agent.kernel.loader import DEFAULT_BYTECODE_DIR, DEFAULT_COMPILE_LIMITS, CheckLoaded, Loader
 from node_agent.kernel.pin_tree import PinTree
 from node_agent.kernel.publish import STAGING_PREFIX
 
@@ -84,6 +84,7 @@ class BpffsBackend:
         check_loaded: CheckLoaded | None = helper_check.check_loaded,
         compile_cgroup_prefix: str = CGROUP_PREFIX,
         compile_cgroups: bool = True,
+        bytecode_dir: Path = DEFAULT_BYTECODE_DIR,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self._tree = PinTree()  # load() runs on compile-pool threads beside the pass
@@ -102,6 +103,7 @@ class BpffsBackend:
             check_loaded,
             compile_cgroup_prefix,
             compile_cgroups,
+            bytecode_dir,
         )
 
     def _dir(self, ref: ProgramRef) -> Path:

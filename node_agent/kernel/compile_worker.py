@@ -4,7 +4,8 @@ Run by the agent (compile_runner) as
 `python -m node_agent.kernel.compile_worker --socket-fd N [--no-sandbox]` with a JSON request on
 stdin. BCC brings LLVM into the process (~120 MB) and the source is hostile, so the long-lived
 agent never compiles itself: this worker enters the sandbox (sandbox.py), builds the program
-(bcc_build), and sends one message on the socket: JSON {ok, reason, message, progs, maps} with the
+(bcc_build; or, for a request with "bytecode", loads the ELF with libbpf: bytecode_build, and bcc is
+never loaded), and sends one message on the socket: JSON {ok, reason, message, progs, maps} with the
 program and map fds by SCM_RIGHTS. When the request names `previousMaps`, the agent has sent the
 previous version's maps on the same socket first (JSON [[name, layout], ...] and their fds), for the
 build to take over (map_reuse). It never touches bpffs; the agent checks and pins the fds.
@@ -21,11 +22,15 @@ import sys
 from typing import Any
 
 from node_agent.errors import SandboxError
-from node_agent.kernel import compile_guard, sandbox
-from node_agent.kernel.bcc_build import BuildFailure, build
+from node_agent.kernel import compile_guard, libbpf, sandbox
+from node_agent.kernel.built import BuildFailure, BuiltProgram
 
 # Loaded before the sandbox: what bcc_build imports of the project (syscalls asks ldconfig for libc).
 from node_agent.kernel import stderr_capture, syscalls  # noqa: F401  isort: skip
+
+# The node's BTF, for CO-RE relocations: opened before the sandbox, which shows nothing of /sys, and
+# read inside through the worker's own /proc (bytecode_build's btfPath).
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
 # The agent keeps 2 KiB of a message; the head holds the first diagnostics, and it must fit one
 # datagram.
@@ -35,7 +40,7 @@ MAX_MESSAGE_CHARS = 32 << 10
 def _reply(request: dict[str, Any], channel_fd: int) -> tuple[dict[str, Any], list[int]]:
     previous = _previous_maps(request, channel_fd)
     try:
-        built = build(request, previous)
+        built = _build(request, previous)
     except BuildFailure as e:
         return {"ok": False, "reason": e.reason, "message": e.message}, []
     finally:
@@ -44,6 +49,37 @@ def _reply(request: dict[str, Any], channel_fd: int) -> tuple[dict[str, Any], li
     roles, names = sorted(built.progs), sorted(built.maps)
     fds = [built.progs[r] for r in roles] + [built.maps[n] for n in names]
     return {"ok": True, "progs": roles, "maps": names, "layouts": built.layouts}, fds
+
+
+def _build(request: dict[str, Any], previous: dict[str, tuple[str, int]]) -> BuiltProgram:
+    if "bytecode" in request:
+        from node_agent.kernel import bytecode_build
+
+        return bytecode_build.build(request, previous)
+    from node_agent.kernel import bcc_build
+
+    return bcc_build.build(request, previous)
+
+
+def _shown(request: dict[str, Any]) -> list[str]:
+    """What the sandbox shows besides the runtime: the include directories; for a cluster admin's
+    bytecode also the kernel's BTF at its own path, where libbpf resolves `__ksym` externs and kfuncs
+    (a tenant's may have none, and its CO-RE goes through the fd of _open_btf alone)."""
+    shown = [str(d) for d in request.get("includeDirs", ())]
+    if "bytecode" in request and request.get("cluster"):
+        shown.append(VMLINUX_BTF)
+    return shown
+
+
+def _open_btf(request: dict[str, Any]) -> None:
+    """For bytecode: the node's BTF as an fd the sandbox keeps, named by a path it can open."""
+    try:
+        fd = os.open(VMLINUX_BTF, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BuildFailure(
+            "UnsupportedOnNode", f"this node has no kernel BTF ({VMLINUX_BTF}: {e.strerror})"
+        ) from None
+    request["btfPath"] = f"/proc/self/fd/{fd}"
 
 
 def _previous_maps(request: dict[str, Any], channel_fd: int) -> dict[str, tuple[str, int]]:
@@ -102,16 +138,25 @@ def main(argv: list[str] | None = None) -> None:
     request = json.load(sys.stdin)
     # BCC and clang may write to stdout; the agent collects both streams as the worker's log.
     os.dup2(2, 1)
+    bytecode = "bytecode" in request
     try:
+        if bytecode:
+            _open_btf(request)
         if not args.no_sandbox:
             keep = _capabilities(request)
             sandbox.enter(
-                list(request["includeDirs"]), _limits(request), close_outside=(args.socket_fd,), keep=keep
+                _shown(request),
+                _limits(request),
+                close_outside=(args.socket_fd,),
+                keep=keep,
+                library=libbpf.LIBRARY if bytecode else sandbox.BCC_LIBRARY,
             )
             _guard_worker()
         reply, fds = _reply(request, args.socket_fd)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []
+    except BuildFailure as e:
+        reply, fds = {"ok": False, "reason": e.reason, "message": e.message}, []
     message = str(reply.get("message", ""))
     # The verifier explains a rejection in its last lines, the compiler in its first.
     keep_end = reply.get("reason") == "VerifierRejected" and len(message) > MAX_MESSAGE_CHARS

@@ -9,6 +9,11 @@ encoding (checked against `bpftool prog dump xlated`), a call is code BPF_JMP|BP
 - src_reg 1 (BPF_PSEUDO_CALL): a call into one of the program's own subprograms.
 - src_reg 2 (BPF_PSEUDO_KFUNC_CALL): a kfunc; imm is its address relative to __bpf_call_base.
 Any other call-like instruction is reported as unknown, so that policy refuses what it cannot name.
+
+Kernel variables reached without a call (a `__ksym` extern: ld_imm64 of BPF_PSEUDO_BTF_ID, or of an
+address libbpf read from kallsyms) show in the xlated instructions as an ld_imm64 with src_reg 0
+whose 64-bit value is the variable's address (the verifier rewrote it; maps come back as their ids
+with a pseudo src_reg). Such a value that is exactly a kernel symbol's address is reported as KSYM.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import struct
 import sys
 
-from node_agent.helper_policy import HELPER, KFUNC, UNKNOWN, Call
+from node_agent.helper_policy import HELPER, KFUNC, KSYM, UNKNOWN, Call
 from node_agent.kernel.helper_names import TAIL_CALL_ID, helper_name
 from node_agent.kernel.kallsyms import KernelSymbols
 
@@ -40,6 +45,8 @@ def calls(insns: bytes, symbols: KernelSymbols) -> list[Call]:
     i = 0
     while i < count:
         code, regs, _, imm = _INSN.unpack_from(insns, i * _INSN.size)
+        if code == _LD_IMM64 and i + 1 < count:
+            found.extend(_kernel_address(insns, i, regs, symbols))
         i += 2 if code == _LD_IMM64 else 1
         if code & 0x07 not in (_CLASS_JMP, _CLASS_JMP32) or code & 0xF0 != _OP_CALL:
             continue
@@ -55,6 +62,16 @@ def calls(insns: bytes, symbols: KernelSymbols) -> list[Call]:
         else:
             found.append(_helper_call(imm, symbols))
     return found
+
+
+def _kernel_address(insns: bytes, i: int, regs: int, symbols: KernelSymbols) -> list[Call]:
+    if _src_reg(regs) != 0:
+        return []  # a map (by id), a map value or a callback: the program's own
+    low = _INSN.unpack_from(insns, i * _INSN.size)[3] & 0xFFFFFFFF
+    high = _INSN.unpack_from(insns, (i + 1) * _INSN.size)[3] & 0xFFFFFFFF
+    value = high << 32 | low
+    name = symbols.any_symbol_at(value) if value else None
+    return [Call(KSYM, name)] if name else []
 
 
 def _helper_call(imm: int, symbols: KernelSymbols) -> Call:

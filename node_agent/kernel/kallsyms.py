@@ -37,6 +37,8 @@ class KernelSymbols:
     source: Path = KALLSYMS
     # Every function by address, parsed from one full read at the first call that is no helper.
     _functions: dict[int, str] | None = field(default=None)
+    # Every symbol (variables too) by address, read at the first 64-bit constant of a program.
+    _symbols: dict[int, str] | None = field(default=None)
 
     @classmethod
     def parse(cls, text: str, source: Path = KALLSYMS) -> KernelSymbols:
@@ -70,6 +72,24 @@ class KernelSymbols:
         if self._functions is None:
             self._functions = _functions(self.source.read_text())
         return self._functions.get(address)
+
+    def any_symbol_at(self, address: int) -> str | None:
+        """The name of the kernel symbol (function or variable) at absolute `address`."""
+        if self._symbols is None:
+            self._symbols = _all_symbols(self.source.read_text())
+        return self._symbols.get(address)
+
+
+def _all_symbols(text: str) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for m in _SYMBOL.finditer(text):
+        address = int(m.group(1), 16)
+        if address:
+            found.setdefault(address, m.group(2))
+    return found
+
+
+_SYMBOL = re.compile(r"^([0-9a-f]+) \w (\S+)", re.MULTILINE)
 
 
 def _functions(text: str) -> dict[int, str]:

@@ -7,6 +7,8 @@ and only then publishes the version directory whole (publish).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent import errors
-from node_agent.kernel import compile_runner, helper_check, map_memory, map_reuse, syscalls
+from node_agent.kernel import bytecode_params, compile_runner, helper_check, map_memory, map_reuse, syscalls
 from node_agent.kernel.attach_types import FILTERED_SCOPES, NODE_WIDE, TRACING_PROG_TYPES, KernelAttach
 from node_agent.kernel.backend import ProgramBuild
 from node_agent.kernel.compile_cgroup import PREFIX as CGROUP_PREFIX
@@ -24,6 +26,9 @@ from node_agent.kernel.publish import publish
 
 log = logging.getLogger(__name__)
 
+# The agent's prebuilt bytecode (`make bytecode`): the pod filter of bytecode programs for pods.
+DEFAULT_BYTECODE_DIR = Path(__file__).resolve().parents[2] / "build" / "bytecode"
+ENTRY_OBJECT = "bpfleet_entry.bpf.o"
 # Before node-wide programs without a pod filter: bpfleet_pod_selected() is true for every task.
 UNFILTERED_PRELUDE = "#include <bpfleet_unfiltered.h>"
 DEFAULT_COMPILE_LIMITS = CompileLimits()
@@ -54,6 +59,7 @@ class Loader:
     check_loaded: CheckLoaded | None = helper_check.check_loaded
     compile_cgroup_prefix: str = CGROUP_PREFIX
     compile_cgroups: bool = True  # False: rlimits only, as on a host without controllers
+    bytecode_dir: Path = DEFAULT_BYTECODE_DIR  # the agent's own objects (--bytecode-dir)
     _cgroups: CgroupPlacement | None = field(default=None, init=False)
     _cgroups_looked_for: bool = field(default=False, init=False)
 
@@ -80,6 +86,8 @@ class Loader:
             carried.close()
 
     def _request(self, build: ProgramBuild) -> dict[str, Any]:
+        if build.bytecode is not None:
+            return self._bytecode_request(build)
         return {
             "source": build.source,
             "function": build.function,
@@ -92,6 +100,40 @@ class Loader:
             "maxMapBytes": build.max_map_bytes,  # 0: the compile's default (64 MiB)
             "privilege": _privilege(build),  # which capabilities the compile keeps (sandbox.py)
         }
+
+    def _bytecode_request(self, build: ProgramBuild) -> dict[str, Any]:
+        """The worker loads the ELF with libbpf (bytecode_build); parameters set .rodata globals."""
+        assert build.bytecode is not None
+        data = build.bytecode.data
+        if data is None:
+            raise errors.CompileError("the bytecode was not fetched before its build (no ELF to load)")
+        if build.bytecode.sha256 is not None and hashlib.sha256(data).hexdigest() != build.bytecode.sha256:
+            raise errors.CompileError(
+                f"the bytecode's sha256 is {hashlib.sha256(data).hexdigest()}, not {build.bytecode.sha256}"
+            )
+        request: dict[str, Any] = {
+            "bytecode": base64.b64encode(data).decode(),
+            "function": build.function,
+            "progType": build.attach.prog_type,
+            "attachType": build.attach.load_attach_type,
+            "parameters": bytecode_params.from_defines(build.defines),
+            "entryPoint": build.attach.scope in FILTERED_SCOPES,
+            "maxMapBytes": build.max_map_bytes,
+            "privilege": _privilege(build),
+            "cluster": build.cluster,
+        }
+        if request["entryPoint"]:
+            request["entryBytecode"] = base64.b64encode(self._entry_object()).decode()
+        return request
+
+    def _entry_object(self) -> bytes:
+        path = self.bytecode_dir / ENTRY_OBJECT
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise errors.CompileError(
+                f"the agent's pod filter {path} cannot be read ({e.strerror}): build it with `make bytecode`"
+            ) from None
 
     def _prelude(self, attach: KernelAttach) -> str:
         """Source text put before the user's: the enforced pod filter, or its node-wide stand-in."""

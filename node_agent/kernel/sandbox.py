@@ -85,17 +85,19 @@ def enter(
     limits: SandboxLimits,
     close_outside: tuple[int, ...] = (),
     keep: frozenset[int] = KEPT_CAPABILITIES,
+    library: str = BCC_LIBRARY,
 ) -> None:
     """Moves this process's further work into the sandbox.
 
     Returns in the sandboxed process. The calling process stays outside: it closes `close_outside`,
     waits for the sandboxed one and exits with its status (CPU_LIMIT_EXIT or MEMORY_LIMIT_EXIT when
-    a limit stopped it). Must be called while the process has a single thread.
+    a limit stopped it). Must be called while the process has a single thread. `library`: what the
+    build loads (BCC's, or libbpf for bytecode), loaded here so that the root shows its directories.
     """
     try:
-        ctypes.CDLL(BCC_LIBRARY)  # maps LLVM and clang, whose directories the root must show
+        ctypes.CDLL(library)  # BCC's maps LLVM and clang, whose directories the root must show
     except OSError as e:
-        raise SandboxError(f"BCC's library {BCC_LIBRARY} cannot be loaded: {e}") from e
+        raise SandboxError(f"the library {library} cannot be loaded: {e}") from e
     root = sandbox_root.plan(sandbox_root.needed_paths(include_dirs))
     new_root = sandbox_root.mountpoint(root)
     unshare(CLONE_NEWPID)

@@ -18,6 +18,7 @@ import pytest
 
 from e2e.podsim import cleanup_cgroup_tree, find_cgroup2_mount
 from node_agent.kernel.bpffs import BpffsBackend
+from tests.kernel.bytecode_objects import bytecode_backend, objects  # noqa: F401  (the bytecode tests')
 from tests.kernel.support import BPFFS, INCLUDE_DIR
 
 

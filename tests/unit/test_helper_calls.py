@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.errors import KernelError
-from node_agent.helper_policy import HELPER, KFUNC, UNKNOWN, Call
+from node_agent.helper_policy import HELPER, KFUNC, KSYM, UNKNOWN, Call
 from node_agent.kernel.helper_calls import calls
 from node_agent.kernel.helper_names import UAPI_HELPERS, helper_name
 from node_agent.kernel.kallsyms import KernelSymbols
@@ -190,3 +190,35 @@ def test_call_forms_the_kernel_does_not_produce_are_unknown(symbols: KernelSymbo
 def test_jumps_and_exits_are_no_calls(symbols: KernelSymbols) -> None:
     program = insn(0x05, off=0) + insn(0x15, dst=0, imm=0x100) + insn(0x16, imm=0x100) + EXIT
     assert calls(program, symbols) == []
+
+
+def ld_imm64(value: int, src: int = 0) -> bytes:
+    low, high = value & 0xFFFFFFFF, value >> 32
+    as_s32 = [x - (1 << 32) if x >= 1 << 31 else x for x in (low, high)]
+    return insn(0x18, src=src, dst=1, imm=as_s32[0]) + insn(0, imm=as_s32[1])
+
+
+def test_a_kernel_variables_address_loaded_by_the_program_is_a_ksym(symbols: KernelSymbols) -> None:
+    # A `__ksym` extern, as the verifier leaves it: a 64-bit load of the variable's very address.
+    program = ld_imm64(BASE + 0x600) + EXIT
+    assert calls(program, symbols) == [Call(KSYM, "bpf_user_rnd_u32")]
+    assert str(Call(KSYM, "bpf_user_rnd_u32")) == "the kernel symbol bpf_user_rnd_u32"
+
+
+def test_maps_and_plain_constants_are_no_ksym(symbols: KernelSymbols) -> None:
+    program = (
+        ld_imm64(BASE + 0x600, src=1)  # a map, by id (the dump's pseudo src_reg): the program's own
+        + ld_imm64(BASE + 0x600 + 8)  # no symbol starts there
+        + ld_imm64(0xFFFFFFFF00000000)  # a mask
+        + EXIT
+    )
+    assert calls(program, symbols) == []
+
+
+def test_tenants_may_not_reach_a_kernel_variable() -> None:
+    from node_agent import helper_policy
+    from node_agent.kernel.attach_types import PROG_TYPE_CGROUP_SKB
+
+    ksym = Call(KSYM, "init_task")
+    assert helper_policy.disallowed([ksym], PROG_TYPE_CGROUP_SKB, cluster=False) == [ksym]
+    assert helper_policy.disallowed([ksym], PROG_TYPE_CGROUP_SKB, cluster=True) == []
