@@ -67,8 +67,9 @@ $(BYTECODE_DIR)/bpfleet_entry.bpf.o: $(ENTRY_SOURCE) $(VMLINUX_H) $(BPF_HEADERS)
 
 # Yours: make bytecode-object SRC=my.bpf.c [OUT=my.bpf.o], then put OUT in a ConfigMap or an image.
 OUT ?= $(basename $(basename $(SRC))).bpf.o
-bytecode-object: $(VMLINUX_H)  ## one ELF from your C: SRC=prog.bpf.c [OUT=prog.bpf.o] (docs/bytecode.md)
+bytecode-object:  ## one ELF from your C: SRC=prog.bpf.c [OUT=prog.bpf.o] (docs/bytecode.md)
 	@test -n "$(SRC)" || (echo "usage: make bytecode-object SRC=prog.bpf.c [OUT=prog.bpf.o]" >&2; exit 2)
+	@$(MAKE) -s --no-print-directory $(VMLINUX_H)
 	@echo "  CLANG  $(OUT) <- $(SRC)"
 	@$(CLANG) $(BPF_CFLAGS) -c $(SRC) -o $(OUT)
 

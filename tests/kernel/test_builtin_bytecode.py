@@ -132,3 +132,37 @@ def test_the_kernel_loads_each_object_with_the_maps_of_its_bcc_build(objects: Pa
             "max_entries": shown["max_entries"],
         }
     assert bytecode_maps == _bcc_maps(name)
+
+
+def test_the_documented_user_target_builds_an_object_the_kernel_loads(tmp_path: Path, pin_dir: Path):
+    out = tmp_path / "counter.bpf.o"
+    source = "examples/bytecode/pod-egress-counter.bpf.c"
+    built = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--no-print-directory",
+            "bytecode-object",
+            f"SRC={source}",
+            f"OUT={out}",
+            f"BUILD={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    assert f"{out} <- {source}" in built.stdout
+    found = symbols(out)
+    assert found["cgroup_skb/egress"] == {"count_egress"}
+    assert found[".maps"] == {"egress"} and found[".rodata"] == {"MIN_LEN"}
+    loaded = _bpftool("prog", "loadall", str(out), str(pin_dir / "progs"))
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+    usage = subprocess.run(
+        ["make", "-s", "bytecode-object"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert usage.returncode != 0 and "usage: make bytecode-object SRC=prog.bpf.c" in usage.stderr
+    assert not (tmp_path / "none").exists()  # refused before building anything
