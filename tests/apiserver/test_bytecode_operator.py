@@ -17,6 +17,7 @@ import pytest
 from kubernetes.client import V1ConfigMap, V1Node, V1ObjectMeta
 
 from bpfleet_api import names
+from bpfleet_operator.bytecode_sources import MAX_ELF_BYTES
 from e2e.harness import operator_process, wait_for
 from e2e.kube import Kube
 from e2e.tests.programs import ebpf_program
@@ -176,3 +177,12 @@ def test_an_object_that_is_not_a_bpf_elf_is_invalid(cluster: Kube, namespace: st
     assert condition["reason"] == "InvalidSpec"
     assert "for machine 62, not BPF (247)" in condition["message"]
     assert program_versions(cluster, namespace, "x86") == {}
+
+
+def test_the_largest_object_fits_the_config_map_and_the_version(cluster: Kube, namespace: str):
+    largest = bpf_object(bytes(MAX_ELF_BYTES - 64))
+    assert len(largest) == MAX_ELF_BYTES
+    put_elf(cluster, namespace, "progs", largest, create=True)
+    apply(cluster, namespace, "large", {"bytecode": {"configMapRef": {"name": "progs", "key": "prog.bpf.o"}}})
+    wait_for("the largest object on the node", lambda: served_source(cluster, namespace, "large"), 30)
+    assert (served_source(cluster, namespace, "large") or {})["sha256"] == hashlib.sha256(largest).hexdigest()
