@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 
 .PHONY: deps control-plane cosign demo demo-down test lint bench bench-fleet chart-lint chart-crds
 
-deps:  ## host packages, kernel headers, bpffs, kubectl + helm, the virtualenv
+deps: bytecode-deps  ## host packages, kernel headers, bpffs, kubectl + helm, the virtualenv
 	bash e2e/scripts/install-host-deps.sh
 
 control-plane: deps  ## etcd, kube-apiserver, kube-controller-manager built once and cached
@@ -17,31 +17,64 @@ demo: control-plane  ## the main job: a local cluster running bpfleet and a coun
 demo-down:
 	$(PYTHON) -m e2e.demo down
 
-# CO-RE bytecode: the agent's pod filter for bytecode programs (bpf/bytecode/), built against this
-# kernel's BTF. The agent reads it from --bytecode-dir (default build/bytecode).
-BYTECODE_DIR := build/bytecode
-CLANG ?= $(shell command -v clang || command -v clang-14)
-BPF_CFLAGS := -target bpf -g -O2 -I build -I bpf/include
-.PHONY: bytecode
-bytecode: build/vmlinux.h $(BYTECODE_DIR)/bpfleet_entry.bpf.o  ## CO-RE objects: the bytecode pod filter (clang, bpftool)
-
-build/vmlinux.h:
-	mkdir -p build
-	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
-
-$(BYTECODE_DIR)/%.bpf.o: bpf/bytecode/%.bpf.c build/vmlinux.h
-	mkdir -p $(BYTECODE_DIR)
-	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
-
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: control-plane node-deps cosign lint  ## every tier: unit, kernel, API server, end to end (and a real node)
+test: control-plane node-deps cosign lint bytecode  ## every tier: unit, kernel, API server, end to end (and a real node)
 	$(PYTHON) -m pytest
 
 cosign:  ## the cosign CLI the signature tests sign with, built once from the Go module proxy and cached
 	bash e2e/scripts/build-cosign.sh >/dev/null
+
+# CO-RE bytecode (docs/bytecode.md): every builtin and the agent's pod-filter entry program, built with
+# clang against a vmlinux.h that bpftool dumps from this host's BTF. CO-RE relocations make the objects
+# load on other kernels, so any build host with BTF will do; no kernel headers are needed.
+.PHONY: bytecode bytecode-deps bytecode-object
+BUILD ?= build
+BYTECODE_DIR ?= $(BUILD)/bytecode
+VMLINUX_H := $(BUILD)/vmlinux.h
+KERNEL_BTF ?= /sys/kernel/btf/vmlinux
+CLANG ?= $(shell command -v clang-14 || command -v clang || echo clang-14)
+BPFTOOL ?= bpftool
+BPF_ARCH := $(subst x86_64,x86,$(subst aarch64,arm64,$(shell uname -m)))
+# BPFLEET_BYTECODE selects the bytecode side of bpf/include (bpfleet_portable.h, bpfleet.h).
+BPF_CFLAGS := -target bpf -g -O2 -Wall -Wno-unused-function -D__TARGET_ARCH_$(BPF_ARCH) -DBPFLEET_BYTECODE \
+	-I $(BUILD) -I bpf/include
+BPF_HEADERS := $(wildcard bpf/include/*.h)
+BUILTIN_OBJECTS := $(patsubst bpf/programs/%.c,$(BYTECODE_DIR)/%.bpf.o,$(wildcard bpf/programs/*.c))
+ENTRY_SOURCE := bpf/bytecode/bpfleet_entry.bpf.c
+ENTRY_OBJECT := $(if $(wildcard $(ENTRY_SOURCE)),$(BYTECODE_DIR)/bpfleet_entry.bpf.o)
+
+bytecode: $(BUILTIN_OBJECTS) $(ENTRY_OBJECT)  ## CO-RE objects of the builtins and the pod filter in build/bytecode
+	@echo "bytecode: $(words $^) objects in $(BYTECODE_DIR)"
+
+bytecode-deps:  ## clang, llvm and libbpf's headers (Debian), what `make bytecode` needs
+	@command -v $(CLANG) >/dev/null && test -e /usr/include/bpf/bpf_helpers.h || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang llvm libbpf-dev)
+
+$(VMLINUX_H): | $(KERNEL_BTF)
+	@mkdir -p $(@D)
+	@echo "  BTF    $@ <- $(KERNEL_BTF)"
+	@$(BPFTOOL) btf dump file $(KERNEL_BTF) format c > $@.tmp && mv $@.tmp $@
+
+$(BYTECODE_DIR)/%.bpf.o: bpf/programs/%.c $(VMLINUX_H) $(BPF_HEADERS)
+	@mkdir -p $(@D)
+	@echo "  CLANG  $@ <- $<"
+	@$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+$(BYTECODE_DIR)/bpfleet_entry.bpf.o: $(ENTRY_SOURCE) $(VMLINUX_H) $(BPF_HEADERS)
+	@mkdir -p $(@D)
+	@echo "  CLANG  $@ <- $<"
+	@$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# Yours: make bytecode-object SRC=my.bpf.c [OUT=my.bpf.o], then put OUT in a ConfigMap or an image.
+OUT ?= $(basename $(basename $(SRC))).bpf.o
+bytecode-object:  ## one ELF from your C: SRC=prog.bpf.c [OUT=prog.bpf.o] (docs/bytecode.md)
+	@test -n "$(SRC)" || (echo "usage: make bytecode-object SRC=prog.bpf.c [OUT=prog.bpf.o]" >&2; exit 2)
+	@$(MAKE) -s --no-print-directory $(VMLINUX_H)
+	@echo "  CLANG  $(OUT) <- $(SRC)"
+	@$(CLANG) $(BPF_CFLAGS) -c $(SRC) -o $(OUT)
 
 bench: control-plane  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
 	$(PYTHON) -m e2e.bench

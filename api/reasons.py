@@ -30,11 +30,11 @@ DETACH_FAILED: Final = "DetachFailed"
 # A staged rollout stopped: nodes of its current step failed the new version (which ones, and why,
 # are in the message); every node not yet on it keeps the previous version.
 ROLLOUT_HALTED: Final = "RolloutHalted"
-# Bytecode sources (issue 11).
+# Bytecode sources (precompiled ELF objects) and content pinning.
 SIGNATURE_INVALID: Final = "SignatureInvalid"  # image unsigned where required, or its signature fails
 SOURCE_HASH_MISMATCH: Final = "SourceHashMismatch"  # content's sha256 is not spec.source.sha256
-IMAGE_PULL_FAILED: Final = "ImagePullFailed"  # registry unreachable, not found, auth, too large, not bpfman
-REGISTRY_NOT_ALLOWED: Final = "RegistryNotAllowed"  # a namespaced program's registry is not allowlisted
+IMAGE_PULL_FAILED: Final = "ImagePullFailed"  # registry unreachable, image missing, auth refused, bad image
+REGISTRY_NOT_ALLOWED: Final = "RegistryNotAllowed"  # a tenant's image registry is not on the allowlist
 
 # Failures that will not go away by waiting: the spec has to change (kstatus Stalled).
 STALLING: Final = frozenset(
@@ -48,6 +48,9 @@ STALLING: Final = frozenset(
         HELPER_NOT_ALLOWED,
         MAP_NOT_ALLOWED,
         MAP_TOO_LARGE,
+        SIGNATURE_INVALID,
+        SOURCE_HASH_MISMATCH,
+        REGISTRY_NOT_ALLOWED,
     }
 )
 

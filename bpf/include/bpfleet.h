@@ -1,11 +1,18 @@
-/* bpfleet.h — helpers shared by bpfleet programs (BCC dialect).
+/* bpfleet.h — helpers shared by bpfleet programs (BCC dialect, and the builtins' bytecode build).
  *
  * Include it with `#include <bpfleet.h>`; the node agent puts this folder on the include path.
  */
 #ifndef BPFLEET_H
 #define BPFLEET_H
 
+#ifdef BPFLEET_BYTECODE
+/* CO-RE bytecode (make bytecode): the kernel's types from its BTF, libbpf's helper declarations. */
+#include <vmlinux.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#else
 #include <uapi/linux/bpf.h>
+#endif
 
 /* Deepest cgroup nesting bpfleet_skb_pod_cgroup_id() looks through. kubelet pod cgroups sit at
  * level 2 or 3 (kubepods[/<qos>]/pod<uid>), so 16 leaves room for nested kubelet roots. */

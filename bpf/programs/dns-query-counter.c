@@ -3,14 +3,23 @@
  * Attach: CgroupSkb, direction Egress. Function: count_dns_queries.
  * Map `queries` (hash, key: pod cgroup v2 id u64, value: u64 count).
  * Every packet is let through. DNS over TCP and over IPv6 are not counted.
+ * Builds with BCC and as CO-RE bytecode (bpfleet_portable.h).
  */
-#include <bpfleet.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/ip.h>
+#include <bpfleet_portable.h>
+#include <bpfleet_net.h>
 
-BPF_HASH(queries, __u64, __u64, 10240);
+BPFLEET_HASH(queries, __u64, __u64, 10240);
 
+static __always_inline void count_query(__u64 pod)
+{
+#ifdef BPFLEET_BYTECODE
+    bpfleet_increment(&queries, &pod);
+#else
+    queries.increment(pod);
+#endif
+}
+
+BPFLEET_PROGRAM("cgroup_skb/egress")
 int count_dns_queries(struct __sk_buff *skb)
 {
     struct iphdr ip;
@@ -24,9 +33,7 @@ int count_dns_queries(struct __sk_buff *skb)
      * source port right after the IP header. */
     if (bpf_skb_load_bytes(skb, ip.ihl * 4 + 2, &dest_port, sizeof(dest_port)) < 0)
         return 1;
-    if (dest_port == bpf_htons(53)) {
-        __u64 pod = bpfleet_skb_pod_cgroup_id(skb);
-        queries.increment(pod);
-    }
+    if (dest_port == bpf_htons(53))
+        count_query(bpfleet_skb_pod_cgroup_id(skb));
     return 1;
 }

@@ -3,23 +3,33 @@
  * Attach: CgroupSock, hook SockCreate. Function: deny_raw_sockets.
  * socket(..., SOCK_RAW, ...) fails with EPERM; every other socket is created as usual.
  * Map `denied` (array of one u64) counts refused sockets.
+ * Builds with BCC and as CO-RE bytecode (bpfleet_portable.h).
  */
-#include <bpfleet.h>
+#include <bpfleet_portable.h>
 
 #ifndef SOCK_RAW
 #define SOCK_RAW 3
 #endif
 
-BPF_ARRAY(denied, __u64, 1);
+BPFLEET_ARRAY(denied, __u64, 1);
 
-int deny_raw_sockets(struct bpf_sock *sk)
+static __always_inline void count_denied(void)
 {
     int zero = 0;
+#ifdef BPFLEET_BYTECODE
+    __u64 *count = bpf_map_lookup_elem(&denied, &zero);
+#else
+    __u64 *count = denied.lookup(&zero);
+#endif
+    if (count)
+        __sync_fetch_and_add(count, 1);
+}
 
+BPFLEET_PROGRAM("cgroup/sock_create")
+int deny_raw_sockets(struct bpf_sock *sk)
+{
     if (sk->type == SOCK_RAW) {
-        __u64 *count = denied.lookup(&zero);
-        if (count)
-            __sync_fetch_and_add(count, 1);
+        count_denied();
         return 0;
     }
     return 1;

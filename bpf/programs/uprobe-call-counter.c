@@ -5,25 +5,32 @@
  * Map `calls` (hash, key: pod cgroup v2 id u64, value: u64 count).
  * The probe is on the binary file, shared by every process that runs it: the agent's pod filter
  * (bpfleet_entry) keeps it to the selected pods; the checks below are redundant there.
+ * Builds with BCC and as CO-RE bytecode (bpfleet_portable.h).
  */
-#include <bpfleet.h>
+#include <bpfleet_portable.h>
 
-BPF_HASH(calls, __u64, __u64, 10240);
+BPFLEET_HASH(calls, __u64, __u64, 10240);
 
 static __always_inline int count(void)
 {
     if (!bpfleet_pod_selected())
         return 0;
     __u64 pod = bpfleet_current_pod_cgroup_id();
+#ifdef BPFLEET_BYTECODE
+    bpfleet_increment(&calls, &pod);
+#else
     calls.increment(pod);
+#endif
     return 0;
 }
 
+BPFLEET_PROGRAM("uprobe")
 int count_calls(struct pt_regs *ctx)
 {
     return count();
 }
 
+BPFLEET_PROGRAM("uretprobe")
 int count_returns(struct pt_regs *ctx)
 {
     return count();

@@ -2,14 +2,25 @@
  *
  * Attach: Xdp (interface default eth0, inside the pod). Function: count_protocols.
  * Map `packets` (array of 256 u64, indexed by IPv4 protocol: 1 ICMP, 6 TCP, 17 UDP, ...).
- * Every packet passes.
+ * Every packet passes. Builds with BCC and as CO-RE bytecode (bpfleet_portable.h).
  */
-#include <bpfleet.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
+#include <bpfleet_portable.h>
+#include <bpfleet_net.h>
 
-BPF_ARRAY(packets, __u64, 256);
+BPFLEET_ARRAY(packets, __u64, 256);
 
+static __always_inline void count_protocol(int protocol)
+{
+#ifdef BPFLEET_BYTECODE
+    __u64 *count = bpf_map_lookup_elem(&packets, &protocol);
+#else
+    __u64 *count = packets.lookup(&protocol);
+#endif
+    if (count)
+        __sync_fetch_and_add(count, 1);
+}
+
+BPFLEET_PROGRAM("xdp")
 int count_protocols(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -19,9 +30,6 @@ int count_protocols(struct xdp_md *ctx)
 
     if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
         return XDP_PASS;
-    int protocol = ip->protocol;
-    __u64 *count = packets.lookup(&protocol);
-    if (count)
-        __sync_fetch_and_add(count, 1);
+    count_protocol(ip->protocol);
     return XDP_PASS;
 }

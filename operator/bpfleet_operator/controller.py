@@ -6,6 +6,7 @@ turns the desired table into EbpfNodeState specs, one write per node for every p
 
 from __future__ import annotations
 
+import base64
 import datetime
 import logging
 import os
@@ -97,6 +98,15 @@ class ProgramController:
                 return None
             raise
 
+    def read_config_map_binary(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        try:
+            found = self.core.read_namespaced_config_map(name, namespace).binary_data or {}
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return {key: base64.b64decode(value) for key, value in found.items()}
+
     def _mark(self, key: ProgramKey) -> None:
         with self._lock:
             self.reconciled.add(key)
@@ -139,6 +149,7 @@ class ProgramController:
                 spec,
                 self.read_config_map,
                 origin_namespace=not kind.namespaced,
+                read_binary=self.read_config_map_binary,
             )
             reach = tenancy.reach(kind, key.namespace, spec, view.namespaces)
             version = fanout.Version(program, source, kind=kind, reach=reach).body()

@@ -28,6 +28,7 @@ from bpfleet_operator.desired import DesiredTable
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
 from bpfleet_operator.node_writer import NodeWriter
+from bpfleet_operator.sources import config_map_ref
 from bpfleet_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -306,9 +307,9 @@ async def program_event(
         METRICS.forget(key)
     else:
         STATE.programs.add(key)
-        if (spec.get("source") or {}).get("configMapRef"):
+        if ref := config_map_ref(spec):  # C or bytecode: editing the ConfigMap rolls the program
             ref_namespace = kinds.of(key).config_map_namespace(key, spec)
-            STATE.config_map_users[(ref_namespace, spec["source"]["configMapRef"]["name"])].add(key)
+            STATE.config_map_users[(ref_namespace, ref["name"])].add(key)
     STATE.queue.add(key)
 
 

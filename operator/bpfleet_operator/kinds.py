@@ -41,7 +41,8 @@ class ProgramKind:
         system namespace only."""
         if self.namespaced:
             return key.namespace
-        ref = (spec.get("source") or {}).get("configMapRef") or {}
+        source = spec.get("source") or {}
+        ref = source.get("configMapRef") or (source.get("bytecode") or {}).get("configMapRef") or {}
         return str(ref.get("namespace") or names.system_namespace())
 
 

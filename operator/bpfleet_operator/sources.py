@@ -1,44 +1,45 @@
-"""Resolves spec.source to the C text the nodes compile, whatever its kind."""
+"""Resolves spec.source to what the nodes build, whatever its kind: C text they compile, or
+bytecode (an ELF read here from a ConfigMap, or an image the agents pull)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from bpfleet_api import reasons
+from bpfleet_operator import bytecode_sources
 from bpfleet_operator.builtins import catalog
+from bpfleet_operator.resolved import (
+    BinaryReader,
+    ConfigMapReader,
+    ResolvedSource,
+    SourceError,
+    no_binary,
+)
 
-
-class SourceError(Exception):
-    """The spec cannot be served as it is; `reason` is the stable reason for status."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ResolvedSource:
-    text: str
-    origin: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def as_spec(self) -> dict[str, str]:
-        return {"text": self.text, "sha256": self.sha256, "origin": self.origin}
-
-
-# Reads a ConfigMap's data by (namespace, name); None when it does not exist.
-ConfigMapReader = Callable[[str, str], "dict[str, str] | None"]
-
+__all__ = ["BinaryReader", "ConfigMapReader", "ResolvedSource", "SourceError", "config_map_ref", "resolve"]
 
 # A version object's spec.source.text holds at most this (the CRD's maxLength): a longer ConfigMap
 # source is refused here, with a message, rather than by the API server on the version's create.
 MAX_SOURCE_CHARS = 65536
+
+
+def config_map_ref(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ConfigMap reference of either kind of source (C or bytecode), if the source has one."""
+    source = spec.get("source") or {}
+    return source.get("configMapRef") or (source.get("bytecode") or {}).get("configMapRef")
+
+
+def check_pin(spec: Mapping[str, Any], resolved: ResolvedSource) -> ResolvedSource:
+    """spec.source.sha256, when set, must be the content's: a mismatch never reaches the nodes."""
+    expected = (spec.get("source") or {}).get("sha256")
+    if expected is None:
+        return resolved
+    if resolved.image is not None:
+        return ResolvedSource(None, resolved.origin, image=resolved.image, pinned=expected)
+    if resolved.sha256 != expected:
+        raise SourceError(reasons.SOURCE_HASH_MISMATCH, f"expected sha256 {expected}, got {resolved.sha256}")
+    return resolved
 
 
 def resolve(
@@ -47,9 +48,19 @@ def resolve(
     read_config_map: ConfigMapReader,
     *,
     origin_namespace: bool = False,
+    read_binary: BinaryReader = no_binary,
 ) -> ResolvedSource:
     """`namespace`: where a configMapRef is read; `origin_namespace`: name it in the origin (a
     ClusterEbpfProgram's reference names its namespace, an EbpfProgram's is its own)."""
+    source = spec["source"]
+    if "bytecode" in source:
+        return check_pin(spec, bytecode_sources.resolve(namespace, source["bytecode"], read_binary))
+    return check_pin(spec, _resolve_c(namespace, spec, read_config_map, origin_namespace))
+
+
+def _resolve_c(
+    namespace: str, spec: dict[str, Any], read_config_map: ConfigMapReader, origin_namespace: bool
+) -> ResolvedSource:
     source = spec["source"]
     if "builtin" in source:
         builtin = catalog().get(source["builtin"])

@@ -49,7 +49,8 @@ def problems(kind: ProgramKind, spec: Mapping[str, Any]) -> list[str]:
                 "pods: use a ClusterEbpfProgram"
             )
     else:
-        ref = (spec.get("source") or {}).get("configMapRef")
+        source = spec.get("source") or {}
+        ref = source.get("configMapRef") or (source.get("bytecode") or {}).get("configMapRef")
         if ref and ref.get("namespace", names.system_namespace()) != names.system_namespace():
             found.append(
                 f"a ClusterEbpfProgram reads a configMapRef source only from the bpfleet system namespace "

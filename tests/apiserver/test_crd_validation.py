@@ -42,11 +42,13 @@ def test_examples_are_accepted(crds: Kube):
     [
         pytest.param(
             {"source": {"builtin": "egress-port-deny", "inline": "int x;"}},
-            "source must set exactly one of builtin, inline or configMapRef",
+            "source must set exactly one of builtin, inline, configMapRef or bytecode",
             id="two sources",
         ),
         pytest.param(
-            {"source": {}}, "source must set exactly one of builtin, inline or configMapRef", id="no source"
+            {"source": {}},
+            "source must set exactly one of builtin, inline, configMapRef or bytecode",
+            id="no source",
         ),
         pytest.param(
             {"attach": {"type": "Tracepoint"}},
