@@ -141,8 +141,10 @@ def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_
     # Reports wake the program at once: the first halt may name one node, the next both.
     wait_for(
         "halted on both nodes of the step",
-        lambda: condition(kube, namespace, conditions.STALLED).get("reason") == reasons.ROLLOUT_HALTED
-        and halted in condition(kube, namespace, conditions.STALLED)["message"],
+        lambda: (
+            condition(kube, namespace, conditions.STALLED).get("reason") == reasons.ROLLOUT_HALTED
+            and halted in condition(kube, namespace, conditions.STALLED)["message"]
+        ),
         15,
     )
     message = condition(kube, namespace, conditions.STALLED)["message"]
