@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from node_agent.headers import check_kernel_headers
+from node_agent.headers import MODULES_DIR, check_kernel_headers
 from node_agent.kernel import attach_types as at
 
 # API attach type -> (program type, expected attach type to load it with).
@@ -93,15 +93,15 @@ class ProgramTypeProbe(Protocol):
     def probe_program_type(self, prog_type: int, expected_attach_type: int = 0) -> bool: ...
 
 
-def probe(kernel: ProgramTypeProbe) -> NodeFeatures:
+def probe(kernel: ProgramTypeProbe, modules_dir: Path = MODULES_DIR) -> NodeFeatures:
     """What this node can run: program types are loaded through the backend, the rest is read from
-    sysfs and the kernel headers."""
+    sysfs and the kernel headers (under `modules_dir`, the host's /lib/modules)."""
     return NodeFeatures(
         kernel=platform.release(),
         btf=VMLINUX_BTF.exists(),
         tracefs=tracefs(),
         kprobes=(_EVENT_SOURCES / "kprobe").is_dir(),
         uprobes=(_EVENT_SOURCES / "uprobe").is_dir(),
-        no_headers=check_kernel_headers(),
+        no_headers=check_kernel_headers(modules_dir=modules_dir),
         program_types={name: kernel.probe_program_type(*args) for name, args in _PROGRAM_TYPES.items()},
     )

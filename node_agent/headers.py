@@ -32,5 +32,6 @@ def check_kernel_headers(release: str | None = None, *, modules_dir: Path = MODU
         f"no kernel headers to compile with: {found}. "
         f"Install the headers for kernel {release} on the node (Debian: linux-headers-{release}) "
         "and mount the host's /lib/modules and /usr/src into the agent read-only; "
-        "until then every program fails to compile on this node."
+        "until then C sources fail to compile on this node (bytecode sources, and builtins from "
+        "their bytecode, still run)."
     )

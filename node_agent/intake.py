@@ -98,6 +98,8 @@ class VersionReader:
 
     def __init__(self, fetch: Fetch, trust: Trust) -> None:
         self.fetch, self.trust = fetch, trust
+        # Applied to each program parsed: the agent's bytecode of a builtin, say (bytecode_supply).
+        self.substitute: Callable[[NodeProgram], NodeProgram] = lambda program: program
         # By (namespace, name): the object, or why it is refused.
         self._cache: dict[tuple[str, str], Mapping[str, Any] | InvalidSpec] = {}
 
@@ -109,8 +111,8 @@ class VersionReader:
                 check_entry(entry.key)
                 where = (version_namespace(entry.key, self.trust), entry.version)
                 wanted.add(where)
-                program = NodeProgram.from_entry(
-                    entry.key, entry.generation, self._version(where), self.trust
+                program = self.substitute(
+                    NodeProgram.from_entry(entry.key, entry.generation, self._version(where), self.trust)
                 )
             except _Unread as e:
                 self._refuse(intake, entry, e.refusal)

@@ -16,10 +16,12 @@ from bpfleet_api import logs, names
 from bpfleet_api.rest import RestClient
 from node_agent import features, observed
 from node_agent.agent import Agent
+from node_agent.bytecode_supply import BUILTINS_FROM_BYTECODE, BuiltinBytecode, FetchingLoad
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.compile_pool import DEFAULT_CONCURRENCY, CompilePool
 from node_agent.compile_queue import CompileQueue
 from node_agent.fast_wiring import FastPathRuntime
+from node_agent.headers import MODULES_DIR
 from node_agent.hook import DEFAULT_SOCKET
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
@@ -27,6 +29,7 @@ from node_agent.kernel.loader import DEFAULT_BYTECODE_DIR
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
 from node_agent.oci import flags as bytecode_flags
+from node_agent.oci.secrets import secret_reader
 from node_agent.reconcile import Reconciler
 from node_agent.serialized_backend import SerializedBackend
 
@@ -99,6 +102,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path(os.environ.get("BPFLEET_BYTECODE_DIR", str(DEFAULT_BYTECODE_DIR))),
         help="the agent's own CO-RE objects (`make bytecode`): the pod filter of bytecode programs",
     )
+    parser.add_argument(
+        "--modules-dir",
+        type=Path,
+        default=Path(os.environ.get("BPFLEET_MODULES_DIR", str(MODULES_DIR))),
+        help="the host's /lib/modules, where BCC finds the kernel headers (env BPFLEET_MODULES_DIR)",
+    )
+    parser.add_argument(
+        "--builtins-from-bytecode",
+        choices=BUILTINS_FROM_BYTECODE,
+        default=os.environ.get("BPFLEET_BUILTINS_FROM_BYTECODE", "auto"),
+        help="run builtins from the agent's CO-RE objects instead of compiling their C: auto (only on "
+        "a node without kernel headers), always, never (env BPFLEET_BUILTINS_FROM_BYTECODE)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("BPFLEET_LOG_LEVEL", "INFO"))
     bytecode_flags.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -114,7 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.setup(args.log_level)
-    # What image sources are held to (the loader's fetch_image takes it).
+    # What image sources are held to (pulls happen in the compile pool, FetchingLoad).
     bytecode_policy = args.bytecode_policy
     log.info(
         "bytecode policy",
@@ -136,20 +152,22 @@ def main(argv: list[str] | None = None) -> None:
         ),
         bytecode_dir=args.bytecode_dir,
     )
-    node_features = features.probe(backend)
+    node_features = features.probe(backend, args.modules_dir)
     if node_features.no_headers:
-        log.error(node_features.no_headers, extra={"node": args.node})
+        log.warning(node_features.no_headers, extra={"node": args.node})
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver, backend)
     # One lock around kernel changes: the pass and the fast path attach through the same backend;
     # compiles (load) run beside both, in the pool.
     kernel = SerializedBackend(metrics.timed(backend))
-    pool = CompilePool(kernel.load, concurrency=args.compile_concurrency, queue=CompileQueue())
+    api = RestClient.load(args.kubeconfig)
+    build = FetchingLoad(kernel.load, bytecode_policy, secret_reader(api))
+    pool = CompilePool(build, concurrency=args.compile_concurrency, queue=CompileQueue())
     # The observed model is read from the kernel again at every resync, not every pass.
     resync_due = observed.every(args.resync, time.monotonic)
     reconciler = Reconciler(kernel, resolver, node_features, pool, resync_due)
     agent = Agent(
-        RestClient.load(args.kubeconfig),
+        api,
         args.node,
         reconciler,
         node_features,
@@ -157,6 +175,15 @@ def main(argv: list[str] | None = None) -> None:
         metrics=metrics,
         trust=Trust(system_namespace=names.system_namespace(), max_map_bytes=args.max_map_bytes),
     )
+    builtins = BuiltinBytecode(
+        Path(str(resources.files("bpfleet_bpf") / "programs")),
+        args.bytecode_dir,
+        args.builtins_from_bytecode,
+        no_headers=node_features.no_headers is not None,
+    )
+    if builtins.active:
+        log.info("builtins run from bytecode", extra={"bytecodeDir": str(args.bytecode_dir)})
+    agent.versions.substitute = builtins.substitute
     serve(
         args.metrics_address,
         metrics,

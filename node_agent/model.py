@@ -93,6 +93,7 @@ class NodeProgram:
     scope: str = "Pods"
     # The namespaces whose pods it may select: its own for an EbpfProgram, whatever spec says.
     pod_namespaces: tuple[str, ...] = ()
+    origin: str = ""  # the version's source.origin: builtin:<name>, inline, configMap:..., image:...
 
     @property
     def cluster(self) -> bool:
@@ -172,6 +173,7 @@ class NodeProgram:
             kind=kind,
             scope=scope,
             pod_namespaces=pod_namespaces,
+            origin=str(spec["source"].get("origin") or ""),
         )
 
 

@@ -108,8 +108,8 @@ class Loader:
         if data is None:
             raise errors.CompileError("the bytecode was not fetched before its build (no ELF to load)")
         if build.bytecode.sha256 is not None and hashlib.sha256(data).hexdigest() != build.bytecode.sha256:
-            raise errors.CompileError(
-                f"the bytecode's sha256 is {hashlib.sha256(data).hexdigest()}, not {build.bytecode.sha256}"
+            raise errors.SourceHashMismatch(
+                f"expected sha256 {build.bytecode.sha256}, got {hashlib.sha256(data).hexdigest()}"
             )
         request: dict[str, Any] = {
             "bytecode": base64.b64encode(data).decode(),
