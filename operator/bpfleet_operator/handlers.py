@@ -81,6 +81,7 @@ class _State:
         self.dirty_since: float | None = None  # when the table began changing without a quiet pause
         self.leading: set[str] = set()  # nodes of the first change after a quiet second: no wait
         self.last_reconciled: dict[ProgramKey, float] = {}  # loop time a reconcile last began
+        self.node_state_changes = 0  # EbpfNodeState events seen: agents' reports among them
 
 
 STATE = _State()
@@ -110,7 +111,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             fanout_changed=lambda: _soon(_queue_every_program),
             programs_changed=lambda keys: _soon(_queue_programs, keys),
             namespace_changed=lambda name: _soon(_queue_namespace, name),
-            node_state_changed=lambda node: _soon(STATE.nodes.add, node),
+            node_state_changed=lambda node: _soon(_node_state_changed, node),
             agent_changed=lambda node: _soon(STATE.nodes.add, node),
         ),
     )
@@ -269,6 +270,11 @@ def _queue_namespace(name: str) -> None:
             STATE.queue.add(key)
 
 
+def _node_state_changed(node: str) -> None:
+    STATE.node_state_changes += 1  # deletions waiting on their nodes look again
+    STATE.nodes.add(node)
+
+
 def _queue_nodes(nodes: Collection[str]) -> None:
     if nodes:
         now = asyncio.get_running_loop().time()
@@ -328,6 +334,12 @@ async def config_map_event(namespace: str, name: str, **_: Any) -> None:
 
 # Level-triggered backstop, and how a silent agent gets noticed when nothing else changes.
 RESYNC_SECONDS = float(os.environ.get("BPFLEET_RESYNC_SECONDS", "60"))
+# A deletion waits on its nodes inside its handler, looking at the watch cache every poll when an
+# agent reported and every recheck when none did, for DELETE_WAIT_SECONDS before it hands back to
+# kopf for a retry (one write of the object each time).
+DELETE_POLL_SECONDS = 0.5
+DELETE_RECHECK_SECONDS = 1.0  # even with no report: a silent agent's grace period runs out
+DELETE_WAIT_SECONDS = 20.0
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS)
@@ -342,10 +354,28 @@ async def program_deleted(
     resource: kopf.Resource, namespace: str | None, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any
 ) -> None:
     key = _key(resource, namespace, name)
-    result = await asyncio.to_thread(STATE.controller.teardown, key, meta.get("deletionTimestamp"))
-    if result.given_up:
-        message = deletion.orphan_warning(key, result.given_up, DELETE_GRACE_SECONDS)
-        await _post(dict(body), "Warning", reasons.AGENT_SILENT_ON_DELETE, message)
-    if result.waiting:
-        raise kopf.TemporaryError(f"waiting for the agents on {', '.join(result.waiting)} to unload", delay=1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DELETE_WAIT_SECONDS
+    # The agents' reports land in the watch cache: look there again and again, in memory, rather
+    # than retry through kopf, which writes the object at every retry (at 50 programs deleted at
+    # once, one write per program per second, all the while the fleet unloads).
+    seen, looked = -1, 0.0
+    while True:
+        quiet = seen == STATE.node_state_changes and loop.time() - looked < DELETE_RECHECK_SECONDS
+        if quiet and loop.time() < deadline:
+            await asyncio.sleep(DELETE_POLL_SECONDS)  # no agent reported since the last look
+            continue
+        seen, looked = STATE.node_state_changes, loop.time()
+        result = await asyncio.to_thread(STATE.controller.teardown, key, meta.get("deletionTimestamp"))
+        if result.given_up:
+            message = deletion.orphan_warning(key, result.given_up, DELETE_GRACE_SECONDS)
+            await _post(dict(body), "Warning", reasons.AGENT_SILENT_ON_DELETE, message)
+        if not result.waiting:
+            break
+        if loop.time() >= deadline:
+            waiting = ", ".join(result.waiting[:10]) + (" ..." if len(result.waiting) > 10 else "")
+            raise kopf.TemporaryError(
+                f"waiting for the agents on {len(result.waiting)} nodes to unload: {waiting}", delay=1
+            )
+        await asyncio.sleep(DELETE_POLL_SECONDS)
     await _post(dict(body), "Normal", "Deleted", "unloaded from every node")
