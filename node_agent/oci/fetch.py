@@ -63,7 +63,8 @@ def check_sha256(data: bytes, expected: str | None) -> None:
         return
     got = hashlib.sha256(data).hexdigest()
     if got != expected.lower():
-        raise SourceHashMismatch(f"content sha256 is {got}, expected {expected.lower()} (spec.source.sha256)")
+        # The operator's words for the same refusal of C and ConfigMap sources.
+        raise SourceHashMismatch(f"expected sha256 {expected.lower()}, got {got} (spec.source.sha256)")
 
 
 def _allowed(ref: Reference, policy: BytecodePolicy) -> None:

@@ -70,7 +70,7 @@ def test_the_sha256_pin_covers_the_object(images, pull):
     check_sha256(elf, None)
     wrong = "f" * 64
     with pytest.raises(
-        SourceHashMismatch, match=f"content sha256 is {hashlib.sha256(elf).hexdigest()}, expected {wrong}"
+        SourceHashMismatch, match=f"expected sha256 {wrong}, got {hashlib.sha256(elf).hexdigest()}"
     ):
         check_sha256(elf, wrong)
 

@@ -73,5 +73,5 @@ def test_the_sha256_pin_says_expected_and_got():
     check_sha256(data, got)
     check_sha256(data, got.upper())
     check_sha256(data, None)
-    with pytest.raises(SourceHashMismatch, match=f"content sha256 is {got}, expected {'0' * 64}"):
+    with pytest.raises(SourceHashMismatch, match=f"expected sha256 {'0' * 64}, got {got}"):
         check_sha256(data, "0" * 64)
