@@ -10,6 +10,8 @@ from kubernetes import client, config
 
 from bpfleet_api.kube_timeouts import CONNECT_SECONDS, request_seconds
 
+POOL_CONNECTIONS = 32
+
 
 def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An explicit kubeconfig wins; in a pod, the ServiceAccount; otherwise $KUBECONFIG, read now
@@ -21,7 +23,10 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # The operator writes node states from many threads at once; the library's pool is 5 per core.
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, POOL_CONNECTIONS)
+    api = client.ApiClient(configuration)
     with_default_timeout(api, (CONNECT_SECONDS, request_seconds()))
     return api
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 WORKERS_ENV = "BPFLEET_WORKERS"
 DEFAULT_WORKERS = 4
+# Node writes wait on the API server, not on the operator's CPU: on a fleet, many at once.
+NODE_WRITERS_ENV = "BPFLEET_NODE_WRITERS"
+DEFAULT_NODE_WRITERS = 16
 # The first change to the desired table after a quiet second is written at once when it touches
 # at most LEADING_MAX_NODES nodes: a program applied alone is not held back. Node writes for the
 # changes that follow it (and for larger ones, which a burst of fleet-wide programs starts) wait
@@ -91,6 +95,10 @@ def workers() -> int:
     return max(int(os.environ.get(WORKERS_ENV) or DEFAULT_WORKERS), 1)
 
 
+def node_writers() -> int:
+    return max(int(os.environ.get(NODE_WRITERS_ENV) or DEFAULT_NODE_WRITERS), 1)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = names.OPERATOR_FINALIZER
@@ -120,9 +128,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
     )
     STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
-    count = workers()
+    count, writers = workers(), node_writers()
+    # Reconciles and node writes run in threads (asyncio.to_thread): enough of them for both.
+    STATE.loop.set_default_executor(ThreadPoolExecutor(max_workers=count + writers + 4))
     STATE.queue = WorkQueue(reconcile, delay=PROGRAM_DELAY_SECONDS, workers=count)
-    STATE.nodes = WorkQueue(write_node, delay=NODE_DELAY_SECONDS, workers=count, name="node")
+    STATE.nodes = WorkQueue(write_node, delay=NODE_DELAY_SECONDS, workers=writers, name="node")
     STATE.cache.start()
     STATE.tasks = [
         asyncio.create_task(STATE.queue.run()),
@@ -131,7 +141,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     ]
     log.info(
         "versions of ClusterEbpfPrograms live here",
-        extra={"namespace": names.system_namespace(), "workers": count},
+        extra={"namespace": names.system_namespace(), "workers": count, "nodeWriters": writers},
     )
 
 
