@@ -50,6 +50,11 @@ BPF_F_REPLACE = 1 << 2
 _ATTR_SIZE = 128
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# bpf(2) through a handle that keeps the GIL: the calls take microseconds, and releasing the GIL
+# for each would make the fast path wait up to a switch interval per call to get it back while
+# the pass computes (an attach is five of them).
+_libc_gil = ctypes.PyDLL(_libc._name, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
 
 
 @contextmanager
@@ -65,7 +70,7 @@ def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
         raise KernelError(f"bpf(2) syscall number unknown for {platform.machine()}")
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    ret = _libc_gil.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise KernelError(f"bpf cmd {cmd}: {os.strerror(err)}", errno=err)
