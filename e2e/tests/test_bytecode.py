@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from e2e import cosign
-from e2e.bytecode_images import ImageBuilder
+from e2e.bytecode_images import ImageBuilder, build_object
 from e2e.controlplane import ControlPlane
 from e2e.harness import ManagedProcess
 from e2e.kube import Kube, cgroup_id, cgroup_programs, scratch_namespace
@@ -112,11 +112,13 @@ class Images:
     registry: LocalRegistry
     signed: str  # url of a signed image of the counter
     unsigned: str  # the same object in another repository, never signed
+    tampered: str  # a signed tag pushed again with another object
     elf: bytes
+    public_key: Path
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory, counter_elf: bytes) -> Iterator[tuple[Images, Path]]:
+def images(tmp_path_factory: pytest.TempPathFactory, counter_elf: bytes) -> Iterator[Images]:
     work = tmp_path_factory.mktemp("images")
     key = cosign.generate_key_pair(work / "keys")
     (work / "prog.o").write_bytes(counter_elf)
@@ -131,25 +133,35 @@ def images(tmp_path_factory: pytest.TempPathFactory, counter_elf: bytes) -> Iter
             digest = builder.push(local, REPOSITORY, "v1")
             cosign.sign(key, f"{registry.host}/{REPOSITORY}@{digest}", work)
             builder.push(local, "bpfleet/unsigned", "v1")
+            # Someone with push rights replaces a signed tag's content: its new digest is unsigned.
+            digest = builder.push(local, "bpfleet/tampered", "v1")
+            cosign.sign(key, f"{registry.host}/bpfleet/tampered@{digest}", work)
+            other = builder.build(build_object(work, "other", marker=1), labels)
+            builder.push(other, "bpfleet/tampered", "v1")
         finally:
             builder.close()
-        signed = f"{registry.host}/{REPOSITORY}:v1"
-        yield Images(registry, signed, f"{registry.host}/bpfleet/unsigned:v1", counter_elf), key.public
+        yield Images(
+            registry,
+            signed=f"{registry.host}/{REPOSITORY}:v1",
+            unsigned=f"{registry.host}/bpfleet/unsigned:v1",
+            tampered=f"{registry.host}/bpfleet/tampered:v1",
+            elf=counter_elf,
+            public_key=key.public,
+        )
 
 
 @pytest.fixture(scope="module")
 def signing_node(
-    kube: Kube, control_plane: ControlPlane, operator: ManagedProcess, logs_dir: Path, images
+    kube: Kube, control_plane: ControlPlane, operator: ManagedProcess, logs_dir: Path, images: Images
 ) -> Iterator[Node]:
     """A node whose agent requires signed bytecode, trusts the test key, and allows the registry."""
-    found, public_key = images
     with special_node(
         kube,
         control_plane,
         logs_dir,
         "signed",
-        env={"BPFLEET_BYTECODE_REGISTRIES": found.registry.host},
-        args=("--bytecode-public-key", str(public_key), "--require-signed-bytecode"),
+        env={"BPFLEET_BYTECODE_REGISTRIES": images.registry.host},
+        args=("--bytecode-public-key", str(images.public_key), "--require-signed-bytecode"),
     ) as node:
         yield node
 
@@ -164,18 +176,19 @@ def _image(url: str) -> dict:
     return {"image": {"url": url, "pullPolicy": "Always"}}
 
 
-def test_signed_image_runs_and_an_unsigned_one_is_refused(kube: Kube, signing_node: Node, signed_ns, images):
-    found, _ = images
+def test_signed_image_runs_and_an_unsigned_one_is_refused(
+    kube: Kube, signing_node: Node, signed_ns, images: Images
+):
     web = signing_node.create_pod(signed_ns, "web-1", {"app": "web"})
     db = signing_node.create_pod(signed_ns, "db-1", {"app": "db"})
     program = bytecode_program(
-        "signed", _image(found.signed), signing_node.name, parameters={"MIN_LEN": MIN_LEN}
+        "signed", _image(images.signed), signing_node.name, parameters={"MIN_LEN": MIN_LEN}
     )
     status = apply_ready(kube, signing_node, signed_ns, program)
     assert_attached_only(status, [web], [db])
     assert_counts_only(signing_node, status, web, [db])
 
-    unsigned = bytecode_program("unsigned", _image(found.unsigned), signing_node.name)
+    unsigned = bytecode_program("unsigned", _image(images.unsigned), signing_node.name)
     kube.apply(signed_ns, unsigned)
     condition = wait_failed(kube, signed_ns, "unsigned", "SignatureInvalid")
     message = condition["message"]
@@ -184,9 +197,7 @@ def test_signed_image_runs_and_an_unsigned_one_is_refused(kube: Kube, signing_no
     assert "Traceback" not in message and "HTTP" not in message, message
     entry = kube.node_program(signed_ns, "unsigned", signing_node.name)["status"]
     assert not entry.get("programId"), entry
-    assert not (signing_node.bpffs_root / signed_ns / "unsigned").exists() or not any(
-        (signing_node.bpffs_root / signed_ns / "unsigned").glob("*/prog")
-    )
+    assert not list((signing_node.bpffs_root / signed_ns / "unsigned").glob("*/prog"))
     # The signed program is untouched: same program, still the only one on the pod, still counting.
     assert kube.is_ready(signed_ns, "signed")
     again = kube.node_program(signed_ns, "signed", signing_node.name)["status"]
@@ -195,21 +206,24 @@ def test_signed_image_runs_and_an_unsigned_one_is_refused(kube: Kube, signing_no
     assert_counts_only(signing_node, again, web, [db])
 
 
-def test_registry_off_the_allowlist_and_a_wrong_pin_are_refused(
-    kube: Kube, signing_node: Node, signed_ns, images
+def test_a_tampered_tag_an_unlisted_registry_and_a_wrong_pin_are_refused(
+    kube: Kube, signing_node: Node, signed_ns, images: Images
 ):
-    found, _ = images
     web = signing_node.create_pod(signed_ns, "web-1", {"app": "web"})
+    kube.apply(signed_ns, bytecode_program("tampered", _image(images.tampered), signing_node.name))
+    message = wait_failed(kube, signed_ns, "tampered", "SignatureInvalid")["message"]
+    assert "is unsigned" in message, message
+
     # The same signed image, named by a host the allowlist does not hold: were the allowlist not
     # enforced, it would load.
-    elsewhere = found.signed.replace("127.0.0.1:", "localhost:", 1)
+    elsewhere = images.signed.replace("127.0.0.1:", "localhost:", 1)
     kube.apply(signed_ns, bytecode_program("elsewhere", _image(elsewhere), signing_node.name))
     message = wait_failed(kube, signed_ns, "elsewhere", "RegistryNotAllowed")["message"]
     assert "localhost:" in message and "allowlist" in message, message
 
     wrong = hashlib.sha256(b"not the counter").hexdigest()
-    got = hashlib.sha256(found.elf).hexdigest()
-    kube.apply(signed_ns, bytecode_program("pinned", _image(found.signed), signing_node.name, sha256=wrong))
+    got = hashlib.sha256(images.elf).hexdigest()
+    kube.apply(signed_ns, bytecode_program("pinned", _image(images.signed), signing_node.name, sha256=wrong))
     message = wait_failed(kube, signed_ns, "pinned", "SourceHashMismatch")["message"]
     assert wrong in message and got in message and "expected" in message, message
 
