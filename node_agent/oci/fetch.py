@@ -97,19 +97,24 @@ def _signed(
     try:
         cosign.verify(registry, ref.repository, top.digest, keys)
         return True
-    except cosign.Unsigned:
+    except cosign.Unsigned as unsigned:
         if chosen.digest == top.digest:
             if policy.require_signatures:
-                raise
+                raise _required(unsigned) from None
             return False
     # An index may be signed per platform (cosign sign --recursive) rather than as a whole.
     try:
         cosign.verify(registry, ref.repository, chosen.digest, keys)
         return True
-    except cosign.Unsigned:
+    except cosign.Unsigned as unsigned:
         if policy.require_signatures:
-            raise
+            raise _required(unsigned) from None
         return False
+
+
+def _required(unsigned: cosign.Unsigned) -> cosign.Unsigned:
+    # The user must learn that the node's policy, not a broken image, is why: sign it, or ask.
+    return cosign.Unsigned(f"{unsigned}; this node loads only images signed with its configured keys")
 
 
 def _pull(registry: Registry, ref: Reference, chosen: Manifest, function: str, limits: Limits) -> Entry:
