@@ -129,7 +129,7 @@ class Bench:
     def all_gone(self) -> tuple[bool, str]:
         left = len(self.listed())
         listing = 0
-        for state in self.kube.node_states():
+        for state in self.fleet.states():
             listing += bool((state.get("spec") or {}).get("programs"))
             listing += bool((state.get("status") or {}).get("programs"))
         return left == 0 and listing == 0, f"{left} programs left, {listing} node lists not empty"
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> None:
         bench = Bench(kube, fleet, operator.process.pid, args.programs)
         bench.wait(
             "the operator making every node's EbpfNodeState",
-            lambda: (len(kube.node_states()) >= args.nodes, f"{len(kube.node_states())}/{args.nodes}"),
+            lambda: (len(fleet.states()) >= args.nodes, f"{len(fleet.states())}/{args.nodes}"),
             timeout=args.timeout,
         )
         report = [f"fleet: {args.nodes} nodes x {args.programs} programs, {args.source_bytes} B sources"]
