@@ -244,9 +244,13 @@ def test_agent_image_says_it_has_no_kernel_headers(images: None, mounts: list[st
         check=False,
     )
     logged = [json.loads(line) for line in started.stderr.splitlines() if line.startswith("{")]
-    assert any(entry["level"] == "error" and entry["msg"].startswith(HEADERS_MISSING) for entry in logged), (
-        started.stderr
-    )
+    # A warning, not an error: bytecode sources and builtins (from their bytecode) still run there.
+    assert any(
+        entry["level"] == "warning"
+        and entry["msg"].startswith(HEADERS_MISSING)
+        and "bytecode sources, and builtins from their bytecode, still run" in entry["msg"]
+        for entry in logged
+    ), started.stderr
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)

@@ -26,7 +26,7 @@ from typing import Any
 
 from node_agent.errors import KernelError
 from node_agent.kernel import compile_guard, map_memory, map_reuse, syscalls, table_policy
-from node_agent.kernel.built import BuildFailure, BuiltProgram
+from node_agent.kernel.built import BuildFailure, BuiltProgram, check_map_cap
 from node_agent.kernel.compiler_output import USER_FILE_NAME, user_diagnostics
 from node_agent.kernel.stderr_capture import captured_fd, captured_stderr
 
@@ -63,9 +63,7 @@ def build(request: dict[str, Any], previous: dict[str, tuple[str, int]] | None =
         _load(bpf, request, entry, built)
         sizes = _map_sizes(bpf, built)
         built.layouts = {name: layouts[name] for name in built.maps if name in layouts}
-        too_large = map_memory.over_cap(sizes, map_memory.cap(request.get("maxMapBytes")))
-        if too_large:
-            raise BuildFailure("MapTooLarge", too_large)
+        check_map_cap(sizes, request.get("maxMapBytes"))
     except BaseException:
         built.close()
         raise

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from node_agent.kernel import map_memory
 
 
 class BuildFailure(Exception):
@@ -28,3 +31,10 @@ class BuiltProgram:
             os.close(fd)
         self.progs.clear()
         self.maps.clear()
+
+
+def check_map_cap(sizes: Mapping[str, int], max_map_bytes: int | None) -> None:
+    """Raises MapTooLarge when the maps' memory (name -> bytes) is over the program's cap."""
+    too_large = map_memory.over_cap(sizes, map_memory.cap(max_map_bytes))
+    if too_large:
+        raise BuildFailure("MapTooLarge", too_large)

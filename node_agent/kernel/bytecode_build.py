@@ -32,7 +32,7 @@ from typing import Any
 
 from node_agent.kernel import bpf_elf, bytecode_btf, bytecode_params, map_memory, map_reuse, syscalls
 from node_agent.kernel import libbpf as lb
-from node_agent.kernel.built import BuildFailure, BuiltProgram
+from node_agent.kernel.built import BuildFailure, BuiltProgram, check_map_cap
 
 RESERVED_PREFIX = "bpfleet_"
 ENTRY_FUNCTION = "bpfleet_entry"
@@ -88,9 +88,7 @@ def build(request: dict[str, Any], previous: dict[str, tuple[str, int]] | None =
             built.layouts = {name: layouts[name] for name in built.maps if name in layouts}
             if entry:
                 sizes.update(_load_entry(request, user_fd, built, messages))
-        too_large = map_memory.over_cap(sizes, map_memory.cap(request.get("maxMapBytes")))
-        if too_large:
-            raise BuildFailure("MapTooLarge", too_large)
+        check_map_cap(sizes, request.get("maxMapBytes"))
     except BaseException:
         built.close()
         raise
