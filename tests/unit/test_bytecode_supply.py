@@ -21,7 +21,7 @@ ELF = b"\x7fELF built from BUILTIN_C"
 IMAGE = ImageSource("registry.example:5000/team/counter:v1")
 
 
-def builtins(tmp_path: Path, mode: str = "auto", no_headers: bool = True) -> BuiltinBytecode:
+def builtins(tmp_path: Path, mode: str = "always", no_headers: bool = True) -> BuiltinBytecode:
     (tmp_path / "programs").mkdir()
     (tmp_path / "bytecode").mkdir()
     (tmp_path / "programs" / "pod-traffic-counter.c").write_text(BUILTIN_C)
