@@ -3,6 +3,7 @@ kind of host needs in containerd's and kubelet's configs, and what teardown cons
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -23,7 +24,9 @@ def daemon(tmp_path: Path) -> Daemon:
 
 
 def test_a_daemon_is_found_by_pid_file_and_marker_and_stopped_with_its_group(daemon: Daemon) -> None:
-    pid = daemon.start(["sh", "-c", "sleep 301 & wait", str(daemon.pid_dir.parent)])
+    # A child no other test run has: another run's on this host must not make this one fail.
+    child = f"sleep {300 + os.getpid() % 100_000}"
+    pid = daemon.start(["sh", "-c", f"{child} & wait", str(daemon.pid_dir.parent)])
     try:
         assert daemon.pid() == pid and daemon.running()
         assert pid in pids_with_argument("sh", daemon.marker)
@@ -31,7 +34,7 @@ def test_a_daemon_is_found_by_pid_file_and_marker_and_stopped_with_its_group(dae
         assert not daemon.running() and not daemon.pid_file.exists()
         assert pids_with_argument("sh", daemon.marker) == []
         # Its child went with the group.
-        assert subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True).stdout == b""
+        assert subprocess.run(["pgrep", "-f", f"^{child}$"], capture_output=True).stdout == b""
     finally:
         daemon.stop(timeout=1)
 
