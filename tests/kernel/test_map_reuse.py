@@ -94,7 +94,7 @@ def test_a_restarted_agent_still_finds_the_layouts_and_carries_the_map(
     assert BpffsBackend(bpffs_root).loaded()[V2].kept_maps == ("traffic",)
 
 
-TRAFFIC_DECL = "BPF_HASH(traffic, __u64, struct traffic_counts, 10240);"
+TRAFFIC_DECL = "BPFLEET_HASH(traffic, __u64, struct traffic_counts, 10240);"  # the builtin's
 
 
 @pytest.mark.parametrize(
