@@ -180,6 +180,12 @@ def _create_version(crds: Kube, source: dict[str, Any]) -> None:
             id="elf data",
         ),
         pytest.param(
+            # '+' and '/': the standard alphabet, which an ELF's base64 has (format: byte did not
+            # pass it to CEL).
+            {"bytecode": {"data": "f0VMRvv/v/7v"}, "sha256": DIGEST, "origin": "configMap:a/b/c"},
+            id="elf data with + and /",
+        ),
+        pytest.param(
             {
                 "bytecode": {"image": {"url": "quay.io/o/p:v1", "pullPolicy": "Always"}},
                 "origin": "image:quay.io/o/p:v1",
