@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-pods", type=int, default=200, help="pods of the load figure")
     parser.add_argument("--bytecode-programs", type=int, default=20, help="samples per source kind")
     parser.add_argument("--bytecode-only", action="store_true", help="only apply -> Ready by source kind")
+    parser.add_argument("--keep-logs", type=Path, help="copy the operator's and agent's logs here")
     args = parser.parse_args(argv)
     compiles = ""
     if not args.bytecode_only:
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                 process.stop()
         registry.stop()
         plane.stop()
+        if args.keep_logs is not None:
+            shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
         cleanup_cgroup_tree(cgroup_root.parent)
         shutil.rmtree(bpffs_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

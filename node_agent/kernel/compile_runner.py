@@ -13,6 +13,8 @@ name, and every received fd is closed whatever happens.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -31,6 +33,7 @@ from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, Com
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
+WORKER_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_boot.py")
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 64
 _ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -61,6 +64,25 @@ class WorkerSettings:
     timeout: float
     sandbox: bool
     limits: CompileLimits
+
+
+@functools.cache
+def package_locations() -> tuple[str, ...]:
+    """`name=directory` of the worker's own packages, as worker_boot takes them."""
+    found: list[str] = []
+    for name in ("node_agent", "bpfleet_api"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise errors.CompileError(f"the package {name} of the compile worker is not installed")
+        found.append(f"{name}={next(iter(spec.submodule_search_locations))}")
+    return tuple(found)
+
+
+def worker_argv(python: str, bytecode: bool, socket_fd: int, sandbox: bool) -> list[str]:
+    # Bytecode's worker starts without site (worker_boot): BCC's needs bcc from site directories.
+    start = [python, "-I", "-S", WORKER_BOOT, *package_locations(), "--"] if bytecode else []
+    argv = start or [python, "-m", WORKER_MODULE]
+    return [*argv, "--socket-fd", str(socket_fd), *([] if sandbox else ["--no-sandbox"])]
 
 
 def worker_env() -> dict[str, str]:
@@ -116,9 +138,7 @@ def _run(
     with ours, tempfile.TemporaryFile() as output:
         try:
             cgroup = cgroups.create(settings.limits) if cgroups is not None else None
-            argv = [settings.python, "-m", WORKER_MODULE, "--socket-fd", str(theirs.fileno())]
-            if not settings.sandbox:
-                argv.append("--no-sandbox")
+            argv = worker_argv(settings.python, "bytecode" in request, theirs.fileno(), settings.sandbox)
             with theirs:
                 proc = subprocess.Popen(
                     argv,
