@@ -1,7 +1,7 @@
 """Compiles and loads one program in a short-lived, sandboxed process, and hands its fds over.
 
-Run by the agent (compile_runner) as `python -m node_agent.kernel.compile_worker --socket-fd N [--no-
-sandbox]` (for bytecode through worker_boot, without site) with a JSON request on stdin. BCC brings LLVM
+Run by the agent (compile_runner) as `python -m node_agent.kernel.compile_worker --socket-fd N
+[--no-sandbox]` (for bytecode through worker_boot, without site) with a JSON request on stdin. BCC brings LLVM
 into the process (~120 MB) and the source is hostile, so the long-lived agent never compiles itself: this
 worker enters the sandbox (sandbox.py), builds the program (bcc_build; or, for a request with "bytecode",
 loads the ELF with libbpf: bytecode_build, and bcc is never loaded), and sends one message on the socket:
