@@ -21,7 +21,6 @@ import re
 import select
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from node_agent import errors, fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
+from node_agent.kernel.worker_spares import SPARES, Started, start
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
 WORKER_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_boot.py")
@@ -128,30 +128,28 @@ def _run(
     cgroups: CgroupPlacement | None,
     previous: dict[str, tuple[str, int]],
 ) -> Received:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    if previous:
-        # Queued before the worker exists: it reads them once it has its request.
-        names = sorted(previous)
-        entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
-        socket.send_fds(ours, [entries], [previous[name][1] for name in names])
+    bytecode = "bytecode" in request
+    key = (settings.python, settings.sandbox)
+    worker = (SPARES.take(key) if bytecode else None) or _start(settings, bytecode)
     cgroup: CompileCgroup | None = None
-    with ours, tempfile.TemporaryFile() as output:
-        try:
-            cgroup = cgroups.create(settings.limits) if cgroups is not None else None
-            argv = worker_argv(settings.python, "bytecode" in request, theirs.fileno(), settings.sandbox)
-            with theirs:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=output,
-                    stderr=output,
-                    pass_fds=(theirs.fileno(),),
-                    env=worker_env(),
-                )
-            return _talk(proc, ours, request, settings, cgroup, output)
-        finally:
-            if cgroup is not None:
-                cgroup.remove()
+    try:
+        if previous:
+            # Queued before the request: the worker reads them once it has it.
+            names = sorted(previous)
+            entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
+            socket.send_fds(worker.ours, [entries], [previous[name][1] for name in names])
+        cgroup = cgroups.create(settings.limits) if cgroups is not None else None
+        return _talk(worker.proc, worker.ours, request, settings, cgroup, worker.output)
+    finally:
+        worker.close()
+        if cgroup is not None:
+            cgroup.remove()
+        if bytecode:  # the next bytecode build's worker (worker_spares), started off this one's path
+            SPARES.replenish(key, lambda: _start(settings, True))
+
+
+def _start(settings: WorkerSettings, bytecode: bool) -> Started:
+    return start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
 
 
 def _talk(
