@@ -67,10 +67,11 @@ class Agent:
         self.custom = CustomObjects(api)
         self.core = CoreObjects(api)
         self._wake = threading.Event()
+        self._built = threading.Event()  # a compile ended since the last pass began
         self.stop_event = threading.Event()
         self._node_checked_at, self._node_missing = -_NODE_RECHECK, False
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
-        reconciler.pool.on_done = self._wake.set
+        reconciler.pool.on_done = self._compile_done
         # Exactly one object: this node's EbpfNodeState, named after it.
         self.programs: Informer[dict[str, Any]] = Informer(
             api,
@@ -113,7 +114,10 @@ class Agent:
             self._sleep_until_woken(timeout)
             if self.stop_event.is_set():
                 break
-            time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
+            if not self._built.is_set():
+                time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
+            # A finished compile has no burst to wait for: its program attaches (and is Ready) now.
+            self._built.clear()
             self._wake.clear()
             try:
                 result = self.reconcile_once()
@@ -227,6 +231,10 @@ class Agent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
+
+    def _compile_done(self) -> None:
+        self._built.set()
         self._wake.set()
 
     def wake(self) -> None:
