@@ -13,6 +13,7 @@ checks and pins the fds. --no-sandbox exists only so the benchmark can measure w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -123,6 +124,16 @@ def _guard_worker() -> None:
         compile_guard.guard_this_thread()
     except compile_guard.GuardUnavailable as e:
         raise SandboxError(f"the compile guard: {e}") from e
+
+
+def warm_bytecode() -> None:
+    """Loads what every bytecode build loads, before the request is read: a spare worker
+    (worker_spares) waits with this done. Our own modules and libbpf only; no byte of the request."""
+    from node_agent.kernel import bytecode_build, libbpf, sandbox_root  # noqa: F401
+
+    with contextlib.suppress(libbpf.LibbpfError):  # the build says it, in its reply
+        libbpf.lib()
+    sandbox_root.python_trees()  # sysconfig's data, read for the sandbox's root
 
 
 def _arguments(argv: list[str]) -> tuple[int, bool]:

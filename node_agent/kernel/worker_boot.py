@@ -44,6 +44,7 @@ def main() -> None:
     install(locations)
     from node_agent.kernel import compile_worker
 
+    compile_worker.warm_bytecode()
     compile_worker.main(worker_args)
 
 
