@@ -1,5 +1,6 @@
-"""When the agent's pass loop runs: a watch event waits the debounce (a burst lands in one pass), a
-finished compile does not (its program attaches, and becomes Ready, at once)."""
+"""When the agent's pass loop runs: a watch event soon after a pass waits the debounce (a burst lands
+in one pass), the first one after a quiet second does not, nor does a finished compile (its program
+attaches, and becomes Ready, at once)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _wait(what: str, predicate, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_a_finished_compile_runs_a_pass_without_the_debounce_and_a_watch_event_with_it(
+def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finished_compile(
     monkeypatch: pytest.MonkeyPatch,
 ):
     node = Node()
@@ -58,6 +59,13 @@ def test_a_finished_compile_runs_a_pass_without_the_debounce_and_a_watch_event_w
         agent.wake()  # as a watch event does
         _wait("pass after the event", lambda: len(passes) == 3)
         assert passes[2] - woken >= 0.3
+        monkeypatch.setattr(agent_module, "_QUIET", 0.05)
+        time.sleep(0.1)  # quiet since the last pass
+        monkeypatch.setattr(agent_module, "_DEBOUNCE", 3.0)
+        woken = time.monotonic()
+        agent.wake()
+        _wait("pass after a quiet event", lambda: len(passes) == 4, timeout=2.0)
+        assert passes[3] - woken < 1.0
     finally:
         agent.stop()
         loop.join(10)
