@@ -152,6 +152,14 @@ def _start(settings: WorkerSettings, bytecode: bool) -> Started:
     return start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
 
 
+def prime_bytecode(python: str, sandbox: bool) -> None:
+    """Starts a spare bytecode worker now, so that the agent's first bytecode build has one too."""
+    SPARES.replenish(
+        (python, sandbox),
+        lambda: start(lambda fd: worker_argv(python, True, fd, sandbox), worker_env()),
+    )
+
+
 def _talk(
     proc: subprocess.Popen[bytes],
     ours: socket.socket,

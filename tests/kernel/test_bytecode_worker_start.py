@@ -15,7 +15,7 @@ import pytest
 from e2e.harness import wait_for
 from node_agent.kernel.backend import Bytecode, ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
-from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, worker_argv
+from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, prime_bytecode, worker_argv
 from node_agent.kernel.worker_spares import SPARES, Spares, start
 from tests.kernel.bytecode_objects import Objects
 from tests.kernel.support import EGRESS, INCLUDE_DIR
@@ -146,3 +146,17 @@ def test_closed_spares_are_killed_and_not_started_again():
     assert proc.poll() is not None
     pool._fill(("x", True), lambda: start(lambda _fd: waiting, {}))
     assert pool.take(("x", True)) is None
+
+
+def test_a_primed_spare_serves_the_first_bytecode_build(
+    bpffs_root: Path, objects: Objects, tmp_path: Path, spares: None
+):
+    python, log = pid_recording_python(tmp_path)
+    prime_bytecode(python, True)  # as the agent does at start on a node with BTF
+    wait_for("the primed spare", lambda: log.exists() and len(_pids(log)) == 1, timeout=30, interval=0.01)
+    [primed] = _pids(log)
+    backend = BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR,), bytecode_dir=objects.dir, python=python)
+    build = ProgramBuild("", "count_egress", EGRESS, bytecode=Bytecode(data=objects["counter"]))
+    assert backend.load(REF, build).prog_id > 0
+    assert not _alive(primed)  # it did the build
+    wait_for("the next spare", lambda: len(_pids(log)) == 2, timeout=30, interval=0.01)
