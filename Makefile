@@ -76,7 +76,7 @@ bytecode-object:  ## one ELF from your C: SRC=prog.bpf.c [OUT=prog.bpf.o] (docs/
 	@echo "  CLANG  $(OUT) <- $(SRC)"
 	@$(CLANG) $(BPF_CFLAGS) -c $(SRC) -o $(OUT)
 
-bench: control-plane  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
+bench: control-plane bytecode  ## prints apply-to-Ready, pod-, cgroup-to-attached, the agent under load and compile times, then the fleet figures
 	$(PYTHON) -m e2e.bench
 	$(MAKE) bench-fleet
 

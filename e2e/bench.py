@@ -2,6 +2,7 @@
 
   python -m e2e.bench [--programs 5] [--pods 20] [--loads 10] [--compile-only]
                       [--fast-programs 1 50] [--fast-pods 100] [--load-programs 50] [--load-pods 200]
+                      [--bytecode-programs 20] [--bytecode-only]
 
 apply -> Ready        from `kubectl apply` of a new EbpfProgram to READY True (includes the compile)
 pod -> attached       from the Pod's creation to its cgroup showing the program (bpftool)
@@ -9,6 +10,10 @@ cgroup -> attached    from kubelet making a Pending pod's cgroup to every progra
                       and with 50 programs (--fast-programs), p50 and p99 (e2e/bench_fast_path.py)
 load                  --load-programs programs applied at once on --load-pods pods -> all Ready, the
                       agent's RSS then, and its CPU when idle (e2e/bench_load.py)
+apply -> Ready, by    --bytecode-programs new programs of each kind, created through the API, to
+source kind           Ready=True seen by a watch: bytecode from a ConfigMap, from an image on a
+                      loopback registry, and the same counter as inline C (BCC); p50/p90/max
+                      (e2e/bench_bytecode.py; --bytecode-only measures just this, on the same node)
 compile               median wall time of a load (compile worker, verifier, pins) of the
                       pod-traffic-counter builtin, sandboxed and not, and the sandbox's overhead;
                       --compile-only measures just this, without the control plane
@@ -27,11 +32,12 @@ from pathlib import Path
 
 import yaml
 
-from e2e import bench_fast_path, bench_load
+from e2e import bench_bytecode, bench_fast_path, bench_load
 from e2e.controlplane import ControlPlane
 from e2e.harness import agent_process, hook_socket, install_crds, log, operator_process, wait_for
 from e2e.kube import Kube, cgroup_programs
 from e2e.podsim import PodSimulator, cleanup_cgroup_tree, find_cgroup2_mount
+from e2e.registry import LocalRegistry
 from e2e.tools import REPO_ROOT
 from node_agent.kernel.attach_types import kernel_attach
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
@@ -119,6 +125,19 @@ def compile_cost(loads: int) -> str:
     )
 
 
+def measure_by_kind(
+    kube: Kube, sim: PodSimulator, registry: LocalRegistry, work: Path, count: int
+) -> dict[str, list[float]]:
+    """In a namespace of its own, with one pod the programs attach to; its programs removed after."""
+    namespace = "bench-bytecode"
+    kube.kubectl("create", "namespace", namespace)
+    sim.create_pod(namespace, "web-0", {"app": "web"})
+    with bench_bytecode.published(kube, namespace, registry, work):
+        figures = bench_bytecode.measure(kube, namespace, registry, count)
+    kube.kubectl("delete", "ebpf", "--all", "-n", namespace, "--wait=true", "--timeout=120s")
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m e2e.bench", description=__doc__)
     parser.add_argument("--programs", type=int, default=5)
@@ -129,9 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast-pods", type=int, default=100, help="pods per cgroup -> attached figure")
     parser.add_argument("--load-programs", type=int, default=50, help="programs of the load figure")
     parser.add_argument("--load-pods", type=int, default=200, help="pods of the load figure")
+    parser.add_argument("--bytecode-programs", type=int, default=20, help="samples per source kind")
+    parser.add_argument("--bytecode-only", action="store_true", help="only apply -> Ready by source kind")
+    parser.add_argument("--keep-logs", type=Path, help="copy the operator's and agent's logs here")
     args = parser.parse_args(argv)
-    log("measuring compile, sandboxed and not", loads=args.loads)
-    compiles = compile_cost(args.loads)
+    compiles = ""
+    if not args.bytecode_only:
+        log("measuring compile, sandboxed and not", loads=args.loads)
+        compiles = compile_cost(args.loads)
     if args.compile_only:
         print()
         print(compiles)
@@ -145,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     plane.start()
     operator = agent = None
     sim = None
+    registry = LocalRegistry()
     try:
+        registry.start()
         kube = Kube(plane.kubeconfig)
         kube.bpffs_roots[NODE] = bpffs_root  # status entries then say where versions are pinned
         install_crds(plane.kubeconfig)
@@ -153,12 +179,20 @@ def main(argv: list[str] | None = None) -> None:
         # The simulator first: kubelet's cgroup root exists before the agent starts, as on a node.
         sim = PodSimulator(kube.api, NODE, cgroup_root)
         sim.ensure_node()
-        agent = agent_process(plane.kubeconfig, NODE, cgroup_root, bpffs_root, work / "logs").start()
+        agent = agent_process(plane.kubeconfig, NODE, cgroup_root, bpffs_root, work / "logs")
+        agent.env.update(bench_bytecode.agent_env(registry, work / "bytecode-cache"))
+        agent.start()
         # Only a node whose agent has published its BpfleetNode is targeted.
         wait_for("the agent to start", lambda: kube.runs_agent(NODE), timeout=60)
         namespace = "bench"
         kube.kubectl("create", "namespace", namespace)
         sim.create_pod(namespace, "web-seed", {"app": "web"})
+        log("measuring apply -> Ready by source kind", programs=args.bytecode_programs)
+        by_kind = measure_by_kind(kube, sim, registry, work, args.bytecode_programs)
+        if args.bytecode_only:
+            print()
+            print("\n".join(bench_bytecode.lines(by_kind)))
+            return
 
         log("measuring apply -> Ready", programs=args.programs)
         ready = measure_apply_to_ready(kube, namespace, args.programs)
@@ -173,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         load = bench_load.measure(kube, sim, agent.process.pid, args.load_programs, args.load_pods)
         print()
         print(summary("apply -> Ready", ready))
+        print("\n".join(bench_bytecode.lines(by_kind)))
         print(summary("pod -> attached", attached))
         for count, samples in sorted(fast.items()):
             print(percentiles(f"cgroup -> attached, {count} prog", samples))
@@ -185,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         for process in (agent, operator):
             if process is not None:
                 process.stop()
+        registry.stop()
         plane.stop()
+        if args.keep_logs is not None:
+            shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
         cleanup_cgroup_tree(cgroup_root.parent)
         shutil.rmtree(bpffs_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -35,6 +35,9 @@ _INTERFACE_RECHECK = 5.0
 # How often the agent says it is alive (BpfleetNode status.lastHeartbeat).
 HEARTBEAT_SECONDS = float(os.environ.get("BPFLEET_HEARTBEAT_SECONDS", "20"))
 _DEBOUNCE = 0.02
+# A wake this long after the last pass runs one at once: the first event of a burst is served
+# without the debounce (a new program's spec, say), the rest of the burst lands in the next pass.
+_QUIET = 1.0
 # While this node has no EbpfNodeState, whether its Node object exists is asked again this often.
 _NODE_RECHECK = 5.0
 
@@ -67,10 +70,11 @@ class Agent:
         self.custom = CustomObjects(api)
         self.core = CoreObjects(api)
         self._wake = threading.Event()
+        self._built = threading.Event()  # a compile ended since the last pass began
         self.stop_event = threading.Event()
         self._node_checked_at, self._node_missing = -_NODE_RECHECK, False
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
-        reconciler.pool.on_done = self._wake.set
+        reconciler.pool.on_done = self._compile_done
         # Exactly one object: this node's EbpfNodeState, named after it.
         self.programs: Informer[dict[str, Any]] = Informer(
             api,
@@ -109,13 +113,18 @@ class Agent:
         log.info("caches synced, reconciling", extra={"node": self.node})
         timeout = 0.0
         first_pass = True
+        last_pass = time.monotonic()  # the caches' sync is a burst of its own
         while not self.stop_event.is_set():
             self._sleep_until_woken(timeout)
             if self.stop_event.is_set():
                 break
-            time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
+            # A finished compile has no burst to wait for: its program attaches (and is Ready) now.
+            if not self._built.is_set() and time.monotonic() - last_pass < _QUIET:
+                time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
+            self._built.clear()
             self._wake.clear()
             try:
+                last_pass = time.monotonic()
                 result = self.reconcile_once()
                 timeout = self._next_pass_in(result)
                 if first_pass:
@@ -227,6 +236,10 @@ class Agent:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
+
+    def _compile_done(self) -> None:
+        self._built.set()
         self._wake.set()
 
     def wake(self) -> None:

@@ -12,7 +12,6 @@ untouched, and it goes with the thread.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import platform
 import struct
@@ -20,6 +19,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
+
+from node_agent.kernel import libc as libc_handle
 
 T = TypeVar("T")
 
@@ -100,7 +101,7 @@ def _install() -> None:
     arch = _ARCHES.get(platform.machine())
     if arch is None:
         raise GuardUnavailable(f"the compile guard does not know the syscalls of {platform.machine()}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = libc_handle.load()
     code = filter_program(arch)
     insns = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("=HxxxxxxQ", len(code) // 8, ctypes.addressof(insns))

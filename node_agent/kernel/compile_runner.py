@@ -13,13 +13,14 @@ name, and every received fd is closed whatever happens.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import os
 import re
 import select
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from node_agent import errors, fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
+from node_agent.kernel.worker_spares import SPARES, Started, start
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
+WORKER_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_boot.py")
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 64
 _ROLE = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -61,6 +64,25 @@ class WorkerSettings:
     timeout: float
     sandbox: bool
     limits: CompileLimits
+
+
+@functools.cache
+def package_locations() -> tuple[str, ...]:
+    """`name=directory` of the worker's own packages, as worker_boot takes them."""
+    found: list[str] = []
+    for name in ("node_agent", "bpfleet_api"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise errors.CompileError(f"the package {name} of the compile worker is not installed")
+        found.append(f"{name}={next(iter(spec.submodule_search_locations))}")
+    return tuple(found)
+
+
+def worker_argv(python: str, bytecode: bool, socket_fd: int, sandbox: bool) -> list[str]:
+    # Bytecode's worker starts without site (worker_boot): BCC's needs bcc from site directories.
+    start = [python, "-I", "-S", WORKER_BOOT, *package_locations(), "--"] if bytecode else []
+    argv = start or [python, "-m", WORKER_MODULE]
+    return [*argv, "--socket-fd", str(socket_fd), *([] if sandbox else ["--no-sandbox"])]
 
 
 def worker_env() -> dict[str, str]:
@@ -106,32 +128,36 @@ def _run(
     cgroups: CgroupPlacement | None,
     previous: dict[str, tuple[str, int]],
 ) -> Received:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    if previous:
-        # Queued before the worker exists: it reads them once it has its request.
-        names = sorted(previous)
-        entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
-        socket.send_fds(ours, [entries], [previous[name][1] for name in names])
+    bytecode = "bytecode" in request
+    key = (settings.python, settings.sandbox)
+    worker = (SPARES.take(key) if bytecode else None) or _start(settings, bytecode)
     cgroup: CompileCgroup | None = None
-    with ours, tempfile.TemporaryFile() as output:
-        try:
-            cgroup = cgroups.create(settings.limits) if cgroups is not None else None
-            argv = [settings.python, "-m", WORKER_MODULE, "--socket-fd", str(theirs.fileno())]
-            if not settings.sandbox:
-                argv.append("--no-sandbox")
-            with theirs:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=output,
-                    stderr=output,
-                    pass_fds=(theirs.fileno(),),
-                    env=worker_env(),
-                )
-            return _talk(proc, ours, request, settings, cgroup, output)
-        finally:
-            if cgroup is not None:
-                cgroup.remove()
+    try:
+        if previous:
+            # Queued before the request: the worker reads them once it has it.
+            names = sorted(previous)
+            entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
+            socket.send_fds(worker.ours, [entries], [previous[name][1] for name in names])
+        cgroup = cgroups.create(settings.limits) if cgroups is not None else None
+        return _talk(worker.proc, worker.ours, request, settings, cgroup, worker.output)
+    finally:
+        worker.close()
+        if cgroup is not None:
+            cgroup.remove()
+        if bytecode:  # the next bytecode build's worker (worker_spares), started off this one's path
+            SPARES.replenish(key, lambda: _start(settings, True))
+
+
+def _start(settings: WorkerSettings, bytecode: bool) -> Started:
+    return start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
+
+
+def prime_bytecode(python: str, sandbox: bool) -> None:
+    """Starts a spare bytecode worker now, so that the agent's first bytecode build has one too."""
+    SPARES.replenish(
+        (python, sandbox),
+        lambda: start(lambda fd: worker_argv(python, True, fd, sandbox), worker_env()),
+    )
 
 
 def _talk(

@@ -1,20 +1,19 @@
 """Compiles and loads one program in a short-lived, sandboxed process, and hands its fds over.
 
-Run by the agent (compile_runner) as
-`python -m node_agent.kernel.compile_worker --socket-fd N [--no-sandbox]` with a JSON request on
-stdin. BCC brings LLVM into the process (~120 MB) and the source is hostile, so the long-lived
-agent never compiles itself: this worker enters the sandbox (sandbox.py), builds the program
-(bcc_build; or, for a request with "bytecode", loads the ELF with libbpf: bytecode_build, and bcc is
-never loaded), and sends one message on the socket: JSON {ok, reason, message, progs, maps} with the
-program and map fds by SCM_RIGHTS. When the request names `previousMaps`, the agent has sent the
-previous version's maps on the same socket first (JSON [[name, layout], ...] and their fds), for the
-build to take over (map_reuse). It never touches bpffs; the agent checks and pins the fds.
---no-sandbox exists only so the benchmark can measure what the sandbox costs.
+Run by the agent (compile_runner) as `python -m node_agent.kernel.compile_worker --socket-fd N
+[--no-sandbox]` (for bytecode through worker_boot, without site) with a JSON request on stdin. BCC brings LLVM
+into the process (~120 MB) and the source is hostile, so the long-lived agent never compiles itself: this
+worker enters the sandbox (sandbox.py), builds the program (bcc_build; or, for a request with "bytecode",
+loads the ELF with libbpf: bytecode_build, and bcc is never loaded), and sends one message on the socket:
+JSON {ok, reason, message, progs, maps} with the program and map fds by SCM_RIGHTS. When the request names
+`previousMaps`, the agent has sent the previous version's maps on the same socket first (JSON [[name,
+layout], ...] and their fds), for the build to take over (map_reuse). It never touches bpffs; the agent
+checks and pins the fds. --no-sandbox exists only so the benchmark can measure what the sandbox costs.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import socket
@@ -22,11 +21,8 @@ import sys
 from typing import Any
 
 from node_agent.errors import SandboxError
-from node_agent.kernel import compile_guard, libbpf, sandbox
+from node_agent.kernel import compile_guard, sandbox
 from node_agent.kernel.built import BuildFailure, BuiltProgram
-
-# Loaded before the sandbox: what bcc_build imports of the project (syscalls asks ldconfig for libc).
-from node_agent.kernel import stderr_capture, syscalls  # noqa: F401  isort: skip
 
 # The node's BTF, for CO-RE relocations: opened before the sandbox, which shows nothing of /sys, and
 # read inside through the worker's own /proc (bytecode_build's btfPath).
@@ -130,11 +126,27 @@ def _guard_worker() -> None:
         raise SandboxError(f"the compile guard: {e}") from e
 
 
+def warm_bytecode() -> None:
+    """Loads what every bytecode build loads, before the request is read: a spare worker
+    (worker_spares) waits with this done. Our own modules and libbpf only; no byte of the request."""
+    from node_agent.kernel import bytecode_build, libbpf, sandbox_root  # noqa: F401
+
+    with contextlib.suppress(libbpf.LibbpfError):  # the build says it, in its reply
+        libbpf.lib()
+    sandbox_root.python_trees()  # sysconfig's data, read for the sandbox's root
+
+
+def _arguments(argv: list[str]) -> tuple[int, bool]:
+    """(--socket-fd, --no-sandbox): two flags, without argparse's import (~6 ms of each start)."""
+    try:
+        socket_fd = int(argv[argv.index("--socket-fd") + 1])
+    except (ValueError, IndexError):
+        sys.exit("usage: compile_worker --socket-fd N [--no-sandbox]")
+    return socket_fd, "--no-sandbox" in argv
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="compile_worker")
-    parser.add_argument("--socket-fd", type=int, required=True)
-    parser.add_argument("--no-sandbox", action="store_true")
-    args = parser.parse_args(argv)
+    socket_fd, no_sandbox = _arguments(sys.argv[1:] if argv is None else argv)
     request = json.load(sys.stdin)
     # BCC and clang may write to stdout; the agent collects both streams as the worker's log.
     os.dup2(2, 1)
@@ -142,17 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if bytecode:
             _open_btf(request)
-        if not args.no_sandbox:
+            from node_agent.kernel.libbpf import LIBRARY as library
+        else:
+            # What bcc_build imports of the project, loaded before the sandbox as it always was.
+            from node_agent.kernel import stderr_capture, syscalls  # noqa: F401
+
+            library = sandbox.BCC_LIBRARY
+        if not no_sandbox:
             keep = _capabilities(request)
             sandbox.enter(
-                _shown(request),
-                _limits(request),
-                close_outside=(args.socket_fd,),
-                keep=keep,
-                library=libbpf.LIBRARY if bytecode else sandbox.BCC_LIBRARY,
+                _shown(request), _limits(request), close_outside=(socket_fd,), keep=keep, library=library
             )
             _guard_worker()
-        reply, fds = _reply(request, args.socket_fd)
+        reply, fds = _reply(request, socket_fd)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []
     except BuildFailure as e:
@@ -161,8 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     # The verifier explains a rejection in its last lines, the compiler in its first.
     keep_end = reply.get("reason") == "VerifierRejected" and len(message) > MAX_MESSAGE_CHARS
     reply["message"] = "…" + message[-MAX_MESSAGE_CHARS:] if keep_end else message[:MAX_MESSAGE_CHARS]
-    with socket.socket(fileno=args.socket_fd) as channel:
+    with socket.socket(fileno=socket_fd) as channel:
         socket.send_fds(channel, [json.dumps(reply).encode()], fds)
+    # Done: the agent has the fds and waits for this exit. The interpreter's teardown (modules, LLVM
+    # or libbpf objects) would add tens of milliseconds to every build and change nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ the sandbox fails compiles with a message that says what is missing, never compi
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import struct
 
 from node_agent.errors import SandboxError
+from node_agent.kernel import libc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -85,7 +85,7 @@ _DENIED = {
     "userfaultfd": (323, 282),
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc.load()
 _libc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]

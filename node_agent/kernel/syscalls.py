@@ -8,7 +8,6 @@ pinning cgroup links, querying attachments — is plain bpf(2), done here with c
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import struct
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node_agent.errors import KernelError
+from node_agent.kernel import libc
 
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "ppc64le": 319, "s390x": 331, "riscv64": 241}
@@ -48,7 +48,7 @@ BPF_F_ALLOW_MULTI = 1 << 1
 BPF_F_REPLACE = 1 << 2
 
 _ATTR_SIZE = 128
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc.load()
 _libc.syscall.restype = ctypes.c_long
 # bpf(2) through a handle that keeps the GIL: the calls take microseconds, and releasing the GIL
 # for each would make the fast path wait up to a switch interval per call to get it back while
