@@ -43,6 +43,7 @@ def test_bytecode_values_reach_the_agents_flags(helm_home: Path, tmp_path: Path,
                         "allowedRegistries": ["quay.io", "registry.lan:5000"],
                         "insecureRegistries": ["registry.lan:5000"],
                         "cacheDir": "/var/cache/bpfleet-bytecode",
+                        "builtins": "auto",
                     }
                 }
             }
@@ -82,6 +83,7 @@ def test_bytecode_values_reach_the_agents_flags(helm_home: Path, tmp_path: Path,
     assert policy.allowed_registries == ("quay.io", "registry.lan:5000")
     assert policy.insecure_registries == ("registry.lan:5000",)
     assert str(policy.cache_dir) == "/var/cache/bpfleet-bytecode"
+    assert args.builtins_from_bytecode == "auto"
 
 
 def test_by_default_no_keys_no_registries_and_a_host_cache(helm_home: Path, monkeypatch):
@@ -93,7 +95,9 @@ def test_by_default_no_keys_no_registries_and_a_host_cache(helm_home: Path, monk
     for name, value in env.items():
         if value is not None:
             monkeypatch.setenv(name, value)
-    policy = parse_args(["--node", "n"]).bytecode_policy
+    args = parse_args(["--node", "n"])
+    policy = args.bytecode_policy
+    assert args.builtins_from_bytecode == "always"
     assert policy.public_keys == () and not policy.require_signatures and policy.allowed_registries == ()
     assert str(policy.cache_dir) == "/var/lib/bpfleet/bytecode"
 
@@ -116,6 +120,7 @@ def test_by_default_no_keys_no_registries_and_a_host_cache(helm_home: Path, monk
             ["--set", "agent.bytecode.cacheDir=relative"], "/agent/bytecode/cacheDir", id="relative cache"
         ),
         pytest.param(["--set", "agent.bytecode.keys[0]=x"], "additional properties 'keys'", id="unknown key"),
+        pytest.param(["--set", "agent.bytecode.builtins=sometimes"], "/agent/bytecode/builtins", id="mode"),
     ],
 )
 def test_the_schema_refuses_bad_bytecode_values(helm_home: Path, flags: list[str], error: str):
