@@ -40,6 +40,7 @@ PROGRAM = "web-no-redis"
 # Where the agent finds the kubeconfig inside its container.
 KUBECONFIG_IN_CONTAINER = "/etc/bpfleet/kubeconfig"
 HEADERS_MISSING = "no kernel headers to compile with"
+BYTECODE_STILL_RUNS = "bytecode sources, and builtins from their bytecode, still run"
 BUILD_TIMEOUT = 1800
 
 
@@ -248,7 +249,7 @@ def test_agent_image_says_it_has_no_kernel_headers(images: None, mounts: list[st
     assert any(
         entry["level"] == "warning"
         and entry["msg"].startswith(HEADERS_MISSING)
-        and "bytecode sources, and builtins from their bytecode, still run" in entry["msg"]
+        and BYTECODE_STILL_RUNS in entry["msg"]
         for entry in logged
     ), started.stderr
 
