@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from typing import TYPE_CHECKING
 
 from node_agent.errors import SignatureInvalid
 from node_agent.oci.registry import Descriptor, Registry
@@ -25,7 +22,12 @@ PAYLOAD_TYPE = "cosign container image signature"
 MAX_PAYLOAD = 64 * 1024
 MAX_SIGNATURES = 32
 
-PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+# cryptography is imported where keys are used, not with the module: it is ~9 MiB of the agent's
+# memory, which a node with no keys configured never needs.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 
 class Unsigned(SignatureInvalid):
@@ -34,6 +36,11 @@ class Unsigned(SignatureInvalid):
 
 def load_public_keys(pems: tuple[bytes, ...]) -> list[PublicKey]:
     """The keys of PEM blocks (ECDSA, Ed25519 or RSA); a bad one is the admin's error: ValueError."""
+    if not pems:
+        return []
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     keys: list[PublicKey] = []
     for index, pem in enumerate(pems):
         key = serialization.load_pem_public_key(pem)
@@ -48,6 +55,10 @@ def signature_tag(image_digest: str) -> str:
 
 
 def _verifies(key: PublicKey, signature: bytes, payload: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
+
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
