@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 
 WORKERS_ENV = "BPFLEET_WORKERS"
 DEFAULT_WORKERS = 4
-# Node writes wait on the API server, not on the operator's CPU: on a fleet, many at once.
+# Node writes wait on the API server, not on the operator's CPU. More at once helped 5,000 nodes
+# of one small entry each, and slowed 1,000 nodes of 50 entries (27 KiB an object) by a quarter,
+# the API server being the bottleneck: 4 by default (docs/development.md, the fleet figures).
 NODE_WRITERS_ENV = "BPFLEET_NODE_WRITERS"
-DEFAULT_NODE_WRITERS = 16
+DEFAULT_NODE_WRITERS = 4
 # The first change to the desired table after a quiet second is written at once when it touches
 # at most LEADING_MAX_NODES nodes: a program applied alone is not held back. Node writes for the
 # changes that follow it (and for larger ones, which a burst of fleet-wide programs starts) wait
