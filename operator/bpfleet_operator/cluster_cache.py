@@ -8,6 +8,7 @@ spec queue work, so that kubelets' and agents' heartbeats cost nothing but a com
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpfleet_api import names
-from bpfleet_api.informer import Informer
+from bpfleet_api.informer import Informer, WatchTiming
 from bpfleet_api.rest import RestClient
 from bpfleet_operator import agents
 from bpfleet_operator.agents import Agents
@@ -31,6 +32,8 @@ from bpfleet_operator.tenancy import NamespaceInfo
 AGENT_SILENCE_SECONDS = float(os.environ.get("BPFLEET_AGENT_SILENCE_SECONDS", "90"))
 # A view is rebuilt when a watch changed it, and at least this often (agents fall silent with time).
 _VIEW_SECONDS = 1.0
+# The longest wait before a failed watch is retried (full jitter, bpfleet_api/backoff.py).
+OPERATOR_RETRY_CAP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,21 @@ class ClusterCache:
         self._specs: dict[ProgramKey, dict[str, Entry]] = {}  # program -> node -> spec entry
         self._view: ClusterView | None = None
         self._view_at = 0.0
+        # Retries after a failed watch spread over a second, not the agents' 4 s: the jitter keeps a
+        # fleet from stampeding an API server that comes back, and the operator is one process.
+        timing = dataclasses.replace(WatchTiming.from_env(), retry_cap=OPERATOR_RETRY_CAP_SECONDS)
         # Cluster-scoped collections: each cache is keyed by object name.
-        self.nodes = Informer(api, "/api/v1/nodes", _labels, self._on_node)
-        self.agents = Informer(api, _group_path(names.NODE_STATE_PLURAL), _agent, self._on_agent)
-        self.namespaces = Informer(api, "/api/v1/namespaces", _namespace, self._on_namespace)
+        self.nodes = Informer(api, "/api/v1/nodes", _labels, self._on_node, timing=timing)
+        self.agents = Informer(
+            api, _group_path(names.NODE_STATE_PLURAL), _agent, self._on_agent, timing=timing
+        )
+        self.namespaces = Informer(api, "/api/v1/namespaces", _namespace, self._on_namespace, timing=timing)
         self.states = Informer(
-            api, _group_path(names.NODE_STATE_PROGRAMS_PLURAL), _node_state, self._on_node_state
+            api,
+            _group_path(names.NODE_STATE_PROGRAMS_PLURAL),
+            _node_state,
+            self._on_node_state,
+            timing=timing,
         )
         self._informers = (self.nodes, self.agents, self.namespaces, self.states)
 
