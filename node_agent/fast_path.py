@@ -161,13 +161,14 @@ class FastPath:
                     log.debug("fast path could not attach yet", extra={"pod": uid, "error": str(e)})
                     continue
                 done.append(wanted.ref)
-        if not done:
-            return
-        with self._changed:
-            current = self._entries.get(uid)
-            if current is not None:
-                current.attached.update(ref for ref in done if ref in current.wanted)
-            self._changed.notify_all()
+            if not done:
+                return
+            # Recorded under the backend's lock: whoever sees the links sees them recorded too.
+            with self._changed:
+                current = self._entries.get(uid)
+                if current is not None:
+                    current.attached.update(ref for ref in done if ref in current.wanted)
+                self._changed.notify_all()
         log.info(
             "attached on cgroup creation",
             extra={

@@ -175,6 +175,8 @@ def test_a_registered_pod_is_attached_when_its_cgroup_appears_with_no_pass(agent
     container.mkdir(parents=True)
     # Nobody asks and no pass runs: the watch alone attaches.
     wait_until(lambda: bool(reconciler.backend.attachments(ref)), "attached on cgroup creation")
+    # The link exists a moment before the fast path records it; the hook asks about the record.
+    wait_until(lambda: fast.entry(uid).ready(), "the attachment recorded")
     readiness = fast.wait_ready(uid, timeout=0)  # what the hook asks before the container starts
     assert readiness.ready, readiness.missing
     [shown] = bpftool("cgroup", "show", str(pod))
@@ -223,7 +225,8 @@ def test_tc_is_attached_once_the_pod_has_a_process_in_its_network_namespace(agen
     try:
         sandbox = _sandbox_process(net, container)
         wait_until(lambda: bool(reconciler.backend.attachments(ref)), "attached on the pod's eth0")
-        assert fast.entry(uid).ready()
+        # The link exists a moment before the fast path records it: wait for the record too.
+        wait_until(lambda: fast.entry(uid).ready(), "the attachment recorded")
         [link] = reconciler.backend.attachments(ref).values()
         assert link.live
     finally:
