@@ -43,8 +43,9 @@ class RestClient:
 
     # -- verbs ---------------------------------------------------------------------------------
 
-    def get(self, path: str, query: Query | None = None) -> dict[str, Any]:
-        return self._json("GET", path, query)
+    def get(self, path: str, query: Query | None = None, accept: str = "application/json") -> dict[str, Any]:
+        """`accept` may ask for another JSON form: metadata only (as=PartialObjectMetadataList), say."""
+        return self._json("GET", path, query, accept=accept)
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", path, None, body, "application/json")
@@ -75,8 +76,9 @@ class RestClient:
         query: Query | None = None,
         body: dict[str, Any] | None = None,
         content_type: str | None = None,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
-        response = self._send(method, path, query, body, content_type, self.timeout, preload=True)
+        response = self._send(method, path, query, body, content_type, self.timeout, True, accept)
         if response.status >= 400:
             raise _error(response.status, response.data)
         found: dict[str, Any] = json.loads(response.data) if response.data else {}
@@ -91,8 +93,9 @@ class RestClient:
         content_type: str | None,
         timeout: urllib3.Timeout,
         preload: bool,
+        accept: str = "application/json",
     ) -> urllib3.BaseHTTPResponse:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         token = self._bearer()
         if token:
             headers["Authorization"] = f"Bearer {token}"

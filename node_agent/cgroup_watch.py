@@ -27,7 +27,7 @@ from node_agent.cgroups import QOS_PARENTS, container_id_of, pod_uid_of
 log = logging.getLogger(__name__)
 
 _IN_MODIFY = 0x00000002
-_IN_CREATE = 0x00000100
+IN_CREATE = 0x00000100
 _IN_DELETE_SELF = 0x00000400
 _IN_IGNORED = 0x00008000
 _IN_ISDIR = 0x40000000
@@ -35,7 +35,7 @@ _IN_ONLYDIR = 0x01000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
-_TREE_MASK = _IN_CREATE | _IN_DELETE_SELF | _IN_ONLYDIR
+_TREE_MASK = IN_CREATE | _IN_DELETE_SELF | _IN_ONLYDIR
 # cgroup.events is modified when the pod gets its first process. kernfs notifies only inodes in
 # memory, so the file is watched itself (a watch keeps its inode), not through its directory.
 _EVENTS_FILE = "cgroup.events"
@@ -50,7 +50,7 @@ class CgroupListener:
     populated: Callable[[str, Path], None]  # pod UID, its cgroup: cgroup.events changed
 
 
-class _Inotify:
+class Inotify:
     """The three libc calls, through ctypes (the standard library has no inotify)."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ class CgroupWatch:
 
     def __init__(self, root: Path, listener: CgroupListener) -> None:
         self.root, self.listener = root, listener
-        self._inotify = _Inotify()
+        self._inotify = Inotify()
         # wd -> (directory relative to the root, the pod UID when it is a pod cgroup)
         self._watched: dict[int, tuple[PurePath, str]] = {}
         self._events: dict[int, tuple[PurePath, str]] = {}  # wd of a pod's cgroup.events -> the same
@@ -144,7 +144,7 @@ class CgroupWatch:
             self.listener.populated(pod_uid, self.root / rel)
             return
         where = self._watched.get(wd)
-        if where is not None and mask & _IN_CREATE and mask & _IN_ISDIR:
+        if where is not None and mask & IN_CREATE and mask & _IN_ISDIR:
             self._child(where[0] / name)
 
     def _child(self, rel: PurePath) -> None:

@@ -25,7 +25,7 @@ from bpfleet_operator.deletion import Release
 from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
-from bpfleet_operator.version_store import VersionRefused, VersionStore
+from bpfleet_operator.version_store import ListVersions, VersionRefused, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,11 @@ class ProgramController:
         cache: ClusterCache,
         desired: DesiredTable,
         nodes_changed: Callable[[Collection[str]], None],
+        list_versions: ListVersions,
     ) -> None:
         self.core, self.custom, self.cache, self.desired = core, custom, cache, desired
         self.nodes_changed = nodes_changed
-        self.versions = VersionStore(custom)
+        self.versions = VersionStore(custom, list_versions)
         self._lock = threading.Lock()
         self.reconciled: set[ProgramKey] = set()  # programs reconciled at least once since start
         self._given_up: dict[ProgramKey, set[str]] = {}  # deletions' warned nodes, warned once

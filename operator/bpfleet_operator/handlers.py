@@ -30,6 +30,7 @@ from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
 from bpfleet_operator.node_writer import NodeWriter
 from bpfleet_operator.sources import config_map_ref
+from bpfleet_operator.version_store import metadata_lister
 from bpfleet_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.open = asyncio.Event()
     api = api_client()
     custom = CustomObjectsApi(api)
+    rest = RestClient.load()
     STATE.cache = ClusterCache(
-        RestClient.load(),
+        rest,
         Hooks(
             fanout_changed=lambda: _soon(_queue_every_program),
             programs_changed=lambda keys: _soon(_queue_programs, keys),
@@ -128,7 +130,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     desired = STATE.desired = DesiredTable()
     STATE.controller = ProgramController(
-        CoreV1Api(api), custom, STATE.cache, desired, lambda nodes: _soon(_queue_nodes, nodes)
+        CoreV1Api(api),
+        custom,
+        STATE.cache,
+        desired,
+        lambda nodes: _soon(_queue_nodes, nodes),
+        metadata_lister(rest),
     )
     STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
     count, writers = workers(), node_writers()

@@ -28,6 +28,7 @@ from tests.apiserver.operator_support import (
     program_versions,
     ready_report,
     skb_program,
+    version_objects,
     wait_operator_ready,
 )
 
@@ -216,3 +217,24 @@ def test_a_canary_goes_first_then_steps_until_every_node_runs_the_new_version(
         ),
         10,
     )
+
+
+def test_a_restarted_operator_deletes_its_earlier_versions_that_no_node_needs(
+    kube: Kube, operator: ManagedProcess, namespace: str
+):
+    """Which versions exist is listed once at start (metadata only, every program at once): a
+    version made before a restart is still found, and collected once nothing needs it."""
+    labels = {NODE_LABEL: f"none-{RUN}"}  # no node: nothing holds an old version
+    apply_program(kube, skb_program(namespace, "counter", labels, returns=1))
+    wait_for("the first version", lambda: len(version_objects(kube, names.PROGRAM_LABEL, "counter")) == 1)
+    [first] = [v["metadata"]["name"] for v in version_objects(kube, names.PROGRAM_LABEL, "counter")]
+    operator.stop()
+    apply_program(kube, skb_program(namespace, "counter", labels, returns=0))  # a new version, unseen
+    operator.start()
+    wait_operator_ready(operator.log_path)
+
+    def only_the_new_one() -> bool:
+        listed = [v["metadata"]["name"] for v in version_objects(kube, names.PROGRAM_LABEL, "counter")]
+        return len(listed) == 1 and listed != [first]
+
+    wait_for("the earlier version deleted, the new one made", only_the_new_one, 30)

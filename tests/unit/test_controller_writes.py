@@ -50,9 +50,6 @@ class StubCustom:
     def get_cluster_custom_object(self, *_: Any) -> dict[str, Any]:
         return self.program
 
-    def list_namespaced_custom_object(self, *_: Any, **__: Any) -> dict[str, Any]:
-        return {"items": []}
-
     def create_namespaced_custom_object(self, *args: Any) -> None:
         if self.refuse is not None:
             raise self.refuse
@@ -90,7 +87,7 @@ def program(namespaced: bool, spec: dict[str, Any] | None = None) -> dict[str, A
 
 def controller(custom: StubCustom, cache: StubCache | None = None) -> tuple[ProgramController, DesiredTable]:
     desired = DesiredTable()
-    made = ProgramController(None, custom, cache or StubCache(), desired, lambda nodes: None)  # type: ignore[arg-type]
+    made = ProgramController(None, custom, cache or StubCache(), desired, lambda nodes: None, list)  # type: ignore[arg-type]
     return made, desired
 
 
