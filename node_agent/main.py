@@ -23,7 +23,6 @@ from node_agent.compile_queue import CompileQueue
 from node_agent.fast_wiring import FastPathRuntime
 from node_agent.headers import MODULES_DIR
 from node_agent.hook import DEFAULT_SOCKET
-from node_agent.kernel import compile_runner
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
 from node_agent.kernel.compile_cgroup import CompileLimits
 from node_agent.kernel.loader import DEFAULT_BYTECODE_DIR
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if node_features.no_headers:
         log.warning(node_features.no_headers, extra={"node": args.node})
     if node_features.btf:  # bytecode can run here: its first build need not start a worker
-        compile_runner.prime_bytecode(backend.python, backend.sandbox)
+        backend.loader.prime_bytecode()
     resolver = PodCgroupResolver(args.kubelet_cgroup_root or cgroup_v2_mount())
     metrics = AgentMetrics(resolver, backend)
     # One lock around kernel changes: the pass and the fast path attach through the same backend;

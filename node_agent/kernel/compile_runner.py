@@ -21,6 +21,7 @@ import re
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from node_agent import errors, fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
 from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
-from node_agent.kernel.worker_spares import SPARES, Started, start
+from node_agent.kernel.worker_spares import SPARES, SpareKey, Started, start
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
 WORKER_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_boot.py")
@@ -129,76 +130,104 @@ def _run(
     previous: dict[str, tuple[str, int]],
 ) -> Received:
     bytecode = "bytecode" in request
-    key = (settings.python, settings.sandbox)
-    worker = (SPARES.take(key) if bytecode else None) or _start(settings, bytecode)
-    cgroup: CompileCgroup | None = None
+    key = spare_key(settings, cgroups)
+    worker = (SPARES.take(key) if bytecode else None) or _start(settings, bytecode, cgroups)
+    answered = False
     try:
         if previous:
             # Queued before the request: the worker reads them once it has it.
             names = sorted(previous)
             entries = json.dumps([[name, previous[name][0]] for name in names]).encode()
             socket.send_fds(worker.ours, [entries], [previous[name][1] for name in names])
-        cgroup = cgroups.create(settings.limits) if cgroups is not None else None
-        return _talk(worker.proc, worker.ours, request, settings, cgroup, worker.output)
+        reply, timed_out = _talk(worker, request, settings)
+        if reply is not None and reply[0]:
+            answered = True
+            return _decode(*reply)
+        if reply is not None:
+            _close_all(reply[1])
+        _stop(worker, 0.0 if timed_out else _EXIT_GRACE_SECONDS)  # its exit code says why
+        raise _failure(worker.proc.returncode, timed_out, settings, worker.cgroup, worker.output)
     finally:
-        worker.close()
-        if cgroup is not None:
-            cgroup.remove()
+        if answered:
+            # Its exit and its cgroup's removal take milliseconds the build need not wait for.
+            reap_in_background(worker)
+        else:
+            _stop(worker)
+            worker.close()
         if bytecode:  # the next bytecode build's worker (worker_spares), started off this one's path
-            SPARES.replenish(key, lambda: _start(settings, True))
+            SPARES.replenish(key, lambda: _start(settings, True, cgroups))
 
 
-def _start(settings: WorkerSettings, bytecode: bool) -> Started:
-    return start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
+def spare_key(settings: WorkerSettings, cgroups: CgroupPlacement | None) -> SpareKey:
+    """What a spare is started with: a build takes only a spare started as it would start one."""
+    return (settings.python, settings.sandbox, settings.limits, cgroups)
 
 
-def prime_bytecode(python: str, sandbox: bool) -> None:
+def _start(settings: WorkerSettings, bytecode: bool, cgroups: CgroupPlacement | None) -> Started:
+    """A worker, in its own compile cgroup when the host has them: it joins before it has a request,
+    so that everything it does, reading the request included, is bounded."""
+    worker = start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
+    if cgroups is not None:
+        try:
+            worker.cgroup = cgroups.create(settings.limits)
+            worker.cgroup.add(worker.proc.pid)
+        except BaseException:
+            worker.close()
+            raise
+    return worker
+
+
+def prime_bytecode(settings: WorkerSettings, cgroups: CgroupPlacement | None) -> None:
     """Starts a spare bytecode worker now, so that the agent's first bytecode build has one too."""
-    SPARES.replenish(
-        (python, sandbox),
-        lambda: start(lambda fd: worker_argv(python, True, fd, sandbox), worker_env()),
-    )
+    SPARES.replenish(spare_key(settings, cgroups), lambda: _start(settings, True, cgroups))
 
 
 def _talk(
-    proc: subprocess.Popen[bytes],
-    ours: socket.socket,
-    request: dict[str, Any],
-    settings: WorkerSettings,
-    cgroup: CompileCgroup | None,
-    output: IO[bytes],
-) -> Received:
+    worker: Started, request: dict[str, Any], settings: WorkerSettings
+) -> tuple[tuple[bytes, list[int]] | None, bool]:
+    """Writes the request and waits for the reply: (the reply or None, whether it timed out)."""
     deadline = time.monotonic() + settings.timeout
-    timed_out = False
-    reply: tuple[bytes, list[int]] | None = None
-    try:
-        if cgroup is not None:
-            cgroup.add(proc.pid)  # before the request: the worker waits for it on stdin
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # a worker that died early: its exit says why
-            proc.stdin.write(json.dumps(request).encode())
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        fault_points.reached("compile")
-        reply = _receive(ours, deadline)
-        timed_out = reply is None and time.monotonic() >= deadline
-        if not timed_out:
+    proc = worker.proc
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a worker that died early: its exit says why
+        proc.stdin.write(json.dumps(request).encode())
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    fault_points.reached("compile")
+    reply = _receive(worker.ours, deadline)
+    return reply, reply is None and time.monotonic() >= deadline
+
+
+def _stop(worker: Started, grace: float = 0.0) -> None:
+    """Waits `grace` seconds for the worker to exit, then kills it: the sandboxed processes first,
+    which the worker reaps before it exits, leaving no orphan."""
+    proc = worker.proc
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    if proc.poll() is None:
+        if worker.cgroup is not None:
+            worker.cgroup.kill(spare=proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            if cgroup is not None:
-                # The sandboxed processes first: the worker reaps them and exits, leaving no orphan.
-                cgroup.kill(spare=proc.pid)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(1.0)
-            proc.kill()
-        proc.wait()
-    if reply is not None and reply[0]:
-        return _decode(*reply)
-    if reply is not None:
-        _close_all(reply[1])
-    raise _failure(proc.returncode, timed_out, settings, cgroup, output)
+                proc.wait(1.0)
+        proc.kill()
+    proc.wait()
+
+
+# A worker that answered exits at once (compile_worker ends with os._exit); one that lingers (a
+# compromised one, say) is killed after this.
+_EXIT_GRACE_SECONDS = 5.0
+
+
+def reap_in_background(worker: Started) -> None:
+    """Our ends of its socket and output are closed now; its exit and its cgroup are seen to later."""
+    worker.ours.close()
+    worker.output.close()
+
+    def reap() -> None:
+        _stop(worker, _EXIT_GRACE_SECONDS)
+        worker.close()
+
+    threading.Thread(target=reap, name="compile-reaper", daemon=True).start()
 
 
 def _receive(ours: socket.socket, deadline: float) -> tuple[bytes, list[int]] | None:

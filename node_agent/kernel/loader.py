@@ -67,9 +67,7 @@ class Loader:
         """Builds `build` and publishes it at pin_dir, taking over the maps of the version at
         previous_dir (the same program's) whose layout is unchanged. Raises a ProgramBuildError for
         the user."""
-        settings = compile_runner.WorkerSettings(
-            self.python, self.compile_timeout, self.sandbox, self.compile_limits
-        )
+        settings = self._settings()
         carried = map_reuse.carried_from(previous_dir)
         try:
             with compile_runner.compiled(
@@ -84,6 +82,15 @@ class Loader:
                 return Loaded(prog_id, tuple(sorted(received.maps)), kept, reset)
         finally:
             carried.close()
+
+    def prime_bytecode(self) -> None:
+        """Starts the first bytecode build's worker now (worker_spares), as a build would start it."""
+        compile_runner.prime_bytecode(self._settings(), self._compile_cgroups())
+
+    def _settings(self) -> compile_runner.WorkerSettings:
+        return compile_runner.WorkerSettings(
+            self.python, self.compile_timeout, self.sandbox, self.compile_limits
+        )
 
     def _request(self, build: ProgramBuild) -> dict[str, Any]:
         if build.bytecode is not None:

@@ -5,8 +5,9 @@ bytecode build's time, and none of it depends on the build. So after each byteco
 starts the next build's worker at once; that process waits, blocked on its stdin, until a request
 comes. It is still one process per build: a spare is used once, for one request, and a spare has
 done nothing but import the project's modules (it has read no byte of any program, nor entered the
-sandbox, which it does on its request as any worker). The compile cgroup is joined, as ever, before
-the request is written. A spare that died meanwhile is discarded and a worker started then.
+sandbox, which it does on its request as any worker). It joins its compile cgroup when it starts,
+before any request, so that a spare is charged there and not to the agent. A spare that died
+meanwhile is discarded and a worker started then.
 An agent that stops kills its spare; one that dies leaves it at EOF on its stdin, where it exits.
 """
 
@@ -18,11 +19,14 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import IO
 
-SpareKey = tuple[str, bool]  # (python, sandboxed): what a worker is started with
+from node_agent.errors import AgentError
+from node_agent.kernel.compile_cgroup import CompileCgroup
+
+SpareKey = tuple[Hashable, ...]  # what a worker is started with: python, sandbox, limits, cgroups
 
 
 @dataclass
@@ -32,9 +36,10 @@ class Started:
     proc: subprocess.Popen[bytes]
     ours: socket.socket
     output: IO[bytes]
+    cgroup: CompileCgroup | None = None  # its compile cgroup, removed with it
 
     def close(self) -> None:
-        """Kills the process if it still runs, reaps it, closes our ends."""
+        """Kills the process if it still runs, reaps it, closes our ends, removes its cgroup."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
@@ -43,6 +48,8 @@ class Started:
                 self.proc.stdin.close()
         self.ours.close()
         self.output.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 def start(argv_for: Callable[[int], list[str]], env: dict[str, str]) -> Started:
@@ -93,7 +100,7 @@ class Spares:
                 return
             try:
                 self._ready[key] = starter()
-            except OSError:
+            except (OSError, AgentError):
                 pass  # no spare: the next build starts its own worker, and says why if it cannot
 
     def drop(self) -> None:

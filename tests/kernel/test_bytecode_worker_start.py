@@ -15,7 +15,7 @@ import pytest
 from e2e.harness import wait_for
 from node_agent.kernel.backend import Bytecode, ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
-from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, prime_bytecode, worker_argv
+from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, worker_argv
 from node_agent.kernel.worker_spares import SPARES, Spares, start
 from tests.kernel.bytecode_objects import Objects
 from tests.kernel.support import EGRESS, INCLUDE_DIR
@@ -87,6 +87,11 @@ def _pids(log: Path) -> list[int]:
     return [int(json.loads(line)[0]) for line in log.read_text().splitlines()]
 
 
+def _wait_gone(pid: int) -> None:
+    """A worker that answered exits at once; the agent reaps it in the background."""
+    wait_for(f"worker {pid} gone", lambda: not _alive(pid), timeout=10, interval=0.01)
+
+
 def _alive(pid: int) -> bool:
     # Not a zombie: a reaped or killed-and-waited worker is gone from /proc.
     try:
@@ -113,11 +118,12 @@ def test_each_bytecode_build_has_its_own_process_and_the_next_one_is_started_aft
     first = backend.load(REF, build)
     wait_for("the spare", lambda: len(_pids(log)) == 2, timeout=30, interval=0.01)
     used, spare = _pids(log)
-    assert not _alive(used) and _alive(spare)
+    _wait_gone(used)  # reaped once it answered, off the build's path
+    assert _alive(spare)
     second = backend.load(ProgramRef("team-a", "lean", "00000000000000c2"), build)
     assert second.prog_id != first.prog_id
     wait_for("the next spare", lambda: len(_pids(log)) == 3, timeout=30, interval=0.01)
-    assert not _alive(spare)  # taken for the second build, and used for nothing else
+    _wait_gone(spare)  # taken for the second build, and used for nothing else
     assert _alive(_pids(log)[2])
 
 
@@ -152,11 +158,11 @@ def test_a_primed_spare_serves_the_first_bytecode_build(
     bpffs_root: Path, objects: Objects, tmp_path: Path, spares: None
 ):
     python, log = pid_recording_python(tmp_path)
-    prime_bytecode(python, True)  # as the agent does at start on a node with BTF
+    backend = BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR,), bytecode_dir=objects.dir, python=python)
+    backend.loader.prime_bytecode()  # as the agent does at start on a node with BTF
     wait_for("the primed spare", lambda: log.exists() and len(_pids(log)) == 1, timeout=30, interval=0.01)
     [primed] = _pids(log)
-    backend = BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR,), bytecode_dir=objects.dir, python=python)
     build = ProgramBuild("", "count_egress", EGRESS, bytecode=Bytecode(data=objects["counter"]))
     assert backend.load(REF, build).prog_id > 0
-    assert not _alive(primed)  # it did the build
+    _wait_gone(primed)  # it did the build
     wait_for("the next spare", lambda: len(_pids(log)) == 2, timeout=30, interval=0.01)

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from e2e.harness import wait_for
 from node_agent import errors
 from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
+from node_agent.kernel.worker_spares import SPARES
 from tests.kernel.support import COUNTER, EGRESS, INCLUDE_DIR
 
 pytestmark = pytest.mark.kernel
@@ -55,7 +57,11 @@ def prefix() -> Iterator[str]:
         yield name
     finally:
         for cgroup in cgroups(name):
-            for pid in (cgroup / "cgroup.procs").read_text().split():
+            try:
+                procs = (cgroup / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                continue  # removed meanwhile: a worker that answered is reaped in the background
+            for pid in procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             deadline = time.monotonic() + 5
@@ -182,4 +188,31 @@ def test_no_cgroup_is_left_after_ordinary_compiles(bpffs_root, prefix):
     backend.load(_ref(), COUNTER)
     with pytest.raises(errors.CompileError):
         backend.load(_ref(), ProgramBuild("int count_packets(", "count_packets", EGRESS))
-    assert cgroups(prefix) == []
+    # A failed build's cgroup is gone when it returns; a good one's a moment later (reaped off
+    # the build's path, within the worker's exit grace).
+    wait_for("every compile cgroup removed", lambda: cgroups(prefix) == [], timeout=10, interval=0.02)
+
+
+def test_a_spare_bytecode_worker_waits_in_its_compile_cgroup_not_the_agents(bpffs_root, prefix, objects):
+    """A spare is started before its build; it is bounded (and charged) as a build from its start."""
+    SPARES.drop()
+    try:
+        backend = make_backend(bpffs_root, prefix, bytecode_dir=objects.dir)
+        backend.loader.prime_bytecode()
+        wait_for("the spare's cgroup", lambda: _procs(cgroups(prefix)) != set(), timeout=30, interval=0.02)
+        [spare] = _procs(cgroups(prefix))
+        mine = Path("/proc/self/cgroup").read_text()
+        assert Path(f"/proc/{spare}/cgroup").read_text() != mine
+        # Every hierarchy the placement bounds holds it: memory, and cpu where there is one.
+        assert all(str(spare) in (c / "cgroup.procs").read_text() for c in cgroups(prefix))
+    finally:
+        SPARES.drop()
+    wait_for("the dropped spare's cgroup removed", lambda: cgroups(prefix) == [], timeout=10, interval=0.02)
+
+
+def _procs(dirs: list[Path]) -> set[int]:
+    found: set[int] = set()
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+    return found
