@@ -29,11 +29,14 @@ class Reporter:
 
     def __init__(self) -> None:
         self._names: dict[ProgramRef, str] = {}
+        # The last status this reporter made: the node's status as the agent knows it, also while
+        # the watch has not shown its write yet, or while it is held (agent.QUEUED_REPORT_SECONDS).
+        self._last: Mapping[str, Any] | None = None
 
     def status(
         self, state: Mapping[str, Any], intake: Intake, result: PassResult, running: Running
     ) -> dict[str, Any]:
-        previous = _previous(state)
+        previous = _previous(self._last if self._last is not None else state.get("status") or {})
         for program in intake.programs:
             self._names[program.ref] = intake.entries[intake.keys[(program.namespace, program.name)]].version
         entries: list[dict[str, Any]] = []
@@ -65,11 +68,12 @@ class Reporter:
             entries.append(refused_entry(intake.entries[key], refusal.reason, refusal.message, before))
         entries += [unloading_entry(previous[key], []) for key in gone if key.pins in live]
         generation = (state.get("metadata") or {}).get("generation")
-        return node_state_status(generation, entries)
+        self._last = node_state_status(generation, entries)
+        return self._last
 
 
-def _previous(state: Mapping[str, Any]) -> dict[EntryKey, Mapping[str, Any]]:
-    listed = (state.get("status") or {}).get("programs") or []
+def _previous(status: Mapping[str, Any]) -> dict[EntryKey, Mapping[str, Any]]:
+    listed = status.get("programs") or []
     found: dict[EntryKey, Mapping[str, Any]] = {}
     for entry in listed if isinstance(listed, list) else []:
         key = entry_key(entry) if isinstance(entry, Mapping) else None

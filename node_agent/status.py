@@ -134,6 +134,18 @@ def node_state_status(generation: int | None, entries: list[dict[str, Any]]) -> 
     return {"observedGeneration": generation, "programs": entries}
 
 
+def only_builds_started(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether `after` tells nothing `before` did not but that builds were queued: every entry that
+    changed now waits for its build (reason Queued), and no entry went away. Such a status may wait
+    for the build's end (agent.QUEUED_REPORT_SECONDS), so that a quick build is one write, not two."""
+    old = {entry_key(e): e for e in before.get("programs") or []}
+    new = {entry_key(e): e for e in after.get("programs") or []}
+    if not old.keys() <= new.keys():
+        return False
+    changed = [e for key, e in new.items() if old.get(key) != e]
+    return bool(changed) and all(e.get("reason") == QUEUED for e in changed)
+
+
 def entry_key(status_entry: Mapping[str, Any]) -> EntryKey | None:
     """The key of an entry of a status read back; None for one that is not the agent's shape."""
     try:

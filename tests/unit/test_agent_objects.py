@@ -56,6 +56,7 @@ def test_a_program_is_served_and_reported_in_one_entry():
 def test_one_status_write_per_pass_and_none_when_nothing_changed():
     kernel, start = FakeBackend(), ManualStart()
     node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.agent.queued_report_seconds = 0  # queued builds reported at once (see the hold's tests)
     node.serve(node_program(), node_program("other"), cluster_program(scope="Node", attach=TRACEPOINT))
     assert node.reconcile().queued  # two compile at a time: the third waits its turn
     assert len(node.api.writes) == 1 and len(node.status["programs"]) == 3
@@ -66,6 +67,53 @@ def test_one_status_write_per_pass_and_none_when_nothing_changed():
     node.reconcile()
     node.reconcile()
     assert len(node.api.writes) == 2
+
+
+def test_a_quick_build_is_reported_once_attached_not_queued_then_attached():
+    kernel, start = FakeBackend(), ManualStart()
+    node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.serve(node_program())
+    result = node.reconcile()
+    assert result.queued and node.api.writes == []  # held: its only news is a queued build
+    assert node.agent._next_pass_in(result) <= node.agent.queued_report_seconds
+    start.finish_all()
+    node.reconcile()
+    [(_, written)] = node.api.writes
+    assert [e["ready"] for e in written["programs"]] == [True]
+
+
+def test_a_slow_build_is_reported_queued_once_the_hold_is_over(monkeypatch):
+    kernel, start = FakeBackend(), ManualStart()
+    node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.serve(node_program())
+    clock = [1000.0]
+    monkeypatch.setattr("node_agent.agent.time.monotonic", lambda: clock[0])
+    node.reconcile()
+    clock[0] += node.agent.queued_report_seconds / 2
+    node.reconcile()
+    assert node.api.writes == []
+    clock[0] += node.agent.queued_report_seconds / 2
+    node.reconcile()
+    assert [e["reason"] for e in node.status["programs"]] == ["Queued"]
+    start.finish_all()
+    node.reconcile()
+    assert len(node.api.writes) == 2 and node.entry("counter")["ready"]
+
+
+def test_news_other_than_queued_builds_is_never_held():
+    kernel, start = FakeBackend(), ManualStart()
+    node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.serve(node_program())
+    node.reconcile()
+    start.finish_all()
+    node.reconcile()  # attached, written
+    node.serve(node_program(), node_program("other"))
+    node.reconcile()  # only a queued build is new: held
+    assert len(node.api.writes) == 1
+    node.serve(node_program("other"))  # and counter leaves the spec, unloaded: news, written at once
+    node.reconcile()
+    assert len(node.api.writes) == 2
+    assert {e["name"]: e["reason"] for e in node.status["programs"]} == {"other": "Queued"}
 
 
 def test_versions_are_read_once_they_never_change():
@@ -243,6 +291,7 @@ def test_an_entry_removed_from_spec_stays_unloading_until_the_kernel_shows_it_go
 def test_queued_compiles_never_make_passes_spin_a_finished_compile_wakes_one():
     kernel, start = FakeBackend(), ManualStart()
     node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
+    node.agent.queued_report_seconds = 0  # no held status, whose end is a pass of its own
     node.serve(node_program())
     result = node.reconcile()
     assert result.queued and len(start.jobs) == 1 and kernel.programs == {}
