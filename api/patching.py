@@ -46,3 +46,17 @@ def merge_patch(
             return False
         raise
     return True
+
+
+def merged(target: Any, patch: Any) -> Any:
+    """What a JSON merge patch (RFC 7386) makes of `target`: maps merge, null removes, all else
+    replaces; neither argument is changed."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(result.get(key), value)
+    return result

@@ -210,14 +210,18 @@ class ClusterCache:
         new_status = after.status if after else {}
         old_spec = {key_of(e): e for e in before.spec} if before else {}
         new_spec = {key_of(e): e for e in after.spec} if after else {}
-        changed = {k for k in old_status.keys() | new_status.keys() if old_status.get(k) != new_status.get(k)}
-        changed |= {k for k in old_spec.keys() | new_spec.keys() if old_spec.get(k) != new_spec.get(k)}
+        statuses = old_status.keys() | new_status.keys()
+        reported = {k for k in statuses if old_status.get(k) != new_status.get(k)}
+        written = {k for k in old_spec.keys() | new_spec.keys() if old_spec.get(k) != new_spec.get(k)}
         with self._lock:
-            for key in changed:
+            for key in reported | written:
                 _put(self._reports, key, name, new_status.get(key))
                 _put(self._specs, key, name, new_spec.get(key))
-        if changed:
-            self.hooks.programs_changed(changed)
+        # The echo of the operator's own spec write concerns a program only where it replaced or
+        # removed an entry: the version it named may be unused now (VersionStore.collect).
+        replaced = {k for k in written if k in old_spec}
+        if reported or replaced:
+            self.hooks.programs_changed(reported | replaced)
         if before is None or after is None or before.spec != after.spec:
             self.hooks.node_state_changed(name)
 

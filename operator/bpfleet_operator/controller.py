@@ -26,6 +26,7 @@ from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
 from bpfleet_operator.version_store import ListVersions, VersionRefused, VersionStore
+from bpfleet_operator.watched import ConfigMapBodies, ProgramBodies
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class ProgramController:
         self.core, self.custom, self.cache, self.desired = core, custom, cache, desired
         self.nodes_changed = nodes_changed
         self.versions = VersionStore(custom, list_versions)
+        # What kopf's watches delivered (the handlers feed them): reads without a round trip.
+        self.programs = ProgramBodies()
+        self.config_maps = ConfigMapBodies(self._get_config_map)
+        # The status last written, by program and uid: the watch may not show it yet.
+        self._statuses: dict[tuple[ProgramKey, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.reconciled: set[ProgramKey] = set()  # programs reconciled at least once since start
         self._given_up: dict[ProgramKey, set[str]] = {}  # deletions' warned nodes, warned once
@@ -79,6 +85,10 @@ class ProgramController:
     # -- reads --------------------------------------------------------------------------------
 
     def get_program(self, key: ProgramKey) -> dict[str, Any] | None:
+        """The program as its watch last showed it; read from the API server when not seen yet."""
+        watched = self.programs.get(key)
+        if watched is not None:
+            return dict(watched)
         kind = kinds.of(key)
         try:
             if kind.namespaced:
@@ -91,22 +101,25 @@ class ProgramController:
                 return None
             raise
 
-    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+    def _get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            found = self.core.read_namespaced_config_map(name, namespace)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
+        serialized: dict[str, Any] = self.core.api_client.sanitize_for_serialization(found)
+        return serialized  # the JSON form, as a watch event has it
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = self.config_maps.read(namespace, name)
+        return None if found is None else dict(found.get("data") or {})
 
     def read_config_map_binary(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        try:
-            found = self.core.read_namespaced_config_map(name, namespace).binary_data or {}
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return {key: base64.b64decode(value) for key, value in found.items()}
+        found = self.config_maps.read(namespace, name)
+        if found is None:
+            return None
+        return {key: base64.b64decode(value) for key, value in (found.get("binaryData") or {}).items()}
 
     def _mark(self, key: ProgramKey) -> None:
         with self._lock:
@@ -129,6 +142,8 @@ class ProgramController:
             self.forget(key)  # deletion itself is the finalizer handler's job
             if program is None:
                 self.versions.forget(key)
+                with self._lock:
+                    self._statuses = {k: v for k, v in self._statuses.items() if k[0] != key}
             self._mark(key)
             return Outcome()
         try:
@@ -139,7 +154,7 @@ class ProgramController:
     def _reconcile(self, key: ProgramKey, program: dict[str, Any]) -> Outcome:
         kind = kinds.of(key)
         generation = program["metadata"]["generation"]
-        previous = program.get("status") or {}
+        previous = self._last_status(key, program)
         spec = program["spec"]
         view = self.cache.view()
         try:
@@ -210,17 +225,30 @@ class ProgramController:
         outcome.notes = reach.notes
         return outcome
 
+    def _last_status(self, key: ProgramKey, program: dict[str, Any]) -> dict[str, Any]:
+        """The program's status as last written here while the watch does not show it yet, else as
+        its body has it (so that a status someone else wrote is corrected)."""
+        shown = program.get("status") or {}
+        mine = (key, program["metadata"].get("uid", ""))
+        with self._lock:
+            written = self._statuses.get(mine)
+            if written is not None and written == shown:
+                del self._statuses[mine]  # the watch has caught up
+        return written if written is not None else shown
+
     def _write_status(self, key: ProgramKey, program: dict[str, Any], status: dict[str, Any]) -> Outcome:
-        previous = program.get("status") or {}
+        previous = self._last_status(key, program)
         outcome = Outcome(
             ready_before=_ready_condition(previous), ready_after=_ready_condition(status), status=status
         )
         if all(previous.get(k) == v for k, v in status.items()):
             return outcome
         kind = kinds.of(key)
-        patching.merge_patch(
+        if patching.merge_patch(
             self.custom, kind.plural, kind.api_namespace(key), key.name, {"status": status}, status=True
-        )
+        ):
+            with self._lock:
+                self._statuses[(key, program["metadata"].get("uid", ""))] = patching.merged(previous, status)
         outcome.status_written = True
         return outcome
 

@@ -317,9 +317,12 @@ async def program_event(
     spec: dict[str, Any],
     meta: kopf.Meta,
     type: str | None,
+    body: kopf.Body,
     **_: Any,
 ) -> None:
     key = _key(resource, namespace, name)
+    # Every event, status writes included: reconciles read the program from here, not the API.
+    STATE.controller.programs.observed(key, None if type == "DELETED" else dict(body))
     if type != "DELETED":
         seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
         if STATE.seen.get(key) == seen:
@@ -337,6 +340,7 @@ async def program_event(
         if ref := config_map_ref(spec):  # C or bytecode: editing the ConfigMap rolls the program
             ref_namespace = kinds.of(key).config_map_namespace(key, spec)
             STATE.config_map_users[(ref_namespace, ref["name"])].add(key)
+    STATE.controller.config_maps.name({where for where, users in STATE.config_map_users.items() if users})
     # A new program or generation, at once: the events that follow it (kopf's own patches, status
     # writes) are filtered above, so there is nothing of its own to wait for.
     STATE.queue.add(key, 0.0)
@@ -350,7 +354,8 @@ def program_created(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "configmaps")
-async def config_map_event(namespace: str, name: str, **_: Any) -> None:
+async def config_map_event(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    STATE.controller.config_maps.observed(namespace, name, None if type == "DELETED" else dict(body))
     for key in STATE.config_map_users.get((namespace, name), ()):
         STATE.queue.add(key)
 
