@@ -22,6 +22,8 @@ def test_accepted_rolled_out_failed_and_deleted(kube: Kube, node_a, namespace: s
     )
     kind, message = reasons(kube, namespace, "dns-query-counter")["RolledOut"]
     assert (kind, message) == ("Normal", "running on 1 of 1 nodes")
+    # Those two alone: nothing per handler run (kopf posts its own lines with reason "Logging").
+    assert set(reasons(kube, namespace, "dns-query-counter")) == {"Accepted", "RolledOut"}
 
     broken = ebpf_program(
         "broken",

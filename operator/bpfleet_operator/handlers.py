@@ -58,6 +58,7 @@ MAX_COALESCE_SECONDS = 5.0
 REPORT_INTERVAL_SECONDS = 1.0
 MIN_REPORT_INTERVAL_SECONDS = 0.01
 REPORT_SECONDS_PER_NODE = 0.001
+ACCEPTED_MESSAGE = "program accepted; rolling out to the selected nodes"
 # How long a queued key waits for more events of its own before it is handled.
 PROGRAM_DELAY_SECONDS = 0.02
 NODE_DELAY_SECONDS = 0.02
@@ -90,6 +91,7 @@ class _State:
         self.leading: set[str] = set()  # nodes of the first change after a quiet second: no wait
         self.last_reconciled: dict[ProgramKey, float] = {}  # loop time a reconcile last began
         self.node_state_changes = 0  # EbpfNodeState events seen: agents' reports among them
+        self.posting: set[asyncio.Task[None]] = set()  # events being posted
 
 
 STATE = _State()
@@ -110,7 +112,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.GROUP, key="last-handled-configuration"
     )
-    settings.posting.level = logging.INFO
+    # kopf's own Events only for what went wrong: its "Handler ... succeeded" lines, one per
+    # program created and one per resync tick, would be API writes that tell a user nothing.
+    settings.posting.level = logging.WARNING
     settings.networking.error_backoffs = capped_backoffs()  # back within ~2 s of the API server
     watch_settings.apply(settings)  # a stalled watch is noticed within 35 s
     STATE.loop = asyncio.get_running_loop()
@@ -255,6 +259,20 @@ async def reconcile(key: ProgramKey) -> None:
         await _post(program, "Warning", reason or "Failed", message)
 
 
+def _new(type: str | None, body: kopf.Body, meta: kopf.Meta) -> bool:
+    """A program just created: added while watched, or listed before anything reconciled it."""
+    if meta.get("deletionTimestamp"):
+        return False
+    return type == "ADDED" or (type is None and not body.get("status"))
+
+
+def _post_soon(program: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    """Posts an event beside the work, not before it (a task of its own, kept until done)."""
+    task = asyncio.create_task(_post(program, kind, reason, message))
+    STATE.posting.add(task)
+    task.add_done_callback(STATE.posting.discard)
+
+
 def _key(resource: kopf.Resource, namespace: str | None, name: str) -> ProgramKey:
     return kinds.by_plural(resource.plural).key(namespace, name)
 
@@ -327,6 +345,8 @@ async def program_event(
         seen = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
         if STATE.seen.get(key) == seen:
             return  # a status or metadata write: nothing the reconcile reads changed
+        if _new(type, body, meta) and STATE.seen.get(key, (None,))[0] != meta.get("uid"):
+            _post_soon(dict(body), "Normal", "Accepted", ACCEPTED_MESSAGE)
         STATE.seen[key] = seen
     _forget(key)
     if type == "DELETED":
@@ -346,13 +366,6 @@ async def program_event(
     STATE.queue.add(key, 0.0)
 
 
-@kopf.on.create(names.GROUP, names.VERSION, names.PROGRAM_PLURAL)
-@kopf.on.create(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL)
-def program_created(body: kopf.Body, **_: Any) -> None:
-    message = "program accepted; rolling out to the selected nodes"
-    events.post(STATE.controller.core, dict(body), "Normal", "Accepted", message)
-
-
 @kopf.on.event("", "v1", "configmaps")
 async def config_map_event(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     STATE.controller.config_maps.observed(namespace, name, None if type == "DELETED" else dict(body))
@@ -370,8 +383,17 @@ DELETE_RECHECK_SECONDS = 1.0  # even with no report: a silent agent's grace peri
 DELETE_WAIT_SECONDS = 20.0
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS)
-@kopf.timer(names.GROUP, names.VERSION, names.CLUSTER_PROGRAM_PLURAL, interval=RESYNC_SECONDS)
+# The first tick an interval after a program is seen: its own event has just queued it.
+@kopf.timer(
+    names.GROUP, names.VERSION, names.PROGRAM_PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS
+)
+@kopf.timer(
+    names.GROUP,
+    names.VERSION,
+    names.CLUSTER_PROGRAM_PLURAL,
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+)
 async def resync(resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> None:
     STATE.queue.add(_key(resource, namespace, name))
 
