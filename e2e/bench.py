@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         agent.start()
         # Only a node whose agent has published its BpfleetNode is targeted.
         wait_for("the agent to start", lambda: kube.runs_agent(NODE), timeout=60)
+        # And the operator to write its node state: a first sample would measure its start-up.
+        wait_for(
+            "the operator to write the node's state",
+            lambda: any(s["metadata"]["name"] == NODE for s in kube.node_states()),
+            timeout=60,
+        )
         namespace = "bench"
         kube.kubectl("create", "namespace", namespace)
         sim.create_pod(namespace, "web-seed", {"app": "web"})

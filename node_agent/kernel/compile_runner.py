@@ -155,7 +155,12 @@ def _run(
             _stop(worker)
             worker.close()
         if bytecode:  # the next bytecode build's worker (worker_spares), started off this one's path
-            SPARES.replenish(key, lambda: _start(settings, True, cgroups))
+            SPARES.replenish(key, lambda: _start(settings, True, cgroups), after=SPARE_AFTER_SECONDS)
+
+
+# A new interpreter's start is tens of milliseconds of CPU: not while the build just done is being
+# attached and reported (on a node of two cores, that would be half of it).
+SPARE_AFTER_SECONDS = 0.3
 
 
 def spare_key(settings: WorkerSettings, cgroups: CgroupPlacement | None) -> SpareKey:

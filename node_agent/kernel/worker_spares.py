@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import IO
@@ -90,11 +91,16 @@ class Spares:
             return None
         return spare
 
-    def replenish(self, key: SpareKey, starter: Callable[[], Started]) -> None:
-        """Starts the next spare for `key` in the background, unless one is ready."""
-        threading.Thread(target=self._fill, args=(key, starter), name="compile-spare", daemon=True).start()
+    def replenish(self, key: SpareKey, starter: Callable[[], Started], after: float = 0.0) -> None:
+        """Starts the next spare for `key` in the background `after` seconds from now, unless one
+        is ready by then."""
+        threading.Thread(
+            target=self._fill, args=(key, starter, after), name="compile-spare", daemon=True
+        ).start()
 
-    def _fill(self, key: SpareKey, starter: Callable[[], Started]) -> None:
+    def _fill(self, key: SpareKey, starter: Callable[[], Started], after: float = 0.0) -> None:
+        if after > 0:
+            time.sleep(after)
         with self._lock:
             if self._closed or key in self._ready:
                 return
