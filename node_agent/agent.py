@@ -77,7 +77,9 @@ class Agent:
         self.custom = CustomObjects(api)
         self.core = CoreObjects(api)
         self._wake = threading.Event()
-        self._built = threading.Event()  # a compile ended since the last pass began
+        # A compile ended, or the node's state changed, since the last pass began: nothing of a
+        # burst to wait for (the operator writes a node's spec once for many programs).
+        self._at_once = threading.Event()
         self.stop_event = threading.Event()
         self._node_checked_at, self._node_missing = -_NODE_RECHECK, False
         # A compile that ends (built or failed) wakes a pass to serve it: passes never wait for one.
@@ -86,7 +88,7 @@ class Agent:
         self.programs: Informer[dict[str, Any]] = Informer(
             api,
             f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}",
-            on_change=self._wake.set,
+            on_change=self._run_at_once,
             field_selector=f"metadata.name={node}",
         )
         self.pods: Informer[dict[str, Any]] = Informer(
@@ -125,10 +127,11 @@ class Agent:
             self._sleep_until_woken(timeout)
             if self.stop_event.is_set():
                 break
-            # A finished compile has no burst to wait for: its program attaches (and is Ready) now.
-            if not self._built.is_set() and time.monotonic() - last_pass < _QUIET:
+            # A finished compile attaches (and is Ready) now, a new spec is served now; pods' events
+            # come in bursts.
+            if not self._at_once.is_set() and time.monotonic() - last_pass < _QUIET:
                 time.sleep(_DEBOUNCE)  # let a burst of watch events land in one pass
-            self._built.clear()
+            self._at_once.clear()
             self._wake.clear()
             try:
                 last_pass = time.monotonic()
@@ -257,7 +260,11 @@ class Agent:
         self._wake.set()
 
     def _compile_done(self) -> None:
-        self._built.set()
+        self._run_at_once()
+
+    def _run_at_once(self) -> None:
+        """Runs a pass without the debounce, from any thread."""
+        self._at_once.set()
         self._wake.set()
 
     def wake(self) -> None:

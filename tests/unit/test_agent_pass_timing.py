@@ -1,6 +1,7 @@
-"""When the agent's pass loop runs: a watch event soon after a pass waits the debounce (a burst lands
+"""When the agent's pass loop runs: a pod event soon after a pass waits the debounce (a burst lands
 in one pass), the first one after a quiet second does not, nor does a finished compile (its program
-attaches, and becomes Ready, at once)."""
+attaches, and becomes Ready, at once), nor a change of the node's state (its new spec is served at
+once: the operator writes it once for many programs)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
 ):
     node = Node()
     agent = node.agent
+    node_state_changed = agent.programs.on_change  # type: ignore[attr-defined]
     agent.programs = agent.pods = Synced()  # type: ignore[assignment]
     passes: list[float] = []
     monkeypatch.setattr(agent, "reconcile_once", lambda: passes.append(time.monotonic()))
@@ -54,18 +56,22 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
         agent.reconciler.pool.on_done()  # type: ignore[misc]
         _wait("pass after the compile", lambda: len(passes) == 2, timeout=2.0)
         assert passes[1] - done < 1.0
+        changed = time.monotonic()
+        node_state_changed()  # the EbpfNodeState watch
+        _wait("pass after the node's state changed", lambda: len(passes) == 3, timeout=2.0)
+        assert passes[2] - changed < 1.0
         monkeypatch.setattr(agent_module, "_DEBOUNCE", 0.3)
         woken = time.monotonic()
-        agent.wake()  # as a watch event does
-        _wait("pass after the event", lambda: len(passes) == 3)
-        assert passes[2] - woken >= 0.3
+        agent.wake()  # as a pod event does
+        _wait("pass after the event", lambda: len(passes) == 4)
+        assert passes[3] - woken >= 0.3
         monkeypatch.setattr(agent_module, "_QUIET", 0.05)
         time.sleep(0.1)  # quiet since the last pass
         monkeypatch.setattr(agent_module, "_DEBOUNCE", 3.0)
         woken = time.monotonic()
         agent.wake()
-        _wait("pass after a quiet event", lambda: len(passes) == 4, timeout=2.0)
-        assert passes[3] - woken < 1.0
+        _wait("pass after a quiet event", lambda: len(passes) == 5, timeout=2.0)
+        assert passes[4] - woken < 1.0
     finally:
         agent.stop()
         loop.join(10)
