@@ -11,7 +11,10 @@ import time
 import pytest
 
 from node_agent import agent as agent_module
+from node_agent.agent import Agent
+from node_agent.reconcile import Reconciler
 from tests.unit.agent_harness import Node
+from tests.unit.fakes import FakeBackend, FakeCgroups, offline_api
 
 
 class Synced:
@@ -40,7 +43,6 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
 ):
     node = Node()
     agent = node.agent
-    node_state_changed = agent.programs.on_change  # type: ignore[attr-defined]
     agent.programs = agent.pods = Synced()  # type: ignore[assignment]
     passes: list[float] = []
     monkeypatch.setattr(agent, "reconcile_once", lambda: passes.append(time.monotonic()))
@@ -57,7 +59,7 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
         _wait("pass after the compile", lambda: len(passes) == 2, timeout=2.0)
         assert passes[1] - done < 1.0
         changed = time.monotonic()
-        node_state_changed()  # the EbpfNodeState watch
+        agent._run_at_once()  # what the EbpfNodeState watch calls (see the test below)
         _wait("pass after the node's state changed", lambda: len(passes) == 3, timeout=2.0)
         assert passes[2] - changed < 1.0
         monkeypatch.setattr(agent_module, "_DEBOUNCE", 0.3)
@@ -76,3 +78,9 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
         agent.stop()
         loop.join(10)
     assert not loop.is_alive()
+
+
+def test_the_node_state_watch_runs_passes_at_once_and_the_pod_watch_wakes_them():
+    agent = Agent(offline_api(), "node-a", Reconciler(FakeBackend(), FakeCgroups(set())))
+    assert agent.programs.on_change == agent._run_at_once
+    assert agent.pods.on_change == agent._wake.set
