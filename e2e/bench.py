@@ -150,10 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-pods", type=int, default=200, help="pods of the load figure")
     parser.add_argument("--bytecode-programs", type=int, default=20, help="samples per source kind")
     parser.add_argument("--bytecode-only", action="store_true", help="only apply -> Ready by source kind")
+    parser.add_argument("--fast-only", action="store_true", help="only cgroup -> attached")
     parser.add_argument("--keep-logs", type=Path, help="copy the operator's and agent's logs here")
     args = parser.parse_args(argv)
     compiles = ""
-    if not args.bytecode_only:
+    if not (args.bytecode_only or args.fast_only):
         log("measuring compile, sandboxed and not", loads=args.loads)
         compiles = compile_cost(args.loads)
     if args.compile_only:
@@ -193,6 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         namespace = "bench"
         kube.kubectl("create", "namespace", namespace)
         sim.create_pod(namespace, "web-seed", {"app": "web"})
+        if args.fast_only:
+            log("measuring cgroup -> attached", programs=args.fast_programs, pods=args.fast_pods)
+            fast = bench_fast_path.measure(
+                kube, sim, NODE, hook_socket(work / "logs", NODE), args.fast_programs, args.fast_pods
+            )
+            print()
+            for count, samples in sorted(fast.items()):
+                print(percentiles(f"cgroup -> attached, {count} prog", samples))
+            return
         log("measuring apply -> Ready by source kind", programs=args.bytecode_programs)
         by_kind = measure_by_kind(kube, sim, registry, work, args.bytecode_programs)
         if args.bytecode_only:
