@@ -102,6 +102,9 @@ class VersionReader:
         self.substitute: Callable[[NodeProgram], NodeProgram] = lambda program: program
         # By (namespace, name): the object, or why it is refused.
         self._cache: dict[tuple[str, str], Mapping[str, Any] | InvalidSpec] = {}
+        # What an entry's version parses to, substituted: the same for as long as the entry names
+        # the same version at the same generation (parsing hashes sources and objects).
+        self._parsed: dict[tuple[EntryKey, int, tuple[str, str]], NodeProgram] = {}
 
     def read(self, entries: list[Entry]) -> Intake:
         intake = Intake(entries={e.key: e for e in entries})
@@ -111,9 +114,7 @@ class VersionReader:
                 check_entry(entry.key)
                 where = (version_namespace(entry.key, self.trust), entry.version)
                 wanted.add(where)
-                program = self.substitute(
-                    NodeProgram.from_entry(entry.key, entry.generation, self._version(where), self.trust)
-                )
+                program = self._program(entry, where)
             except _Unread as e:
                 self._refuse(intake, entry, e.refusal)
                 continue
@@ -125,7 +126,17 @@ class VersionReader:
             intake.objects[(program.namespace, program.name)] = self._version(where)
         # Versions no entry names any more are dropped: the operator deletes them soon.
         self._cache = {k: v for k, v in self._cache.items() if k in wanted}
+        self._parsed = {k: v for k, v in self._parsed.items() if k[2] in wanted}
         return intake
+
+    def _program(self, entry: Entry, where: tuple[str, str]) -> NodeProgram:
+        key = (entry.key, entry.generation, where)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            version = self._version(where)
+            parsed = self.substitute(NodeProgram.from_entry(entry.key, entry.generation, version, self.trust))
+            self._parsed[key] = parsed
+        return parsed
 
     def _version(self, where: tuple[str, str]) -> Mapping[str, Any]:
         if where in self._cache:
