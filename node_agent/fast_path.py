@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent.errors import AgentError
-from node_agent.kernel.backend import KernelBackend
+from node_agent.kernel.backend import Attachment, KernelBackend
 from node_agent.model import NodeProgram, Pod
 from node_agent.pod_registry import (
     AT_CGROUP,
@@ -59,6 +59,9 @@ class FastPath:
         # pass's own mutations one by one.
         self.backend = backend if isinstance(backend, SerializedBackend) else SerializedBackend(backend)
         self.cgroups, self.wake = cgroups, wake
+        # Told of every link made here (the pass's observed model): a pod that goes away before
+        # the next pass then has its links detached by it, not left until a resync.
+        self.on_attached: Callable[[Attachment], None] = lambda _link: None
         self._entries: dict[str, PodEntry] = {}
         self._changed = threading.Condition()
         # What each program served at the last pass, and the pod watch's cache: a pod the watch
@@ -155,7 +158,7 @@ class FastPath:
         with self.backend.lock:
             for wanted in entry.todo(moments):
                 try:
-                    self.backend.attach(wanted.ref, uid, cgroup, wanted.attach)
+                    self.on_attached(self.backend.attach(wanted.ref, uid, cgroup, wanted.attach))
                 except (AgentError, OSError) as e:
                     # Not fatal: the pass retries and reports it (a netns not there yet, say).
                     log.debug("fast path could not attach yet", extra={"pod": uid, "error": str(e)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from node_agent.agent import Agent
@@ -21,10 +22,17 @@ log = logging.getLogger(__name__)
 _SWITCH_INTERVAL = 0.0005
 
 
+def fast_path_for(reconciler: Reconciler, wake: Callable[[], None]) -> FastPath:
+    """The fast path of a reconciler: its backend (and lock), its cgroups, its observed model."""
+    fast = FastPath(reconciler.backend, reconciler.cgroups, wake)
+    fast.on_attached = reconciler.observed.attached
+    return fast
+
+
 class FastPathRuntime:
     def __init__(self, agent: Agent, reconciler: Reconciler, hook_socket: Path | None) -> None:
         # The reconciler's backend is the serialized one: the fast path shares its lock.
-        self.fast_path = FastPath(reconciler.backend, reconciler.cgroups, agent.wake)
+        self.fast_path = fast_path_for(reconciler, agent.wake)
         agent.pass_listeners.append(self.fast_path.registered)
         self.fast_path.pod_lookup = lambda uid: _watched_pod(agent, uid)
         listener = CgroupListener(

@@ -19,7 +19,6 @@ Unpinning a link is the only way bpfleet detaches, so it never touches programs 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -220,10 +219,10 @@ class BpffsBackend:
         current = links.info(pin)
         if current is not None and current.target_id != 0:
             return Attachment(ref, pod_uid, current.id, current.target_id)
-        with contextlib.suppress(FileNotFoundError):
+        if current is not None:
             os.unlink(pin)  # a link whose cgroup or interface went away: replace it
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(links_dir)
+        # No unlink or mkdir otherwise: links.pin_new makes the directory, or clears what is in
+        # the way, only when pinning says so (each such call lets other threads take the GIL).
         try:
             if attach.scope == PER_POD_NETDEV:
                 info = self._link_netdev(ref, pin, cgroup_dir, attach)
@@ -249,7 +248,7 @@ class BpffsBackend:
     def _link_cgroup(
         self, ref: ProgramRef, pin: str, cgroup_dir: Path, attach: KernelAttach
     ) -> syscalls.LinkInfo:
-        with syscalls.closing_fd(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+        with syscalls.closing_fd(syscalls.open_directory(str(cgroup_dir))) as cgroup_fd:
             return self._pin_new_link(
                 ref, pin, lambda prog_fd: syscalls.link_create_cgroup(prog_fd, cgroup_fd, attach.attach_type)
             )

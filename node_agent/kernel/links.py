@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,13 +24,23 @@ def info(pin: str | Path) -> syscalls.LinkInfo | None:
 
 
 def pin_new(prog_pin: str | Path, pin: str | Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
-    """Creates a link of the pinned program with `create(prog_fd) -> link fd` and pins it."""
+    """Creates a link of the pinned program with `create(prog_fd) -> link fd` and pins it. The pin's
+    directory is made if missing; a pin in the way that is not a live link is replaced."""
     with (
         syscalls.closing_fd(syscalls.obj_get(str(prog_pin))) as prog_fd,
         syscalls.closing_fd(create(prog_fd)) as link_fd,
     ):
         fault_points.reached("attach-pin")
-        syscalls.obj_pin(link_fd, str(pin))
+        try:
+            syscalls.obj_pin(link_fd, str(pin))
+        except errors.KernelError as e:
+            if e.errno == errno.ENOENT:
+                os.makedirs(os.path.dirname(pin), exist_ok=True)
+            elif e.errno == errno.EEXIST and info(pin) is None:
+                os.unlink(pin)  # not a link (a stray file, say): nothing of ours runs through it
+            else:
+                raise
+            syscalls.obj_pin(link_fd, str(pin))
         return syscalls.link_info(link_fd)
 
 

@@ -53,8 +53,27 @@ _libc.syscall.restype = ctypes.c_long
 # bpf(2) through a handle that keeps the GIL: the calls take microseconds, and releasing the GIL
 # for each would make the fast path wait up to a switch interval per call to get it back while
 # the pass computes (an attach is five of them).
+# So do open(2) and close(2) of the attach path (os.open and os.close release it).
 _libc_gil = ctypes.PyDLL(_libc._name, use_errno=True)
 _libc_gil.syscall.restype = ctypes.c_long
+_libc_gil.open.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc_gil.close.argtypes = (ctypes.c_int,)
+
+
+def close(fd: int) -> None:
+    """close(2), keeping the GIL; raises OSError as os.close does."""
+    if _libc_gil.close(fd) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_directory(path: str) -> int:
+    """An O_RDONLY | O_DIRECTORY | O_CLOEXEC fd of `path` (a cgroup), keeping the GIL."""
+    fd = int(_libc_gil.open(os.fsencode(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
 
 
 @contextmanager
@@ -63,7 +82,7 @@ def closing_fd(fd: int) -> Iterator[int]:
     try:
         yield fd
     finally:
-        os.close(fd)
+        close(fd)
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:

@@ -28,6 +28,7 @@ from e2e.podsim import (
 from node_agent.cgroup_watch import CgroupListener, CgroupWatch
 from node_agent.cgroups import PodCgroupResolver
 from node_agent.fast_path import FastPath
+from node_agent.fast_wiring import fast_path_for
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.model import Pod
 from node_agent.reconcile import Reconciler
@@ -152,8 +153,9 @@ def agent_parts(backend: BpffsBackend, kubelet_root: Path, watch_of: Any) -> Ite
     the passes the fast path asked for (none runs unless the test runs it)."""
     wakes: list[float] = []
     resolver = PodCgroupResolver(kubelet_root)
-    reconciler = Reconciler(SerializedBackend(backend), resolver)  # builds at once, in the pass
-    fast = FastPath(reconciler.backend, resolver, lambda: wakes.append(1))
+    # Builds at once, in the pass; reads the kernel at the first pass only, as between resyncs.
+    reconciler = Reconciler(SerializedBackend(backend), resolver, resync_due=lambda: False)
+    fast = fast_path_for(reconciler, lambda: wakes.append(1))
     watch_of(CgroupListener(fast.pod_cgroup, fast.container_cgroup, fast.populated))
     yield reconciler, fast, wakes
 
@@ -206,6 +208,21 @@ def _sandbox_process(net: podnet.PodNetwork, container: Path) -> subprocess.Pope
     wait_until(lambda: os.stat(f"/proc/{process.pid}/ns/net").st_ino != host, "in the pod's netns")
     (container / "cgroup.procs").write_text(str(process.pid))
     return process
+
+
+def test_a_pod_gone_before_any_pass_saw_its_links_has_them_detached_by_the_next_pass(
+    agent_parts, kubelet_root
+):
+    reconciler, fast, _ = agent_parts
+    uid = str(uuid.uuid4())
+    counter = node_program(source=COUNTER.source, function="count_packets", selector={})
+    _pass(reconciler, fast, [counter], [_pending_pod(uid, {})])
+    [ref] = reconciler.backend.loaded()
+    pod = kubelet_root / pod_cgroup_relpath(uid, "BestEffort", "cgroupfs")
+    (pod / new_container_id()).mkdir(parents=True)
+    wait_until(lambda: fast.entry(uid).ready(), "attached on cgroup creation")
+    _pass(reconciler, fast, [counter], [])  # the pod deleted: no pass ran in between
+    assert reconciler.backend.attachments(ref) == {}
 
 
 def test_tc_is_attached_once_the_pod_has_a_process_in_its_network_namespace(agent_parts, kubelet_root):
