@@ -45,6 +45,20 @@ def pids_with_argument(binary: str, argument: str) -> list[int]:
     return found
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a live process of the group is left (zombies are their reaper's, not ours)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class Daemon:
     """One process of the real node. `marker` is a path only its own command line carries."""
@@ -118,14 +132,19 @@ class Daemon:
         pid = self.pid()
         if pid is not None:
             pids.add(pid)
+
+        def alive() -> bool:
+            # The whole group, not its leader alone: a child signalled with it may still be dying.
+            return any(self._is_ours(p) for p in pids) or (pid is not None and _group_alive(pid))
+
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             for target in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(target, sig) if target == pid else os.kill(target, sig)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and any(self._is_ours(p) for p in pids):
+            while time.monotonic() < deadline and alive():
                 time.sleep(0.1)
-            if not any(self._is_ours(p) for p in pids):
+            if not alive():
                 break
         self.pid_file.unlink(missing_ok=True)
         if pids:
