@@ -3,6 +3,7 @@ namespace exactly when their kind has one, and spec.rollout takes counts or perc
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, versions
 from e2e.kube import Kube
+from node_agent.intake import parse_entries
 from tests.apiserver.dry_run import CLUSTER_VALID, TENANT_VALID, assert_accepted, assert_refused, spec_variant
 
 pytestmark = pytest.mark.apiserver
@@ -111,18 +113,28 @@ def test_node_state_entries_are_checked(crds: Kube, entry: dict[str, Any], messa
     assert message in refused.value.body
 
 
-def test_a_node_state_keeps_one_entry_per_program(crds: Kube):
+def test_a_node_state_is_stored_whole_and_the_agent_runs_one_entry_per_program(crds: Kube):
+    """spec.programs is an atomic list: the API server tracks no field ownership per entry (the
+    fleet's cost) and so no longer refuses two entries with one key; the agent's intake, reading
+    the object the API server stored, runs the first of them only."""
     entry = {"kind": "EbpfProgram", "namespace": "shop", "name": "p", "generation": 1, "version": "v"}
-    with pytest.raises(ApiException) as refused:
-        crds.custom.create_cluster_custom_object(
-            names.GROUP,
-            names.VERSION,
-            names.NODE_STATE_PROGRAMS_PLURAL,
-            _node_state(f"n-{RUN}", [entry, {**entry, "version": "w"}]),
-            dry_run="All",
+    name = f"n-dup-{RUN}"
+    created = crds.custom.create_cluster_custom_object(
+        names.GROUP,
+        names.VERSION,
+        names.NODE_STATE_PROGRAMS_PLURAL,
+        _node_state(name, [entry, {**entry, "version": "w"}]),
+    )
+    try:
+        owned = [m.get("fieldsV1", {}) for m in created["metadata"].get("managedFields", [])]
+        assert owned and all("k:" not in json.dumps(fields) for fields in owned), owned
+        assert len(created["spec"]["programs"]) == 2  # stored as written
+        entries, problems = parse_entries(created)
+        assert [(e.key.name, e.version) for e in entries] == [("p", "v")] and problems == []
+    finally:
+        crds.custom.delete_cluster_custom_object(
+            names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, name
         )
-    assert refused.value.status == 422
-    assert "Duplicate value" in refused.value.body
 
 
 @pytest.mark.parametrize("base", [TENANT_VALID, CLUSTER_VALID], ids=["EbpfProgram", "ClusterEbpfProgram"])
