@@ -48,7 +48,8 @@ def program_entry(report: ProgramReport, entry: Entry, serving: str | None) -> d
 
     Every byte counts 50,000 times in a fleet (and again in the API server's managedFields), so
     what can be left out is: servingVersion when it is `version` (an empty one when nothing runs),
-    failures when there are none."""
+    failures when there are none, the message of an entry attached to all its pods (its counts
+    say it; each status write's cost in the API server grows with its bytes)."""
     attached = sum(p.state == ATTACHED for p in report.pods)
     failed = sum(p.state == FAILED for p in report.pods)
     ready, reason, message = _ready(report)
@@ -57,7 +58,9 @@ def program_entry(report: ProgramReport, entry: Entry, serving: str | None) -> d
         "servingVersion": _serving(serving if report.loaded else None, entry.version),
         "ready": ready,
         "reason": reason,
-        "message": conditions.truncate(message, names.MAX_MESSAGE_CHARS),
+        "message": None
+        if _said_by_counts(report, ready)
+        else conditions.truncate(message, names.MAX_MESSAGE_CHARS),
         "pods": {"selected": len(report.pods), "attached": attached, "failed": failed},
         # What a scope-Node program is attached to on this node.
         "targets": [{k: v for k, v in vars(t).items() if v} for t in report.targets[:MAX_TARGETS]]
@@ -75,6 +78,11 @@ def program_entry(report: ProgramReport, entry: Entry, serving: str | None) -> d
         "mapsReset": list(report.loaded.reset_maps) or None if report.loaded else None,
     }
     return {k: v for k, v in status.items() if v is not None}
+
+
+def _said_by_counts(report: ProgramReport, ready: bool) -> bool:
+    """Whether the entry's message would only repeat its pod counts: ready on pods, not a node."""
+    return ready and report.scope != "Node"
 
 
 def _serving(serving: str | None, version: str) -> str | None:

@@ -48,9 +48,20 @@ def test_a_program_is_served_and_reported_in_one_entry():
         "generation": 3,
     }
     assert (entry["ready"], entry["reason"], serving_version(entry)) == (True, "Attached", "counter-v1")
-    assert "servingVersion" not in entry and "failures" not in entry  # said by their absence
+    # Said by their absence: the version runs, nothing failed, the counts say all pods are attached.
+    assert "servingVersion" not in entry and "failures" not in entry and "message" not in entry
     assert entry["pods"] == {"selected": 1, "attached": 1, "failed": 0}
     assert entry["programId"] and "podStates" not in entry
+
+
+def test_an_entry_not_ready_on_its_pods_says_why_in_its_message():
+    node = Node(pods=[pod("web-1", WEB)], cgroups=set())  # the pod has no cgroup yet
+    node.serve(node_program())
+    node.reconcile()
+    [(_, status)] = node.api.writes
+    [entry] = status["programs"]
+    assert (entry["ready"], entry["reason"]) == (False, "AttachFailed")
+    assert entry["message"] == "1 of 1 pods failed"
 
 
 def test_one_status_write_per_pass_and_none_when_nothing_changed():
