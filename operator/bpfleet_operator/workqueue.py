@@ -29,7 +29,10 @@ class WorkQueue:
         self._pending: dict[Hashable, float] = {}  # key -> when it is due (time.monotonic())
         self._order: asyncio.Queue[Hashable] | None = None
         self._active: set[Hashable] = set()
-        self._again: set[Hashable] = set()  # queued while active: back on the queue when done
+        # Queued while active, with when it was asked to be due: back on the queue when done, after
+        # the usual delay or at that time if later (a paced key must not come back early because it
+        # was busy when its next event came).
+        self._again: dict[Hashable, float] = {}
         self._stopped = False
         self._changed: asyncio.Event | None = None  # set whenever the queue may have gone idle
 
@@ -42,10 +45,10 @@ class WorkQueue:
     def add(self, key: Hashable, delay: float | None = None) -> None:
         """Queues `key` to be handled `delay` seconds from now (the queue's delay by default), or
         sooner if it was queued sooner already."""
-        if key in self._active:
-            self._again.add(key)
-            return
         ready = time.monotonic() + (self.delay if delay is None else delay)
+        if key in self._active:
+            self._again[key] = min(self._again.get(key, ready), ready)
+            return
         if key in self._pending:
             self._pending[key] = min(self._pending[key], ready)
             return
@@ -90,7 +93,7 @@ class WorkQueue:
             finally:
                 self._active.discard(key)
                 if key in self._again:
-                    self._again.discard(key)
-                    self.add(key)
+                    due = self._again.pop(key)
+                    self.add(key, max(self.delay, due - time.monotonic()))
                 assert self._changed is not None
                 self._changed.set()

@@ -96,3 +96,29 @@ def test_a_key_queued_late_waits_and_one_queued_again_sooner_goes_sooner():
     when = {key: at - start for key, at in handled}
     assert [k for k, _ in handled] == ["report", "later"]
     assert when["report"] < 0.15 and 0.3 <= when["later"] < 0.6
+
+
+def test_a_key_queued_with_a_delay_while_it_runs_keeps_that_delay():
+    """A paced key (a program woken by node reports at most once a second) that is busy when its
+    next report comes must not come back at once when it is done."""
+    handled: list[float] = []
+
+    async def handle(key: str) -> None:
+        handled.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.05)
+
+    async def scenario() -> float:
+        queue = WorkQueue(handle, delay=0.01)
+        worker = asyncio.create_task(queue.run())
+        start = asyncio.get_running_loop().time()
+        queue.add("paced", 0.0)
+        await asyncio.sleep(0.02)  # it runs
+        queue.add("paced", 0.4)
+        await asyncio.wait_for(queue.wait_idle(), timeout=2)
+        queue.stop()
+        await asyncio.wait_for(worker, timeout=1)
+        return start
+
+    start = asyncio.run(scenario())
+    first, second = (at - start for at in handled)
+    assert first < 0.02 and 0.4 <= second < 0.6
