@@ -17,6 +17,7 @@ delete all -> gone      every program deleted until none is left and no node lis
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -157,6 +158,25 @@ def _progress(program: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def object_parts(rest: Any, node: str) -> str:
+    """The bytes of one EbpfNodeState's parts, as the API server has it: what etcd's figure is made of."""
+    path = f"/apis/{names.GROUP}/{names.VERSION}/{names.NODE_STATE_PROGRAMS_PLURAL}/{node}"
+    state = rest.get(path)
+    meta = dict(state["metadata"])
+    parts = {
+        "managedFields": meta.pop("managedFields", None),
+        "rest of metadata": meta,
+        "spec": state.get("spec"),
+        "status": state.get("status"),
+    }
+    sizes = ", ".join(f"{name} {_json_bytes(part)}" for name, part in parts.items())
+    return f"{_json_bytes(state)} B ({sizes})"
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
 def per_node(writes: Writes, nodes: int) -> str:
     lines = []
     for (resource, sub, verb), count in sorted(writes.items()):
@@ -225,6 +245,7 @@ def run(args: argparse.Namespace) -> None:
         report += [
             f"etcd per node-program     {(state_bytes + version_bytes) / pairs:8.0f} B"
             f"  ({state_keys} node states {state_bytes} B, {version_keys} versions {version_bytes} B)",
+            f"  one node state's JSON: {object_parts(kube.rest, fleet.nodes[0])}",
         ]
 
         first = bench.listed()[0]
