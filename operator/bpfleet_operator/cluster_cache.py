@@ -177,6 +177,11 @@ class ClusterCache:
         with self._lock:
             return dict(self._specs.get(key, {}))
 
+    def holding(self, key: ProgramKey) -> set[str]:
+        """The nodes whose EbpfNodeState lists the program, in its spec or its status."""
+        with self._lock:
+            return set(self._reports.get(key, ())).union(self._specs.get(key, ()))
+
     def programs_in_states(self) -> set[ProgramKey]:
         with self._lock:
             return set(self._reports) | set(self._specs)

@@ -21,7 +21,6 @@ from kubernetes.client.exceptions import ApiException
 from bpfleet_api import names, patching, reasons, selectors
 from bpfleet_operator import aggregate, deletion, fanout, kinds, rollout, tenancy
 from bpfleet_operator.cluster_cache import ClusterCache
-from bpfleet_operator.deletion import Release
 from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.sources import SourceError, resolve
@@ -258,15 +257,10 @@ class ProgramController:
         never waited for; one whose agent is silent, DELETE_GRACE_SECONDS at most."""
         self.forget(key)
         view = self.cache.view()
-        holding = set(self.cache.reports(key)) | set(self.cache.spec_entries(key))
-        waiting, given_up = [], []
         now = datetime.datetime.now(datetime.UTC)
-        for node in sorted(holding):
-            release = deletion.decide(node, view.nodes, view.agents, deleted_at, now, DELETE_GRACE_SECONDS)
-            if release is Release.WAIT:
-                waiting.append(node)
-            elif release is Release.GRACE_EXPIRED:
-                given_up.append(node)
+        waiting, given_up = deletion.split(
+            self.cache.holding(key), view.nodes, view.agents, deleted_at, now, DELETE_GRACE_SECONDS
+        )
         with self._lock:
             warned = self._given_up.setdefault(key, set())
             new = [n for n in given_up if n not in warned]  # once: deletion may be retried again

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import enum
 from collections.abc import Collection
+from collections.abc import Set as AbstractSet
 
 from bpfleet_api import names
 from bpfleet_operator.agents import Agents
@@ -39,6 +40,25 @@ def decide(
         return Release.WAIT
     deleted = datetime.datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
     return Release.GRACE_EXPIRED if (now - deleted).total_seconds() >= grace_seconds else Release.WAIT
+
+
+def split(
+    holding: AbstractSet[str],
+    nodes: Collection[str],
+    agents: Agents,
+    deleted_at: str | None,
+    now: datetime.datetime,
+    grace_seconds: float,
+) -> tuple[list[str], list[str]]:
+    """decide() for every node in `holding`: (the nodes waited for, those given up on), sorted.
+    In set operations but for the silent agents: a deletion of 50 programs on 1,000 nodes looks
+    twice a second, each time at every node still holding its program."""
+    live = set(holding).intersection(nodes, agents.present)
+    quiet = live.intersection(agents.silent)
+    given_up = {
+        n for n in quiet if decide(n, nodes, agents, deleted_at, now, grace_seconds) is Release.GRACE_EXPIRED
+    }
+    return sorted(live - given_up), sorted(given_up)
 
 
 def pin_directory(key: ProgramKey) -> str:

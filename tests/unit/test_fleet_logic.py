@@ -134,3 +134,10 @@ def test_the_reasons_that_stall_a_program_are_those_the_api_reference_marks_stal
     assert reasons.ROLLOUT_HALTED in documented
     assert reasons.STALLING == documented - {reasons.ROLLOUT_HALTED}
     assert reasons.STALLING < set(reasons.ALL)
+
+
+def test_a_deletion_waits_for_live_and_quiet_agents_and_gives_up_on_expired_ones():
+    holding = {"gone", "bare", "live", "quiet"}
+    assert deletion.split(holding, NODES, FLEET, stamp(10), NOW, grace_seconds=30) == (["live", "quiet"], [])
+    assert deletion.split(holding, NODES, FLEET, stamp(30), NOW, grace_seconds=30) == (["live"], ["quiet"])
+    assert deletion.split(set(), NODES, FLEET, stamp(30), NOW, grace_seconds=30) == ([], [])
