@@ -5,6 +5,8 @@ They are part of the API: users alert and automate on them, so they never change
 
 from typing import Final
 
+# Not a failure: a generation is on its way to the nodes (Ready False, Reconciling True).
+PROGRESSING: Final = "Progressing"
 COMPILE_ERROR: Final = "CompileError"  # the C source did not compile; message has the diagnostics
 VERIFIER_REJECTED: Final = "VerifierRejected"  # the kernel verifier refused the program; log excerpt
 FUNCTION_NOT_FOUND: Final = "FunctionNotFound"  # spec.function names no function in the source

@@ -135,9 +135,9 @@ def _rollout_conditions(
     if rollout.updated < targeted:
         message = f"rolling out version {rollout.version}: {rollout.updated} of {targeted} nodes updated"
         return [
-            cond(conditions.READY, False, "Progressing", message),
-            cond(conditions.STALLED, False, "Progressing", ""),
-            cond(conditions.RECONCILING, True, "Progressing", message),
+            cond(conditions.READY, False, reasons.PROGRESSING, message),
+            cond(conditions.STALLED, False, reasons.PROGRESSING, ""),
+            cond(conditions.RECONCILING, True, reasons.PROGRESSING, message),
         ]
     return None
 
@@ -163,7 +163,7 @@ def _conditions(
             cond(
                 conditions.STALLED,
                 stalled,
-                first["reason"] if stalled else "Progressing",
+                first["reason"] if stalled else reasons.PROGRESSING,
                 message if stalled else "",
             ),
             cond(conditions.RECONCILING, not stalled, "Retrying" if not stalled else "Failed", ""),
@@ -171,9 +171,9 @@ def _conditions(
     if pending:
         message = f"waiting for {pending} of {targeted} nodes"
         return [
-            cond(conditions.READY, False, "Progressing", message),
-            cond(conditions.STALLED, False, "Progressing", ""),
-            cond(conditions.RECONCILING, True, "Progressing", message),
+            cond(conditions.READY, False, reasons.PROGRESSING, message),
+            cond(conditions.STALLED, False, reasons.PROGRESSING, ""),
+            cond(conditions.RECONCILING, True, reasons.PROGRESSING, message),
         ]
     if targeted:
         message = f"running on {ready} of {targeted} nodes"

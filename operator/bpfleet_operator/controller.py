@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # How long a deletion waits for a silent agent to unload before it completes without it.
 DELETE_GRACE_SECONDS = float(os.environ.get("BPFLEET_DELETE_GRACE_SECONDS", "300"))
+# How long a new generation's first status may wait for more than "Progressing" to say (_held).
+PROGRESS_HOLD_SECONDS = 0.5
 
 
 def _ready_condition(status: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -57,6 +60,7 @@ class Outcome:
     ready_after: tuple[str | None, str | None] = (None, None)
     status: dict[str, Any] | None = None
     notes: tuple[str, ...] = ()
+    hold: float = 0.0  # the status was held back: reconcile again in this many seconds
 
 
 class ProgramController:
@@ -77,6 +81,8 @@ class ProgramController:
         self.config_maps = ConfigMapBodies(self._get_config_map)
         # The status last written, by program and uid: the watch may not show it yet.
         self._statuses: dict[tuple[ProgramKey, str], dict[str, Any]] = {}
+        # When a generation's first status, Progressing, was held back (see _held).
+        self._progressing: dict[tuple[ProgramKey, str, int], float] = {}
         self._lock = threading.Lock()
         self.reconciled: set[ProgramKey] = set()  # programs reconciled at least once since start
         self._given_up: dict[ProgramKey, set[str]] = {}  # deletions' warned nodes, warned once
@@ -143,6 +149,7 @@ class ProgramController:
                 self.versions.forget(key)
                 with self._lock:
                     self._statuses = {k: v for k, v in self._statuses.items() if k[0] != key}
+                    self._progressing = {k: v for k, v in self._progressing.items() if k[0] != key}
             self._mark(key)
             return Outcome()
         try:
@@ -242,14 +249,39 @@ class ProgramController:
         )
         if all(previous.get(k) == v for k, v in status.items()):
             return outcome
+        if hold := self._held(key, program, previous, status):
+            return Outcome(ready_before=outcome.ready_before, ready_after=outcome.ready_before, hold=hold)
         kind = kinds.of(key)
         if patching.merge_patch(
             self.custom, kind.plural, kind.api_namespace(key), key.name, {"status": status}, status=True
         ):
+            uid = program["metadata"].get("uid", "")
             with self._lock:
-                self._statuses[(key, program["metadata"].get("uid", ""))] = patching.merged(previous, status)
+                self._statuses[(key, uid)] = patching.merged(previous, status)
+                self._progressing.pop((key, uid, program["metadata"]["generation"]), None)
         outcome.status_written = True
         return outcome
+
+    def _held(
+        self, key: ProgramKey, program: dict[str, Any], previous: dict[str, Any], status: dict[str, Any]
+    ) -> float:
+        """Seconds to hold back a new generation's first status while all it says is Progressing.
+        On a node or a few, Ready comes within a tenth of a second: one status write instead of
+        two, and the API server is not writing a status beside the node's spec the agent waits
+        for. Anything else (a failure, Ready, a later generation's progress) is written at once."""
+        generation = program["metadata"]["generation"]
+        if status.get("observedGeneration") != generation or previous.get("observedGeneration") == generation:
+            return 0.0
+        if _ready_condition(status) != ("False", reasons.PROGRESSING):
+            return 0.0
+        mark = (key, program["metadata"].get("uid", ""), generation)
+        now = time.monotonic()
+        with self._lock:
+            first = self._progressing.setdefault(mark, now)
+            if now - first >= PROGRESS_HOLD_SECONDS:
+                del self._progressing[mark]
+                return 0.0
+        return first + PROGRESS_HOLD_SECONDS - now
 
     def teardown(self, key: ProgramKey, deleted_at: str | None) -> Teardown:
         """Removes the program from every node's spec, then waits for the nodes whose EbpfNodeState

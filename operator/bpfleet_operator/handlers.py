@@ -235,6 +235,8 @@ async def reconcile(key: ProgramKey) -> None:
         outcome = await asyncio.to_thread(STATE.controller.reconcile, key)
     log.debug("reconciled", extra={"program": str(key), "ready": outcome.ready_after})
     METRICS.observe(key, outcome)
+    if outcome.hold:
+        STATE.queue.add(key, outcome.hold)  # its status was held back: written then, if still news
     notes_changed = outcome.status is not None and STATE.noted.get(key, ()) != outcome.notes
     ready_changed = outcome.status is not None and outcome.ready_before != outcome.ready_after
     if not (notes_changed or ready_changed):
@@ -255,7 +257,7 @@ async def reconcile(key: ProgramKey) -> None:
     )
     if ready == "True":
         await _post(program, "Normal", "RolledOut", message)
-    elif reason not in (None, "Progressing"):
+    elif reason not in (None, reasons.PROGRESSING):
         await _post(program, "Warning", reason or "Failed", message)
 
 

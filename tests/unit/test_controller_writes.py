@@ -7,12 +7,14 @@ thing."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, reasons
+from bpfleet_operator import controller as controller_module
 from bpfleet_operator.agents import Agents
 from bpfleet_operator.cluster_cache import AgentInfo, ClusterView, NodeState
 from bpfleet_operator.controller import ProgramController
@@ -143,6 +145,24 @@ def test_a_node_with_an_agent_gets_an_entry_naming_the_version():
             "version": version["metadata"]["name"],
         }
     ]
+
+
+def test_a_new_generations_first_progressing_status_is_held_then_written(monkeypatch):
+    """Ready usually comes within a tenth of a second of the first reconcile: one status write,
+    not a Progressing one first. A rollout that takes longer says Progressing after the hold."""
+    monkeypatch.setattr(controller_module, "PROGRESS_HOLD_SECONDS", 0.2)
+    custom = StubCustom(program(True), None)
+    made, _ = controller(custom)
+    key = NAMESPACED.key("shop", "p")
+    first = made.reconcile(key)
+    assert custom.statuses == [] and not first.status_written
+    assert 0 < first.hold <= 0.2 and first.ready_after == (None, None)  # nothing new was shown
+    assert 0 < made.reconcile(key).hold <= first.hold  # the same hold, not a new one
+    time.sleep(first.hold)
+    assert made.reconcile(key).status_written
+    [written] = custom.statuses
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", reasons.PROGRESSING)
 
 
 def test_a_node_without_an_agent_gets_no_entry_and_is_not_targeted():
