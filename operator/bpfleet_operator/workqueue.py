@@ -27,6 +27,9 @@ class WorkQueue:
     ) -> None:
         self.handle, self.delay, self.retry, self.workers, self.name = handle, delay, retry, workers, name
         self._pending: dict[Hashable, float] = {}  # key -> when it is due (time.monotonic())
+        # Keys not due yet wait on a timer, not in the order: a worker never sleeps on a key while
+        # others are due, and a key queued again sooner moves its timer.
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._order: asyncio.Queue[Hashable] | None = None
         self._active: set[Hashable] = set()
         # Queued while active, with when it was asked to be due: back on the queue when done, after
@@ -50,11 +53,19 @@ class WorkQueue:
             self._again[key] = min(self._again.get(key, ready), ready)
             return
         if key in self._pending:
-            self._pending[key] = min(self._pending[key], ready)
-            return
-        queue = self._queue()
+            if ready >= self._pending[key] or key not in self._timers:
+                return  # due by then already (or in the order, due now)
+            self._timers.pop(key).cancel()
         self._pending[key] = ready
-        queue.put_nowait(key)
+        wait = ready - time.monotonic()
+        if wait > 0:
+            self._timers[key] = asyncio.get_running_loop().call_later(wait, self._due, key)
+        else:
+            self._queue().put_nowait(key)
+
+    def _due(self, key: Hashable) -> None:
+        del self._timers[key]
+        self._queue().put_nowait(key)
 
     def idle(self) -> bool:
         return not (self._pending or self._active or self._again)
@@ -68,6 +79,8 @@ class WorkQueue:
 
     def stop(self) -> None:
         self._stopped = True
+        for timer in self._timers.values():
+            timer.cancel()
         for _ in range(self.workers):
             self._queue().put_nowait(None)
 
@@ -80,10 +93,7 @@ class WorkQueue:
             key = await queue.get()
             if self._stopped or key is None:
                 break
-            # Let a burst gather: every add() until it is due is this one handling.
-            while (wait := self._pending[key] - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            del self._pending[key]
+            del self._pending[key]  # every add() until it was due is this one handling
             self._active.add(key)
             try:
                 await self.handle(key)

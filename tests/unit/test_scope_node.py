@@ -34,7 +34,11 @@ def targets(result: PassResult) -> list[tuple[str, str]]:
 def ready(result: PassResult) -> dict:
     [report] = result.reports
     status = report_entry(report)
-    condition = {"status": str(status["ready"]), "reason": status["reason"], "message": status.get("message", "")}
+    condition = {
+        "status": str(status["ready"]),
+        "reason": status["reason"],
+        "message": status.get("message", ""),
+    }
     return {**status, "ready": condition}
 
 

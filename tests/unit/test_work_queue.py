@@ -122,3 +122,29 @@ def test_a_key_queued_with_a_delay_while_it_runs_keeps_that_delay():
     start = asyncio.run(scenario())
     first, second = (at - start for at in handled)
     assert first < 0.02 and 0.4 <= second < 0.6
+
+
+def test_a_key_not_due_yet_holds_no_worker_and_moves_up_when_queued_sooner():
+    """One worker: a key due in a second must not keep a key due now waiting, and a key queued
+    again sooner (a spec change after a node report) goes then, not at its first time."""
+    handled: dict[str, float] = {}
+
+    async def handle(key: str) -> None:
+        handled[key] = asyncio.get_running_loop().time()
+
+    async def scenario() -> float:
+        queue = WorkQueue(handle, delay=0.01, workers=1)
+        worker = asyncio.create_task(queue.run())
+        start = asyncio.get_running_loop().time()
+        queue.add("paced", 1.0)
+        queue.add("now", 0.0)
+        await asyncio.sleep(0.1)
+        queue.add("paced", 0.0)
+        await asyncio.wait_for(queue.wait_idle(), timeout=2)
+        queue.stop()
+        await asyncio.wait_for(worker, timeout=1)
+        return start
+
+    start = asyncio.run(scenario())
+    assert handled["now"] - start < 0.05
+    assert 0.1 <= handled["paced"] - start < 0.3
