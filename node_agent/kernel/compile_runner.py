@@ -30,7 +30,7 @@ from typing import IO, Any
 from node_agent import errors, fault_points
 from node_agent.kernel import map_reuse, syscalls
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileCgroup, CompileLimits
-from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT
+from node_agent.kernel.sandbox import CPU_LIMIT_EXIT, MEMORY_LIMIT_EXIT, REQUEST_FIELDS
 from node_agent.kernel.worker_spares import SPARES, SpareKey, Started, start
 
 WORKER_MODULE = "node_agent.kernel.compile_worker"
@@ -130,7 +130,8 @@ def _run(
     previous: dict[str, tuple[str, int]],
 ) -> Received:
     bytecode = "bytecode" in request
-    key = spare_key(settings, cgroups)
+    prepared = {f: request.get(f) for f in REQUEST_FIELDS}
+    key = spare_key(settings, cgroups, prepared)
     worker = (SPARES.take(key) if bytecode else None) or _start(settings, bytecode, cgroups)
     answered = False
     try:
@@ -155,7 +156,10 @@ def _run(
             _stop(worker)
             worker.close()
         if bytecode:  # the next bytecode build's worker (worker_spares), started off this one's path
-            SPARES.replenish(key, lambda: _start(settings, True, cgroups), after=SPARE_AFTER_SECONDS)
+            # In the sandbox this build had: the next one most likely asks for the same.
+            SPARES.replenish(
+                key, lambda: _start(settings, True, cgroups, prepared), after=SPARE_AFTER_SECONDS
+            )
 
 
 # A new interpreter's start is tens of milliseconds of CPU: not while the build just done is being
@@ -163,15 +167,29 @@ def _run(
 SPARE_AFTER_SECONDS = 0.3
 
 
-def spare_key(settings: WorkerSettings, cgroups: CgroupPlacement | None) -> SpareKey:
-    """What a spare is started with: a build takes only a spare started as it would start one."""
-    return (settings.python, settings.sandbox, settings.limits, cgroups)
+def spare_key(
+    settings: WorkerSettings, cgroups: CgroupPlacement | None, prepared: dict[str, Any]
+) -> SpareKey:
+    """What a spare is started with: a build takes only a spare started as it would start one, in
+    the sandbox its request asks for."""
+    return (settings.python, settings.sandbox, settings.limits, cgroups, json.dumps(prepared, sort_keys=True))
 
 
-def _start(settings: WorkerSettings, bytecode: bool, cgroups: CgroupPlacement | None) -> Started:
+def _start(
+    settings: WorkerSettings,
+    bytecode: bool,
+    cgroups: CgroupPlacement | None,
+    prepared: dict[str, Any] | None = None,
+) -> Started:
     """A worker, in its own compile cgroup when the host has them: it joins before it has a request,
-    so that everything it does, reading the request included, is bounded."""
-    worker = start(lambda fd: worker_argv(settings.python, bytecode, fd, settings.sandbox), worker_env())
+    so that everything it does, reading the request included, is bounded. `prepared`: a spare's
+    sandbox fields, which it enters before its request comes (compile_worker)."""
+
+    def argv(fd: int) -> list[str]:
+        args = worker_argv(settings.python, bytecode, fd, settings.sandbox)
+        return args if prepared is None else [*args, "--prepared", json.dumps(prepared)]
+
+    worker = start(argv, worker_env())
     if cgroups is not None:
         try:
             worker.cgroup = cgroups.create(settings.limits)
@@ -184,7 +202,14 @@ def _start(settings: WorkerSettings, bytecode: bool, cgroups: CgroupPlacement | 
 
 def prime_bytecode(settings: WorkerSettings, cgroups: CgroupPlacement | None) -> None:
     """Starts a spare bytecode worker now, so that the agent's first bytecode build has one too."""
-    SPARES.replenish(spare_key(settings, cgroups), lambda: _start(settings, True, cgroups))
+    prepared = {
+        "privilege": "network",  # a tenant's program on its pods' traffic: the usual first build
+        "cluster": False,
+        "limits": _limits_field(settings.limits, memory_cgroup=cgroups is not None),
+    }
+    SPARES.replenish(
+        spare_key(settings, cgroups, prepared), lambda: _start(settings, True, cgroups, prepared)
+    )
 
 
 def _talk(

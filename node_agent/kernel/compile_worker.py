@@ -9,6 +9,10 @@ JSON {ok, reason, message, progs, maps} with the program and map fds by SCM_RIGH
 `previousMaps`, the agent has sent the previous version's maps on the same socket first (JSON [[name,
 layout], ...] and their fds), for the build to take over (map_reuse). It never touches bpffs; the agent
 checks and pins the fds. --no-sandbox exists only so the benchmark can measure what the sandbox costs.
+
+A spare bytecode worker (worker_spares) is started with `--prepared JSON`: the request's sandbox
+fields (REQUEST_FIELDS in sandbox.py), known before the request. It enters the sandbox first, reads
+the request inside, and refuses one whose fields differ.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def _shown(request: dict[str, Any]) -> list[str]:
     return shown
 
 
-def _open_btf(request: dict[str, Any]) -> None:
+def _open_btf() -> str:
     """For bytecode: the node's BTF as an fd the sandbox keeps, named by a path it can open."""
     try:
         fd = os.open(VMLINUX_BTF, os.O_RDONLY | os.O_CLOEXEC)
@@ -75,7 +79,44 @@ def _open_btf(request: dict[str, Any]) -> None:
         raise BuildFailure(
             "UnsupportedOnNode", f"this node has no kernel BTF ({VMLINUX_BTF}: {e.strerror})"
         ) from None
-    request["btfPath"] = f"/proc/self/fd/{fd}"
+    return f"/proc/self/fd/{fd}"
+
+
+def _enter(settings: dict[str, Any], socket_fd: int, no_sandbox: bool) -> dict[str, Any]:
+    """Enters the sandbox `settings` (a request, or a spare's prepared fields) ask for; returns
+    what the build needs of it beside the request (the BTF's path)."""
+    extra = {}
+    if "bytecode" in settings:
+        extra["btfPath"] = _open_btf()
+        from node_agent.kernel.libbpf import LIBRARY as library
+    else:
+        # What bcc_build imports of the project, loaded before the sandbox as it always was.
+        from node_agent.kernel import stderr_capture, syscalls  # noqa: F401
+
+        library = sandbox.BCC_LIBRARY
+    if not no_sandbox:
+        keep = _capabilities(settings)
+        sandbox.enter(
+            _shown(settings), _limits(settings), close_outside=(socket_fd,), keep=keep, library=library
+        )
+        _guard_worker()
+    return extra
+
+
+def _prepared_request(prepared: dict[str, Any], socket_fd: int, no_sandbox: bool) -> dict[str, Any]:
+    """A spare's request, read inside the sandbox it entered before; its sandbox fields must be
+    those it was prepared with."""
+    failure: Exception | None = None
+    try:
+        extra = _enter({**prepared, "bytecode": True}, socket_fd, no_sandbox)
+    except (SandboxError, BuildFailure) as e:
+        extra, failure = {}, e  # said in the reply to the request, as any worker would
+    request = json.load(sys.stdin)
+    if failure is not None:
+        raise failure
+    if "bytecode" not in request or any(request.get(f) != prepared.get(f) for f in sandbox.REQUEST_FIELDS):
+        raise SandboxError("the request does not match the sandbox this worker was prepared with")
+    return {**request, **extra}
 
 
 def _previous_maps(request: dict[str, Any], channel_fd: int) -> dict[str, tuple[str, int]]:
@@ -136,36 +177,26 @@ def warm_bytecode() -> None:
     sandbox_root.python_trees()  # sysconfig's data, read for the sandbox's root
 
 
-def _arguments(argv: list[str]) -> tuple[int, bool]:
-    """(--socket-fd, --no-sandbox): two flags, without argparse's import (~6 ms of each start)."""
+def _arguments(argv: list[str]) -> tuple[int, bool, dict[str, Any] | None]:
+    """(--socket-fd, --no-sandbox, --prepared): without argparse's import (~6 ms of each start)."""
     try:
         socket_fd = int(argv[argv.index("--socket-fd") + 1])
+        prepared = json.loads(argv[argv.index("--prepared") + 1]) if "--prepared" in argv else None
     except (ValueError, IndexError):
-        sys.exit("usage: compile_worker --socket-fd N [--no-sandbox]")
-    return socket_fd, "--no-sandbox" in argv
+        sys.exit("usage: compile_worker --socket-fd N [--no-sandbox] [--prepared JSON]")
+    return socket_fd, "--no-sandbox" in argv, prepared
 
 
 def main(argv: list[str] | None = None) -> None:
-    socket_fd, no_sandbox = _arguments(sys.argv[1:] if argv is None else argv)
-    request = json.load(sys.stdin)
+    socket_fd, no_sandbox, prepared = _arguments(sys.argv[1:] if argv is None else argv)
     # BCC and clang may write to stdout; the agent collects both streams as the worker's log.
     os.dup2(2, 1)
-    bytecode = "bytecode" in request
     try:
-        if bytecode:
-            _open_btf(request)
-            from node_agent.kernel.libbpf import LIBRARY as library
+        if prepared is not None:
+            request = _prepared_request(prepared, socket_fd, no_sandbox)
         else:
-            # What bcc_build imports of the project, loaded before the sandbox as it always was.
-            from node_agent.kernel import stderr_capture, syscalls  # noqa: F401
-
-            library = sandbox.BCC_LIBRARY
-        if not no_sandbox:
-            keep = _capabilities(request)
-            sandbox.enter(
-                _shown(request), _limits(request), close_outside=(socket_fd,), keep=keep, library=library
-            )
-            _guard_worker()
+            request = json.load(sys.stdin)
+            request.update(_enter(request, socket_fd, no_sandbox))
         reply, fds = _reply(request, socket_fd)
     except SandboxError as e:
         reply, fds = {"ok": False, "reason": e.reason, "message": f"the compile sandbox failed: {e}"}, []

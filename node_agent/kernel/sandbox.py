@@ -80,6 +80,11 @@ class SandboxLimits:
     open_files: int = 1024
 
 
+# The fields of a bytecode build's request that decide its sandbox (capabilities, what it shows,
+# its limits): a spare worker, prepared with them, enters it before its request comes.
+REQUEST_FIELDS = ("privilege", "cluster", "limits")
+
+
 def enter(
     include_dirs: list[str],
     limits: SandboxLimits,

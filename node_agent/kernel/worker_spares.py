@@ -3,11 +3,12 @@
 A worker's start (an interpreter, then the imports of the sandbox and the loader) is most of a
 bytecode build's time, and none of it depends on the build. So after each bytecode build the agent
 starts the next build's worker at once; that process waits, blocked on its stdin, until a request
-comes. It is still one process per build: a spare is used once, for one request, and a spare has
-done nothing but import the project's modules (it has read no byte of any program, nor entered the
-sandbox, which it does on its request as any worker). It joins its compile cgroup when it starts,
-before any request, so that a spare is charged there and not to the agent. A spare that died
-meanwhile is discarded and a worker started then.
+comes. It is still one process per build: a spare is used once, for one request. A spare has
+imported the project's modules and entered the sandbox of the build before it (its capabilities,
+what it shows, its limits: REQUEST_FIELDS in sandbox.py, part of its key), and has read no byte of
+any program: it reads its request in there, and the build does not wait for the sandbox (~7 ms).
+It joins its compile cgroup when it starts, before any request, so that a spare is charged there
+and not to the agent. A spare that died meanwhile is discarded and a worker started then.
 An agent that stops kills its spare; one that dies leaves it at EOF on its stdin, where it exits.
 """
 

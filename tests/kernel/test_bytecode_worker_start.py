@@ -3,9 +3,11 @@ real kernel: one process per build, nothing of the agent's Python environment, a
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from e2e.harness import wait_for
 from node_agent.kernel.backend import Bytecode, ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
-from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, worker_argv
+from node_agent.kernel.compile_runner import WORKER_BOOT, WORKER_MODULE, worker_argv, worker_env
 from node_agent.kernel.worker_spares import SPARES, Spares, start
 from tests.kernel.bytecode_objects import Objects
 from tests.kernel.support import EGRESS, INCLUDE_DIR
@@ -166,3 +168,67 @@ def test_a_primed_spare_serves_the_first_bytecode_build(
     assert backend.load(REF, build).prog_id > 0
     _wait_gone(primed)  # it did the build
     wait_for("the next spare", lambda: len(_pids(log)) == 2, timeout=30, interval=0.01)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _capabilities(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+
+
+def test_a_primed_spare_waits_inside_its_sandbox_before_any_request(
+    bpffs_root: Path, objects: Objects, spares: None
+):
+    """It enters the sandbox a tenant's network program gets before its request is written: what
+    it then reads, it reads in there (and the build does not wait for the sandbox)."""
+    backend = BpffsBackend(bpffs_root, include_dirs=(INCLUDE_DIR,), bytecode_dir=objects.dir)
+    backend.loader.prime_bytecode()
+    wait_for("the primed spare", lambda: bool(SPARES._ready), timeout=30, interval=0.01)
+    [spare] = SPARES._ready.values()
+    wait_for("its sandboxed process", lambda: bool(_children(spare.proc.pid)), timeout=30, interval=0.01)
+    [inside] = _children(spare.proc.pid)
+    for namespace in ("mnt", "net", "pid", "ipc", "uts"):
+        assert os.readlink(f"/proc/{inside}/ns/{namespace}") != os.readlink(f"/proc/self/ns/{namespace}")
+    assert _capabilities(inside) & ~_capabilities(os.getpid()) == 0
+    assert _capabilities(inside) != _capabilities(os.getpid())  # it kept only its privilege's
+    assert spare.proc.stdin is not None and not spare.proc.stdin.closed  # no request yet
+
+
+def test_a_prepared_worker_refuses_a_request_for_another_sandbox(objects: Objects):
+    """A spare prepared for a tenant's sandbox never builds a cluster admin's request in it."""
+    prepared = {"privilege": "network", "cluster": False, "limits": {}}
+    worker = start(
+        lambda fd: [*worker_argv(sys.executable, True, fd, True), "--prepared", json.dumps(prepared)],
+        worker_env(),
+    )
+    try:
+        assert worker.proc.stdin is not None
+        request = {
+            "bytecode": base64.b64encode(objects["counter"]).decode(),
+            "function": "count_egress",
+            "progType": 0,
+            "attachType": 0,
+            **prepared,
+            "privilege": "cluster",
+            "cluster": True,
+        }
+        worker.proc.stdin.write(json.dumps(request).encode())
+        worker.proc.stdin.close()
+        message, fds, _flags, _ = socket.recv_fds(worker.ours, 1 << 16, 16)
+        reply = json.loads(message)
+        assert fds == [] and reply["ok"] is False
+        assert "does not match the sandbox this worker was prepared with" in reply["message"]
+    finally:
+        worker.close()
