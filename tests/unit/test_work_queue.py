@@ -4,6 +4,7 @@ never one key twice at once, stop ends it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from bpfleet_operator.kinds import ProgramKey as Key
 from bpfleet_operator.workqueue import WorkQueue
@@ -98,6 +99,21 @@ def test_a_key_queued_late_waits_and_one_queued_again_sooner_goes_sooner():
     assert when["report"] < 0.15 and 0.3 <= when["later"] < 0.6
 
 
+def run_until_idle(queue: WorkQueue, script: Callable[[WorkQueue], Awaitable[None]]) -> float:
+    """Runs `script` against the running queue, then until it is idle; returns when it started."""
+
+    async def scenario() -> float:
+        worker = asyncio.create_task(queue.run())
+        start = asyncio.get_running_loop().time()
+        await script(queue)
+        await asyncio.wait_for(queue.wait_idle(), timeout=2)
+        queue.stop()
+        await asyncio.wait_for(worker, timeout=1)
+        return start
+
+    return asyncio.run(scenario())
+
+
 def test_a_key_queued_with_a_delay_while_it_runs_keeps_that_delay():
     """A paced key (a program woken by node reports at most once a second) that is busy when its
     next report comes must not come back at once when it is done."""
@@ -107,19 +123,12 @@ def test_a_key_queued_with_a_delay_while_it_runs_keeps_that_delay():
         handled.append(asyncio.get_running_loop().time())
         await asyncio.sleep(0.05)
 
-    async def scenario() -> float:
-        queue = WorkQueue(handle, delay=0.01)
-        worker = asyncio.create_task(queue.run())
-        start = asyncio.get_running_loop().time()
+    async def script(queue: WorkQueue) -> None:
         queue.add("paced", 0.0)
         await asyncio.sleep(0.02)  # it runs
         queue.add("paced", 0.4)
-        await asyncio.wait_for(queue.wait_idle(), timeout=2)
-        queue.stop()
-        await asyncio.wait_for(worker, timeout=1)
-        return start
 
-    start = asyncio.run(scenario())
+    start = run_until_idle(WorkQueue(handle, delay=0.01), script)
     first, second = (at - start for at in handled)
     assert first < 0.02 and 0.4 <= second < 0.6
 
@@ -132,19 +141,12 @@ def test_a_key_not_due_yet_holds_no_worker_and_moves_up_when_queued_sooner():
     async def handle(key: str) -> None:
         handled[key] = asyncio.get_running_loop().time()
 
-    async def scenario() -> float:
-        queue = WorkQueue(handle, delay=0.01, workers=1)
-        worker = asyncio.create_task(queue.run())
-        start = asyncio.get_running_loop().time()
+    async def script(queue: WorkQueue) -> None:
         queue.add("paced", 1.0)
         queue.add("now", 0.0)
         await asyncio.sleep(0.1)
         queue.add("paced", 0.0)
-        await asyncio.wait_for(queue.wait_idle(), timeout=2)
-        queue.stop()
-        await asyncio.wait_for(worker, timeout=1)
-        return start
 
-    start = asyncio.run(scenario())
+    start = run_until_idle(WorkQueue(handle, delay=0.01, workers=1), script)
     assert handled["now"] - start < 0.05
     assert 0.1 <= handled["paced"] - start < 0.3
