@@ -12,6 +12,11 @@ Each sample is a new EbpfProgram created through the API (not kubectl, whose own
 turns, so a noisy neighbour weighs on all alike, and samples are ~1.2 s apart: the operator writes
 a node's spec at once only for the first change after a quiet second (QUIET_SECONDS in
 operator/bpfleet_operator/handlers.py); a faster train would measure that batching instead.
+
+Each sample's program is deleted, and gone, before the next: the figure is a new program on the
+node as it was, whatever the sample count. A node's state is written whole, so each write costs
+the API server more with each program the node runs; the last figure, ConfigMap bytecode on a node
+already running BESIDE programs, shows how much.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import base64
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ CONFIG_MAP, KEY = "counter-elf", "prog.bpf.o"
 REPOSITORY = "bpfleet/pod-traffic-counter"
 KINDS = ("configmap", "image", "inline C")
 PAUSE = 1.2  # seconds between samples: more than the operator's quiet second
+BESIDE = 50  # programs already on the node for the last figure
 
 
 def agent_env(registry: LocalRegistry, cache_dir: Path) -> dict[str, str]:
@@ -54,6 +60,7 @@ class ReadyWatch:
     def __init__(self, kube: Kube, namespace: str) -> None:
         self.kube, self.namespace = kube, namespace
         self.ready: dict[str, float] = {}
+        self.gone: set[str] = set()
         self._changed = threading.Condition()
         self._watch = kubernetes.watch.Watch()
         self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
@@ -76,7 +83,11 @@ class ReadyWatch:
                 program: dict[str, Any] = event["object"]
                 ready = current_condition(program, "Ready")
                 name = program["metadata"]["name"]
-                if ready is not None and ready["status"] == "True" and name not in self.ready:
+                if event["type"] == "DELETED":
+                    with self._changed:
+                        self.gone.add(name)
+                        self._changed.notify_all()
+                elif ready is not None and ready["status"] == "True" and name not in self.ready:
                     with self._changed:
                         self.ready[name] = seen
                         self._changed.notify_all()
@@ -93,20 +104,27 @@ class ReadyWatch:
         self._watch.stop()
 
     def wait(self, name: str, timeout: float) -> float:
+        """When the watch saw `name` Ready (monotonic)."""
+        self._wait_for(lambda: name in self.ready, name, "Ready", timeout)
+        return self.ready[name]
+
+    def wait_gone(self, name: str, timeout: float) -> None:
+        self._wait_for(lambda: name in self.gone, name, "gone", timeout)
+
+    def _wait_for(self, done: Callable[[], bool], name: str, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
-            while name not in self.ready:
+            while not done():
                 if self._failure is not None:
                     raise RuntimeError(f"the Ready watch failed: {self._failure!r}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     status = (self.kube.program(self.namespace, name) or {}).get("status", {})
                     raise TimeoutError(
-                        f"{self.namespace}/{name}: not Ready {timeout:.0f} s after create: "
+                        f"{self.namespace}/{name}: not {what} {timeout:.0f} s after it was asked: "
                         f"{status.get('conditions')}"
                     )
                 self._changed.wait(left)
-            return self.ready[name]
 
 
 def sources(registry: LocalRegistry) -> dict[str, dict[str, Any]]:
@@ -151,9 +169,12 @@ def published(kube: Kube, namespace: str, registry: LocalRegistry, workdir: Path
         builder.close()
 
 
-def measure(kube: Kube, namespace: str, registry: LocalRegistry, count: int) -> dict[str, list[float]]:
-    """Seconds from create to Ready, `count` samples per kind. The namespace exists; its pods
-    labelled app=web are what the programs attach to."""
+def measure(
+    kube: Kube, namespace: str, registry: LocalRegistry, count: int, beside: int = BESIDE
+) -> dict[str, list[float]]:
+    """Seconds from create to Ready, `count` samples per kind, then `count` of the ConfigMap kind
+    on a node already running `beside` programs. The namespace exists; its pods labelled app=web
+    are what the programs attach to."""
     by_kind = sources(registry)
     figures: dict[str, list[float]] = {kind: [] for kind in KINDS}
     watch = ReadyWatch(kube, namespace).start()
@@ -161,20 +182,45 @@ def measure(kube: Kube, namespace: str, registry: LocalRegistry, count: int) -> 
         for i in range(count):
             for kind in KINDS:
                 name = f"{kind.split()[0].lower()}-{i}"
-                body = _program(name, by_kind[kind])
-                start = time.monotonic()
-                kube.custom.create_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, body
-                )
-                figures[kind].append(watch.wait(name, timeout=60) - start)
-                time.sleep(PAUSE)
+                figures[kind].append(_sample(kube, namespace, watch, name, by_kind[kind]))
+        if beside:
+            for i in range(beside):  # they stay: measure_by_kind's caller deletes them all
+                name = f"running-{i}"
+                _create(kube, namespace, name, by_kind["configmap"])
+                watch.wait(name, timeout=60)
+            time.sleep(PAUSE)
+            figures[f"configmap, beside {beside}"] = [
+                _sample(kube, namespace, watch, f"beside-{i}", by_kind["configmap"]) for i in range(count)
+            ]
     finally:
         watch.stop()
     return figures
 
 
+def _create(kube: Kube, namespace: str, name: str, source: dict[str, Any]) -> None:
+    kube.custom.create_namespaced_custom_object(
+        names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, _program(name, source)
+    )
+
+
+def _sample(kube: Kube, namespace: str, watch: ReadyWatch, name: str, source: dict[str, Any]) -> float:
+    """One program's create -> Ready; it is then deleted, and gone before the next sample: each
+    sample is a new program beside the same others, not beside every sample before it (a node's
+    state is written whole, and each write costs the API server more with each entry)."""
+    start = time.monotonic()
+    _create(kube, namespace, name, source)
+    seconds = watch.wait(name, timeout=60) - start
+    kube.custom.delete_namespaced_custom_object(
+        names.GROUP, names.VERSION, namespace, names.PROGRAM_PLURAL, name
+    )
+    watch.wait_gone(name, timeout=60)
+    time.sleep(PAUSE)
+    return seconds
+
+
 def lines(figures: dict[str, list[float]]) -> list[str]:
     out = []
+    width = max(map(len, figures), default=0)
     for kind, samples in figures.items():
         ms = sorted(s * 1000 for s in samples)
         if not ms:
@@ -182,7 +228,7 @@ def lines(figures: dict[str, list[float]]) -> list[str]:
         p50 = statistics.median(ms)
         p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
         out.append(
-            f"apply -> Ready, {kind:9}  n={len(ms):3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  "
+            f"apply -> Ready, {kind:{width}}  n={len(ms):3}  p50 {p50:7.1f} ms  p90 {p90:7.1f} ms  "
             f"max {ms[-1]:7.1f} ms"
         )
     return out

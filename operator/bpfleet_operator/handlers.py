@@ -21,7 +21,7 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 from bpfleet_api import names, reasons
 from bpfleet_api.kube_client import api_client
 from bpfleet_api.rest import RestClient
-from bpfleet_operator import deletion, events, kinds, watch_settings
+from bpfleet_operator import deletion, events, kinds, kopf_persistence, watch_settings
 from bpfleet_operator.backoff import capped_backoffs
 from bpfleet_operator.cluster_cache import ClusterCache, Hooks
 from bpfleet_operator.controller import DELETE_GRACE_SECONDS, ProgramController
@@ -107,11 +107,7 @@ def node_writers() -> int:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = names.OPERATOR_FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.GROUP, key="last-handled-configuration"
-    )
+    kopf_persistence.configure(settings)  # a finalizer, and no copy of the spec in an annotation
     # kopf's own Events only for what went wrong: its "Handler ... succeeded" lines, one per
     # program created and one per resync tick, would be API writes that tell a user nothing.
     settings.posting.level = logging.WARNING
