@@ -21,7 +21,7 @@ from node_agent.metrics import AgentMetrics
 from node_agent.model import NodeProgram, Pod, Trust
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.reporting import Reporter
-from node_agent.status import only_builds_started
+from node_agent.status_hold import StatusHold
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ _DEBOUNCE = 0.02
 # A wake this long after the last pass runs one at once: the first event of a burst is served
 # without the debounce (a new program's spec, say), the rest of the burst lands in the next pass.
 _QUIET = 1.0
-# A status whose only news is that builds were queued waits this long for their end: a bytecode
-# build (tens of milliseconds) is then reported once, attached, instead of queued and then
-# attached; a slower build is reported queued after this.
-QUEUED_REPORT_SECONDS = 1.0
 # While this node has no EbpfNodeState, whether its Node object exists is asked again this often.
 _NODE_RECHECK = 5.0
 
@@ -70,8 +66,7 @@ class Agent:
         # (resourceVersion the status was written over, the status): a pass before the watch
         # delivers that write would write it again.
         self._written: tuple[str, dict[str, Any]] | None = None
-        self._held_since: float | None = None  # a status of queued builds held since (monotonic)
-        self.queued_report_seconds = QUEUED_REPORT_SECONDS
+        self.hold = StatusHold()  # news of queued builds and of pods may wait a little (status_hold)
         self.metrics = metrics or AgentMetrics(reconciler.cgroups)
         self.features = features
         self.custom = CustomObjects(api)
@@ -212,21 +207,12 @@ class Agent:
             extra={"node": self.node, "programs": len(result.reports), "podsAttached": attached},
         )
 
-    def _hold(self, last: dict[str, Any], status: dict[str, Any]) -> bool:
-        """Whether to hold back a status that only says builds were queued (QUEUED_REPORT_SECONDS)."""
-        if not only_builds_started(last, status):
-            return False
-        now = time.monotonic()
-        if self._held_since is None:
-            self._held_since = now
-        return now - self._held_since < self.queued_report_seconds
-
     def _next_pass_in(self, result: PassResult) -> float:
         if result.waiting:
             return _WAITING_RECHECK
         soon = [self.resync]
-        if self._held_since is not None:  # a held status is written then, if the build is not done
-            soon.append(max(0.0, self._held_since + self.queued_report_seconds - time.monotonic()))
+        if (held := self.hold.release_in()) is not None:  # a held status is written then
+            soon.append(held)
         if self._retry_versions:
             soon.append(_VERSION_RETRY)
         if result.failed:
@@ -362,11 +348,11 @@ class Agent:
         while the cache has not seen it yet, against the last write."""
         seen = str(state["metadata"].get("resourceVersion"))
         if (state.get("status") or {}) == status or self._written == (seen, status):
-            self._held_since = None
+            self.hold.settled()
             return
-        if self._hold(self._written[1] if self._written else state.get("status") or {}, status):
+        if self.hold.holds(self._written[1] if self._written else state.get("status") or {}, status):
             return
         patch_status(self.custom, names.NODE_STATE_PROGRAMS_PLURAL, self.node, status)
         self._written = (seen, status)
-        self._held_since = None
+        self.hold.written()
         log.debug("status written", extra={"node": self.node, "programs": len(status.get("programs", []))})

@@ -30,7 +30,7 @@ class Reporter:
     def __init__(self) -> None:
         self._names: dict[ProgramRef, str] = {}
         # The last status this reporter made: the node's status as the agent knows it, also while
-        # the watch has not shown its write yet, or while it is held (agent.QUEUED_REPORT_SECONDS).
+        # the watch has not shown its write yet, or while it is held (status_hold).
         self._last: Mapping[str, Any] | None = None
 
     def status(

@@ -145,13 +145,42 @@ def node_state_status(generation: int | None, entries: list[dict[str, Any]]) -> 
 def only_builds_started(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     """Whether `after` tells nothing `before` did not but that builds were queued: every entry that
     changed now waits for its build (reason Queued), and no entry went away. Such a status may wait
-    for the build's end (agent.QUEUED_REPORT_SECONDS), so that a quick build is one write, not two."""
+    for the build's end (status_hold.QUEUED_REPORT_SECONDS), so that a quick build is one write, not two."""
     old = {entry_key(e): e for e in before.get("programs") or []}
     new = {entry_key(e): e for e in after.get("programs") or []}
     if not old.keys() <= new.keys():
         return False
     changed = [e for key, e in new.items() if old.get(key) != e]
     return bool(changed) and all(e.get("reason") == QUEUED for e in changed)
+
+
+# What of an entry pods coming and going change, and the reasons they move it between.
+_POD_FIELDS = frozenset({"pods", "message", "ready", "reason"})
+_POD_REASONS = frozenset({ATTACHED_REASON, PODS_PENDING})
+
+
+def only_pods_moved(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether `after` tells nothing `before` did not but that pods came or went: the same entries,
+    and each one that changed is, before and after, Attached or waiting for its pods' cgroups
+    (PodsPending), with its counts and message. No failure, build, version or observedGeneration."""
+    old = {entry_key(e): e for e in before.get("programs") or []}
+    new = {entry_key(e): e for e in after.get("programs") or []}
+    if old.keys() != new.keys() or _besides_entries(before) != _besides_entries(after):
+        return False
+    changed = [(old[key], e) for key, e in new.items() if old[key] != e]
+    return bool(changed) and all(_pods_only(a, b) for a, b in changed)
+
+
+def _besides_entries(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k != "programs"}
+
+
+def _pods_only(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    if before.get("reason") not in _POD_REASONS or after.get("reason") not in _POD_REASONS:
+        return False
+    return {k: v for k, v in before.items() if k not in _POD_FIELDS} == {
+        k: v for k, v in after.items() if k not in _POD_FIELDS
+    }
 
 
 def entry_key(status_entry: Mapping[str, Any]) -> EntryKey | None:

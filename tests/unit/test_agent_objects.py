@@ -67,7 +67,7 @@ def test_an_entry_not_ready_on_its_pods_says_why_in_its_message():
 def test_one_status_write_per_pass_and_none_when_nothing_changed():
     kernel, start = FakeBackend(), ManualStart()
     node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
-    node.agent.queued_report_seconds = 0  # queued builds reported at once (see the hold's tests)
+    node.agent.hold.queued_seconds = 0  # queued builds reported at once (see the hold's tests)
     node.serve(node_program(), node_program("other"), cluster_program(scope="Node", attach=TRACEPOINT))
     assert node.reconcile().queued  # two compile at a time: the third waits its turn
     assert len(node.api.writes) == 1 and len(node.status["programs"]) == 3
@@ -86,7 +86,7 @@ def test_a_quick_build_is_reported_once_attached_not_queued_then_attached():
     node.serve(node_program())
     result = node.reconcile()
     assert result.queued and node.api.writes == []  # held: its only news is a queued build
-    assert node.agent._next_pass_in(result) <= node.agent.queued_report_seconds
+    assert node.agent._next_pass_in(result) <= node.agent.hold.queued_seconds
     start.finish_all()
     node.reconcile()
     [(_, written)] = node.api.writes
@@ -100,10 +100,10 @@ def test_a_slow_build_is_reported_queued_once_the_hold_is_over(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("node_agent.agent.time.monotonic", lambda: clock[0])
     node.reconcile()
-    clock[0] += node.agent.queued_report_seconds / 2
+    clock[0] += node.agent.hold.queued_seconds / 2
     node.reconcile()
     assert node.api.writes == []
-    clock[0] += node.agent.queued_report_seconds / 2
+    clock[0] += node.agent.hold.queued_seconds / 2
     node.reconcile()
     assert [e["reason"] for e in node.status["programs"]] == ["Queued"]
     start.finish_all()
@@ -302,7 +302,7 @@ def test_an_entry_removed_from_spec_stays_unloading_until_the_kernel_shows_it_go
 def test_queued_compiles_never_make_passes_spin_a_finished_compile_wakes_one():
     kernel, start = FakeBackend(), ManualStart()
     node = web_node(kernel=kernel, pool=CompilePool(kernel.load, start=start))
-    node.agent.queued_report_seconds = 0  # no held status, whose end is a pass of its own
+    node.agent.hold.queued_seconds = 0  # no held status, whose end is a pass of its own
     node.serve(node_program())
     result = node.reconcile()
     assert result.queued and len(start.jobs) == 1 and kernel.programs == {}
