@@ -87,6 +87,9 @@ class BpffsBackend:
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self._tree = PinTree()  # load() runs on compile-pool threads beside the pass
+        # Each loaded program's fd, opened at its first attach and closed at its unload: attaching
+        # a new pod's cgroup to 50 programs then opens no program pin.
+        self._prog_fds: dict[ProgramRef, int] = {}
         self.root = root
         self.tracefs = tracefs
         self.python = python
@@ -154,6 +157,7 @@ class BpffsBackend:
         # Maps move between versions of one program only, never across programs or namespaces.
         same_program = previous is not None and previous.program == ref.program and previous != ref
         previous_dir = self._dir(previous) if previous is not None and same_program else None
+        self._close_prog_fd(ref)  # of a program whose pins went away: never attached again
         with self._tree.building(pin_dir):
             done = self.loader.load(pin_dir, build, previous_dir)
         if previous_dir is not None:
@@ -169,6 +173,7 @@ class BpffsBackend:
         return LoadedProgram(ref, done.prog_id, str(pin_dir), done.maps, done.kept, done.reset)
 
     def unload(self, ref: ProgramRef) -> None:
+        self._close_prog_fd(ref)
         version_dir = self._dir(ref)
         own = self._read_version(ref)
         for pin in (version_dir / "links").glob("*"):
@@ -243,7 +248,18 @@ class BpffsBackend:
     def _pin_new_link(
         self, ref: ProgramRef, pin: str | Path, create: Callable[[int], int]
     ) -> syscalls.LinkInfo:
-        return links.pin_new(f"{self._dir_text(ref)}/prog", pin, create)
+        return links.pin_new_with(self._prog_fd(ref), pin, create)
+
+    def _prog_fd(self, ref: ProgramRef) -> int:
+        fd = self._prog_fds.get(ref)
+        if fd is None:
+            fd = self._prog_fds[ref] = syscalls.obj_get(f"{self._dir_text(ref)}/prog")
+        return fd
+
+    def _close_prog_fd(self, ref: ProgramRef) -> None:
+        fd = self._prog_fds.pop(ref, None)
+        if fd is not None:
+            syscalls.close(fd)
 
     def _link_cgroup(
         self, ref: ProgramRef, pin: str, cgroup_dir: Path, attach: KernelAttach
@@ -274,13 +290,15 @@ class BpffsBackend:
         return netns.run_in_netns(pod_netns, lambda: link_to(netns.interface_index(attach.target)))
 
     def detach(self, ref: ProgramRef, pod_uid: str) -> None:
-        if self._pod_map(ref).exists():
-            for entry in pod_filter.entries(self._pod_map(ref)):
+        # Strings, as in attach: a pod that goes is a detach per program.
+        if os.path.exists(f"{self._dir_text(ref)}/maps/{pod_filter.MAP_NAME}"):
+            pod_map = self._pod_map(ref)
+            for entry in pod_filter.entries(pod_map):
                 if entry.uid == pod_uid:
-                    pod_filter.remove(self._pod_map(ref), entry.cgroup_id)
+                    pod_filter.remove(pod_map, entry.cgroup_id)
             self._drop_unused_file_links(ref)
             return
-        links.detach(self._dir(ref) / "links" / pod_uid)
+        links.detach(f"{self._links_dir(ref)}/{pod_uid}")
 
     # -- host-level targets (scope Node: ClusterEbpfPrograms) ---------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,10 +27,13 @@ def info(pin: str | Path) -> syscalls.LinkInfo | None:
 def pin_new(prog_pin: str | Path, pin: str | Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
     """Creates a link of the pinned program with `create(prog_fd) -> link fd` and pins it. The pin's
     directory is made if missing; a pin in the way that is not a live link is replaced."""
-    with (
-        syscalls.closing_fd(syscalls.obj_get(str(prog_pin))) as prog_fd,
-        syscalls.closing_fd(create(prog_fd)) as link_fd,
-    ):
+    with syscalls.closing_fd(syscalls.obj_get(str(prog_pin))) as prog_fd:
+        return pin_new_with(prog_fd, pin, create)
+
+
+def pin_new_with(prog_fd: int, pin: str | Path, create: Callable[[int], int]) -> syscalls.LinkInfo:
+    """pin_new of a program the caller holds open."""
+    with syscalls.closing_fd(create(prog_fd)) as link_fd:
         fault_points.reached("attach-pin")
         try:
             syscalls.obj_pin(link_fd, str(pin))
@@ -50,7 +54,7 @@ def pin_perf_event(prog_pin: Path, pin: Path, perf_fd: int) -> int:
     return pin_new(prog_pin, pin, lambda prog_fd: syscalls.link_create_perf_event(prog_fd, perf_fd)).id
 
 
-def detach(pin: Path) -> None:
+def detach(pin: str | Path) -> None:
     # Unpinning alone frees the link a moment later; detaching first makes it take effect now.
     # Perf-event links cannot be detached (EOPNOTSUPP): for them the unpin is the detach.
     try:
@@ -60,4 +64,5 @@ def detach(pin: Path) -> None:
     except errors.KernelError as e:
         if e.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
             log.warning("link detach failed; unpinning", extra={"pin": str(pin), "error": str(e)})
-    pin.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pin)

@@ -85,11 +85,15 @@ def closing_fd(fd: int) -> Iterator[int]:
         close(fd)
 
 
+# Looked up once: _bpf runs five times per program when kubelet makes a pod's cgroup.
+_NR = _NR_BPF.get(platform.machine())
+_NR_ARG = ctypes.c_long(_NR or -1)
+
+
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
+    if _NR is None:
         raise KernelError(f"bpf(2) syscall number unknown for {platform.machine()}")
-    ret = _libc_gil.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    ret = _libc_gil.syscall(_NR_ARG, ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise KernelError(f"bpf cmd {cmd}: {os.strerror(err)}", errno=err)
