@@ -87,8 +87,9 @@ class Inotify:
 class CgroupWatch:
     """Follows the kubelet cgroup tree under `root` and tells `listener` what appears."""
 
-    def __init__(self, root: Path, listener: CgroupListener) -> None:
-        self.root, self.listener = root, listener
+    def __init__(self, root: Path, listener: CgroupListener, nice: int = 0) -> None:
+        """`nice`: the watch thread's own nice value (0: as the agent's)."""
+        self.root, self.listener, self.nice = root, listener, nice
         self._inotify = Inotify()
         # wd -> (directory relative to the root, the pod UID when it is a pod cgroup)
         self._watched: dict[int, tuple[PurePath, str]] = {}
@@ -115,6 +116,8 @@ class CgroupWatch:
         return sorted(rel for rel, _uid in self._watched.values())
 
     def _loop(self) -> None:
+        if self.nice:
+            self._raise_priority()
         poller = select.poll()
         poller.register(self._inotify.fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
@@ -131,6 +134,12 @@ class CgroupWatch:
                     self._handle(wd, mask, name)
                 except Exception:  # one bad event must not end the watch
                     log.exception("cgroup event failed", extra={"name": name})
+
+    def _raise_priority(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)  # this thread only
+        except OSError as e:  # no CAP_SYS_NICE: attaching works the same, with the node's slices
+            log.warning("the cgroup watch keeps its priority", extra={"nice": self.nice, "error": str(e)})
 
     def _handle(self, wd: int, mask: int, name: str) -> None:
         if mask & _IN_IGNORED:

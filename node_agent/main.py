@@ -20,7 +20,7 @@ from node_agent.bytecode_supply import BUILTINS_FROM_BYTECODE, BuiltinBytecode, 
 from node_agent.cgroups import PodCgroupResolver, cgroup_v2_mount
 from node_agent.compile_pool import DEFAULT_CONCURRENCY, CompilePool
 from node_agent.compile_queue import CompileQueue
-from node_agent.fast_wiring import FastPathRuntime
+from node_agent.fast_wiring import FAST_PATH_NICE, FastPathRuntime
 from node_agent.headers import MODULES_DIR
 from node_agent.hook import DEFAULT_SOCKET
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
@@ -95,6 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("BPFLEET_HOOK_SOCKET", str(DEFAULT_SOCKET)),
         help="unix socket where container-start hooks ask whether a pod is ready; empty disables "
         "(env BPFLEET_HOOK_SOCKET)",
+    )
+    parser.add_argument(
+        "--fast-path-nice",
+        type=int,
+        default=int(os.environ.get("BPFLEET_FAST_PATH_NICE", str(FAST_PATH_NICE))),
+        help="the nice value of the thread that attaches a new pod's programs when its cgroup "
+        f"appears (default {FAST_PATH_NICE}: ahead of the node's other work; 0 leaves it as is; env "
+        "BPFLEET_FAST_PATH_NICE)",
     )
     parser.add_argument(
         "--bytecode-dir",
@@ -201,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    fast = FastPathRuntime(agent, reconciler, Path(args.hook_socket) if args.hook_socket else None)
+    fast = FastPathRuntime(
+        agent, reconciler, Path(args.hook_socket) if args.hook_socket else None, nice=args.fast_path_nice
+    )
     fast.start()
     try:
         agent.run()

@@ -4,6 +4,7 @@ network namespace."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -134,6 +135,30 @@ def test_a_kubelet_root_made_after_the_watch_started_is_followed(kubelet_root):
         pod = kubelet_root / "later" / pod_cgroup_relpath(uid, "BestEffort", "systemd")
         pod.mkdir(parents=True)
         recorder.wait_for(("pod", uid, str(pod)))
+    finally:
+        watch.stop()
+
+
+def test_the_watch_attaches_at_its_own_raised_priority_and_the_agent_keeps_its_own(kubelet_root):
+    heard: list[int] = []  # the nice value of the thread a pod's cgroup is handled on
+    recorder = Recorder()
+    listener = recorder.listener()
+    pod_seen = listener.pod
+
+    def pod_cgroup(uid: str, path: Path) -> None:
+        heard.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        pod_seen(uid, path)
+
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    watch = CgroupWatch(kubelet_root, dataclasses.replace(listener, pod=pod_cgroup), nice=ours - 5)
+    watch.start()
+    try:
+        uid = str(uuid.uuid4())
+        pod = kubelet_root / pod_cgroup_relpath(uid, "BestEffort", "systemd")
+        pod.mkdir(parents=True)
+        recorder.wait_for(("pod", uid, str(pod)))
+        assert heard == [ours - 5]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # this thread's own
     finally:
         watch.stop()
 
