@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         plane.stop()
         if args.keep_logs is not None:
             shutil.copytree(work / "logs", args.keep_logs, dirs_exist_ok=True)
+            shutil.copytree(work / "controlplane" / "logs", args.keep_logs, dirs_exist_ok=True)
         cleanup_cgroup_tree(cgroup_root.parent)
         shutil.rmtree(bpffs_root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
