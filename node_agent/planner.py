@@ -68,6 +68,10 @@ def plan(
     unloads: list[Action] = []
     by_program: dict[tuple[str, str], ProgramReport] = {}
     hooks = hooks or {}
+    # Each program's loaded versions, looked up once: a pass of 50 programs asks 50 times.
+    versions: dict[tuple[str, str], list[ProgramRef]] = {}
+    for loaded_ref in sorted(observed.loaded):
+        versions.setdefault(loaded_ref.program, []).append(loaded_ref)
     for program in programs:
         report = ProgramReport(
             program.namespace,
@@ -88,7 +92,8 @@ def plan(
         if program.scope == "Node":
             _plan_node(program, ref, report, observed, result.actions)
         else:
-            moves = _moves(program, pods, observed, hooks) if ref == program.ref else {}
+            older = [r for r in versions.get(ref.program, ()) if r != ref]
+            moves = _moves(program, older, pods, observed, hooks) if ref == program.ref and older else {}
             _plan_pods(program, ref, pods, report, observed, moves, find_cgroup, kubelet_root, result.actions)
     for ref in sorted(set(observed.loaded) - result.serving):
         unloads.append(Unload(ref, by_program.get(ref.program)))
@@ -114,16 +119,18 @@ def _serving(
 
 
 def _moves(
-    program: NodeProgram, pods: list[Pod], observed: Observed, hooks: Mapping[ProgramRef, KernelAttach]
+    program: NodeProgram,
+    old_versions: list[ProgramRef],
+    pods: list[Pod],
+    observed: Observed,
+    hooks: Mapping[ProgramRef, KernelAttach],
 ) -> dict[str, ProgramRef]:
-    """Pod UID -> the older version whose live link on that pod moves to this version in place:
-    no gap, no overlap, same link. Per-pod cgroup and interface links only (perf-event links of
-    tracing cannot be updated), and only between versions seen on the same hook."""
+    """Pod UID -> the older version (of `old_versions`, the program's others loaded, sorted) whose
+    live link on that pod moves to this version in place: no gap, no overlap, same link. Per-pod
+    cgroup and interface links only (perf-event links of tracing cannot be updated), and only
+    between versions seen on the same hook."""
     new, attach = program.ref, program.build.attach
     if attach.scope not in (PER_POD_CGROUP, PER_POD_NETDEV):
-        return {}
-    old_versions = sorted(r for r in observed.loaded if r.program == new.program and r != new)
-    if not old_versions:
         return {}
     selected = {pod.uid for pod in pods if program.selects(pod)}
     current = observed.attachments(new)
