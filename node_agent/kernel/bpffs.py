@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,9 +88,12 @@ class BpffsBackend:
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
         self._tree = PinTree()  # load() runs on compile-pool threads beside the pass
-        # Each loaded program's fd, opened at its first attach and closed at its unload: attaching
-        # a new pod's cgroup to 50 programs then opens no program pin.
+        # Each loaded program's fd, opened at its first attach and closed at its unload (or once
+        # bpffs no longer shows it): attaching a new pod's cgroup to 50 programs opens no program
+        # pin. Its lock is held while an fd is used, so that no fd is closed (and its number
+        # reused) under a link being made with it: loads and bpffs reads run beside attaches.
         self._prog_fds: dict[ProgramRef, int] = {}
+        self._prog_fds_lock = threading.Lock()
         self.root = root
         self.tracefs = tracefs
         self.python = python
@@ -136,6 +140,7 @@ class BpffsBackend:
                 log.warning("pinned version without a program", extra={"path": str(version_dir)})
                 continue
             found[ref] = program
+        self._drop_stale_prog_fds(found)
         return found
 
     def _read_version(self, ref: ProgramRef) -> LoadedProgram | None:
@@ -248,18 +253,29 @@ class BpffsBackend:
     def _pin_new_link(
         self, ref: ProgramRef, pin: str | Path, create: Callable[[int], int]
     ) -> syscalls.LinkInfo:
-        return links.pin_new_with(self._prog_fd(ref), pin, create)
+        with self._prog_fds_lock:
+            fd = self._prog_fds.get(ref)
+            if fd is None:
+                fd = self._prog_fds[ref] = syscalls.obj_get(f"{self._dir_text(ref)}/prog")
+            return links.pin_new_with(fd, pin, create)
 
-    def _prog_fd(self, ref: ProgramRef) -> int:
-        fd = self._prog_fds.get(ref)
-        if fd is None:
-            fd = self._prog_fds[ref] = syscalls.obj_get(f"{self._dir_text(ref)}/prog")
-        return fd
+    def _drop_stale_prog_fds(self, pinned: dict[ProgramRef, LoadedProgram]) -> None:
+        """Closes the fds of programs bpffs no longer shows as pinned (removed or replaced behind
+        the agent's back): a pod is never attached to a program nothing else can see."""
+        with self._prog_fds_lock:
+            stale = [
+                ref
+                for ref, fd in self._prog_fds.items()
+                if ref not in pinned or syscalls.prog_info(fd).id != pinned[ref].prog_id
+            ]
+        for ref in stale:
+            self._close_prog_fd(ref)
 
     def _close_prog_fd(self, ref: ProgramRef) -> None:
-        fd = self._prog_fds.pop(ref, None)
-        if fd is not None:
-            syscalls.close(fd)
+        with self._prog_fds_lock:
+            fd = self._prog_fds.pop(ref, None)
+            if fd is not None:
+                syscalls.close(fd)
 
     def _link_cgroup(
         self, ref: ProgramRef, pin: str, cgroup_dir: Path, attach: KernelAttach

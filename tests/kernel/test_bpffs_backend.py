@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -369,6 +370,22 @@ def test_unload_removes_the_versions_pins_and_empty_parents_and_detaches_it(back
     assert backend.loaded() == {}
     wait_until(lambda: attached_ids(a.pod) == [], "nothing on pod a")
     wait_until(lambda: not prog_exists(new.prog_id), "the unloaded program freed by the kernel")
+
+
+def test_a_version_whose_pins_went_behind_its_back_is_not_attached_from_a_kept_fd(backend, pod_cgroups):
+    a, b = pod_cgroups(), pod_cgroups()
+    loaded = backend.load(COUNTER_REF, COUNTER)
+    backend.attach(COUNTER_REF, a.uid, a.pod, EGRESS)  # the program's fd is kept from here on
+    shutil.rmtree(loaded.pin_dir)  # someone else's rm: links and program unpinned
+
+    assert COUNTER_REF not in backend.loaded()  # the agent's look at bpffs (each full pass)
+    wait_until(lambda: not prog_exists(loaded.prog_id), "the program freed: no fd of ours holds it")
+    with pytest.raises(errors.AttachFailed):
+        backend.attach(COUNTER_REF, b.uid, b.pod, EGRESS)
+    assert attached_ids(b.pod) == []
+    reloaded = backend.load(COUNTER_REF, COUNTER)  # what the next pass does
+    backend.attach(COUNTER_REF, b.uid, b.pod, EGRESS)
+    assert attached_ids(b.pod) == [reloaded.prog_id]
 
 
 def test_a_removed_pod_cgroup_leaves_a_dead_link_and_a_recreated_one_can_be_attached(backend, pod_cgroups):
