@@ -314,11 +314,14 @@ def _node_state_changed(node: str) -> None:
 def _queue_nodes(nodes: Collection[str]) -> None:
     if nodes:
         now = asyncio.get_running_loop().time()
-        if now - STATE.last_desired_change >= QUIET_SECONDS and len(nodes) <= LEADING_MAX_NODES:
+        quiet = now - STATE.last_desired_change >= QUIET_SECONDS
+        if quiet and len(nodes) <= LEADING_MAX_NODES:
             STATE.leading |= set(nodes)
-        STATE.last_desired_change = now
-        if STATE.dirty_since is None:
+        # A change after a quiet second starts a new coalescing window: the last one may never have
+        # been closed (its writes were all leading ones), and its start would cut this one short.
+        if quiet or STATE.dirty_since is None:
             STATE.dirty_since = now
+        STATE.last_desired_change = now
     for node in nodes:
         # A leading change is written at once: not even the queue's own short wait.
         STATE.nodes.add(node, 0.0 if node in STATE.leading else None)
