@@ -113,7 +113,7 @@ def upgrade(kube: Kube, tag: str) -> None:
             INSTALL_NAMESPACE,
             "--reuse-values",
             "--skip-crds",
-            "--set",
+            "--set-string",  # a tag of only digits stays a string
             f"agent.image.tag={tag}",
             "--wait",
             "--timeout",

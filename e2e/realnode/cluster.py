@@ -212,9 +212,11 @@ def helm_values(images: Images) -> list[str]:
         "agent.kubeletCgroupRoot": str(CGROUP_FS / "unified" / CGROUP_ROOT.lstrip("/")),
         "agent.bpffsRoot": str(AGENT_BPFFS_ROOT),
         "agent.metrics.bindAddress": NODE_IP,
-        "agent.metrics.port": str(AGENT_METRICS_PORT),
     }
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    # --set-string: a tag is a content hash, and one of only digits would reach the chart's
+    # schema as a number (helm's --set types what it can parse).
+    strings = [arg for key, value in values.items() for arg in ("--set-string", f"{key}={value}")]
+    return [*strings, "--set", f"agent.metrics.port={AGENT_METRICS_PORT}"]
 
 
 def install(layout: Layout) -> None:

@@ -90,6 +90,14 @@ def test_the_chart_values_point_the_agent_at_the_nodes_cgroups_and_its_own_pins(
     assert values["agent.bpffsRoot"] == "/sys/fs/bpf/bpfleet-realnode"
 
 
+def test_an_image_tag_of_only_digits_is_passed_to_helm_as_a_string() -> None:
+    # Tags are content hashes: "315137780639" once made helm --set hand the chart a number.
+    args = helm_values(Images("p:1", "a:1", "localhost/bpfleet/operator:315137780639", "localhost/x:0123"))
+    flags = dict(zip(args[1::2], args[0::2], strict=True))
+    assert flags["operator.image.tag=315137780639"] == "--set-string"
+    assert flags["agent.image.tag=0123"] == "--set-string"
+
+
 def test_the_cni_config_uses_our_bridge_and_our_address_store(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "state", run=tmp_path / "run", lib=tmp_path / "lib")
     [bridge] = network.conflist(layout)["plugins"]  # type: ignore[misc]
