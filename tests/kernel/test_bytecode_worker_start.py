@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import platform
 import signal
 import socket
 import sys
@@ -183,6 +184,15 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+_NR_READ = {"x86_64": "0", "aarch64": "63", "riscv64": "63", "ppc64le": "3", "s390x": "3"}
+
+
+def _reading_stdin(pid: int) -> bool:
+    """Whether the process is blocked in read(2) on fd 0 (/proc/<pid>/syscall: number, then args)."""
+    fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    return fields[:2] == [_NR_READ[platform.machine()], "0x0"]
+
+
 def _capabilities(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
@@ -199,6 +209,8 @@ def test_a_primed_spare_waits_inside_its_sandbox_before_any_request(
     [spare] = SPARES._ready.values()
     wait_for("its sandboxed process", lambda: bool(_children(spare.proc.pid)), timeout=30, interval=0.01)
     [inside] = _children(spare.proc.pid)
+    # Once it waits for its request: before, it may still be dropping what it must not keep.
+    wait_for("it to wait on its stdin", lambda: _reading_stdin(inside), timeout=30, interval=0.01)
     for namespace in ("mnt", "net", "pid", "ipc", "uts"):
         assert os.readlink(f"/proc/{inside}/ns/{namespace}") != os.readlink(f"/proc/self/ns/{namespace}")
     assert _capabilities(inside) & ~_capabilities(os.getpid()) == 0
