@@ -24,7 +24,7 @@ from node_agent.fast_wiring import FAST_PATH_NICE, FastPathRuntime
 from node_agent.headers import MODULES_DIR
 from node_agent.hook import DEFAULT_SOCKET
 from node_agent.kernel.bpffs import DEFAULT_ROOT, BpffsBackend
-from node_agent.kernel.compile_cgroup import CompileLimits
+from node_agent.kernel.compile_cgroup import CompileLimits, node_prefix
 from node_agent.kernel.loader import DEFAULT_BYTECODE_DIR
 from node_agent.metrics import DEFAULT_ADDRESS, AgentMetrics, serve
 from node_agent.model import DEFAULT_MAX_MAP_BYTES, Trust
@@ -136,7 +136,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_while_starting(_signum: int, _frame: FrameType | None) -> None:
+    # Stopped before it serves: the default action would leave the spare compile worker and its
+    # cgroup behind; SystemExit runs atexit, which stops and removes both.
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _exit_while_starting)
+    signal.signal(signal.SIGINT, _exit_while_starting)
     args = parse_args(argv)
     logs.setup(args.log_level)
     # What image sources are held to (pulls happen in the compile pool, FetchingLoad).
@@ -160,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
             cpu_seconds=args.compile_cpu_seconds, memory_bytes=args.compile_memory_bytes
         ),
         bytecode_dir=args.bytecode_dir,
+        compile_cgroup_prefix=node_prefix(args.node),
+        compile_cgroups_owned=True,
     )
+    backend.loader.compile_cgroup_placement()  # now: takes over what a killed predecessor left
     node_features = features.probe(backend, args.modules_dir)
     if node_features.no_headers:
         log.warning(node_features.no_headers, extra={"node": args.node})

@@ -147,27 +147,34 @@ def compile_cgroups() -> set[Path]:
     return {c for root in roots if root.is_dir() for c in root.glob("bpfleet-compile-*")}
 
 
+def restart_and_stop(agent: Any) -> None:
+    """Stops the agent once a fresh start of it is done: whatever one killed mid-start left, the
+    next start takes over."""
+    agent.stop()
+    offset = agent.log_path.stat().st_size
+    agent.start()
+
+    def started() -> bool:
+        with open(agent.log_path, "rb") as f:
+            f.seek(offset)
+            return b"initial reconcile done" in f.read()
+
+    wait_for("the agent's start", started, timeout=60)
+    agent.stop()
+
+
 @pytest.fixture
-def no_leftover_compile_cgroups() -> Iterator[None]:
-    """A killed agent leaves its worker's cgroup behind (its successor tidies only old ones): the
-    test removes those made while it ran, once their processes are gone."""
+def no_leftover_compile_cgroups(node_a) -> Iterator[None]:
+    """Each agent the test kills leaves its workers' cgroups behind: the node's next agent removes
+    them at its start, and an agent stopped removes its own."""
     before = compile_cgroups()
+    yield
+    restart_and_stop(node_a.agent)
     try:
-        yield
-    finally:
-        deadline = time.monotonic() + 30
         left = compile_cgroups() - before
-        while left and time.monotonic() < deadline:
-            for cgroup in list(left):
-                try:
-                    cgroup.rmdir()
-                    left.discard(cgroup)
-                except FileNotFoundError:
-                    left.discard(cgroup)
-                except OSError:
-                    pass  # its worker is still finishing
-            time.sleep(0.1)
-        assert not left, f"compile cgroups left: {left}"
+        assert not left, f"compile cgroups left: {sorted(str(c) for c in left)}"
+    finally:
+        node_a.agent.start()
 
 
 def converged(

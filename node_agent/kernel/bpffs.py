@@ -84,6 +84,7 @@ class BpffsBackend:
         check_loaded: CheckLoaded | None = helper_check.check_loaded,
         compile_cgroup_prefix: str = CGROUP_PREFIX,
         compile_cgroups: bool = True,
+        compile_cgroups_owned: bool = False,
         bytecode_dir: Path = DEFAULT_BYTECODE_DIR,
     ) -> None:
         self.proc = proc  # the host's /proc: pods' processes and namespaces are found there
@@ -110,6 +111,7 @@ class BpffsBackend:
             compile_cgroup_prefix,
             compile_cgroups,
             bytecode_dir,
+            compile_cgroups_owned,
         )
 
     def _dir(self, ref: ProgramRef) -> Path:

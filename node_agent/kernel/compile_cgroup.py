@@ -3,7 +3,9 @@
 cgroup v2 is used when its root has the memory controller enabled for its children; otherwise the
 v1 memory and cpu hierarchies when they are mounted (hybrid hosts); otherwise none, and the
 worker's rlimits are the only bounds. The agent makes the cgroup before the worker gets its
-request, and removes it once every process in it is gone, also after a timeout or a crash. BPF map
+request, and removes it once every process in it is gone, also after a timeout or a crash of the
+worker. The cgroups of a killed agent are taken over by the next agent of its node: their names
+carry the node's own prefix, so that it kills and removes all of them at its start. BPF map
 memory is charged to the memory cgroup of its creator (Linux 5.11+), so the memory limit also
 bounds what a huge map allocates while it is created.
 """
@@ -11,6 +13,7 @@ bounds what a huge map allocates while it is created.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -26,6 +29,12 @@ log = logging.getLogger(__name__)
 PREFIX = "bpfleet-compile-"
 _CPU_PERIOD_US = 100_000
 _STALE_SECONDS = 600
+
+
+def node_prefix(node: str) -> str:
+    """The compile cgroups' prefix of the agent serving `node`: its own, even where several agents
+    share one host (the test harness), so that it can take over what its predecessor left."""
+    return f"{PREFIX}{hashlib.sha256(node.encode()).hexdigest()[:8]}-"
 
 
 @dataclass(frozen=True)
@@ -120,30 +129,54 @@ class CgroupPlacement:
         self.memory_root, self.cpu_root, self.v2, self.prefix = memory_root, cpu_root, v2, prefix
 
     @classmethod
-    def detect(cls, prefix: str = PREFIX) -> CgroupPlacement | None:
+    def detect(cls, prefix: str = PREFIX, owned: bool = False) -> CgroupPlacement | None:
+        """`owned`: no other live process makes cgroups with `prefix` (the agent's node_prefix)."""
         mounts = _mounts()
+        placement = None
         for point, fstype, _ in mounts:
             controls = Path(point) / "cgroup.subtree_control"
             if fstype == "cgroup2" and controls.exists():
                 enabled = set(controls.read_text().split())
                 if "memory" in enabled:
                     root = Path(point)
-                    return cls(root, root if "cpu" in enabled else None, True, prefix).tidy()
+                    placement = cls(root, root if "cpu" in enabled else None, True, prefix)
+                    break
         v1 = {opt: Path(point) for point, fstype, opts in mounts if fstype == "cgroup" for opt in opts}
-        if "memory" in v1:
-            return cls(v1["memory"], v1.get("cpu"), False, prefix).tidy()
-        return None
+        if placement is None and "memory" in v1:
+            placement = cls(v1["memory"], v1.get("cpu"), False, prefix)
+        if placement is not None and owned:
+            placement.take_over()
+        elif placement is not None:
+            placement.tidy()
+        return placement
 
-    def tidy(self) -> CgroupPlacement:
-        """Removes empty cgroups a killed agent left behind (rmdir refuses one with processes in it;
-        a recent one may be another backend's, made a moment before its worker joins it)."""
-        for root in {self.memory_root, self.cpu_root} - {None}:
-            assert root is not None
-            for stale in root.glob(self.prefix + "*"):
+    def _left(self) -> set[str]:
+        """The names of this prefix's cgroups there now, in either hierarchy."""
+        roots = {self.memory_root, self.cpu_root} - {None}
+        return {d.name for root in roots if root is not None for d in root.glob(self.prefix + "*")}
+
+    def _named(self, name: str) -> CompileCgroup:
+        cpu = self.cpu_root / name if self.cpu_root is not None else None
+        return CompileCgroup(self.memory_root / name, cpu, self.v2)
+
+    def tidy(self) -> None:
+        """Removes empty cgroups a killed process left behind, with a prefix others may share: rmdir
+        refuses one with processes in it, and a recent one may be another backend's, made a moment
+        before its worker joins it."""
+        for name in self._left():
+            for stale in self._named(name).dirs():
                 with contextlib.suppress(OSError):
                     if time.time() - stale.stat().st_ctime > _STALE_SECONDS:
                         stale.rmdir()
-        return self
+
+    def take_over(self) -> None:
+        """Kills and removes what a dead predecessor with this (owned) prefix left: the cgroups of
+        its workers, and any worker still in them (one finishing a compile nobody will read)."""
+        left = self._left()
+        for name in left:
+            self._named(name).remove()
+        if left:
+            log.info("removed compile cgroups a previous agent left", extra={"cgroups": sorted(left)})
 
     def create(self, limits: CompileLimits) -> CompileCgroup:
         name = self.prefix + secrets.token_hex(6)

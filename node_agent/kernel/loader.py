@@ -60,6 +60,9 @@ class Loader:
     compile_cgroup_prefix: str = CGROUP_PREFIX
     compile_cgroups: bool = True  # False: rlimits only, as on a host without controllers
     bytecode_dir: Path = DEFAULT_BYTECODE_DIR  # the agent's own objects (--bytecode-dir)
+    # The prefix is this process's alone (the agent's node_prefix): the cgroups found with it at
+    # start are a dead predecessor's, killed and removed (compile_cgroup.take_over).
+    compile_cgroups_owned: bool = False
     _cgroups: CgroupPlacement | None = field(default=None, init=False)
     _cgroups_looked_for: bool = field(default=False, init=False)
 
@@ -71,7 +74,7 @@ class Loader:
         carried = map_reuse.carried_from(previous_dir)
         try:
             with compile_runner.compiled(
-                self._request(build), settings, self._compile_cgroups(), carried
+                self._request(build), settings, self.compile_cgroup_placement(), carried
             ) as received:
                 # The same checks whatever was carried over: the cap counts every map used.
                 check_program_maps(received.progs, received.maps, build)
@@ -85,7 +88,7 @@ class Loader:
 
     def prime_bytecode(self) -> None:
         """Starts the first bytecode build's worker now (worker_spares), as a build would start it."""
-        compile_runner.prime_bytecode(self._settings(), self._compile_cgroups())
+        compile_runner.prime_bytecode(self._settings(), self.compile_cgroup_placement())
 
     def _settings(self) -> compile_runner.WorkerSettings:
         return compile_runner.WorkerSettings(
@@ -161,11 +164,11 @@ class Loader:
             # Fail closed: code whose calls cannot be read back is not run.
             raise errors.HelperNotAllowed(f"the agent could not check the program's helper calls: {e}") from e
 
-    def _compile_cgroups(self) -> CgroupPlacement | None:
+    def compile_cgroup_placement(self) -> CgroupPlacement | None:
         """Where compile workers' cgroups go, looked for once (None: the host offers none)."""
         if self.sandbox and self.compile_cgroups and not self._cgroups_looked_for:
             self._cgroups_looked_for = True
-            self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix)
+            self._cgroups = CgroupPlacement.detect(self.compile_cgroup_prefix, self.compile_cgroups_owned)
             if self._cgroups is None:
                 log.info("no memory cgroup for compile workers; their rlimits bound them")
         return self._cgroups

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import socket
 import subprocess
 import tempfile
@@ -27,6 +28,8 @@ from typing import IO
 
 from node_agent.errors import AgentError
 from node_agent.kernel.compile_cgroup import CompileCgroup
+
+log = logging.getLogger(__name__)
 
 SpareKey = tuple[Hashable, ...]  # what a worker is started with: python, sandbox, limits, cgroups
 
@@ -107,8 +110,9 @@ class Spares:
                 return
             try:
                 self._ready[key] = starter()
-            except (OSError, AgentError):
-                pass  # no spare: the next build starts its own worker, and says why if it cannot
+            except (OSError, AgentError) as e:
+                # No spare: the next build starts its own worker, and says why if it cannot.
+                log.warning("no spare compile worker", extra={"error": str(e)})
 
     def drop(self) -> None:
         """Kills the ready spares; builds start new ones as before."""
