@@ -179,14 +179,16 @@ def fetch_image(
         registry, ref.repository, digest or ref.manifest_ref, arch or image.node_arch()
     )
     signed = _signed(registry, ref, top, chosen, policy)  # before any of the image's content is read
-    entry = cache.get(top.digest) or _pull(registry, ref, chosen, function, policy.limits)
+    cached = cache.get(top.digest)
+    entry = cached or _pull(registry, ref, chosen, function, policy.limits)
     if signed and keyset not in entry.verified_by:
         entry = replace(entry, verified_by=(*entry.verified_by, keyset or ""))
     if access not in entry.access:
         entry = replace(entry, access=(*entry.access, access))
-    try:
-        cache.put(top.digest, entry)
-        if ref.digest is None:
+    try:  # written only when it adds something: a pull of a cached image writes nothing
+        if entry != cached:
+            cache.put(top.digest, entry)
+        if ref.digest is None and cache.tag(tag_key) != top.digest:
             cache.remember_tag(tag_key, top.digest)
     except OSError as err:  # a full or read-only disk costs the next pull, not this one
         log.warning("bytecode cache %s not written: %s", policy.cache_dir, err)

@@ -98,6 +98,18 @@ def test_if_not_present_reuses_a_resolved_tag_and_always_resolves_again(images, 
         pull(images.url("bpf/moving", "v1"), pull_policy="Always")
 
 
+def test_pulling_a_cached_image_again_writes_nothing_to_the_cache(images, pull, tmp_path):
+    images.push_object("bpf/steady", "v1", 31)
+    pull(images.url("bpf/steady", "v1"), pull_policy="Always")
+    files = sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    written = {p: p.stat().st_mtime_ns for p in files}
+
+    pull(images.url("bpf/steady", "v1"), pull_policy="Always")  # asks the registry, as Always does
+
+    assert sorted(p for p in (tmp_path / "cache").rglob("*") if p.is_file()) == files
+    assert {p: p.stat().st_mtime_ns for p in files} == written
+
+
 def test_namespaced_programs_pull_only_from_allowed_registries(images, pull):
     url = images.url("bpf/prog", "v1")
     with pytest.raises(
