@@ -179,17 +179,14 @@ class CgroupPlacement:
             log.info("removed compile cgroups a previous agent left", extra={"cgroups": sorted(left)})
 
     def create(self, limits: CompileLimits) -> CompileCgroup:
-        name = self.prefix + secrets.token_hex(6)
-        memory = self.memory_root / name
-        cpu = self.cpu_root / name if self.cpu_root is not None else None
-        cgroup = CompileCgroup(memory, cpu, self.v2)
+        cgroup = self._named(self.prefix + secrets.token_hex(6))
         try:
             for d in cgroup.dirs():
                 d.mkdir()
             self._limit(cgroup, limits)
         except (OSError, SandboxError) as e:
             cgroup.remove()
-            raise SandboxError(f"cannot make the compile cgroup {memory}: {e}") from e
+            raise SandboxError(f"cannot make the compile cgroup {cgroup.memory}: {e}") from e
         return cgroup
 
     def _limit(self, cgroup: CompileCgroup, limits: CompileLimits) -> None:
