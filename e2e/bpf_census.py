@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.kube import bpftool
+from e2e.podsim import find_cgroup2_mount
 
 
 def programs(name: str | None = None) -> list[dict[str, Any]]:
@@ -22,6 +23,12 @@ def maps(name: str | None = None) -> list[dict[str, Any]]:
 
 def links(prog_ids: set[int] | None = None) -> list[dict[str, Any]]:
     return [lk for lk in bpftool("link", "show") or [] if prog_ids is None or lk.get("prog_id") in prog_ids]
+
+
+def compile_cgroups() -> set[Path]:
+    """Every compile worker's cgroup on this host, in cgroup v2 and in each v1 hierarchy."""
+    roots = [find_cgroup2_mount(), *Path("/sys/fs/cgroup").glob("*")]
+    return {c for root in roots if root.is_dir() for c in root.glob("bpfleet-compile-*")}
 
 
 def pinned_id(kind: str, pin: Path) -> int | None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from e2e.bpf_census import compile_cgroups
 from e2e.harness import wait_for
 from e2e.kube import Kube, cgroup_programs
 from e2e.tests.programs import apply_ready, inline
-from e2e.tests.test_updates import compile_cgroups
 from node_agent.kernel.compile_cgroup import node_prefix
 
 pytestmark = pytest.mark.e2e

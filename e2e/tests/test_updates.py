@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from e2e.bpf_census import compile_cgroups
 from e2e.harness import wait_for
 from e2e.kube import Kube, bpftool, cgroup_id, cgroup_programs, traffic_counts
-from e2e.podsim import find_cgroup2_mount
 from e2e.sim_pod import UdpSender
 from e2e.tests.programs import SKB_EGRESS, apply_ready, inline
 from e2e.tools import REPO_ROOT
@@ -140,11 +140,6 @@ def test_an_xdp_program_is_updated_in_place_on_the_pods_interface(kube: Kube, no
     send_to_pod(pod, 12)
     wait_for("v2 counts on from v1's", lambda: xdp_counts(two["pinPath"]) >= before + 12)
     assert version_dirs(node_a, namespace, "xdp") == [Path(two["pinPath"])]
-
-
-def compile_cgroups() -> set[Path]:
-    roots = [find_cgroup2_mount(), *Path("/sys/fs/cgroup").glob("*")]
-    return {c for root in roots if root.is_dir() for c in root.glob("bpfleet-compile-*")}
 
 
 def restart_and_stop(agent: Any) -> None:
