@@ -1,10 +1,13 @@
 """What the kernel tests share besides their fixtures (those are in conftest.py): the repo's paths, the
 traffic counter they load, builds' requests, bpftool as an observer of the kernel, waiting for the
-kernel to catch up, and fresh interpreters of the project."""
+kernel to catch up, fresh interpreters of the project, and compile cgroups found and removed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,3 +90,26 @@ def project_python(
         check=False,
         cwd=REPO,
     )
+
+
+def cgroups_named(prefix: str) -> list[Path]:
+    """Every cgroup directory named with `prefix`, in v2 or in any v1 hierarchy."""
+    root = Path("/sys/fs/cgroup")
+    return sorted(root.glob(f"{prefix}*")) + sorted(root.glob(f"*/{prefix}*"))
+
+
+def remove_cgroups(prefix: str) -> None:
+    """Kills the processes of the cgroups named with `prefix` and removes them (a test's cleanup)."""
+    for cgroup in cgroups_named(prefix):
+        try:
+            procs = (cgroup / "cgroup.procs").read_text().split()
+        except FileNotFoundError:
+            continue  # removed meanwhile: a worker that answered is reaped in the background
+        for pid in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while cgroup.exists() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                cgroup.rmdir()
+            time.sleep(0.02)

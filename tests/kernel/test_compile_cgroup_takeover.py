@@ -7,26 +7,17 @@ hierarchies), each test with its own node name, and a fixture that removes them 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits, node_prefix
+from tests.kernel.support import cgroups_named, remove_cgroups
 
 pytestmark = pytest.mark.kernel
-
-
-def existing(prefix: str) -> list[Path]:
-    """Every cgroup named with `prefix`, in v2 or in any v1 hierarchy."""
-    root = Path("/sys/fs/cgroup")
-    return sorted(root.glob(f"{prefix}*")) + sorted(root.glob(f"*/{prefix}*"))
 
 
 @pytest.fixture
@@ -36,16 +27,7 @@ def prefix() -> Iterator[str]:
     try:
         yield name
     finally:
-        for cgroup in existing(name):
-            with contextlib.suppress(OSError):
-                for pid in (cgroup / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while cgroup.exists() and time.monotonic() < deadline:
-                with contextlib.suppress(OSError):
-                    cgroup.rmdir()
-                time.sleep(0.02)
+        remove_cgroups(name)
 
 
 def placement(prefix: str, owned: bool) -> CgroupPlacement:
@@ -74,7 +56,7 @@ def test_an_agent_takes_over_its_predecessors_cgroups_and_the_worker_still_in_on
         placement(prefix, owned=True)  # the next agent of the node, at its start
 
         assert worker.wait(timeout=10) == -signal.SIGKILL
-        assert existing(prefix) == [], [str(d) for d in idle.dirs() + busy.dirs()]
+        assert cgroups_named(prefix) == [], [str(d) for d in idle.dirs() + busy.dirs()]
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from node_agent.kernel.backend import ProgramBuild, ProgramRef
 from node_agent.kernel.bpffs import BpffsBackend
 from node_agent.kernel.compile_cgroup import CgroupPlacement, CompileLimits
 from node_agent.kernel.worker_spares import SPARES
-from tests.kernel.support import COUNTER, EGRESS, INCLUDE_DIR
+from tests.kernel.support import COUNTER, EGRESS, INCLUDE_DIR, cgroups_named, remove_cgroups
 
 pytestmark = pytest.mark.kernel
 
@@ -56,26 +55,7 @@ def prefix() -> Iterator[str]:
     try:
         yield name
     finally:
-        for cgroup in cgroups(name):
-            try:
-                procs = (cgroup / "cgroup.procs").read_text().split()
-            except FileNotFoundError:
-                continue  # removed meanwhile: a worker that answered is reaped in the background
-            for pid in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while cgroup.exists() and time.monotonic() < deadline:
-                with contextlib.suppress(OSError):
-                    cgroup.rmdir()
-                time.sleep(0.05)
-
-
-def cgroups(prefix: str) -> list[Path]:
-    """Every cgroup directory named with `prefix`, in any v1 hierarchy or in v2."""
-    return sorted(Path("/sys/fs/cgroup").glob(f"*/{prefix}*")) + sorted(
-        Path("/sys/fs/cgroup").glob(f"{prefix}*")
-    )
+        remove_cgroups(name)
 
 
 def make_backend(bpffs_root: Path, prefix: str, **kwargs: object) -> BpffsBackend:
@@ -94,7 +74,7 @@ def test_a_preprocessor_bomb_stops_at_the_cpu_time_limit_and_the_agent_goes_on(b
     with pytest.raises(errors.CompileError, match=r"hit the CPU time limit \(3 s\)"):
         backend.load(_ref(), ProgramBuild(CPU_BOMB, "count_packets", EGRESS))
     assert time.monotonic() - start < 20
-    assert cgroups(prefix) == []
+    assert cgroups_named(prefix) == []
     assert backend.load(_ref(), COUNTER).prog_id > 0
 
 
@@ -104,7 +84,7 @@ def test_a_parser_bomb_stops_at_the_memory_limit(bpffs_root, prefix):
     with pytest.raises(errors.CompileError, match=r"hit the memory limit \(256 MiB\)"):
         backend.load(_ref(), ProgramBuild(MEMORY_BOMB, "count_packets", EGRESS))
     assert time.monotonic() - start < 30
-    assert cgroups(prefix) == []
+    assert cgroups_named(prefix) == []
     # The limit leaves room for real programs.
     assert backend.load(_ref(), COUNTER).prog_id > 0
 
@@ -142,7 +122,7 @@ class CgroupWatcher:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            for cgroup in cgroups(self.prefix):
+            for cgroup in cgroups_named(self.prefix):
                 with contextlib.suppress(OSError):
                     procs = (cgroup / "cgroup.procs").read_text().split()
                     self.pids.update(int(p) for p in procs)
@@ -163,7 +143,7 @@ def test_a_compile_runs_in_its_own_limited_cgroup_which_is_removed_after(bpffs_r
     assert limits_seen.get("memory.limit_in_bytes", limits_seen.get("memory.max")) == str(512 << 20)
     assert limits_seen.get("cpu.cfs_quota_us", limits_seen.get("cpu.max", "").split(" ")[0]) == "100000"
     assert watcher.pids  # the worker and its sandboxed compile were in it
-    assert cgroups(prefix) == []
+    assert cgroups_named(prefix) == []
     for pid in watcher.pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -176,7 +156,7 @@ def test_a_compile_past_the_wall_clock_timeout_is_killed_and_leaves_nothing(bpff
         backend.load(_ref(), ProgramBuild(CPU_BOMB, "count_packets", EGRESS))
     assert time.monotonic() - start < 15
     assert watcher.pids
-    assert cgroups(prefix) == []
+    assert cgroups_named(prefix) == []
     for pid in watcher.pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -190,7 +170,7 @@ def test_no_cgroup_is_left_after_ordinary_compiles(bpffs_root, prefix):
         backend.load(_ref(), ProgramBuild("int count_packets(", "count_packets", EGRESS))
     # A failed build's cgroup is gone when it returns; a good one's a moment later (reaped off
     # the build's path, within the worker's exit grace).
-    wait_for("every compile cgroup removed", lambda: cgroups(prefix) == [], timeout=10, interval=0.02)
+    wait_for("every compile cgroup removed", lambda: cgroups_named(prefix) == [], timeout=10, interval=0.02)
 
 
 def test_a_spare_bytecode_worker_waits_in_its_compile_cgroup_not_the_agents(bpffs_root, prefix, objects):
@@ -199,15 +179,19 @@ def test_a_spare_bytecode_worker_waits_in_its_compile_cgroup_not_the_agents(bpff
     try:
         backend = make_backend(bpffs_root, prefix, bytecode_dir=objects.dir)
         backend.loader.prime_bytecode()
-        wait_for("the spare's cgroup", lambda: _procs(cgroups(prefix)) != set(), timeout=30, interval=0.02)
-        [spare] = _procs(cgroups(prefix))
+        wait_for(
+            "the spare's cgroup", lambda: _procs(cgroups_named(prefix)) != set(), timeout=30, interval=0.02
+        )
+        [spare] = _procs(cgroups_named(prefix))
         mine = Path("/proc/self/cgroup").read_text()
         assert Path(f"/proc/{spare}/cgroup").read_text() != mine
         # Every hierarchy the placement bounds holds it: memory, and cpu where there is one.
-        assert all(str(spare) in (c / "cgroup.procs").read_text() for c in cgroups(prefix))
+        assert all(str(spare) in (c / "cgroup.procs").read_text() for c in cgroups_named(prefix))
     finally:
         SPARES.drop()
-    wait_for("the dropped spare's cgroup removed", lambda: cgroups(prefix) == [], timeout=10, interval=0.02)
+    wait_for(
+        "the dropped spare's cgroup removed", lambda: cgroups_named(prefix) == [], timeout=10, interval=0.02
+    )
 
 
 def _procs(dirs: list[Path]) -> set[int]:
