@@ -32,7 +32,15 @@ from bpfleet_api import names
 from bpfleet_api.informer import Informer
 from e2e.controlplane import ControlPlane
 from e2e.fleet_agents import FLEET_LABEL, SimulatedFleet
-from e2e.fleet_measure import Writes, api_writes, etcd_value_bytes, process_usage, writes_between
+from e2e.fleet_measure import (
+    READ_VERBS,
+    WRITE_VERBS,
+    Writes,
+    api_requests,
+    etcd_value_bytes,
+    process_usage,
+    requests_between,
+)
 from e2e.harness import install_crds, log, operator_process
 from e2e.kube import Kube
 
@@ -105,17 +113,20 @@ class Bench:
         """Runs `act`, waits for `done`, and reports the time, the API writes per node and the
         CPU of that phase by process (the 2 cores are shared: who used them says what to make
         cheaper)."""
-        writes, cpu = api_writes(self.kube.api), self.cpu_seconds()
+        before, cpu = api_requests(self.kube.api), self.cpu_seconds()
         start = time.monotonic()
         act()
         self.wait(label, done, timeout=args.timeout)
         took = time.monotonic() - start
-        after, cpu_after = api_writes(self.kube.api), self.cpu_seconds()
+        after, cpu_after = api_requests(self.kube.api), self.cpu_seconds()
         used = ", ".join(f"{name} {cpu_after[name] - cpu[name]:.1f}" for name in cpu)
+        phase = label.split(" ")[0]
         return [
             f"{label:25} {took:8.1f} s",
-            f"  API writes of {label.split(' ')[0]}:",
-            per_node(writes_between(writes, after, ALL_RESOURCES), args.nodes),
+            f"  API writes of {phase}:",
+            per_node(requests_between(before, after, ALL_RESOURCES, WRITE_VERBS), args.nodes),
+            f"  API reads of {phase} (watches opened, not events):",
+            per_node(requests_between(before, after, ALL_RESOURCES, READ_VERBS), args.nodes, total=False),
             f"  CPU s: {used}",
         ]
 
@@ -177,11 +188,13 @@ def _json_bytes(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")))
 
 
-def per_node(writes: Writes, nodes: int) -> str:
+def per_node(writes: Writes, nodes: int, total: bool = True) -> str:
     lines = []
     for (resource, sub, verb), count in sorted(writes.items()):
         what = f"{resource}/{sub}" if sub else resource
         lines.append(f"    {what:34} {verb:7} {count:8}  {count / nodes:8.2f} per node")
+    if not total:
+        return "\n".join(lines) or "    none"
     node_writes = sum(c for k, c in writes.items() if k[0] in NODE_RESOURCES)
     what = "node API (states + versions)"
     lines.append(f"    {what:34} {'all':7} {node_writes:8}  {node_writes / nodes:8.2f} per node")

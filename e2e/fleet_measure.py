@@ -15,6 +15,7 @@ from pathlib import Path
 from kubernetes.client import ApiClient
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+READ_VERBS = frozenset({"GET", "LIST", "WATCH"})
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -22,8 +23,8 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 Writes = Counter[tuple[str, str, str]]
 
 
-def api_writes(api: ApiClient) -> Writes:
-    """Every write the API server has answered so far, by resource, subresource and verb."""
+def api_requests(api: ApiClient) -> Writes:
+    """Every request the API server has answered so far, by resource, subresource and verb."""
     method, url, headers, body, _ = api.param_serialize(
         "GET", "/metrics", header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"]
     )
@@ -34,15 +35,19 @@ def api_writes(api: ApiClient) -> Writes:
         if not match:
             continue
         labels = dict(_LABEL.findall(match["labels"]))
-        if labels.get("verb") in WRITE_VERBS:
+        if "verb" in labels:
             key = (labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
             writes[key] += int(float(match["value"]))
     return writes
 
 
-def writes_between(before: Writes, after: Writes, resources: set[str]) -> Writes:
+def requests_between(before: Writes, after: Writes, resources: set[str], verbs: frozenset[str]) -> Writes:
     return Counter(
-        {k: after[k] - before.get(k, 0) for k in after if k[0] in resources and after[k] > before.get(k, 0)}
+        {
+            k: after[k] - before.get(k, 0)
+            for k in after
+            if k[0] in resources and k[2] in verbs and after[k] > before.get(k, 0)
+        }
     )
 
 
