@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import threading
 import time
@@ -44,12 +45,17 @@ class AgentInfo:
 
 @dataclass(frozen=True)
 class NodeState:
-    """An EbpfNodeState, reduced: its spec entries, and its status entries by program."""
+    """An EbpfNodeState, reduced: its spec entries (as listed, and by program), and its status
+    entries by program. Keyed once when the watch delivers it, not at every later comparison."""
 
     uid: str
     spec: tuple[Entry, ...]
     status: Mapping[ProgramKey, Mapping[str, Any]]
     resource_version: str = field(default="", compare=False)
+
+    @functools.cached_property
+    def spec_by_key(self) -> dict[ProgramKey, Entry]:
+        return {key_of(e): e for e in self.spec}
 
 
 @dataclass(frozen=True)
@@ -213,8 +219,8 @@ class ClusterCache:
     def _on_node_state(self, kind: str, name: str, before: NodeState | None, after: NodeState | None) -> None:
         old_status = before.status if before else {}
         new_status = after.status if after else {}
-        old_spec = {key_of(e): e for e in before.spec} if before else {}
-        new_spec = {key_of(e): e for e in after.spec} if after else {}
+        old_spec = before.spec_by_key if before else {}
+        new_spec = after.spec_by_key if after else {}
         statuses = old_status.keys() | new_status.keys()
         reported = {k for k in statuses if old_status.get(k) != new_status.get(k)}
         written = {k for k in old_spec.keys() | new_spec.keys() if old_spec.get(k) != new_spec.get(k)}

@@ -206,10 +206,13 @@ class ProgramController:
             spec.get("rollout"),
             canary,
         )
-        entries = {n: entry(key, generation, v) for n, v in plan.assign.items()}
+        # One entry object per version, shared by its nodes: a reconcile of a 5,000-node program
+        # would otherwise build 5,000 equal dicts.
+        by_version = {v: entry(key, generation, v) for v in set(plan.assign.values())}
+        entries = {n: by_version[v] for n, v in plan.assign.items()}
         self.nodes_changed(self.desired.set_program(key, entries))
         written = self.cache.spec_entries(key)
-        keep = {name, *(e["version"] for e in entries.values()), *(e["version"] for e in written.values())}
+        keep = {name, *by_version, *(e["version"] for e in written.values())}
         if plan.previous:
             keep.add(plan.previous)
         self.versions.collect(key, keep)
@@ -281,7 +284,7 @@ class ProgramController:
             if now - first >= PROGRESS_HOLD_SECONDS:
                 del self._progressing[mark]
                 return 0.0
-        return first + PROGRESS_HOLD_SECONDS - now
+        return PROGRESS_HOLD_SECONDS - (now - first)  # not first + hold - now: that rounds past the hold
 
     def teardown(self, key: ProgramKey, deleted_at: str | None) -> Teardown:
         """Removes the program from every node's spec, then waits for the nodes whose EbpfNodeState

@@ -137,7 +137,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         lambda nodes: _soon(_queue_nodes, nodes),
         metadata_lister(rest),
     )
-    STATE.writer = NodeWriter(custom, desired, STATE.cache, METRICS.node_state_writes)
+    STATE.writer = NodeWriter(rest, desired, STATE.cache, METRICS.node_state_writes)
     count, writers = workers(), node_writers()
     # Reconciles and node writes run in threads (asyncio.to_thread): enough of them for both.
     STATE.loop.set_default_executor(ThreadPoolExecutor(max_workers=count + writers + 4))

@@ -193,15 +193,18 @@ class WriterCache:
         self.states, self.agents = StubInformer(states), StubInformer(agents)
 
 
-class WriterCustom:
+class WriterRest:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def create_cluster_custom_object(self, *args: Any) -> None:
-        self.calls.append(("create", args[-1]))
+    def create(self, path: str, body: dict[str, Any]) -> None:
+        assert path.endswith(f"/{names.NODE_STATE_PROGRAMS_PLURAL}")
+        self.calls.append(("create", body))
 
-    def patch_cluster_custom_object(self, *args: Any, **_: Any) -> None:
-        self.calls.append(("patch", (args[-2], args[-1])))
+    def merge_patch(self, path: str, body: dict[str, Any]) -> None:
+        collection, _, name = path.rpartition("/")
+        assert collection.endswith(f"/{names.NODE_STATE_PROGRAMS_PLURAL}")
+        self.calls.append(("patch", (name, body)))
 
 
 def fifty_programs() -> DesiredTable:
@@ -213,7 +216,7 @@ def fifty_programs() -> DesiredTable:
 
 
 def test_fifty_programs_are_one_create_owned_by_the_nodes_bpfleet_node():
-    custom = WriterCustom()
+    custom = WriterRest()
     cache = WriterCache({}, {"node-a": AgentInfo("agent-uid", None)})
     metrics = OperatorMetrics()
     NodeWriter(custom, fifty_programs(), cache, metrics.node_state_writes).write("node-a")  # type: ignore[arg-type]
@@ -228,7 +231,7 @@ def test_fifty_programs_are_one_create_owned_by_the_nodes_bpfleet_node():
 
 
 def test_a_node_without_an_agent_gets_no_state():
-    custom = WriterCustom()
+    custom = WriterRest()
     NodeWriter(custom, fifty_programs(), WriterCache({}, {})).write("node-a")  # type: ignore[arg-type]
     assert custom.calls == []
 
@@ -237,7 +240,7 @@ def test_a_state_is_patched_once_and_not_again_until_the_watch_shows_something_e
     desired = fifty_programs()
     state = NodeState("uid", (), {}, resource_version="1")
     cache = WriterCache({"node-a": state}, {"node-a": AgentInfo("agent-uid", None)})
-    custom = WriterCustom()
+    custom = WriterRest()
     writer = NodeWriter(custom, desired, cache)  # type: ignore[arg-type]
     writer.write("node-a")
     writer.write("node-a")  # queued again before the watch showed the write: nothing new
