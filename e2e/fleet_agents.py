@@ -2,8 +2,9 @@
 BpfleetNode, reporting its EbpfNodeState status through the agent's own code.
 
 What is the agent's: reading entries (intake.parse_entries), checking a version's hash and trust
-rules (model.check_hash, NodeProgram.from_entry), and every byte of status (status.program_entry,
-refused_entry, node_state_status), with one write per pass only when it changed. What is
+rules (model.check_hash, NodeProgram.from_entry), every byte of status (status.program_entry,
+refused_entry, node_state_status), with one write per pass only when it changed, and the client
+those reads and writes go through (bpfleet_api.objects on the thin client). What is
 simulated: the kernel (every program loads; each entry's pods are all attached) and the watch (one
 for the whole fleet rather than one per node; the API writes are the same).
 """
@@ -19,8 +20,11 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, V1Node, V1
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import conditions, names, patching, reasons
+from bpfleet_api.errors import ApiError
 from bpfleet_api.informer import Informer
+from bpfleet_api.objects import CustomObjects
 from bpfleet_api.rest import RestClient
+from bpfleet_api.status_patch import patch_status
 from node_agent.errors import InvalidSpec
 from node_agent.intake import Entry, parse_entries
 from node_agent.kernel.backend import LoadedProgram, ProgramRef
@@ -56,11 +60,13 @@ class SimulatedFleet:
     ) -> None:
         self.api, self.nodes, self.pods = api, nodes, pods_per_program
         self.custom, self.core = CustomObjectsApi(api), CoreV1Api(api)
+        self.agent_objects = CustomObjects(rest)  # what the agents read and write through
         self.workers = workers
         # One version read per process (False), or one per simulated node as real agents do (True).
         self.agent_reads = agent_reads
         self.trust = Trust()
         self._versions: dict[tuple[str, str], Mapping[str, Any] | Exception] = {}
+        self._version_locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Condition()
         self._dirty: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
@@ -195,9 +201,7 @@ class SimulatedFleet:
         status = node_state_status(state["metadata"].get("generation"), reported)
         if (state.get("status") or {}) == status:
             return
-        patching.merge_patch(
-            self.custom, names.NODE_STATE_PROGRAMS_PLURAL, None, node, {"status": status}, status=True
-        )
+        patch_status(self.agent_objects, names.NODE_STATE_PROGRAMS_PLURAL, node, status)
         with self._lock:
             self.status_writes += 1
 
@@ -228,21 +232,32 @@ class SimulatedFleet:
         return program_entry(report, entry, entry.version)
 
     def _version(self, where: tuple[str, str]) -> Mapping[str, Any]:
-        cached = None if self.agent_reads else self._versions.get(where)
-        if cached is None:
-            try:
-                found = self.custom.get_namespaced_custom_object(
-                    names.GROUP, names.VERSION, where[0], names.VERSION_PLURAL, where[1]
-                )
-                check_hash(found)
-                cached = found
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-                raise LookupError(where[1]) from None  # not remembered: it may appear
-            except InvalidSpec as e:
-                cached = e
-            self._versions[where] = cached
+        if self.agent_reads:
+            return self._read_version(where)
+        # Read once per process: the workers that want it meanwhile wait for that one read.
+        with self._lock:
+            lock = self._version_locks.setdefault(where, threading.Lock())
+        with lock:
+            cached = self._versions.get(where)
+            if cached is None:
+                try:
+                    cached = self._read_version(where)
+                except InvalidSpec as e:
+                    cached = e
+                self._versions[where] = cached
         if isinstance(cached, Exception):
             raise cached
         return cached
+
+    def _read_version(self, where: tuple[str, str]) -> Mapping[str, Any]:
+        """The version object, its hash checked; LookupError when it does not exist (yet)."""
+        try:
+            found = self.agent_objects.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, where[0], names.VERSION_PLURAL, where[1]
+            )
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            raise LookupError(where[1]) from None  # not remembered: it may appear
+        check_hash(found)
+        return found
