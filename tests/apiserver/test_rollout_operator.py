@@ -178,6 +178,51 @@ def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_
     assert {n: after[n] for n in nodes} == {n: generations[n] for n in nodes}
 
 
+def test_an_operator_down_mid_rollout_resumes_at_its_step_and_goes_on_from_reports_made_meanwhile(
+    kube: Kube, operator: ManagedProcess, namespace: str, fleet
+):
+    """Level-triggered, not remembered: after a restart the rollout neither starts over nor skips
+    a step, and the step's nodes reporting ready while no operator ran moves it on."""
+    label = f"resume-{RUN}"
+    nodes = sorted(fleet("resume", 4, label))
+    apply(kube, namespace, label, {"maxUnavailable": 1})
+    v1 = first_version_everywhere(kube, namespace, nodes)
+
+    apply(kube, namespace, label, {"maxUnavailable": 1}, returns=0)
+    wait_for("a first step", lambda: list(versions_by_node(kube, namespace).values()).count(v1) == 3, 15)
+    placed = versions_by_node(kube, namespace)
+    [first] = [n for n, v in placed.items() if v != v1]
+    v2 = placed[first]
+
+    operator.stop()
+    try:
+        agent_reports(kube, first)  # ready on v2 while nobody watches
+    finally:
+        operator.start()
+    wait_operator_ready(operator.log_path)
+    wait_for(
+        "the next step, and only it",
+        lambda: list(versions_by_node(kube, namespace).values()).count(v2) == 2,
+        15,
+    )
+    time.sleep(1)
+    updated = sorted(n for n, v in versions_by_node(kube, namespace).items() if v == v2)
+    assert first in updated and len(updated) == 2, versions_by_node(kube, namespace)
+    assert rollout_status(kube, namespace) == {"version": v2, "updatedNodes": 2, "totalNodes": 4}
+
+    def reported_then(done: Callable[[], bool]) -> Callable[[], bool]:
+        def check() -> bool:
+            agents_report(kube, nodes)  # each step's nodes say ready: the next step follows
+            return done()
+
+        return check
+
+    everywhere = reported_then(lambda: set(versions_by_node(kube, namespace).values()) == {v2})
+    wait_for("every node", everywhere, 20, interval=0.3)
+    ready = reported_then(lambda: condition(kube, namespace, conditions.READY).get("status") == "True")
+    wait_for("Ready", ready, 15, interval=0.3)
+
+
 def test_a_canary_goes_first_then_steps_until_every_node_runs_the_new_version(
     kube: Kube, namespace: str, fleet
 ):
