@@ -223,6 +223,41 @@ def test_an_operator_down_mid_rollout_resumes_at_its_step_and_goes_on_from_repor
     wait_for("Ready", ready, 15, interval=0.3)
 
 
+def test_a_node_removed_in_the_middle_of_its_step_does_not_hold_the_rollout(
+    kube: Kube, namespace: str, fleet
+):
+    """A node drained and deleted (its agent with it) while it takes the new version is no longer
+    a target: the next step follows without its report, and the rollout completes on the rest."""
+    label = f"drain-{RUN}"
+    nodes = sorted(fleet("drain", 4, label))
+    apply(kube, namespace, label, {"maxUnavailable": 1})
+    v1 = first_version_everywhere(kube, namespace, nodes)
+
+    apply(kube, namespace, label, {"maxUnavailable": 1}, returns=0)
+    wait_for("a first step", lambda: list(versions_by_node(kube, namespace).values()).count(v1) == 3, 15)
+    [gone] = [n for n, v in versions_by_node(kube, namespace).items() if v != v1]
+    v2 = versions_by_node(kube, namespace)[gone]
+    kube.core.delete_node(gone)
+    agent_removed(kube, gone)
+    rest = [n for n in nodes if n != gone]
+
+    def next_step() -> bool:
+        placed = versions_by_node(kube, namespace)
+        return gone not in placed and [placed.get(n) for n in rest].count(v2) == 1
+
+    wait_for("the next step without the removed node's report", next_step, 20)
+    assert rollout_status(kube, namespace) == {"version": v2, "updatedNodes": 1, "totalNodes": 3}
+
+    def reported_then_everywhere() -> bool:
+        agents_report(kube, rest)
+        return [versions_by_node(kube, namespace).get(n) for n in rest] == [v2] * 3 and (
+            condition(kube, namespace, conditions.READY).get("status") == "True"
+        )
+
+    wait_for("every remaining node on the new version, Ready", reported_then_everywhere, 20, interval=0.3)
+    assert rollout_status(kube, namespace) == {"version": v2, "updatedNodes": 3, "totalNodes": 3}
+
+
 def test_a_canary_goes_first_then_steps_until_every_node_runs_the_new_version(
     kube: Kube, namespace: str, fleet
 ):
