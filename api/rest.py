@@ -26,11 +26,13 @@ Query = dict[str, str]
 
 
 class RestClient:
-    def __init__(self, endpoint: Endpoint, timeout: float | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float | None = None, connections: int = 8) -> None:
         self.endpoint = endpoint
         self.timeout = urllib3.Timeout(connect=CONNECT_SECONDS, read=timeout or request_seconds())
-        # Each open watch holds a connection: room for the watches and the calls beside them.
-        kwargs: dict[str, Any] = {"retries": False, "maxsize": 8}
+        # Each open watch holds a connection: room for the watches and the calls beside them. A
+        # call beyond `connections` at once gets a connection that is closed after it: a new TLS
+        # handshake for the next.
+        kwargs: dict[str, Any] = {"retries": False, "maxsize": connections}
         if endpoint.ssl_context is not None:
             kwargs["ssl_context"] = endpoint.ssl_context
         self._pool = urllib3.PoolManager(**kwargs)
@@ -38,8 +40,8 @@ class RestClient:
         self._token, self._token_stamp = endpoint.token, None  # stamp: (mtime, size) of token_file
 
     @classmethod
-    def load(cls, kubeconfig_path: str | None = None) -> RestClient:
-        return cls(kubeconfig.load(kubeconfig_path))
+    def load(cls, kubeconfig_path: str | None = None, connections: int = 8) -> RestClient:
+        return cls(kubeconfig.load(kubeconfig_path), connections=connections)
 
     # -- verbs ---------------------------------------------------------------------------------
 

@@ -117,7 +117,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.open = asyncio.Event()
     api = api_client()
     custom = CustomObjectsApi(api)
-    rest = RestClient.load()
+    # The watches' connections (ClusterCache's four), the node writers' and a few for the rest.
+    rest = RestClient.load(connections=8 + node_writers())
     STATE.cache = ClusterCache(
         rest,
         Hooks(
