@@ -178,21 +178,24 @@ def test_a_failing_version_halts_after_its_first_step_and_the_rest_keep_the_old_
     assert {n: after[n] for n in nodes} == {n: generations[n] for n in nodes}
 
 
+def one_node_stepped(kube: Kube, namespace: str, label: str, nodes: list[str]) -> tuple[str, str]:
+    """v1 everywhere, then a new version one node at a time: (the first step's node, the version)."""
+    apply(kube, namespace, label, {"maxUnavailable": 1})
+    v1 = first_version_everywhere(kube, namespace, nodes)
+    apply(kube, namespace, label, {"maxUnavailable": 1}, returns=0)
+    others = len(nodes) - 1
+    wait_for("a first step", lambda: list(versions_by_node(kube, namespace).values()).count(v1) == others, 15)
+    [(node, version)] = [(n, v) for n, v in versions_by_node(kube, namespace).items() if v != v1]
+    return node, version
+
+
 def test_an_operator_down_mid_rollout_resumes_at_its_step_and_goes_on_from_reports_made_meanwhile(
     kube: Kube, operator: ManagedProcess, namespace: str, fleet
 ):
     """Level-triggered, not remembered: after a restart the rollout neither starts over nor skips
     a step, and the step's nodes reporting ready while no operator ran moves it on."""
-    label = f"resume-{RUN}"
-    nodes = sorted(fleet("resume", 4, label))
-    apply(kube, namespace, label, {"maxUnavailable": 1})
-    v1 = first_version_everywhere(kube, namespace, nodes)
-
-    apply(kube, namespace, label, {"maxUnavailable": 1}, returns=0)
-    wait_for("a first step", lambda: list(versions_by_node(kube, namespace).values()).count(v1) == 3, 15)
-    placed = versions_by_node(kube, namespace)
-    [first] = [n for n, v in placed.items() if v != v1]
-    v2 = placed[first]
+    nodes = sorted(fleet("resume", 4, f"resume-{RUN}"))
+    first, v2 = one_node_stepped(kube, namespace, f"resume-{RUN}", nodes)
 
     operator.stop()
     try:
@@ -228,15 +231,8 @@ def test_a_node_removed_in_the_middle_of_its_step_does_not_hold_the_rollout(
 ):
     """A node drained and deleted (its agent with it) while it takes the new version is no longer
     a target: the next step follows without its report, and the rollout completes on the rest."""
-    label = f"drain-{RUN}"
-    nodes = sorted(fleet("drain", 4, label))
-    apply(kube, namespace, label, {"maxUnavailable": 1})
-    v1 = first_version_everywhere(kube, namespace, nodes)
-
-    apply(kube, namespace, label, {"maxUnavailable": 1}, returns=0)
-    wait_for("a first step", lambda: list(versions_by_node(kube, namespace).values()).count(v1) == 3, 15)
-    [gone] = [n for n, v in versions_by_node(kube, namespace).items() if v != v1]
-    v2 = versions_by_node(kube, namespace)[gone]
+    nodes = sorted(fleet("drain", 4, f"drain-{RUN}"))
+    gone, v2 = one_node_stepped(kube, namespace, f"drain-{RUN}", nodes)
     kube.core.delete_node(gone)
     agent_removed(kube, gone)
     rest = [n for n in nodes if n != gone]
