@@ -26,6 +26,10 @@ NODE_STATE_PROGRAMS_PLURAL: Final = "ebpfnodestates"
 # One immutable, content-addressed version of a program: its source and build inputs, stored once.
 VERSION_KIND: Final = "EbpfProgramVersion"
 VERSION_PLURAL: Final = "ebpfprogramversions"
+# Where one program runs on every node at once (its version and nodeSelector): one per program,
+# beside its versions, written by the operator, matched by each agent against its Node's labels.
+PLACEMENT_KIND: Final = "EbpfProgramPlacement"
+PLACEMENT_PLURAL: Final = "ebpfprogramplacements"
 
 # Labels, with label_value() of a name. NODE_LABEL on an EbpfNodeState names its node;
 # PROGRAM_LABEL on an EbpfProgramVersion names its EbpfProgram, CLUSTER_PROGRAM_LABEL its
@@ -58,6 +62,7 @@ MAX_MESSAGE_CHARS: Final = 2048
 
 # Kubernetes' limit on label values and on DNS-1123 labels.
 _MAX_LABEL: Final = 63
+_MAX_NAME: Final = 253  # a DNS-1123 subdomain: an object's name
 # What is kept of a long name before "-" + 10 hex digits of its hash: 52 + 1 + 10 = 63.
 _KEPT: Final = 52
 _HASH_CHARS: Final = 10
@@ -79,6 +84,15 @@ def version_name(kind: str, namespace: str, program: str, content_hash: str) -> 
     del kind, namespace  # part of the signature so that callers name the whole identity
     readable = program.replace(".", "-")[:_KEPT].rstrip("-")
     return f"{readable}-{content_hash[:_HASH_CHARS]}"
+
+
+def placement_name(kind: str, program: str) -> str:
+    """The EbpfProgramPlacement of a program, in its versions' namespace. The kind is in the name:
+    ClusterEbpfPrograms' placements share the system namespace with that namespace's EbpfPrograms'."""
+    name = f"{kind.lower()}.{program}"
+    if len(name) <= _MAX_NAME:
+        return name
+    return f"{name[: _MAX_NAME - _HASH_CHARS - 1].rstrip('-.')}-{_digest(name)}"
 
 
 def label_value(value: str) -> str:

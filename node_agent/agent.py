@@ -1,4 +1,5 @@
-"""The node agent: follows this node's EbpfNodeState and pods, reconciles, reports status."""
+"""The node agent: follows this node's EbpfNodeState, the EbpfProgramPlacements its Node's labels
+match, and its pods; reconciles; reports status."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from node_agent.features import NodeFeatures
 from node_agent.intake import Intake, VersionReader, parse_entries
 from node_agent.metrics import AgentMetrics
 from node_agent.model import NodeProgram, Pod, Trust
+from node_agent.placements import merged, placed_entries
 from node_agent.reconcile import ATTACHED, PassResult, Reconciler
 from node_agent.reporting import Reporter
 from node_agent.status_hold import StatusHold
@@ -41,6 +43,10 @@ _DEBOUNCE = 0.02
 _QUIET = 1.0
 # While this node has no EbpfNodeState, whether its Node object exists is asked again this often.
 _NODE_RECHECK = 5.0
+
+
+def _labels(node: dict[str, Any]) -> dict[str, str]:
+    return dict(node["metadata"].get("labels") or {})
 
 
 class Agent:
@@ -86,6 +92,20 @@ class Agent:
             on_change=self._run_at_once,
             field_selector=f"metadata.name={node}",
         )
+        # Every program's placement (few, and small), and this node's Node for the labels they match.
+        self.placements: Informer[dict[str, Any]] = Informer(
+            api,
+            f"/apis/{names.GROUP}/{names.VERSION}/{names.PLACEMENT_PLURAL}",
+            on_change=self._run_at_once,
+        )
+        # Kept reduced to its labels, and a pass only when they change: not at every kubelet update.
+        self.node_labels: Informer[dict[str, str]] = Informer(
+            api,
+            "/api/v1/nodes",
+            _labels,
+            listener=lambda *_: self._run_at_once(),
+            field_selector=f"metadata.name={node}",
+        )
         self.pods: Informer[dict[str, Any]] = Informer(
             api, "/api/v1/pods", on_change=self._wake.set, field_selector=f"spec.nodeName={node}"
         )
@@ -94,8 +114,7 @@ class Agent:
 
     def run(self) -> None:
         log.info("agent starting", extra={"node": self.node, "systemNamespace": self.trust.system_namespace})
-        if self.features is not None:
-            self._publish_features(self.features)
+        self._publish(self.features)
         # Its own thread: a pass stuck in a long compile must not make the operator see a silent node.
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
@@ -106,14 +125,17 @@ class Agent:
             beat.join()
 
     def _run_passes(self) -> None:
-        for informer in (self.programs, self.pods):
+        for informer in self._informers():
             informer.start()
-        # Reconciling before both caches are full would detach what runs: an empty cache is not
+        # Reconciling before every cache is full would detach what runs: an empty cache is not
         # "no programs", it is "not known yet".
-        while not wait_synced([self.programs, self.pods], self.stop_event):
+        while not wait_synced(self._informers(), self.stop_event):
             if self.stop_event.is_set():
                 return
-            log.warning("waiting for the API server to list programs and pods", extra={"node": self.node})
+            log.warning(
+                "waiting for the API server to list programs, placements, the node and pods",
+                extra={"node": self.node},
+            )
         log.info("caches synced, reconciling", extra={"node": self.node})
         timeout = 0.0
         first_pass = True
@@ -138,17 +160,21 @@ class Agent:
             except Exception:
                 log.exception("reconcile pass failed", extra={"node": self.node})
                 timeout = 2.0
-        for informer in (self.programs, self.pods):
+        for informer in self._informers():
             informer.stop()
 
-    def _publish_features(self, features: NodeFeatures) -> None:
-        """Creates or updates this node's BpfleetNode with what its kernel can run."""
-        log.info("kernel features", extra={"node": self.node, **features.as_status()})
-        status = {
-            **features.as_status(),
-            "agentStartedAt": conditions.now(),
-            "lastHeartbeat": conditions.now(),
-        }
+    def _informers(self) -> list[Informer[Any]]:
+        return [self.programs, self.placements, self.node_labels, self.pods]
+
+    def _publish(self, features: NodeFeatures | None) -> None:
+        """Creates or updates this node's BpfleetNode: what its kernel can run, and that this agent
+        reads placements (tied to this start: an older agent that replaces it rewrites
+        agentStartedAt, and the operator then names every program in the node's spec again)."""
+        found = features.as_status() if features is not None else {}
+        if found:
+            log.info("kernel features", extra={"node": self.node, **found})
+        now = conditions.now()
+        status = {**found, "agentStartedAt": now, "readsPlacementsSince": now, "lastHeartbeat": now}
         body = {
             "apiVersion": names.API_VERSION,
             "kind": names.NODE_STATE_KIND,
@@ -229,8 +255,8 @@ class Agent:
     def _heartbeat(self) -> None:
         """Tells the operator this agent is alive."""
         try:
-            if not self._patch_node_state({"lastHeartbeat": conditions.now()}) and self.features is not None:
-                self._publish_features(self.features)  # deleted (with its Node, say): make it again
+            if not self._patch_node_state({"lastHeartbeat": conditions.now()}):
+                self._publish(self.features)  # deleted (with its Node, say): make it again
         except Exception as e:  # the next beat tries again
             log.warning("heartbeat failed", extra={"node": self.node, "error": str(e)})
 
@@ -269,10 +295,19 @@ class Agent:
             # No spec yet is "not known yet", not "run nothing": the operator makes it for every
             # node with an agent. What runs keeps running until it says otherwise.
             return PassResult([], waiting=False)
+        labels = self.node_labels.get(self.node)
+        if labels is None:
+            # Which placements pick this node is not known yet (its Node is being deleted, say):
+            # what runs keeps running.
+            self._retry_versions = False
+            return PassResult([], waiting=False)
         entries, problems = parse_entries(state)
+        placed, refused = placed_entries(self.placements.objects(), labels, self.trust)
         for problem in problems:
             self._log_once("refusing an entry it cannot name", ("unnamed", problem), error=problem)
-        intake = self.versions.read(entries)
+        for problem in refused:
+            self._log_once("refusing a placement", ("placement", problem), error=problem)
+        intake = self.versions.read(merged(placed, entries))
         self._log_refusals(intake)
         self._retry_versions = intake.retry
         pods = [Pod.from_object(o) for o in self.pods.objects()]

@@ -73,16 +73,22 @@ def parse_entries(state: Mapping[str, Any]) -> tuple[list[Entry], list[str]]:
     problems = []
     for raw in listed:
         try:
-            key = EntryKey(_text(raw, "kind"), _text(raw, "namespace", empty=True), _text(raw, "name"))
-            generation = raw.get("generation", 0)
-            if isinstance(generation, bool) or not isinstance(generation, int):
-                raise ValueError(f"generation {generation!r} is not an integer")
-            entry = Entry(key, generation, _text(raw, "version"))
+            entry = parse_entry(raw)
         except (AttributeError, ValueError) as e:
             problems.append(str(e))
             continue
-        entries.setdefault(key, entry)
+        entries.setdefault(entry.key, entry)
     return list(entries.values()), problems
+
+
+def parse_entry(raw: Any) -> Entry:
+    """One entry ({kind, namespace, name, generation, version}, a spec item or a placement's spec);
+    ValueError or AttributeError when it cannot even be named."""
+    key = EntryKey(_text(raw, "kind"), _text(raw, "namespace", empty=True), _text(raw, "name"))
+    generation = raw.get("generation", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise ValueError(f"generation {generation!r} is not an integer")
+    return Entry(key, generation, _text(raw, "version"))
 
 
 def _text(raw: Any, field_name: str, empty: bool = False) -> str:

@@ -16,6 +16,9 @@ from typing import Any
 class Agents:
     present: frozenset[str] = frozenset()  # nodes with a BpfleetNode
     silent: Mapping[str, str] = field(default_factory=dict)  # node -> what to tell users
+    # Nodes whose running agent reads EbpfProgramPlacements (placement.py); the others' specs name
+    # every program they run.
+    placements: frozenset[str] = frozenset()
 
 
 def silence_message(node: str, last: str) -> str:

@@ -1,6 +1,7 @@
 """What the reconciles read, kept by watches (bpfleet_api.informer: stalls, 410s and failures are
-caught and resumed with jittered backoff): Nodes, BpfleetNodes (agents),
-Namespaces and EbpfNodeStates, with an index of the nodes' status and spec entries by program.
+caught and resumed with jittered backoff): Nodes, BpfleetNodes (agents), Namespaces,
+EbpfProgramPlacements and EbpfNodeStates, with an index of the nodes' status and spec entries by
+program.
 
 Watch events call the `Hooks`: only events that change a fan-out, a program's entries or a node's
 spec queue work, so that kubelets' and agents' heartbeats cost nothing but a comparison.
@@ -21,7 +22,7 @@ from typing import Any
 from bpfleet_api import names
 from bpfleet_api.informer import Informer, WatchTiming
 from bpfleet_api.rest import RestClient
-from bpfleet_operator import agents
+from bpfleet_operator import agents, kinds
 from bpfleet_operator.agents import Agents
 from bpfleet_operator.desired import Entry, key_of
 from bpfleet_operator.fleet_events import FanoutInputs
@@ -41,6 +42,17 @@ OPERATOR_RETRY_CAP_SECONDS = 1.0
 class AgentInfo:
     uid: str
     heartbeat: str | None
+    reads_placements: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An EbpfProgramPlacement, reduced: its spec, and the program it places (None when its spec
+    names none: not the operator's)."""
+
+    spec: dict[str, Any]
+    program: ProgramKey | None
+    resource_version: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,20 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def _agent(obj: dict[str, Any]) -> AgentInfo:
-    return AgentInfo(obj["metadata"]["uid"], (obj.get("status") or {}).get("lastHeartbeat"))
+    status = obj.get("status") or {}
+    # Said by this start of the agent: one that replaces it (older, say) rewrites agentStartedAt.
+    since = status.get("readsPlacementsSince")
+    reads = since is not None and since == status.get("agentStartedAt")
+    return AgentInfo(obj["metadata"]["uid"], status.get("lastHeartbeat"), reads)
+
+
+def _placement(obj: dict[str, Any]) -> Placement:
+    spec = dict(obj.get("spec") or {})
+    try:
+        program: ProgramKey | None = key_of(spec)
+    except KeyError:
+        program = None
+    return Placement(spec, program, obj["metadata"].get("resourceVersion", ""))
 
 
 def _namespace(obj: dict[str, Any]) -> NamespaceInfo:
@@ -130,7 +155,11 @@ class ClusterCache:
             self._on_node_state,
             timing=timing,
         )
-        self._informers = (self.nodes, self.agents, self.namespaces, self.states)
+        # Namespaced: keyed by namespace/name.
+        self.placements = Informer(
+            api, _group_path(names.PLACEMENT_PLURAL), _placement, self._on_placement, timing=timing
+        )
+        self._informers = (self.nodes, self.agents, self.namespaces, self.states, self.placements)
 
     def start(self) -> None:
         for informer in self._informers:
@@ -166,8 +195,11 @@ class ClusterCache:
                 seen = datetime.datetime.fromisoformat(info.heartbeat.replace("Z", "+00:00"))
                 if (now - seen).total_seconds() > AGENT_SILENCE_SECONDS:
                     silent[node] = agents.silence_message(node, info.heartbeat)
+        readers = frozenset(node for node, info in present.items() if info.reads_placements)
         view = ClusterView(
-            self.nodes.snapshot(), Agents(frozenset(present), silent), self.namespaces.snapshot()
+            self.nodes.snapshot(),
+            Agents(frozenset(present), silent, readers),
+            self.namespaces.snapshot(),
         )
         with self._lock:
             self._view, self._view_at = view, time.monotonic()
@@ -177,6 +209,12 @@ class ClusterCache:
         """node -> the status entry its EbpfNodeState has for the program."""
         with self._lock:
             return dict(self._reports.get(key, {}))
+
+    def placement(self, key: ProgramKey) -> Placement | None:
+        """The program's EbpfProgramPlacement, as the watch shows it."""
+        namespace = kinds.of(key).node_namespace(key)
+        found = self.placements.get(f"{namespace}/{names.placement_name(key.kind, key.name)}")
+        return found if found is not None and found.program == key else None
 
     def spec_entries(self, key: ProgramKey) -> dict[str, Entry]:
         """node -> the spec entry its EbpfNodeState has for the program (as last written)."""
@@ -211,6 +249,14 @@ class ClusterCache:
             self.hooks.fanout_changed()
         if (before is None) != (after is None) or (before and after and before.uid != after.uid):
             self.hooks.agent_changed(name)
+        elif before and after and before.reads_placements != after.reads_placements:
+            self.hooks.fanout_changed()  # which programs its spec must name changed
+
+    def _on_placement(self, kind: str, name: str, before: Placement | None, after: Placement | None) -> None:
+        # The echo of the operator's own write: the node entries it made unnecessary can go.
+        placed = {p.program for p in (before, after) if p is not None and p.program is not None}
+        if placed:
+            self.hooks.programs_changed(placed)
 
     def _on_namespace(self, kind: str, name: str, before: Any, after: Any) -> None:
         self._stale()

@@ -1,7 +1,9 @@
 """Reconciles one program, of either kind: its version object, which version each of its nodes
-should run (desired.py, rollout.py), then its status from the nodes' reports. Level-triggered and
-idempotent. Reads come from the watch caches (cluster_cache.py); the node writer (node_writer.py)
-turns the desired table into EbpfNodeState specs, one write per node for every program at once.
+should run (rollout.py), then its status from the nodes' reports. Level-triggered and idempotent.
+Reads come from the watch caches (cluster_cache.py). What the nodes should run is written as the
+program's placement (placement.py, placement_writer.py: one write for every node) and, where a node
+must differ from it, as entries of the desired table (desired.py), which the node writer
+(node_writer.py) turns into EbpfNodeState specs, one write per node for every program at once.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, patching, reasons, selectors
-from bpfleet_operator import aggregate, deletion, fanout, kinds, rollout, tenancy
+from bpfleet_operator import aggregate, deletion, fanout, kinds, placement, rollout, tenancy
 from bpfleet_operator.cluster_cache import ClusterCache
 from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import ProgramKey
+from bpfleet_operator.placement_writer import PlacementWriter
 from bpfleet_operator.sources import SourceError, resolve
 from bpfleet_operator.version_store import ListVersions, VersionRefused, VersionStore
 from bpfleet_operator.watched import ConfigMapBodies, ProgramBodies
@@ -72,9 +75,12 @@ class ProgramController:
         desired: DesiredTable,
         nodes_changed: Callable[[Collection[str]], None],
         list_versions: ListVersions,
+        placements: PlacementWriter,
     ) -> None:
         self.core, self.custom, self.cache, self.desired = core, custom, cache, desired
         self.nodes_changed = nodes_changed
+        self.placements = placements
+        self._targeted: dict[ProgramKey, int] = {}  # how many nodes each program targets
         self.versions = VersionStore(custom, list_versions)
         # What kopf's watches delivered (the handlers feed them): reads without a round trip.
         self.programs = ProgramBodies()
@@ -137,9 +143,17 @@ class ProgramController:
 
     # -- reconcile ----------------------------------------------------------------------------
 
+    def targeted(self, key: ProgramKey) -> int:
+        """How many nodes the program targeted when last reconciled."""
+        with self._lock:
+            return self._targeted.get(key, 0)
+
     def forget(self, key: ProgramKey) -> None:
         """The program is gone or going: no node should run it any more."""
+        self.placements.remove(key)
         self.nodes_changed(self.desired.drop_program(key))
+        with self._lock:
+            self._targeted.pop(key, None)
 
     def reconcile(self, key: ProgramKey) -> Outcome:
         program = self.get_program(key)
@@ -189,7 +203,9 @@ class ProgramController:
         matching = fanout.targeted_nodes(spec, view.nodes)
         targeted = [n for n in matching if n in view.agents.present]
         without_agent = len(matching) - len(targeted)
-        known = self.desired.program(key) if self.desired.knows(key) else self.cache.spec_entries(key)
+        named = self.desired.program(key) if self.desired.knows(key) else self.cache.spec_entries(key)
+        placed = self.placements.placed(key)
+        readers = view.agents.placements
         reports = self.cache.reports(key)
         canary_selector = ((spec.get("rollout") or {}).get("canary") or {}).get("nodeSelector")
         canary = (
@@ -198,21 +214,24 @@ class ProgramController:
             else set()
         )
         name = version["metadata"]["name"]
-        plan = rollout.plan(
-            name,
-            targeted,
-            {n: e["version"] for n, e in known.items()},
-            reports,
-            spec.get("rollout"),
-            canary,
-        )
+        running = placement.running(targeted, named, placed, readers, view.nodes)
+        plan = rollout.plan(name, targeted, running, reports, spec.get("rollout"), canary)
         # One entry object per version, shared by its nodes: a reconcile of a 5,000-node program
         # would otherwise build 5,000 equal dicts.
         by_version = {v: entry(key, generation, v) for v in set(plan.assign.values())}
         entries = {n: by_version[v] for n, v in plan.assign.items()}
-        self.nodes_changed(self.desired.set_program(key, entries))
+        placed_version = placement.placed_version(plan, targeted)
+        self.placements.write(
+            key, program, placement.spec(key, generation, placed_version, spec.get("nodeSelector"))
+        )
+        seen = self.placements.seen(key)
+        own = placement.node_entries(entries, placed_version, readers, named, seen)
+        self.nodes_changed(self.desired.set_program(key, own))
+        with self._lock:
+            self._targeted[key] = len(targeted)
         written = self.cache.spec_entries(key)
-        keep = {name, *by_version, *(e["version"] for e in written.values())}
+        keep = {name, placed_version, *by_version, *(e["version"] for e in written.values())}
+        keep |= {p["version"] for p in (placed, seen) if p is not None}
         if plan.previous:
             keep.add(plan.previous)
         self.versions.collect(key, keep)

@@ -1,6 +1,7 @@
-"""The desired table: which version of which program each node should run, as the program
-reconciles decided it. The node writer turns it into EbpfNodeState specs, one write per node for
-however many programs changed. Shared by the reconcile workers' threads, hence the lock."""
+"""The desired table: which version of which program each node's EbpfNodeState must name (where the
+node must differ from its program's placement, placement.py), as the program reconciles decided it.
+The node writer turns it into EbpfNodeState specs, one write per node for however many programs
+changed. Shared by the reconcile workers' threads, hence the lock."""
 
 from __future__ import annotations
 
@@ -36,10 +37,6 @@ class DesiredTable:
     def knows(self, key: ProgramKey) -> bool:
         with self._lock:
             return key in self._by_program
-
-    def node_count(self, key: ProgramKey) -> int:
-        with self._lock:
-            return len(self._by_program.get(key, ()))
 
     def program(self, key: ProgramKey) -> dict[str, Entry]:
         with self._lock:

@@ -29,6 +29,7 @@ from bpfleet_operator.desired import DesiredTable
 from bpfleet_operator.kinds import ProgramKey
 from bpfleet_operator.metrics import METRICS
 from bpfleet_operator.node_writer import NodeWriter
+from bpfleet_operator.placement_writer import PlacementWriter
 from bpfleet_operator.sources import config_map_ref
 from bpfleet_operator.version_store import metadata_lister
 from bpfleet_operator.workqueue import WorkQueue
@@ -117,8 +118,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     STATE.open = asyncio.Event()
     api = api_client()
     custom = CustomObjectsApi(api)
-    # The watches' connections (ClusterCache's four), the node writers' and a few for the rest.
-    rest = RestClient.load(connections=8 + node_writers())
+    # The watches' connections (ClusterCache's five), the node writers' and a few for the rest.
+    rest = RestClient.load(connections=9 + node_writers())
     STATE.cache = ClusterCache(
         rest,
         Hooks(
@@ -137,6 +138,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         desired,
         lambda nodes: _soon(_queue_nodes, nodes),
         metadata_lister(rest),
+        PlacementWriter(rest, STATE.cache),
     )
     STATE.writer = NodeWriter(rest, desired, STATE.cache, METRICS.node_state_writes)
     count, writers = workers(), node_writers()
@@ -295,7 +297,7 @@ def _queue_programs(keys: Collection[ProgramKey]) -> None:
     now = asyncio.get_running_loop().time()
     for key in keys:
         if key in STATE.programs:
-            interval = report_interval(STATE.desired.node_count(key))
+            interval = report_interval(STATE.controller.targeted(key))
             last = STATE.last_reconciled.get(key, now - interval)
             STATE.queue.add(key, max(0.0, last + interval - now))
 

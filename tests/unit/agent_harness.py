@@ -25,6 +25,16 @@ class Listed:
         return list(self.items)
 
 
+class Labelled:
+    """The watch of the node's own Node, reduced to its labels."""
+
+    def __init__(self, node: str, labels: dict[str, str]) -> None:
+        self.node, self.labels = node, labels
+
+    def get(self, name: str) -> dict[str, str] | None:
+        return self.labels if name == self.node else None
+
+
 class FakeApi:
     """The CustomObjectsApi calls the agent makes: GET of versions, patches of its node's status."""
 
@@ -83,6 +93,10 @@ class Node:
         self.states: list[dict[str, Any]] = []
         self.agent.programs = Listed(self.states)  # type: ignore[assignment]
         self.agent.pods = Listed(pods or [])  # type: ignore[assignment]
+        self.placements: list[dict[str, Any]] = []  # what its watch of placements has
+        self.agent.placements = Listed(self.placements)  # type: ignore[assignment]
+        self.labels: dict[str, str] = {}  # its Node's
+        self.agent.node_labels = Labelled(node, self.labels)  # type: ignore[assignment]
         self.generation = 0
 
     def serve(self, *programs: dict[str, Any], store: bool = True) -> dict[str, Any]:

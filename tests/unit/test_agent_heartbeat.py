@@ -27,6 +27,9 @@ class SyncedList:
     def objects(self) -> list[dict[str, Any]]:
         return list(self.items)
 
+    def get(self, name: str) -> dict[str, str]:
+        return {}  # the node's labels
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -71,6 +74,7 @@ def test_heartbeats_continue_while_a_compile_blocks_the_pass():
     )
     state = node_state([VERSION])
     agent.programs, agent.pods = SyncedList([state]), SyncedList([])  # type: ignore[assignment]
+    agent.placements, agent.node_labels = SyncedList([]), SyncedList([])  # type: ignore[assignment]
     recorder = BeatRecorder()
     agent.custom = recorder  # type: ignore[assignment]
     runner = threading.Thread(target=agent.run)

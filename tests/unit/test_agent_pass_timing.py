@@ -43,7 +43,7 @@ def test_the_debounce_applies_to_a_burst_not_to_its_first_event_nor_to_a_finishe
 ):
     node = Node()
     agent = node.agent
-    agent.programs = agent.pods = Synced()  # type: ignore[assignment]
+    agent.programs = agent.pods = agent.placements = agent.node_labels = Synced()  # type: ignore[assignment]
     passes: list[float] = []
     monkeypatch.setattr(agent, "reconcile_once", lambda: passes.append(time.monotonic()))
     monkeypatch.setattr(agent, "_next_pass_in", lambda _result: 600.0)

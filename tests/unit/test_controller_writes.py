@@ -22,6 +22,7 @@ from bpfleet_operator.desired import DesiredTable, entry
 from bpfleet_operator.kinds import CLUSTER, NAMESPACED, ProgramKey
 from bpfleet_operator.metrics import OperatorMetrics
 from bpfleet_operator.node_writer import NodeWriter
+from bpfleet_operator.placement_writer import PlacementWriter
 from bpfleet_operator.tenancy import NamespaceInfo
 
 SPEC = {
@@ -65,10 +66,20 @@ class StubCustom:
 
 
 class StubCache:
-    """The watch caches: node-a, running an agent unless `agents` says otherwise."""
+    """The watch caches: node-a, running an agent unless `agents` says otherwise; `readers`: the
+    agents that read placements."""
 
-    def __init__(self, agents: tuple[str, ...] = ("node-a",)) -> None:
-        self._view = ClusterView({"node-a": {}}, Agents(frozenset(agents)), {"shop": NamespaceInfo()})
+    def __init__(
+        self,
+        agents: tuple[str, ...] = ("node-a",),
+        readers: tuple[str, ...] = (),
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        view_agents = Agents(frozenset(agents), placements=frozenset(readers))
+        self._view = ClusterView({"node-a": labels or {}}, view_agents, {"shop": NamespaceInfo()})
+
+    def placement(self, key: ProgramKey) -> None:
+        return None
 
     def view(self) -> ClusterView:
         return self._view
@@ -87,9 +98,23 @@ def program(namespaced: bool, spec: dict[str, Any] | None = None) -> dict[str, A
     return {"metadata": meta, "spec": dict(spec or SPEC)}
 
 
-def controller(custom: StubCustom, cache: StubCache | None = None) -> tuple[ProgramController, DesiredTable]:
-    desired = DesiredTable()
-    made = ProgramController(None, custom, cache or StubCache(), desired, lambda nodes: None, list)  # type: ignore[arg-type]
+class PlacementRest:
+    """Records placement writes."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+
+    def create(self, path: str, body: dict[str, Any]) -> None:
+        assert path.endswith(f"/{names.PLACEMENT_PLURAL}")
+        self.created.append(body)
+
+
+def controller(
+    custom: StubCustom, cache: StubCache | None = None, placements: PlacementRest | None = None
+) -> tuple[ProgramController, DesiredTable]:
+    desired, cache = DesiredTable(), cache or StubCache()
+    writer = PlacementWriter(placements or PlacementRest(), cache)  # type: ignore[arg-type]
+    made = ProgramController(None, custom, cache, desired, lambda nodes: None, list, writer)  # type: ignore[arg-type]
     return made, desired
 
 
@@ -131,7 +156,7 @@ def test_a_tenant_spec_the_api_server_let_through_is_refused_before_any_version(
     assert "use a ClusterEbpfProgram" in written["failures"][0]["message"]
 
 
-def test_a_node_with_an_agent_gets_an_entry_naming_the_version():
+def test_a_node_whose_agent_reads_no_placements_gets_an_entry_naming_the_version():
     custom = StubCustom(program(True), None)
     made, desired = controller(custom)
     made.reconcile(NAMESPACED.key("shop", "p"))
@@ -145,6 +170,33 @@ def test_a_node_with_an_agent_gets_an_entry_naming_the_version():
             "version": version["metadata"]["name"],
         }
     ]
+
+
+@pytest.mark.parametrize("kind", [NAMESPACED, CLUSTER], ids=lambda k: k.kind)
+def test_a_node_whose_agent_reads_placements_gets_the_placement_and_no_entry(kind, monkeypatch):
+    monkeypatch.setattr(controller_module, "PROGRESS_HOLD_SECONDS", 0.0)
+    spec = {**SPEC, "nodeSelector": {"matchLabels": {"pool": "web"}}}
+    if not kind.namespaced:
+        spec["scope"] = "Pods"
+    custom, placements = StubCustom(program(kind.namespaced, spec), None), PlacementRest()
+    cache = StubCache(readers=("node-a",), labels={"pool": "web"})
+    made, desired = controller(custom, cache, placements)
+    outcome = made.reconcile(kind.key("shop", "p"))
+    assert outcome.status is not None and outcome.status["nodes"]["targeted"] == 1
+    [version] = custom.created
+    [placed] = placements.created
+    assert placed["metadata"]["namespace"] == version["metadata"]["namespace"]
+    assert placed["metadata"]["name"] == names.placement_name(kind.kind, "p")
+    assert placed["metadata"]["ownerReferences"][0]["uid"] == "u"
+    assert placed["spec"] == {
+        "kind": kind.kind,
+        "namespace": "shop" if kind.namespaced else "",
+        "name": "p",
+        "generation": 3,
+        "version": version["metadata"]["name"],
+        "nodeSelector": {"matchLabels": {"pool": "web"}},
+    }
+    assert desired.entries("node-a") == []
 
 
 def test_a_new_generations_first_progressing_status_is_held_then_written(monkeypatch):
