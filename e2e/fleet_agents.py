@@ -1,12 +1,14 @@
 """Simulated agents for the fleet benchmark: many nodes in one process, each with its Node and
 BpfleetNode, reporting its EbpfNodeState status through the agent's own code.
 
-What is the agent's: reading entries (intake.parse_entries), checking a version's hash and trust
-rules (model.check_hash, NodeProgram.from_entry), every byte of status (status.program_entry,
-refused_entry, node_state_status), with one write per pass only when it changed, and the client
-those reads and writes go through (bpfleet_api.objects on the thin client). What is
-simulated: the kernel (every program loads; each entry's pods are all attached) and the watch (one
-for the whole fleet rather than one per node; the API writes are the same).
+What is the agent's: reading entries (intake.parse_entries) and the placements its Node's labels
+match (placements.placed_entries, merged with the spec's as the agent merges them), checking a
+version's hash and trust rules (model.check_hash, NodeProgram.from_entry), every byte of status
+(status.program_entry, refused_entry, node_state_status), with one write per pass only when it
+changed, and the client those reads and writes go through (bpfleet_api.objects on the thin
+client). What is simulated: the kernel (every program loads; each entry's pods are all attached) and the watches
+(one of node states and one of placements for the whole fleet rather than one each per node; the
+API writes are the same). The labels each node matches placements with are the ones it registered.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from node_agent.errors import InvalidSpec
 from node_agent.intake import Entry, parse_entries
 from node_agent.kernel.backend import LoadedProgram, ProgramRef
 from node_agent.model import EntryKey, NodeProgram, Trust, check_hash, version_namespace
+from node_agent.placements import merged, placed_entries
 from node_agent.reconcile import ATTACHED, PodReport, ProgramReport
 from node_agent.status import node_state_status, program_entry, refused_entry
 
@@ -73,6 +76,14 @@ class SimulatedFleet:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watch = _state_watch(rest, self._changed)
+        self._placements = Informer(
+            rest,
+            f"/apis/{names.GROUP}/{names.VERSION}/{names.PLACEMENT_PLURAL}",
+            on_change=self._placements_changed,
+        )
+        # What the placements give a node with these labels, until they change (every simulated
+        # node has the same labels: parsed once, not once per node).
+        self._placed: dict[tuple[tuple[str, str], ...], list[Entry]] = {}
         self._fleet = set(nodes)
         self.status_writes = 0
 
@@ -90,8 +101,11 @@ class SimulatedFleet:
                 if progress and done % 500 == 0:
                     progress(done)
 
+    def labels(self, node: str) -> dict[str, str]:
+        return {FLEET_LABEL: "true"}
+
     def _join(self, node: str) -> None:
-        meta = V1ObjectMeta(name=node, labels={FLEET_LABEL: "true"})
+        meta = V1ObjectMeta(name=node, labels=self.labels(node))
         try:
             uid = self.core.create_node(V1Node(metadata=meta)).metadata.uid
         except ApiException as e:
@@ -119,6 +133,7 @@ class SimulatedFleet:
             "kernelHeaders": True,
             "attachTypes": dict.fromkeys(ATTACH_TYPES, True),
             "agentStartedAt": now,
+            "readsPlacementsSince": now,
             "lastHeartbeat": now,
         }
         patching.merge_patch(
@@ -148,6 +163,8 @@ class SimulatedFleet:
     # -- reporting ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._placements.start()
+        self._placements.synced.wait(30)  # as an agent: no pass before the placements are known
         self._watch.start()
         for i in range(self.workers):
             thread = threading.Thread(target=self._report_loop, name=f"agent-{i}", daemon=True)
@@ -157,6 +174,7 @@ class SimulatedFleet:
     def stop(self) -> None:
         self._stop.set()
         self._watch.stop()
+        self._placements.stop()
         with self._lock:
             self._lock.notify_all()
         for thread in self._threads:
@@ -169,6 +187,12 @@ class SimulatedFleet:
         with self._lock:
             self._dirty[name] = state  # the latest only: a burst of events is one pass
             self._lock.notify()
+
+    def _placements_changed(self) -> None:
+        with self._lock:
+            self._placed.clear()
+        for state in self._watch.objects():  # every node may run something else now
+            self._changed(state)
 
     def _recheck(self, node: str) -> None:
         latest = [s for s in self._watch.objects() if s["metadata"]["name"] == node]
@@ -192,8 +216,8 @@ class SimulatedFleet:
         node = state["metadata"]["name"]
         if (state.get("spec") or {}).get("nodeName") not in (None, node):
             return
-        entries, _ = parse_entries(state)
-        reported = [self.entry_status(e) for e in entries]
+        own, _ = parse_entries(state)
+        reported = [self.entry_status(e) for e in merged(self._placed_for(node), own)]
         if any(e["reason"] == reasons.SOURCE_NOT_FOUND for e in reported):
             # No watch says when a version appears: look again, as the agent does.
             timer = threading.Timer(1.0, self._recheck, (node,))
@@ -205,6 +229,17 @@ class SimulatedFleet:
         patch_status(self.agent_objects, names.NODE_STATE_PROGRAMS_PLURAL, node, status)
         with self._lock:
             self.status_writes += 1
+
+    def _placed_for(self, node: str) -> list[Entry]:
+        labels = self.labels(node)
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            found = self._placed.get(key)
+        if found is None:
+            found, _ = placed_entries(self._placements.objects(), labels, self.trust)
+            with self._lock:
+                self._placed[key] = found
+        return found
 
     def entry_status(self, entry: Entry) -> dict[str, Any]:
         """What the agent reports for one entry after a pass that loaded it and attached every pod."""

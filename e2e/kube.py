@@ -17,7 +17,11 @@ from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names
 from bpfleet_api.rest import RestClient
+from bpfleet_operator.agents import reads_placements
 from e2e.harness import kubectl, wait_for
+from node_agent.intake import Entry, parse_entries
+from node_agent.model import Trust
+from node_agent.placements import merged, placed_entries
 
 
 class Kube:
@@ -63,15 +67,40 @@ class Kube:
         )
         return list(listed["items"])
 
+    def placements(self) -> list[dict[str, Any]]:
+        listed = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLACEMENT_PLURAL)
+        return list(listed["items"])
+
+    def node_entries(self, states: list[dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """node -> what its agent is asked to run, as the agent reads it (node_agent.placements): its
+        EbpfNodeState's spec entries and, where the agent reads placements, the entries of the
+        placements its Node's labels match (the spec's win)."""
+        states = self.node_states() if states is None else states
+        placements = self.placements()
+        labels = {n.metadata.name: n.metadata.labels or {} for n in self.core.list_node().items}
+        agents = self.custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL)
+        readers = {a["metadata"]["name"] for a in agents["items"] if reads_placements(a.get("status") or {})}
+        found = {}
+        for state in states:
+            node = state["metadata"]["name"]
+            own, _ = parse_entries(state)
+            placed: list[Entry] = []
+            if node in readers and node in labels:
+                placed, _ = placed_entries(placements, labels[node], Trust())
+            found[node] = [_entry_item(e) for e in merged(placed, own)]
+        return found
+
     def node_programs(
         self, namespace: str, program: str, kind: str = names.PROGRAM_KIND
     ) -> list[dict[str, Any]]:
-        """The program on each node whose EbpfNodeState names it, in spec or in status:
-        {"node", "spec": its spec entry or None, "status": its status entry or None}. Empty once no
+        """The program on each node whose agent is asked to run it (node_entries) or reports it:
+        {"node", "spec": its entry or None, "status": its status entry or None}. Empty once no
         node should run it and no agent reports it any more."""
         found = []
-        for state in self.node_states():
-            spec = _entry((state.get("spec") or {}).get("programs"), kind, namespace, program)
+        states = self.node_states()
+        entries = self.node_entries(states)
+        for state in states:
+            spec = _entry(entries[state["metadata"]["name"]], kind, namespace, program)
             status = _entry((state.get("status") or {}).get("programs"), kind, namespace, program)
             node = state["metadata"]["name"]
             if status is not None and node in self.bpffs_roots:
@@ -153,6 +182,17 @@ def _unless_missing(get: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         if e.status == 404:
             return None
         raise
+
+
+def _entry_item(entry: Entry) -> dict[str, Any]:
+    key = entry.key
+    return {
+        "kind": key.kind,
+        "namespace": key.namespace,
+        "name": key.name,
+        "generation": entry.generation,
+        "version": entry.version,
+    }
 
 
 def _entry(listed: Any, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -21,6 +21,13 @@ class Agents:
     placements: frozenset[str] = frozenset()
 
 
+def reads_placements(status: Mapping[str, Any]) -> bool:
+    """Whether a BpfleetNode's status says its running agent reads EbpfProgramPlacements: said by
+    that start of the agent, since one that replaces it (an older one, say) rewrites agentStartedAt."""
+    since = status.get("readsPlacementsSince")
+    return since is not None and since == status.get("agentStartedAt")
+
+
 def silence_message(node: str, last: str) -> str:
     return (
         f"the agent on {node} has not reported since {last}: pods that start there are not "

@@ -96,10 +96,7 @@ def _labels(obj: dict[str, Any]) -> dict[str, str]:
 
 def _agent(obj: dict[str, Any]) -> AgentInfo:
     status = obj.get("status") or {}
-    # Said by this start of the agent: one that replaces it (older, say) rewrites agentStartedAt.
-    since = status.get("readsPlacementsSince")
-    reads = since is not None and since == status.get("agentStartedAt")
-    return AgentInfo(obj["metadata"]["uid"], status.get("lastHeartbeat"), reads)
+    return AgentInfo(obj["metadata"]["uid"], status.get("lastHeartbeat"), agents.reads_placements(status))
 
 
 def _placement(obj: dict[str, Any]) -> Placement:

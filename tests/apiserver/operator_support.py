@@ -91,11 +91,22 @@ def heartbeat_at(seconds_ago: float = 0) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def agent_starts(kube: Kube, node: str, heartbeat: str | None = None) -> None:
-    """What an agent does when it starts: create its node's BpfleetNode, then heartbeat."""
+def agent_starts(kube: Kube, node: str, heartbeat: str | None = None, reads_placements: bool = True) -> None:
+    """What an agent does when it starts: create its node's BpfleetNode, say when it started and
+    (unless it is an older agent) that it reads placements, then heartbeat."""
     body = {"apiVersion": names.API_VERSION, "kind": names.NODE_STATE_KIND, "metadata": {"name": node}}
     kube.custom.create_cluster_custom_object(names.GROUP, names.VERSION, names.NODE_STATE_PLURAL, body)
+    agent_restarts(kube, node, reads_placements)
     agent_heartbeats(kube, node, heartbeat or heartbeat_at())
+
+
+def agent_restarts(kube: Kube, node: str, reads_placements: bool = True) -> None:
+    """A new start of the node's agent, of this release or (`reads_placements` False) an older one."""
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+    status: dict[str, Any] = {"agentStartedAt": started}
+    if reads_placements:
+        status["readsPlacementsSince"] = started
+    patching.merge_patch(kube.custom, names.NODE_STATE_PLURAL, None, node, {"status": status}, status=True)
 
 
 def agent_heartbeats(kube: Kube, node: str, heartbeat: str) -> None:
@@ -143,17 +154,18 @@ def entry_matches(item: dict[str, Any], kind: str, namespace: str, name: str) ->
 def program_versions(
     kube: Kube, namespace: str, program: str, kind: str = names.PROGRAM_KIND
 ) -> dict[str, str]:
-    """node -> the version its EbpfNodeState spec names for the program."""
+    """node -> the version its agent is asked to run of the program (its spec's entry, else its
+    placement's: Kube.node_entries)."""
     found = {}
-    for state in node_states(kube):
-        for item in (state.get("spec") or {}).get("programs") or []:
+    for node, entries in kube.node_entries().items():
+        for item in entries:
             if entry_matches(item, kind, namespace, program):
-                found[state["metadata"]["name"]] = item["version"]
+                found[node] = item["version"]
     return found
 
 
 def program_nodes(kube: Kube, namespace: str, program: str, kind: str = names.PROGRAM_KIND) -> list[str]:
-    """Nodes whose EbpfNodeState spec lists the program."""
+    """Nodes whose agent is asked to run the program."""
     return sorted(program_versions(kube, namespace, program, kind))
 
 
@@ -170,15 +182,21 @@ def ready_report(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_reports(
-    kube: Kube, node: str, report: Any = ready_report, keep: tuple[tuple[str, str, str], ...] = ()
+    kube: Kube,
+    node: str,
+    report: Any = ready_report,
+    keep: tuple[tuple[str, str, str], ...] = (),
+    state: dict[str, Any] | None = None,
+    entries: list[dict[str, Any]] | None = None,
 ) -> None:
-    """What a node's agent writes after a pass: one status entry per spec entry, made by
-    `report(entry)` (an entry it has unloaded is gone); `keep`: (kind, namespace, name) of entries
-    removed from spec that it still reports (not unloaded yet)."""
-    state = node_state(kube, node)
+    """What a node's agent writes after a pass: one status entry per entry it is asked to run (its
+    spec's and its placements', Kube.node_entries), made by `report(entry)` (an entry it has
+    unloaded is gone); `keep`: (kind, namespace, name) of entries no longer asked for that it still
+    reports (not unloaded yet). `state` and `entries`: as read already for many nodes at once."""
+    state = state or node_state(kube, node)
     if state is None:
         return
-    spec_items = (state.get("spec") or {}).get("programs") or []
+    spec_items = entries if entries is not None else kube.node_entries([state])[node]
     reported = [report(item) for item in spec_items]
     old = ((state.get("status") or {}).get("programs")) or []
     listed = {(i["kind"], i["namespace"], i["name"]) for i in spec_items}
@@ -196,9 +214,12 @@ def agent_reports(
 
 def agents_report(kube: Kube, nodes: list[str] | None = None, report: Any = ready_report) -> None:
     """Every agent (or those on `nodes`) reports: ready on what its spec lists, the rest unloaded."""
-    for state in node_states(kube):
-        if nodes is None or state["metadata"]["name"] in nodes:
-            agent_reports(kube, state["metadata"]["name"], report)
+    states = node_states(kube)
+    entries = kube.node_entries(states)
+    for state in states:
+        node = state["metadata"]["name"]
+        if nodes is None or node in nodes:
+            agent_reports(kube, node, report, state=state, entries=entries[node])
 
 
 def reconciled(program: dict[str, Any] | None) -> bool:

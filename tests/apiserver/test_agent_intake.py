@@ -1,5 +1,6 @@
 """The agent on a real API server (kernel: the in-memory fake): it watches its own EbpfNodeState
-only, reads the versions its entries name, and writes a status the CRD accepts, once per change."""
+only and the placements its Node's labels match, reads the versions their entries name, and writes
+a status the CRD accepts, once per change."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client import V1Node, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, reasons, versions
@@ -69,6 +71,28 @@ class Cluster:
         )
         self.made.append((NAMESPACE, names.VERSION_PLURAL, body["metadata"]["name"]))
 
+    def create_node(self, node: str, labels: dict[str, str]) -> None:
+        self.kube.core.create_node(V1Node(metadata=V1ObjectMeta(name=node, labels=labels)))
+        self.made.append(("", "nodes", node))
+
+    def label_node(self, node: str, labels: dict[str, str | None]) -> None:
+        self.kube.core.patch_node(node, {"metadata": {"labels": labels}})
+
+    def place(self, body: dict[str, Any], namespace: str = NAMESPACE, **spec: Any) -> str:
+        """An EbpfProgramPlacement of the version `body`, in `namespace`; `spec` overrides its fields."""
+        name = f"placement-{uuid.uuid4().hex[:6]}"
+        placement = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.PLACEMENT_KIND,
+            "metadata": {"name": name},
+            "spec": {**entry(body), **spec},
+        }
+        self.kube.custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.PLACEMENT_PLURAL, placement
+        )
+        self.made.append((namespace, names.PLACEMENT_PLURAL, name))
+        return name
+
     def create_state(self, node: str, entries: list[dict[str, Any]]) -> None:
         body = {
             "apiVersion": names.API_VERSION,
@@ -99,7 +123,9 @@ class Cluster:
     def cleanup(self) -> None:
         for namespace, plural, name in reversed(self.made):
             try:
-                if namespace is None:
+                if plural == "nodes":
+                    self.kube.core.delete_node(name)
+                elif namespace is None:
                     self.kube.custom.delete_cluster_custom_object(names.GROUP, names.VERSION, plural, name)
                 else:
                     self.kube.custom.delete_namespaced_custom_object(
@@ -125,16 +151,18 @@ def kernel() -> FakeBackend:
 
 
 @pytest.fixture
-def agent(crds: Kube, kernel: FakeBackend) -> Iterator[Agent]:
-    node = f"intake-{RUN}"
+def agent(crds: Kube, cluster: Cluster, kernel: FakeBackend) -> Iterator[Agent]:
+    node = f"intake-{RUN}-{uuid.uuid4().hex[:4]}"
+    cluster.create_node(node, {"pool": "web"})
     running = Agent(crds.rest, node, Reconciler(kernel, FakeCgroups()), trust=Trust("bpfleet-system"))
-    for informer in (running.programs, running.pods):
+    informers = running._informers()
+    for informer in informers:
         informer.start()
-    assert wait_synced([running.programs, running.pods], running.stop_event, timeout=20)
+    assert wait_synced(informers, running.stop_event, timeout=20)
     try:
         yield running
     finally:
-        for informer in (running.programs, running.pods):
+        for informer in informers:
             informer.stop()
 
 
@@ -214,3 +242,54 @@ def test_an_entry_removed_from_spec_is_unloaded_and_leaves_the_status(cluster, a
     kernel.refuse_unload.clear()
     settled(agent, lambda s: s["status"]["programs"] == [], "the entry gone")
     assert kernel.programs == {}
+
+
+# --- placements -----------------------------------------------------------------------------------
+
+
+def test_a_placement_its_node_matches_is_served_without_a_spec_entry_and_unloaded_when_relabelled(
+    cluster, agent, kernel
+):
+    counter = version(f"placed-{RUN}")
+    cluster.create_version(counter)
+    cluster.create_state(agent.node, [])
+    cluster.place(counter, nodeSelector={"matchLabels": {"pool": "web"}})
+    settled(agent, lambda s: bool((s.get("status") or {}).get("programs")), "the placed program served")
+    assert [r.name for r in kernel.programs] == [f"placed-{RUN}"]
+    [reported] = cluster.state(agent.node)["status"]["programs"]
+    assert (reported["name"], reported["ready"]) == (f"placed-{RUN}", True)
+    assert serving_version(reported) == counter["metadata"]["name"]
+
+    cluster.label_node(agent.node, {"pool": None})  # the selector no longer picks this node
+    settled(agent, lambda s: s["status"]["programs"] == [], "the entry gone")
+    assert kernel.programs == {}
+
+
+def test_a_spec_entry_wins_over_its_programs_placement(cluster, agent, kernel):
+    old = version(f"rolled-{RUN}")
+    new = version(f"rolled-{RUN}", source="int f(void *c) { return 0; }")
+    for body in (old, new):
+        cluster.create_version(body)
+    cluster.place(old)  # every node
+    cluster.create_state(agent.node, [entry(new)])  # this node is in the rollout's step
+    settled(agent, lambda s: bool((s.get("status") or {}).get("programs")), "served")
+    [reported] = cluster.state(agent.node)["status"]["programs"]
+    assert serving_version(reported) == new["metadata"]["name"]
+
+
+def test_a_placement_of_another_namespaces_program_places_nothing(cluster, agent, kernel, crds):
+    """Whoever may write placements in one namespace places nothing of another's: the agent reads
+    a program's versions from its own namespace only, and refuses a placement elsewhere."""
+    victim = version(f"victim-{RUN}")
+    cluster.create_version(victim)  # in NAMESPACE
+    cluster.create_state(agent.node, [])
+    elsewhere = f"tenant-{RUN}"
+    crds.core.create_namespace({"metadata": {"name": elsewhere}})
+    try:
+        cluster.place(victim, namespace=elsewhere)  # names NAMESPACE's program, from elsewhere
+        settled(agent, lambda s: (s.get("status") or {}).get("programs") == [], "a pass")
+        time.sleep(0.3)
+        agent.reconcile_once()
+        assert kernel.programs == {}
+    finally:
+        crds.core.delete_namespace(elsewhere)
