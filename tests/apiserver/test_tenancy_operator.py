@@ -48,8 +48,11 @@ assert len(LONG) == 253
 
 @pytest.fixture(scope="module")
 def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
-    """CRDs, the system namespace, two Nodes that run an agent (a BpfleetNode) and the operator."""
+    """CRDs, the system namespace, two Nodes that run an agent (a BpfleetNode) and the operator.
+    The played agents trust the same system namespace as the operator (Kube.node_entries)."""
     kube = crds
+    patch = pytest.MonkeyPatch()
+    patch.setenv(names.SYSTEM_NAMESPACE_ENV, SYSTEM_NAMESPACE)
     nodes = [f"tenancy-{RUN}-a", f"tenancy-{RUN}-b"]
     create_namespace(kube, SYSTEM_NAMESPACE)
     for node in nodes:
@@ -73,6 +76,7 @@ def cluster(crds: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ku
                 delete_quietly(lambda node=node: kube.core.delete_node(node))
                 agent_removed(kube, node)
             kube.kubectl("delete", "namespace", SYSTEM_NAMESPACE, "--wait=false", check=False)
+            patch.undo()
 
 
 @pytest.fixture
