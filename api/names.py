@@ -31,10 +31,8 @@ VERSION_PLURAL: Final = "ebpfprogramversions"
 PLACEMENT_KIND: Final = "EbpfProgramPlacement"
 PLACEMENT_PLURAL: Final = "ebpfprogramplacements"
 
-# Labels, with label_value() of a name. NODE_LABEL on an EbpfNodeState names its node;
-# PROGRAM_LABEL on an EbpfProgramVersion names its EbpfProgram, CLUSTER_PROGRAM_LABEL its
-# ClusterEbpfProgram.
-NODE_LABEL: Final = f"{GROUP}/node"
+# Labels, with label_value() of a name. PROGRAM_LABEL on an EbpfProgramVersion or an
+# EbpfProgramPlacement names its EbpfProgram, CLUSTER_PROGRAM_LABEL its ClusterEbpfProgram.
 PROGRAM_LABEL: Final = f"{GROUP}/program"
 CLUSTER_PROGRAM_LABEL: Final = f"{GROUP}/cluster-program"
 

@@ -6,9 +6,10 @@ match (placements.placed_entries, merged with the spec's as the agent merges the
 version's hash and trust rules (model.check_hash, NodeProgram.from_entry), every byte of status
 (status.program_entry, refused_entry, node_state_status), with one write per pass only when it
 changed, and the client those reads and writes go through (bpfleet_api.objects on the thin
-client). What is simulated: the kernel (every program loads; each entry's pods are all attached) and the watches
-(one of node states and one of placements for the whole fleet rather than one each per node; the
-API writes are the same). The labels each node matches placements with are the ones it registered.
+client). What is simulated: the kernel (every program loads; each entry's pods are all
+attached) and the watches (one of node states and one of placements for the whole fleet rather
+than one each per node; the API writes are the same). The labels each node matches placements
+with are the ones it registered.
 """
 
 from __future__ import annotations

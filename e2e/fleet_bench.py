@@ -9,8 +9,8 @@ API writes per node     writes the API server counted (its /metrics apiserver_re
                         resource, divided by the nodes: for the apply, and for a rollout of one
                         program (one parameter changed)
 operator CPU and RSS    from /proc: CPU seconds per phase, resident and peak memory
-etcd per node-program   the value bytes etcd holds under ebpfnodestates and ebpfprogramversions,
-                        divided by nodes x programs
+etcd per node-program   the value bytes etcd holds under ebpfnodestates, ebpfprogramversions and
+                        ebpfprogramplacements, divided by nodes x programs
 delete all -> gone      every program deleted until none is left and no node lists any
 """
 
@@ -45,7 +45,7 @@ from e2e.harness import install_crds, log, operator_process
 from e2e.kube import Kube
 
 NAMESPACE = "fleet-bench"
-NODE_RESOURCES = {names.NODE_STATE_PROGRAMS_PLURAL, names.VERSION_PLURAL}
+NODE_RESOURCES = {names.NODE_STATE_PROGRAMS_PLURAL, names.VERSION_PLURAL, names.PLACEMENT_PLURAL}
 ALL_RESOURCES = NODE_RESOURCES | {
     names.PROGRAM_PLURAL,
     names.NODE_STATE_PLURAL,
@@ -196,7 +196,7 @@ def per_node(writes: Writes, nodes: int, total: bool = True) -> str:
     if not total:
         return "\n".join(lines) or "    none"
     node_writes = sum(c for k, c in writes.items() if k[0] in NODE_RESOURCES)
-    what = "node API (states + versions)"
+    what = "node API (states, versions, placements)"
     lines.append(f"    {what:34} {'all':7} {node_writes:8}  {node_writes / nodes:8.2f} per node")
     return "\n".join(lines)
 
@@ -254,10 +254,15 @@ def run(args: argparse.Namespace) -> None:
         version_keys, version_bytes = etcd_value_bytes(
             etcd, f"/registry/{names.GROUP}/{names.VERSION_PLURAL}/"
         )
+        placement_keys, placement_bytes = etcd_value_bytes(
+            etcd, f"/registry/{names.GROUP}/{names.PLACEMENT_PLURAL}/"
+        )
         pairs = args.nodes * args.programs
+        total = state_bytes + version_bytes + placement_bytes
         report += [
-            f"etcd per node-program     {(state_bytes + version_bytes) / pairs:8.0f} B"
-            f"  ({state_keys} node states {state_bytes} B, {version_keys} versions {version_bytes} B)",
+            f"etcd per node-program     {total / pairs:8.0f} B"
+            f"  ({state_keys} node states {state_bytes} B, {version_keys} versions {version_bytes} B,"
+            f" {placement_keys} placements {placement_bytes} B)",
             f"  one node state's JSON: {object_parts(kube.rest, fleet.nodes[0])}",
         ]
 

@@ -90,7 +90,7 @@ def node_state_body(cluster: Cluster, node: str) -> dict[str, Any]:
     body = {
         "apiVersion": names.API_VERSION,
         "kind": names.NODE_STATE_PROGRAMS_KIND,
-        "metadata": {"name": node, "labels": {names.NODE_LABEL: node}},
+        "metadata": {"name": node, "labels": {"example.com/team": "net"}},
         "spec": {
             "nodeName": node,
             "programs": [
@@ -244,7 +244,7 @@ def test_status_of_its_own_state_is_allowed(cluster: Cluster, objects):
     "change",
     [
         pytest.param({"spec": {"programs": []}}, id="spec"),
-        pytest.param({"metadata": {"labels": {names.NODE_LABEL: "elsewhere"}}}, id="labels"),
+        pytest.param({"metadata": {"labels": {"example.com/team": "elsewhere"}}}, id="labels"),
         pytest.param({"metadata": {"annotations": {"a": "b"}}}, id="annotations"),
         pytest.param({"metadata": {"finalizers": ["example.com/hold"]}}, id="finalizers"),
     ],
