@@ -285,21 +285,17 @@ class Agent:
 
     def reconcile_once(self) -> PassResult:
         state = self._node_state()
-        if state is None:
+        labels = self.node_labels.get(self.node)
+        if state is None or labels is None:
             self._retry_versions = False
             if self._node_gone():
                 # Not "not known yet": this node left the cluster (deleted while the agent was down,
                 # say), so nothing may run here any more, whoever it belonged to.
                 self._log_once("this node's Node object is gone: unloading everything", ("node gone",))
                 return self.reconciler.run([], [Pod.from_object(o) for o in self.pods.objects()])
-            # No spec yet is "not known yet", not "run nothing": the operator makes it for every
-            # node with an agent. What runs keeps running until it says otherwise.
-            return PassResult([], waiting=False)
-        labels = self.node_labels.get(self.node)
-        if labels is None:
-            # Which placements pick this node is not known yet (its Node is being deleted, say):
-            # what runs keeps running.
-            self._retry_versions = False
+            # No spec yet, or no labels to match placements with, is "not known yet", not "run
+            # nothing": the operator makes the spec for every node with an agent, and the Node's
+            # watch is behind. What runs keeps running until they say otherwise.
             return PassResult([], waiting=False)
         entries, problems = parse_entries(state)
         placed, refused = placed_entries(self.placements.objects(), labels, self.trust)
