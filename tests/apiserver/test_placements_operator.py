@@ -130,6 +130,8 @@ def test_a_rollout_and_a_deletion_are_placement_writes_and_no_node_spec_write(
     }
     assert all(spec_entries(kube, n) == [] for n in nodes)
     assert spec_writes(kube, nodes) == before
+    # Cleared once made, and not tracked again by the writes since: no field ownership in etcd.
+    assert [(node_state(kube, n) or {})["metadata"].get("managedFields") for n in nodes] == [None] * 3
 
     kube.kubectl("delete", names.PROGRAM_PLURAL, "counter", "-n", namespace, "--wait=false")
     wait_for("the placement gone", lambda: placement(kube, namespace) is None, 15)

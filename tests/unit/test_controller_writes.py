@@ -274,8 +274,9 @@ def test_fifty_programs_are_one_create_owned_by_the_nodes_bpfleet_node():
     NodeWriter(custom, fifty_programs(), cache, metrics.node_state_writes).write("node-a")  # type: ignore[arg-type]
     samples = {"operation": "create"}
     assert metrics.registry.get_sample_value("bpfleet_operator_node_state_writes_total", samples) == 1
-    [(call, body)] = custom.calls
+    [(call, body), strip] = custom.calls
     assert call == "create" and len(body["spec"]["programs"]) == 50
+    assert strip == ("patch", ("node-a", {"metadata": {"managedFields": [{}]}}))  # no field tracking
     assert body["metadata"]["name"] == body["spec"]["nodeName"] == "node-a"
     assert body["metadata"]["ownerReferences"] == [
         {"apiVersion": names.API_VERSION, "kind": names.NODE_STATE_KIND, "name": "node-a", "uid": "agent-uid"}
