@@ -169,7 +169,10 @@ class Informer(Generic[T]):
                 self._version = None
                 delay = self._jitter.delay(0)
             except Stalled:
-                # Only this connection is dead: watch again at once, on a new one, from the same version.
+                # This connection is dead: watch again at once, on a new one, from the same version.
+                # The idle ones kept alive beside it are suspect too: each would cost the next call
+                # on it a whole request timeout.
+                self.api.drop_idle_connections()
                 self.stats.stalls += 1
                 self.stats.last_stall_at = time.monotonic()
                 log.warning(

@@ -103,16 +103,28 @@ class RestClient:
             headers["Authorization"] = f"Bearer {token}"
         if content_type:
             headers["Content-Type"] = content_type
-        return self._pool.request(
-            method,
-            self.endpoint.server + path,
-            fields=query if method == "GET" else None,
-            body=None if body is None else json.dumps(body).encode(),
-            headers=headers,
-            timeout=timeout,
-            preload_content=preload,
-            redirect=False,
-        )
+        try:
+            return self._pool.request(
+                method,
+                self.endpoint.server + path,
+                fields=query if method == "GET" else None,
+                body=None if body is None else json.dumps(body).encode(),
+                headers=headers,
+                timeout=timeout,
+                preload_content=preload,
+                redirect=False,
+            )
+        except urllib3.exceptions.ReadTimeoutError:
+            # An answer that never came says the server (or the path to it) is gone: the other
+            # kept-alive connections likely are too.
+            self.drop_idle_connections()
+            raise
+
+    def drop_idle_connections(self) -> None:
+        """Closes the kept-alive connections, so that the next calls open new ones: each dead one
+        would cost a call a whole request timeout. Connections in use (watches') are left to
+        their own reads."""
+        self._pool.clear()
 
     def _bearer(self) -> str | None:
         """The token, read again from its file whenever the file changed (kubelet rotates it)."""

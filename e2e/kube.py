@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-import yaml
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names
@@ -44,7 +43,7 @@ class Kube:
         if isinstance(manifest, Path):
             manifest = manifest.read_text()
         if isinstance(manifest, dict):
-            manifest = yaml.safe_dump(manifest)
+            manifest = json.dumps(manifest)  # JSON is YAML, and no string in it reads as a number
         return self.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
 
     def program(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -311,7 +311,11 @@ def test_programs_and_nodes_of_253_characters_get_valid_names(cluster: Kube, nam
             names.GROUP, names.VERSION, names.NODE_STATE_PROGRAMS_PLURAL, LONG
         )
         assert state["spec"]["nodeName"] == LONG
-        assert state["metadata"]["labels"][names.NODE_LABEL] == names.label_value(LONG)
+        # Their placements: names of at most 253 characters, labels of at most 63.
+        placed = {p["spec"]["kind"]: p["metadata"] for p in cluster.placements() if p["spec"]["name"] == LONG}
+        assert sorted(placed) == [names.CLUSTER_PROGRAM_KIND, names.PROGRAM_KIND]
+        for meta in placed.values():
+            assert len(meta["name"]) <= 253 and all(len(v) <= 63 for v in meta["labels"].values())
         for read in (lambda: cluster.program(namespace, LONG), lambda: cluster.cluster_program(LONG)):
             wait_for("its status", lambda read=read: reconciled(read()), timeout=20)
             status = read()["status"]
