@@ -15,7 +15,7 @@ from kubernetes.client import V1Namespace, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException
 
 from bpfleet_api import names, patching
-from e2e.harness import wait_for
+from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
 from e2e.kube import Kube
 
 
@@ -84,6 +84,19 @@ def namespace_for_a_test(kube: Kube, prefix: str, play_agents: bool = True) -> I
         yield name
     finally:
         remove_namespaces(kube, [name], play_agents)
+
+
+@contextmanager
+def operator_running(kube: Kube, directory: Path) -> Iterator[ManagedProcess]:
+    """The CRDs applied and the operator started (its logs in `directory`), stopped afterwards."""
+    install_crds(kube.kubeconfig)
+    process = operator_process(kube.kubeconfig, directory)
+    process.start()
+    try:
+        wait_operator_ready(process.log_path)
+        yield process
+    finally:
+        process.stop()
 
 
 def heartbeat_at(seconds_ago: float = 0) -> str:

@@ -9,70 +9,30 @@ program's placement goes with it. The test plays the agents (BpfleetNodes, EbpfN
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client import V1Node, V1ObjectMeta
 
 from bpfleet_api import conditions, names
-from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
+from e2e.harness import wait_for
 from e2e.kube import Kube
+
+# The fixtures, shared with another suite; their parameters are meant to shadow these names.
+# ruff: noqa: F811
+from tests.apiserver.counter_fleet import fleet, namespace, operator  # noqa: F401
 from tests.apiserver.operator_support import (
-    agent_removed,
     agent_restarts,
-    agent_starts,
     agents_report,
     apply_program,
-    delete_quietly,
-    namespace_for_a_test,
     node_state,
     program_versions,
     skb_program,
-    wait_operator_ready,
 )
 
 pytestmark = pytest.mark.apiserver
 
 RUN = uuid.uuid4().hex[:6]
 NODE_LABEL = "bpfleet.test/placements"
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    install_crds(kube.kubeconfig)
-    process = operator_process(kube.kubeconfig, tmp_path_factory.mktemp("placements-operator"))
-    process.start()
-    try:
-        wait_operator_ready(process.log_path)
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def namespace(kube: Kube, operator: ManagedProcess) -> Iterator[str]:
-    with namespace_for_a_test(kube, "placements") as name:
-        yield name
-
-
-@pytest.fixture
-def fleet(kube: Kube) -> Iterator[Callable[..., list[str]]]:
-    made: list[str] = []
-
-    def make(prefix: str, count: int, label: str, reads_placements: bool = True) -> list[str]:
-        for i in range(count):
-            node = f"{prefix}-{RUN}-{i}"
-            kube.core.create_node(V1Node(metadata=V1ObjectMeta(name=node, labels={NODE_LABEL: label})))
-            made.append(node)
-            agent_starts(kube, node, reads_placements=reads_placements)
-        wait_for("a node state per node", lambda: all(node_state(kube, n) for n in made[-count:]), 10)
-        return made[-count:]
-
-    yield make
-    for node in made:
-        delete_quietly(lambda node=node: kube.core.delete_node(node))
-        agent_removed(kube, node)
 
 
 def apply(kube: Kube, namespace: str, label: str, returns: int = 1, **spec: Any) -> None:

@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes.client import V1Node, V1ObjectMeta
 
 from bpfleet_api import conditions, names, reasons
-from e2e.harness import ManagedProcess, install_crds, operator_process, wait_for
+from e2e.harness import ManagedProcess, wait_for
 from e2e.kube import Kube
+
+# The fixtures, shared with another suite; their parameters are meant to shadow these names.
+# ruff: noqa: F811
+from tests.apiserver.counter_fleet import fleet, namespace, operator  # noqa: F401
 from tests.apiserver.operator_support import (
     agent_removed,
     agent_reports,
-    agent_starts,
     agents_report,
     apply_program,
-    delete_quietly,
-    namespace_for_a_test,
     node_states,
     program_versions,
     ready_report,
@@ -37,43 +37,6 @@ pytestmark = pytest.mark.apiserver
 RUN = uuid.uuid4().hex[:6]
 NODE_LABEL = "bpfleet.test/rollout"
 VERIFIER_LOG = "0: (b7) r0 = 1\n1: (61) r2 = *(u32 *)(r1 +4096)\ninvalid bpf_context access off=4096 size=4"
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    install_crds(kube.kubeconfig)
-    process = operator_process(kube.kubeconfig, tmp_path_factory.mktemp("rollout-operator"))
-    process.start()
-    try:
-        wait_operator_ready(process.log_path)
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def namespace(kube: Kube, operator: ManagedProcess) -> Iterator[str]:
-    with namespace_for_a_test(kube, "rollout") as name:
-        yield name
-
-
-@pytest.fixture
-def fleet(kube: Kube) -> Iterator[Callable[..., list[str]]]:
-    made: list[str] = []
-
-    def make(prefix: str, count: int, label: str, canary: int | None = None) -> list[str]:
-        for i in range(count):
-            node = f"{prefix}-{RUN}-{i}"
-            labels = {NODE_LABEL: label, **({"canary": "yes"} if i == canary else {})}
-            kube.core.create_node(V1Node(metadata=V1ObjectMeta(name=node, labels=labels)))
-            made.append(node)
-            agent_starts(kube, node)
-        return made[-count:]
-
-    yield make
-    for node in made:
-        delete_quietly(lambda node=node: kube.core.delete_node(node))
-        agent_removed(kube, node)
 
 
 def apply(kube: Kube, namespace: str, label: str, rollout: dict[str, Any], returns: int = 1) -> None:

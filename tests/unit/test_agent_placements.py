@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from bpfleet_api import names
+from bpfleet_operator import placement as placement_plan
+from bpfleet_operator.kinds import ProgramKey
 from node_agent.intake import Entry
 from node_agent.kernel.backend import ProgramRef
 from node_agent.model import EntryKey
@@ -25,12 +27,9 @@ ADMIN = EntryKey(names.CLUSTER_PROGRAM_KIND, "", "admin")
 def placement_spec(
     key: EntryKey = SHOP_P, version: str = "p-v1", generation: int = 1, **extra: Any
 ) -> dict[str, Any]:
+    # The operator's own builder: the wire contract the agent reads.
     return {
-        "kind": key.kind,
-        "namespace": key.namespace,
-        "name": key.name,
-        "generation": generation,
-        "version": version,
+        **placement_plan.spec(ProgramKey(key.kind, key.namespace, key.name), generation, version, None),
         **extra,
     }
 
@@ -190,13 +189,19 @@ def test_a_cluster_program_placed_from_the_system_namespace_is_loaded():
     assert node.entry("admin")["ready"] is True
 
 
-def test_relabelling_the_node_out_of_the_placements_selector_unloads_its_program():
+def placed_in_pool_a() -> Node:
+    """A node labelled pool=a running a program placed on pool a."""
     node = web_node()
     version = store(node, node_program())
     node.labels["pool"] = "a"
     node.placements.append(placing(version, POOL_A))
     node.reconcile()
     assert loaded(node) == {parsed(version, TRUST).ref}
+    return node
+
+
+def test_relabelling_the_node_out_of_the_placements_selector_unloads_its_program():
+    node = placed_in_pool_a()
     node.labels["pool"] = "b"  # the Node watch's labels, changed in place
     node.reconcile()
     assert loaded(node) == set() and node.kernel.links == {}
@@ -241,13 +246,8 @@ class Unknown:
 
 
 def test_while_the_nodes_labels_are_unknown_a_pass_unloads_nothing_that_runs():
-    node = web_node()
-    version = store(node, node_program())
-    node.labels["pool"] = "a"
-    node.placements.append(placing(version, POOL_A))
-    node.reconcile()
+    node = placed_in_pool_a()
     running, writes = loaded(node), len(node.api.writes)
-    assert running == {parsed(version, TRUST).ref}
     node.agent.node_labels = Unknown()  # type: ignore[assignment]
     node.placements.clear()  # known labels and no placement: it would be unloaded
     node.reconcile()
